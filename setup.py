@@ -1,0 +1,51 @@
+"""Installs tf_smelu: `pip install -e .` (add `[test]` or `[examples]` extras)."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+setup(
+    name="tf_smelu",
+    version="0.1.0",
+    description=(
+        "Smooth activations (SmeLU, generalized SmeLU, RESCU) for Keras/"
+        "TensorFlow and tools to measure and reduce irreproducibility of "
+        "recommendation models."
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tf_smelu", "tf_smelu.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.5",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=1.0",
+        "numpy>=1.23",
+    ],
+    extras_require={
+        # tf-keras: the registry must also work for Keras 2 users.
+        "test": [
+            "pytest>=7",
+            "tf-keras>=2.16,<2.22",
+            "portpicker>=1.5",
+            "matplotlib>=3.5",
+            "tqdm>=4.60",
+            "nbclient>=0.7",
+            "nbformat>=5",
+            "ipykernel>=6",
+        ],
+        "examples": [
+            "matplotlib>=3.5",
+            "tqdm>=4.60",
+            "portpicker>=1.5",
+        ],
+    },
+    license="Apache-2.0",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

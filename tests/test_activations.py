@@ -1,0 +1,362 @@
+"""Values, gradients, dtypes and errors of the activation functions."""
+
+import numpy as np
+import pytest
+import references
+import tensorflow as tf
+
+import tf_smelu
+
+FLOAT_DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+# Tolerances per dtype, loosened for half precision (as TF Addons does).
+TOLERANCE = {tf.float16: 2e-3, tf.bfloat16: 2e-2, tf.float32: 1e-5, tf.float64: 1e-12}
+
+BETAS = [0.05, 0.5, 1.0, 3.0]
+ORDERS = [1, 2, 3, 4]
+
+
+def _points(beta, order=1, seed=0):
+    """Random points around the band plus every knot and its neighbours."""
+    rng = np.random.default_rng(seed)
+    knots = -beta + 2.0 * beta / order * np.arange(order + 1)
+    near = np.concatenate([knots, knots - 1e-3 * beta, knots + 1e-3 * beta])
+    return np.concatenate([rng.uniform(-3 * beta, 3 * beta, 200), near])
+
+
+def _assert_close(actual, expected, dtype, scale=1.0):
+    tol = TOLERANCE[dtype]
+    np.testing.assert_allclose(
+        np.asarray(tf.cast(actual, tf.float64)), expected, rtol=tol, atol=tol * scale
+    )
+
+
+def _derivatives(fn, x, count):
+    """[f(x), f'(x), ..., f^(count)(x)] by nested gradient tapes."""
+    tapes = [tf.GradientTape(persistent=True) for _ in range(count)]
+    for tape in tapes:
+        tape.__enter__()
+        tape.watch(x)
+    values = [fn(x)]
+    for tape in reversed(tapes):
+        tape.__exit__(None, None, None)
+        values.append(tape.gradient(values[-1], x))
+    return [v.numpy() for v in values]
+
+
+# --- values --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("beta", BETAS)
+def test_smelu_matches_reference(dtype, beta):
+    x = _points(beta)
+    y = tf_smelu.smelu(tf.constant(x, dtype), beta=beta)
+    assert y.dtype == dtype
+    x_rounded = tf.cast(tf.constant(x, dtype), tf.float64).numpy()
+    _assert_close(y, references.smelu(x_rounded, beta), dtype, scale=3 * beta)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("beta", [0.1, 1.0, 2.5])
+def test_rescu_matches_reference(dtype, order, beta):
+    x = _points(beta, order)
+    y = tf_smelu.rescu(tf.constant(x, dtype), beta=beta, order=order)
+    assert y.dtype == dtype
+    x_rounded = tf.cast(tf.constant(x, dtype), tf.float64).numpy()
+    expected = references.rescu_derivative(x_rounded, beta, order)
+    _assert_close(y, expected, dtype, scale=3 * beta)
+
+
+def test_rescu_order_one_is_smelu():
+    x = tf.constant(_points(0.7), tf.float64)
+    np.testing.assert_array_equal(
+        tf_smelu.rescu(x, beta=0.7, order=1), tf_smelu.smelu(x, beta=0.7)
+    )
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(),
+        dict(alpha=0.5, beta=2.0),
+        dict(alpha=2.0, beta=0.3, g_minus=-0.2, g_plus=1.5, t=0.4),
+        dict(alpha=1.0, beta=1.0, g_minus=0.3, g_plus=0.3, t=-1.0),
+    ],
+)
+def test_generalized_smelu_matches_reference(dtype, params):
+    x = np.concatenate(
+        [np.linspace(-5, 5, 101), [-params.get("alpha", 1.0), params.get("beta", 1.0)]]
+    )
+    y = tf_smelu.generalized_smelu(tf.constant(x, dtype), **params)
+    assert y.dtype == dtype
+    x_rounded = tf.cast(tf.constant(x, dtype), tf.float64).numpy()
+    _assert_close(y, references.generalized_smelu(x_rounded, **params), dtype, scale=8)
+
+
+def test_generalized_smelu_defaults_reduce_to_smelu():
+    x = tf.constant(_points(0.8), tf.float64)
+    np.testing.assert_allclose(
+        tf_smelu.generalized_smelu(x, alpha=0.8, beta=0.8),
+        tf_smelu.smelu(x, beta=0.8),
+        rtol=1e-14,
+        atol=1e-15,
+    )
+
+
+def test_accepts_numpy_lists_and_variables():
+    expected = references.smelu([-1.0, 0.0, 2.0])
+    for value in ([-1.0, 0.0, 2.0], np.array([-1.0, 0.0, 2.0], np.float32)):
+        np.testing.assert_allclose(tf_smelu.smelu(value), expected)
+    np.testing.assert_allclose(tf_smelu.smelu(tf.Variable([-1.0, 0.0, 2.0])), expected)
+
+
+@pytest.mark.parametrize("fn", [tf_smelu.smelu, tf_smelu.rescu, tf_smelu.generalized_smelu])
+def test_works_inside_tf_function(fn):
+    x = tf.constant(np.linspace(-3, 3, 13), tf.float32)
+    np.testing.assert_allclose(tf.function(fn)(x), fn(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_half_precision_does_not_overflow(dtype):
+    big = tf.constant([-6.0e4, -300.0, 300.0, 6.0e4], tf.float16)
+    x = tf.cast(big, dtype)
+    for fn in (tf_smelu.smelu, lambda v: tf_smelu.rescu(v, order=4)):
+        y = fn(x)
+        assert y.dtype == dtype
+        np.testing.assert_array_equal(
+            tf.cast(y, tf.float64).numpy(),
+            np.maximum(tf.cast(x, tf.float64).numpy(), 0.0),
+        )
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [0, 0, 1, 1])
+
+
+@pytest.mark.parametrize("fn", [tf_smelu.smelu, tf_smelu.rescu])
+def test_nan_and_inf_propagate_like_relu(fn):
+    x = tf.constant([np.nan, np.inf, -np.inf, 2.0], tf.float32)
+    np.testing.assert_array_equal(fn(x).numpy(), tf.nn.relu(x).numpy())
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+    # Gradient at +-inf is ReLU's; at NaN it is NaN (ReLU says 0) on purpose:
+    # a NaN input should not look like a healthy zero gradient.
+    grad = tape.gradient(y, x).numpy()
+    np.testing.assert_array_equal(grad[1:], [1.0, 0.0, 1.0])
+    assert np.isnan(grad[0])
+
+
+# --- first-order gradients -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+@pytest.mark.parametrize("order", ORDERS)
+def test_rescu_gradient_matches_finite_differences(dtype, order):
+    # Away from infinity the gradient is continuous, so the knots are fine too.
+    x = tf.constant(_points(0.9, order)[::7], dtype)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda v: tf_smelu.rescu(v, beta=0.9, order=order), [x], delta=1e-3 if dtype == tf.float32 else 1e-6
+    )
+    np.testing.assert_allclose(
+        theoretical[0], numerical[0], atol=5e-3 if dtype == tf.float32 else 1e-6
+    )
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("order", ORDERS)
+def test_rescu_gradient_matches_reference(dtype, order):
+    x = tf.constant(_points(1.3, order), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf_smelu.rescu(x, beta=1.3, order=order)
+    grad = tape.gradient(y, x)
+    assert grad.dtype == dtype
+    x_rounded = tf.cast(x, tf.float64).numpy()
+    expected = references.rescu_derivative(x_rounded, 1.3, order, k=1)
+    _assert_close(grad, expected, dtype)
+
+
+def test_smelu_gradient_is_the_clip_formula():
+    x = tf.constant(_points(0.4), tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf_smelu.smelu(x, beta=0.4)
+    np.testing.assert_allclose(tape.gradient(y, x), references.smelu_grad(x.numpy(), 0.4))
+
+
+def test_custom_gradient_equals_autodiff_of_a_plain_formula():
+    beta = 0.6
+    x = tf.constant(_points(beta), tf.float64)
+
+    def plain(v):  # autodiff through tf.where, no custom gradient
+        return tf.where(
+            v <= -beta, tf.zeros_like(v), tf.where(v >= beta, v, (v + beta) ** 2 / (4 * beta))
+        )
+
+    grads = []
+    for fn in (plain, lambda v: tf_smelu.smelu(v, beta=beta)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        grads.append(tape.gradient(y, x).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [dict(), dict(alpha=0.5, beta=2.0, g_minus=-0.2, g_plus=1.5, t=0.4)],
+)
+def test_generalized_smelu_gradient_matches_reference(params):
+    x = tf.constant(np.linspace(-4, 4, 97), tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf_smelu.generalized_smelu(x, **params)
+    np.testing.assert_allclose(
+        tape.gradient(y, x), references.generalized_smelu_grad(x.numpy(), **params),
+        rtol=1e-12, atol=1e-12,
+    )
+
+
+# --- parameter gradients ---------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_rescu_beta_gradient_matches_finite_differences(order):
+    x = tf.constant(_points(0.8, order)[::5], tf.float64)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda b: tf_smelu.rescu(x, beta=b, order=order),
+        [tf.constant(0.8, tf.float64)],
+        delta=1e-7,
+    )
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6)
+
+
+def test_per_channel_beta_gets_reduced_gradient():
+    x = np.random.default_rng(1).normal(size=(5, 3))
+    beta = tf.Variable([0.3, 1.0, 2.0], dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(tf_smelu.smelu(tf.constant(x), beta=beta) ** 2)
+    grad = tape.gradient(y, beta)
+    assert grad.shape == (3,)
+
+    def per_channel_loss(b):
+        return (references.smelu(x, b) ** 2).sum(axis=0)
+
+    step = 1e-6
+    numerical = (
+        per_channel_loss(beta.numpy() + step) - per_channel_loss(beta.numpy() - step)
+    ) / (2 * step)
+    np.testing.assert_allclose(grad, numerical, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["alpha", "beta", "g_minus", "g_plus", "t"])
+def test_generalized_smelu_parameter_gradients(name):
+    params = dict(alpha=0.7, beta=1.2, g_minus=-0.1, g_plus=1.3, t=0.2)
+    x = tf.constant(np.linspace(-3, 3, 41), tf.float64)
+
+    def fn(value):
+        return tf_smelu.generalized_smelu(x, **{**params, name: value})
+
+    theoretical, numerical = tf.test.compute_gradient(
+        fn, [tf.constant(params[name], tf.float64)], delta=1e-7
+    )
+    assert np.abs(theoretical[0]).max() > 0
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6)
+
+
+# --- higher order ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_second_derivative_matches_reference(order):
+    beta = 1.1
+    x = tf.constant(_points(beta, order)[:200], tf.float64)  # random points only
+    _, _, second = _derivatives(lambda v: tf_smelu.rescu(v, beta=beta, order=order), x, 2)
+    expected = references.rescu_derivative(x.numpy(), beta, order, k=2)
+    np.testing.assert_allclose(second, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_second_order_in_tf_function_and_beta():
+    beta = tf.Variable(0.5, dtype=tf.float64)
+    x = tf.constant(np.linspace(-1, 1, 11), tf.float64)
+
+    @tf.function
+    def mixed():
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = tf_smelu.smelu(x, beta=beta)
+            grad_x = inner.gradient(y, x)
+            penalty = tf.reduce_sum(grad_x**2)
+        return outer.gradient(penalty, beta)
+
+    # d/dbeta sum clip((x+b)/(2b))^2 inside the band = sum 2 g * (-x / (2 b^2)).
+    xs = x.numpy()
+    g = references.smelu_grad(xs, 0.5)
+    inside = np.abs(xs) < 0.5
+    expected = np.sum(np.where(inside, 2 * g * (-xs / (2 * 0.5**2)), 0.0))
+    np.testing.assert_allclose(mixed().numpy(), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_rescu_is_exactly_c_n_smooth(order):
+    """Derivatives 0..n are continuous at every knot, derivative n+1 jumps."""
+    beta = 1.0
+    h = 2.0 * beta / order
+    eps = 1e-7
+    knots = -beta + h * np.arange(order + 1)
+    x = tf.constant(np.concatenate([knots - eps, knots + eps]), tf.float64)
+    derivatives = _derivatives(lambda v: tf_smelu.rescu(v, beta=beta, order=order), x, order + 1)
+    for k, values in enumerate(derivatives):
+        left, right = np.split(values, 2)
+        jump = np.abs(right - left).max()
+        if k <= order:
+            # A continuous k-th derivative moves by O(eps * |f^(k+1)|).
+            assert jump < 1e-5 * h ** (-k), (k, jump)
+        else:
+            assert jump > 0.1 * h ** (-order), (k, jump)
+
+
+# --- errors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
+def test_non_positive_beta_is_rejected(beta):
+    with pytest.raises(ValueError, match="beta"):
+        tf_smelu.smelu(tf.constant([1.0]), beta=beta)
+    with pytest.raises(ValueError, match="beta"):
+        tf_smelu.rescu(tf.constant([1.0]), beta=beta)
+
+
+def test_non_positive_tensor_beta_is_rejected():
+    with pytest.raises(ValueError, match="beta"):
+        tf_smelu.smelu(tf.constant([1.0]), beta=tf.constant([1.0, -0.5]))
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.float32)])
+    def traced(beta):
+        return tf_smelu.smelu(tf.constant([1.0]), beta=beta)
+
+    np.testing.assert_allclose(traced(tf.constant(0.5)), [1.0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="beta"):
+        traced(tf.constant(-0.5))
+
+
+def test_non_positive_alpha_is_rejected():
+    with pytest.raises(ValueError, match="alpha"):
+        tf_smelu.generalized_smelu(tf.constant([1.0]), alpha=0.0)
+
+
+@pytest.mark.parametrize("order", [0, -2, 1.5, "2", True])
+def test_bad_order_is_rejected(order):
+    with pytest.raises(ValueError, match="order"):
+        tf_smelu.rescu(tf.constant([1.0]), order=order)
+
+
+@pytest.mark.parametrize("dtype", [tf.int32, tf.int64, tf.complex64, tf.bool])
+@pytest.mark.parametrize("fn", [tf_smelu.smelu, tf_smelu.rescu, tf_smelu.generalized_smelu])
+def test_non_float_inputs_are_rejected(dtype, fn):
+    with pytest.raises(TypeError, match="floating-point"):
+        fn(tf.zeros([2], dtype))

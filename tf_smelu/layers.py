@@ -1,0 +1,246 @@
+"""Keras 3 layers over the smooth activations.
+
+One layer per concept, each with a complete `get_config` and registered under
+the `tf_smelu` package so that `.keras` files load with `safe_mode=True`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import keras
+
+from tf_smelu import activations
+
+_PACKAGE = "tf_smelu"
+
+
+def _check_positive_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"`{name}` must be a Python number > 0. Received: {name}={value!r}"
+        )
+    if not value > 0:
+        raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SmeLU(keras.layers.Layer):
+    """Smooth ReLU activation layer.
+
+    $$
+    f(x) = 0 \\text{ if } x \\le -\\beta;\\quad
+    \\frac{(x + \\beta)^2}{4 \\beta} \\text{ if } |x| \\le \\beta;\\quad
+    x \\text{ if } x \\ge \\beta
+    $$
+
+    Example:
+
+    >>> layer = tf_smelu.layers.SmeLU(beta=0.5)
+    >>> layer(np.array([-1.0, 0.0, 1.0], "float32"))
+    <tf.Tensor: ... numpy=array([0.   , 0.125, 1.   ], dtype=float32)>
+
+    Args:
+        beta: Half-width of the quadratic band, `> 0`.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+    """
+
+    def __init__(self, beta: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.beta = _check_positive_number(beta, "beta")
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return activations.smelu(inputs, beta=self.beta)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RESCU(keras.layers.Layer):
+    """REctified Smooth Continuous Unit layer (SmeLU is `order=1`).
+
+    ReLU convolved with the cardinal B-spline of order `order` on
+    `[-beta, beta]`; the result is `C^order` smooth. See `tf_smelu.rescu`.
+
+    Example:
+
+    >>> tf_smelu.layers.RESCU(beta=1.0, order=2)(np.array([0.0], "float32"))
+    <tf.Tensor: ... numpy=array([0.16666667], dtype=float32)>
+
+    Args:
+        beta: Half-width of the smooth band, `> 0`.
+        order: Smoothness order, an integer `>= 1`.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+    """
+
+    def __init__(self, beta: float = 1.0, order: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.beta = _check_positive_number(beta, "beta")
+        self.order = activations._validate_order(order)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return activations.rescu(inputs, beta=self.beta, order=self.order)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta, "order": self.order}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MinValue(keras.constraints.Constraint):
+    """Constrains weights to be `>= min_value` (keeps band widths positive)."""
+
+    def __init__(self, min_value: float = 1e-3):
+        self.min_value = float(min_value)
+
+    def __call__(self, w):
+        return keras.ops.maximum(w, keras.ops.cast(self.min_value, w.dtype))
+
+    def get_config(self):
+        return {"min_value": self.min_value}
+
+
+_GENERALIZED_PARAMETERS = ("alpha", "beta", "g_minus", "g_plus", "t")
+_BAND_WIDTHS = ("alpha", "beta")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GeneralizedSmeLU(keras.layers.Layer):
+    """Generalized SmeLU with learnable parameters (paper eq. 11).
+
+    Quadratic band `[-alpha, beta]`, slope `g_minus` on the left, `g_plus` on
+    the right and value `t` at `x = -alpha`; see `tf_smelu.generalized_smelu`.
+    Every parameter is a weight. As in Keras' `PReLU`, there is one value per
+    element of the input shape (without the batch axis) unless `shared_axes`
+    names axes along which to share it: for `(batch, features)` inputs the
+    default is one value per feature; `shared_axes=[1]` gives one scalar per
+    layer; for images `(batch, h, w, c)` use `shared_axes=[1, 2]` for one value
+    per channel.
+
+    Example:
+
+    >>> layer = tf_smelu.layers.GeneralizedSmeLU(g_minus=0.1, shared_axes=[1])
+    >>> layer(np.array([[-3.0, 0.0, 3.0]], "float32"))
+    <tf.Tensor: ... numpy=array([[-0.2  ,  0.325,  3.1  ]], dtype=float32)>
+
+    Args:
+        alpha: Initial left half-width of the band, `> 0`.
+        beta: Initial right half-width of the band, `> 0`.
+        g_minus: Initial slope left of the band.
+        g_plus: Initial slope right of the band.
+        t: Initial value at `x = -alpha`.
+        trainable_parameters: Names of the parameters to learn (subset of
+            `("alpha", "beta", "g_minus", "g_plus", "t")`); the others are
+            fixed weights. Default: all of them.
+        shared_axes: Axes along which parameters are shared (as in `PReLU`).
+        min_width: Lower bound enforced on `alpha` and `beta` after each
+            update (a `MinValue` constraint), so that the band never
+            collapses, `> 0`.
+        regularizer: Optional regularizer applied to every parameter.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        g_minus: float = 0.0,
+        g_plus: float = 1.0,
+        t: float = 0.0,
+        trainable_parameters: Sequence[str] = _GENERALIZED_PARAMETERS,
+        shared_axes: Optional[Union[int, Sequence[int]]] = None,
+        min_width: float = 1e-3,
+        regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.min_width = _check_positive_number(min_width, "min_width")
+        self.initial_values = {
+            "alpha": _check_positive_number(alpha, "alpha"),
+            "beta": _check_positive_number(beta, "beta"),
+            "g_minus": float(g_minus),
+            "g_plus": float(g_plus),
+            "t": float(t),
+        }
+        for name in _BAND_WIDTHS:
+            if self.initial_values[name] < self.min_width:
+                raise ValueError(
+                    f"`{name}` must be >= min_width={self.min_width}. "
+                    f"Received: {name}={self.initial_values[name]}"
+                )
+        unknown = set(trainable_parameters) - set(_GENERALIZED_PARAMETERS)
+        if isinstance(trainable_parameters, str) or unknown:
+            raise ValueError(
+                "`trainable_parameters` must be a list of names among "
+                f"{list(_GENERALIZED_PARAMETERS)}. "
+                f"Received: trainable_parameters={trainable_parameters!r}"
+            )
+        self.trainable_parameters = tuple(
+            name for name in _GENERALIZED_PARAMETERS if name in trainable_parameters
+        )
+        if shared_axes is None:
+            self.shared_axes = None
+        elif isinstance(shared_axes, int):
+            self.shared_axes = [shared_axes]
+        else:
+            self.shared_axes = list(shared_axes)
+        self.regularizer = keras.regularizers.get(regularizer)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        param_shape = list(input_shape[1:])
+        for axis in self.shared_axes or ():
+            if not 1 <= axis < len(input_shape):
+                raise ValueError(
+                    f"`shared_axes` must be axes of the input between 1 and "
+                    f"{len(input_shape) - 1}. Received: shared_axes="
+                    f"{self.shared_axes} for input_shape={input_shape}"
+                )
+            param_shape[axis - 1] = 1
+        if any(dim is None for dim in param_shape):
+            raise ValueError(
+                "GeneralizedSmeLU needs known sizes on the non-shared axes; "
+                f"share the unknown ones. Received: input_shape={input_shape}"
+            )
+        for name in _GENERALIZED_PARAMETERS:
+            weight = self.add_weight(
+                shape=param_shape,
+                name=name,
+                initializer=keras.initializers.Constant(self.initial_values[name]),
+                regularizer=self.regularizer,
+                constraint=MinValue(self.min_width) if name in _BAND_WIDTHS else None,
+                trainable=name in self.trainable_parameters,
+            )
+            setattr(self, name, weight)
+
+    def call(self, inputs):
+        return activations.generalized_smelu(
+            inputs,
+            alpha=self.alpha,
+            beta=self.beta,
+            g_minus=self.g_minus,
+            g_plus=self.g_plus,
+            t=self.t,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            **self.initial_values,
+            "trainable_parameters": list(self.trainable_parameters),
+            "shared_axes": self.shared_axes,
+            "min_width": self.min_width,
+            "regularizer": keras.regularizers.serialize(self.regularizer),
+        }
