@@ -197,34 +197,79 @@ def _rescu_beta_derivative(x: tf.Tensor, beta, order: int) -> tf.Tensor:
     return (value - clipped * slope) / beta
 
 
-def _rescu_with_gradient(x: tf.Tensor, beta, order: int) -> tf.Tensor:
-    """RESCU with a custom gradient that saves only `x` (and `beta`)."""
-    if isinstance(beta, float):
+# Order 1 (SmeLU) can recover its slope from its *output*: inside the band
+# y = beta g^2 with g = (x + beta) / (2 beta), so g = sqrt(min(y, beta) / beta)
+# everywhere, and d y / d beta = g (1 - g). The output is kept alive anyway by
+# the layer that consumes it (as ReLU's gradient uses its output), so saving
+# it instead of the input costs no memory. Higher orders have no closed-form
+# inverse and save the input.
 
-        @tf.custom_gradient
-        def _fixed_beta(x):
-            def grad(upstream):
-                return upstream * _rescu_slope(x, beta, order)
 
-            return _rescu_value(x, beta, order), grad
+def _smelu_slope_from_output(y: tf.Tensor, beta) -> tf.Tensor:
+    """g = sqrt(min(y, beta) / beta), with finite derivatives at y = 0."""
 
-        return _fixed_beta(x)
+    def slope_and_grad(y, beta):
+        slope = tf.sqrt(tf.minimum(y, beta) * (1.0 / beta))
 
-    @tf.custom_gradient
-    def _tensor_beta(x, beta):
         def grad(upstream):
-            dx = upstream * _rescu_slope(x, beta, order)
-            dbeta = upstream * _rescu_beta_derivative(x, beta, order)
-            return dx, _sum_to_shape(dbeta, beta)
+            # dg/dy = 1 / (2 beta g) and dg/dbeta = -g / (2 beta) inside the
+            # band, 0 outside; written with where() so that g = 0 gives 0
+            # rather than inf * 0 (second derivatives only, off the hot path).
+            inside = tf.logical_and(y < beta, slope > 0)
+            safe_slope = tf.where(inside, slope, tf.ones_like(slope))
+            dy = tf.where(inside, upstream / (2.0 * beta * safe_slope), 0.0)
+            if isinstance(beta, float):
+                return dy
+            dbeta = tf.where(inside, -upstream * slope / (2.0 * beta), 0.0)
+            return dy, _sum_to_shape(dbeta, beta)
 
-        return _rescu_value(x, beta, order), grad
+        return slope, grad
 
-    return _tensor_beta(x, beta)
+    if isinstance(beta, float):
+        return tf.custom_gradient(lambda y: slope_and_grad(y, beta))(y)
+    return tf.custom_gradient(slope_and_grad)(y, beta)
 
 
-def _in_compute_dtype(x: TensorLike, fn_name: str, compute):
+def _rescu_with_gradient(x: tf.Tensor, beta, order: int) -> tf.Tensor:
+    """RESCU of `x` (any float dtype) with a lean custom gradient.
+
+    The forward pass runs in the compute dtype and returns `x.dtype`. The
+    backward pass keeps one tensor: the output for order 1, the input
+    otherwise (see above). Gradients flow to `beta` when it is a tensor.
+    """
+    dtype = _compute_dtype(x.dtype)
+
+    def to_compute(tensor):
+        return tf.cast(tensor, dtype) if tensor.dtype != dtype else tensor
+
+    def to_input(tensor):
+        return tf.cast(tensor, x.dtype) if tensor.dtype != x.dtype else tensor
+
+    def forward(x, beta):
+        y = to_input(_rescu_value(to_compute(x), beta, order))
+
+        def grad(upstream):
+            upstream = to_compute(upstream)
+            if order == 1:
+                slope = _smelu_slope_from_output(to_compute(y), beta)
+                beta_derivative = slope - tf.square(slope)
+            else:
+                slope = _rescu_slope(to_compute(x), beta, order)
+                beta_derivative = _rescu_beta_derivative(to_compute(x), beta, order)
+            dx = to_input(upstream * slope)
+            if isinstance(beta, float):
+                return dx
+            return dx, _sum_to_shape(upstream * beta_derivative, beta)
+
+        return y, grad
+
+    if isinstance(beta, float):
+        return tf.custom_gradient(lambda x: forward(x, beta))(x)
+    return tf.custom_gradient(forward)(x, beta)
+
+
+def _in_compute_dtype(x: tf.Tensor, compute):
     """Runs `compute(x_in_compute_dtype, dtype)` and casts back to x.dtype."""
-    x = _as_float_tensor(x, fn_name)
     dtype = _compute_dtype(x.dtype)
     result = compute(tf.cast(x, dtype) if dtype != x.dtype else x, dtype)
     return tf.cast(result, x.dtype) if dtype != x.dtype else result
@@ -278,13 +323,9 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2) -> tf.Tensor:
         [Shamir et al., 2020](https://arxiv.org/abs/2010.09931)
     """
     order = _validate_order(order)
-
-    def compute(x, dtype):
-        return _rescu_with_gradient(
-            x, _parameter(beta, "beta", dtype, positive=True), order
-        )
-
-    return _in_compute_dtype(x, "rescu", compute)
+    x = _as_float_tensor(x, "rescu")
+    beta = _parameter(beta, "beta", _compute_dtype(x.dtype), positive=True)
+    return _rescu_with_gradient(x, beta, order)
 
 
 def smelu(x: TensorLike, beta: Param = 1.0) -> tf.Tensor:
@@ -394,4 +435,4 @@ def generalized_smelu(
         smooth = _rescu_with_gradient(x - centre, half_width, order=1)
         return shift + lo * (x + a) + (hi - lo) * smooth
 
-    return _in_compute_dtype(x, "generalized_smelu", compute)
+    return _in_compute_dtype(_as_float_tensor(x, "generalized_smelu"), compute)
