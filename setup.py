@@ -24,6 +24,9 @@ setup(
         "tensorflow-datasets>=4.9",
         "absl-py>=1.0",
         "numpy>=1.23",
+        # The replica experiment shows progress bars and writes tradeoff.png.
+        "tqdm>=4.60",
+        "matplotlib>=3.5",
     ],
     extras_require={
         # tf-keras: the registry must also work for Keras 2 users.
