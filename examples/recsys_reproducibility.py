@@ -1,0 +1,169 @@
+"""Accuracy vs. reproducibility of ReLU and smooth activations on CTR data.
+
+Trains R replicas of a recommendation (CTR) model per activation that are
+identical except for the irreproducibility sources you switch on, evaluates
+them on the same held-out examples and reports AUC, log loss and the
+prediction difference (PD) between replicas, with 95% confidence intervals.
+
+Writes to --output_dir:
+  results.json   every flag, the environment, one row per activation/beta
+                 and source set (schema in DESIGN.md)
+  tradeoff.png   relative PD against AUC, one panel per source set
+
+Examples:
+  python examples/recsys_reproducibility.py                  # default, < 10 min
+  python examples/recsys_reproducibility.py --quick          # smoke test, < 2 min
+  python examples/recsys_reproducibility.py \\
+      --activations=relu,smelu:0.05,smelu:0.1,smelu:0.2,gelu \\
+      --sources=tower_init,init+order,stale --replicas=8
+
+Sources (combine with '+', separate sets with ','): init, embedding_init,
+tower_init, order, stale, op_nondeterminism; 'none' is the deterministic
+control (replicas must agree bit for bit).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string(
+    "output_dir", "runs/recsys_reproducibility", "Where results.json and tradeoff.png go."
+)
+flags.DEFINE_list(
+    "activations",
+    ["relu", "smelu:0.1", "smelu:0.2"],
+    "Activations to compare: name or name:beta (smelu, rescu, generalized_smelu take "
+    "a beta; rescu:beta:order sets the order); relu, gelu, swish, softplus take none.",
+)
+flags.DEFINE_list(
+    "sources",
+    ["tower_init"],
+    "Sets of irreproducibility sources, one result row per activation and set. "
+    "Within a set join sources with '+', e.g. init+order.",
+)
+flags.DEFINE_integer("replicas", 6, "Replicas R per activation and source set (>= 2).", lower_bound=2)
+flags.DEFINE_integer("train_examples", 500_000, "Synthetic training examples.", lower_bound=1)
+flags.DEFINE_integer("eval_examples", 100_000, "Held-out examples for AUC and PD.", lower_bound=1)
+flags.DEFINE_integer("epochs", 1, "Passes over the training data.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 512, "Training batch size.", lower_bound=1)
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_enum("model", "mlp", ["mlp", "dcn"], "Ranking model: MLP tower or DCN-v2 style.")
+flags.DEFINE_list("hidden_units", ["256", "128", "64"], "Widths of the MLP tower.")
+flags.DEFINE_integer("embedding_dim", 8, "Embedding size per categorical field.", lower_bound=1)
+flags.DEFINE_integer(
+    "max_delay", 4, "Largest gradient delay (steps) for the 'stale' source.", lower_bound=0
+)
+flags.DEFINE_integer("seed", 0, "Base seed of data, weights, orders and schedules.")
+flags.DEFINE_boolean(
+    "jit_compile", False, "Compile training steps with XLA (faster, not bit-comparable)."
+)
+flags.DEFINE_boolean(
+    "quick", False, "Smoke-test preset (< 2 min): 20k examples, 3 replicas, 2 activations."
+)
+flags.DEFINE_boolean("progress", True, "Show progress bars.")
+
+
+QUICK_PRESET = dict(
+    train_examples=20_000, eval_examples=5_000, replicas=3, activations=["relu", "smelu:0.2"]
+)
+
+
+def resolved_config() -> dict:
+    """All flag values of this module, with the --quick preset applied."""
+    config = {flag.name: flag.value for flag in FLAGS.get_key_flags_for_module(sys.argv[0])}
+    if config["quick"]:
+        config.update(QUICK_PRESET)
+    return config
+
+
+def run(config: dict) -> dict:
+    """Runs the experiment described by `config`; returns results.json's content."""
+    from tf_smelu import experiment
+    from tf_smelu.data import SyntheticCTRConfig, generate_examples
+    from tf_smelu.data.in_memory import batched_dataset
+    from tf_smelu.models import build_model
+    from tf_smelu.training.replicas import TrainConfig
+
+    activations = [experiment.Activation.parse(a) for a in config["activations"]]
+    source_sets = [experiment.parse_sources(s) for s in config["sources"]]
+    data_config = SyntheticCTRConfig(
+        num_examples=config["train_examples"],
+        num_eval_examples=config["eval_examples"],
+        seed=config["seed"],
+    )
+    start = time.perf_counter()
+    train = generate_examples(data_config, "train")
+    test = generate_examples(data_config, "test")
+    print(f"Generated {len(train):,} train and {len(test):,} test examples "
+          f"in {time.perf_counter() - start:.0f}s (base CTR {train.labels.mean():.3f}).")
+
+    def train_data_fn(order_seed):
+        return batched_dataset(train.features, train.labels, config["batch_size"], order_seed)
+
+    eval_data = batched_dataset(test.features, test.labels, 4096)
+    spec = data_config.feature_spec()
+
+    # The tower widths are `hidden_units` of the MLP and `top_units` of DCN.
+    tower_argument = "hidden_units" if config["model"] == "mlp" else "top_units"
+
+    def model_fn(activation, embedding_seed, tower_seed):
+        return build_model(
+            config["model"],
+            spec,
+            activation=activation,
+            embedding_dim=config["embedding_dim"],
+            embedding_seed=embedding_seed,
+            tower_seed=tower_seed,
+            **{tower_argument: [int(u) for u in config["hidden_units"]]},
+        )
+
+    train_config = TrainConfig(
+        epochs=config["epochs"],
+        learning_rate=config["learning_rate"],
+        max_delay=config["max_delay"],
+        jit_compile=config["jit_compile"],
+    )
+    steps_per_epoch = -(-config["train_examples"] // config["batch_size"])
+    rows = []
+    for sources in source_sets:
+        for activation in activations:
+            rows.append(
+                experiment.run_replicas(
+                    model_fn,
+                    train_data_fn,
+                    eval_data,
+                    activation,
+                    sources,
+                    config["replicas"],
+                    train_config,
+                    seed=config["seed"],
+                    steps_per_epoch=steps_per_epoch,
+                    progress=config["progress"],
+                )
+            )
+            print(experiment.format_table(rows[-1:]).splitlines()[-1], flush=True)
+    return {"config": config, "results": rows}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from tf_smelu import experiment
+
+    config = resolved_config()
+    results = run(config)
+    rows = results["results"]
+    print()
+    print(experiment.format_table(rows))
+    path = experiment.write_results(config["output_dir"], config, rows)
+    plot = experiment.plot_tradeoff(rows, path.replace("results.json", "tradeoff.png"))
+    print(f"\nWrote {path} and {plot}")
+
+
+if __name__ == "__main__":
+    app.run(main)

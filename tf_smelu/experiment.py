@@ -1,0 +1,362 @@
+"""The replica experiment: accuracy and prediction difference per activation.
+
+For each activation (and beta) and each set of irreproducibility sources, R
+replicas are trained that are identical except for the sources switched on,
+then evaluated on the same held-out examples. A result row holds their
+accuracy (AUC, log loss) next to their prediction difference over all
+R (R - 1) / 2 pairs, with a confidence interval: the paper's claim is about
+the *tradeoff*, so neither number means much alone.
+
+The harness is generic: it takes a `model_fn(activation, embedding_seed,
+tower_seed)` and a `train_data_fn(order_seed)`, so users measure their own
+models and data. `examples/recsys_reproducibility.py` is one client.
+
+Sources (`SOURCES`), each independent:
+  init              every initial weight differs (embedding and tower seeds)
+  embedding_init    only the embedding tables' initial weights differ
+  tower_init        only the dense layers' initial weights differ
+  order             the data order differs
+  stale             asynchronous-style stale gradients with a different
+                    random delay schedule per replica
+  op_nondeterminism TensorFlow's op determinism is off (it is on otherwise,
+                    so that with no source on, replicas are bit-identical)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+
+from tf_smelu import layers as smelu_layers
+from tf_smelu import metrics
+from tf_smelu.training.replicas import ReplicaTrainer, TrainConfig, predict_probabilities
+from tf_smelu.training.updates import delay_schedule
+
+SOURCES = ("init", "embedding_init", "tower_init", "order", "stale", "op_nondeterminism")
+# Activations given by Keras name; those with a beta are built as layers.
+KERAS_ACTIVATIONS = ("relu", "gelu", "swish", "softplus", "linear")
+BETA_ACTIVATIONS = ("smelu", "rescu", "generalized_smelu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """An activation to compare: a name and, for the smooth family, a beta.
+
+    Parse one from text with `Activation.parse("smelu:0.1")`.
+    """
+
+    name: str
+    beta: Optional[float] = None
+    order: int = 2  # RESCU only
+
+    def __post_init__(self):
+        known = KERAS_ACTIVATIONS + BETA_ACTIVATIONS
+        if self.name not in known:
+            raise ValueError(f"Unknown activation {self.name!r}; expected one of {known}.")
+        if self.name in BETA_ACTIVATIONS:
+            if self.beta is None:
+                object.__setattr__(self, "beta", 1.0)
+            if not self.beta > 0:
+                raise ValueError(f"beta must be > 0. Received: {self.name}:{self.beta}")
+        elif self.beta is not None:
+            raise ValueError(f"{self.name} takes no beta. Received: {self.name}:{self.beta}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Activation":
+        """`"relu"`, `"smelu:0.1"` (beta) or `"rescu:0.2:3"` (beta, order)."""
+        name, *rest = text.strip().split(":")
+        try:
+            beta = float(rest[0]) if rest else None
+            order = int(rest[1]) if len(rest) > 1 else 2
+        except ValueError as error:
+            raise ValueError(f"Cannot parse activation {text!r}: {error}") from None
+        return cls(name, beta, order)
+
+    @property
+    def label(self) -> str:
+        if self.beta is None:
+            return self.name
+        suffix = f", n={self.order}" if self.name == "rescu" else ""
+        return f"{self.name}(β={self.beta:g}{suffix})"
+
+    def to_keras(self):
+        """A Keras activation name or layer instance (cloned per hidden layer)."""
+        if self.name == "smelu":
+            return smelu_layers.SmeLU(beta=self.beta)
+        if self.name == "rescu":
+            return smelu_layers.RESCU(beta=self.beta, order=self.order)
+        if self.name == "generalized_smelu":
+            return smelu_layers.GeneralizedSmeLU(alpha=self.beta, beta=self.beta)
+        return self.name
+
+
+def parse_sources(text: str) -> tuple:
+    """`"tower_init+order"` -> `("order", "tower_init")`; `"none"` -> `()`."""
+    if text.strip() in ("", "none"):
+        return ()
+    names = tuple(sorted({part.strip() for part in text.split("+")}))
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown:
+        raise ValueError(f"Unknown source(s) {unknown} in {text!r}; expected {SOURCES}.")
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaSeeds:
+    embedding_seed: int
+    tower_seed: int
+    order_seed: Optional[int]
+    schedule_seed: int
+
+
+def replica_seeds(sources: Iterable[str], replicas: int, base_seed: int) -> List[ReplicaSeeds]:
+    """Seeds per replica: a source that is on gives each replica its own seed.
+
+    Seeds of sources that are off are the same for every replica, so those
+    replicas differ in nothing else.
+    """
+    sources = set(sources)
+
+    def seed(kind: int, varies: bool, replica: int) -> int:
+        entropy = [base_seed, kind, replica if varies else 0]
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
+
+    rows = []
+    for r in range(replicas):
+        rows.append(
+            ReplicaSeeds(
+                embedding_seed=seed(1, bool(sources & {"init", "embedding_init"}), r),
+                tower_seed=seed(2, bool(sources & {"init", "tower_init"}), r),
+                # None: the data's own order, identical for all replicas.
+                order_seed=seed(3, True, r) if "order" in sources else None,
+                schedule_seed=seed(4, "stale" in sources, r),
+            )
+        )
+    return rows
+
+
+def set_op_determinism(enabled: bool) -> None:
+    """Turns TensorFlow's op determinism on or off for this process."""
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        # Only the private module can switch it off again.
+        tf_config.disable_op_determinism()
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC AUC (Mann-Whitney U with average ranks for ties)."""
+    labels = np.asarray(labels, bool)
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        raise ValueError("AUC needs both positive and negative labels.")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    ranks = np.empty(labels.size)
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy of probabilities (clipped to [eps, 1-eps])."""
+    p = np.clip(probabilities, eps, 1.0 - eps)
+    return float(-np.mean(labels * np.log(p) + (1.0 - labels) * np.log(1.0 - p)))
+
+
+ModelFn = Callable[..., keras.Model]
+DataFn = Callable[[Optional[int]], tf.data.Dataset]
+
+
+def run_replicas(
+    model_fn: ModelFn,
+    train_data_fn: DataFn,
+    eval_data: tf.data.Dataset,
+    activation: Activation,
+    sources: Sequence[str],
+    replicas: int,
+    train_config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    steps_per_epoch: Optional[int] = None,
+    progress: bool = True,
+) -> Dict[str, object]:
+    """Trains and evaluates R replicas; returns one result row.
+
+    Args:
+        model_fn: `model_fn(activation, embedding_seed=..., tower_seed=...)`
+            returning a built Keras model that outputs click logits.
+        train_data_fn: `train_data_fn(order_seed)` returning batched
+            `(features, labels)`; `order_seed=None` means the fixed order.
+        eval_data: Batched held-out `(features, labels)`, same for all.
+        activation: What to put in the hidden layers.
+        sources: Irreproducibility sources switched on (see `SOURCES`).
+        replicas: R >= 2.
+        train_config: Training settings; `stale` in `sources` turns on
+            stale updates with random per-replica delay schedules.
+        seed: Base seed of everything.
+        steps_per_epoch: For the progress bar (and the delay schedule).
+        progress: Show progress bars.
+
+    Returns:
+        A row as in `results.json` (see DESIGN.md), plus the median pair PD,
+        outlying replicas and per-replica AUCs.
+    """
+    sources = parse_sources("+".join(sources))
+    if replicas < 2:
+        raise ValueError(f"`replicas` must be >= 2. Received: replicas={replicas}")
+    set_op_determinism("op_nondeterminism" not in sources)
+    seeds = replica_seeds(sources, replicas, seed)
+    keras_activation = activation.to_keras()
+    models = [
+        model_fn(keras_activation, embedding_seed=s.embedding_seed, tower_seed=s.tower_seed)
+        for s in seeds
+    ]
+    if "stale" in sources:
+        train_config = dataclasses.replace(train_config, update_mode="stale")
+    schedules = None
+    if train_config.update_mode == "stale":
+        if not steps_per_epoch:
+            raise ValueError("Stale updates need `steps_per_epoch` for the delay schedules.")
+        steps = steps_per_epoch * train_config.epochs
+        schedules = [delay_schedule(steps, train_config.max_delay, s.schedule_seed) for s in seeds]
+    trainer = ReplicaTrainer(models, train_config, schedules)
+    if "order" in sources:
+        datasets = [train_data_fn(s.order_seed) for s in seeds]
+    else:
+        datasets = train_data_fn(None)
+    fit = trainer.fit(
+        datasets,
+        steps_per_epoch=steps_per_epoch,
+        progress=progress,
+        description=f"{activation.label} [{'+'.join(sources) or 'none'}]",
+    )
+    probabilities, labels = predict_probabilities(models, eval_data)
+    aucs = [roc_auc(labels, p) for p in probabilities]
+    losses = [log_loss(labels, p) for p in probabilities]
+    relative = metrics.pairwise_pd(probabilities, "relative", seed=seed)
+    absolute = metrics.pairwise_pd(probabilities, "absolute", seed=seed)
+    return {
+        "activation": activation.name,
+        "beta": activation.beta,
+        "label": activation.label,
+        "replicas": replicas,
+        "sources": list(sources),
+        "auc_mean": float(np.mean(aucs)),
+        "auc_std": float(np.std(aucs, ddof=1)),
+        "logloss_mean": float(np.mean(losses)),
+        "abs_pd": absolute.mean,
+        "rel_pd": relative.mean,
+        "rel_pd_ci": [relative.ci[0], relative.ci[1]],
+        "rel_pd_median": relative.median,
+        "rel_pd_std": relative.std,
+        "outlier_replicas": list(relative.outliers),
+        "aucs": aucs,
+        "train_loss": fit["loss"],
+        "train_seconds": fit["seconds"],
+        "steps": fit["steps"],
+        "update_mode": train_config.update_mode,
+    }
+
+
+def environment() -> Dict[str, str]:
+    """Versions and machine, recorded with every result."""
+    import tf_smelu
+
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf_smelu": tf_smelu.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": str(os.cpu_count()),
+    }
+
+
+def write_results(output_dir: str, config: Dict[str, object], rows: List[Dict]) -> str:
+    """Writes `results.json` (`{"config": ..., "results": [...]}`)."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "results.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(
+            {"config": config, "environment": environment(), "results": rows},
+            f,
+            indent=2,
+            allow_nan=False,
+            default=_json_default,
+        )
+    os.replace(path + ".tmp", path)  # never leave a half-written file
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"Not JSON serializable: {type(value).__name__}")
+
+
+def format_table(rows: List[Dict]) -> str:
+    """A readable text table of result rows, with PD relative to ReLU."""
+    header = (
+        f"{'sources':<22} {'activation':<26} {'AUC':>15} {'logloss':>8} "
+        f"{'relPD (95% CI)':>24} {'vs relu':>8} {'absPD':>7} {'sec':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    relu = {tuple(r["sources"]): r["rel_pd"] for r in rows if r["activation"] == "relu"}
+    for r in rows:
+        key = tuple(r["sources"])
+        change = f"{r['rel_pd'] / relu[key] - 1:+.0%}" if key in relu and relu[key] else ""
+        lo, hi = r["rel_pd_ci"]
+        ci = f"{r['rel_pd']:.4f} [{lo:.4f},{hi:.4f}]" if not math.isnan(lo) else f"{r['rel_pd']:.4f}"
+        lines.append(
+            f"{'+'.join(r['sources']) or 'none':<22} {r['label']:<26} "
+            f"{r['auc_mean']:.4f}±{r['auc_std']:.4f} {r['logloss_mean']:8.4f} "
+            f"{ci:>24} {change:>8} {r['abs_pd']:7.4f} {r['train_seconds']:6.0f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_tradeoff(rows: List[Dict], path: str) -> str:
+    """Relative PD against AUC, one point per activation/beta, one panel per source set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: Dict[tuple, List[Dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r["sources"]), []).append(r)
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(6 * len(groups), 4.8), squeeze=False
+    )
+    for ax, (sources, group) in zip(axes[0], groups.items()):
+        for r in group:
+            lo, hi = r["rel_pd_ci"]
+            yerr = None if math.isnan(lo) else [[r["rel_pd"] - lo], [hi - r["rel_pd"]]]
+            ax.errorbar(
+                r["auc_mean"], r["rel_pd"], xerr=r["auc_std"], yerr=yerr,
+                fmt="o", capsize=4, label=r["label"],
+            )
+        ax.set_title(f"sources: {'+'.join(sources) or 'none'} (R={group[0]['replicas']})")
+        ax.set_xlabel("AUC (mean ± sd over replicas)")
+        ax.set_ylabel("relative PD (mean over pairs, 95% CI)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Accuracy–reproducibility tradeoff: lower right is better")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
