@@ -74,10 +74,12 @@ QUICK_PRESET = dict(
 
 
 def resolved_config() -> dict:
-    """All flag values of this module, with the --quick preset applied."""
-    config = {flag.name: flag.value for flag in FLAGS.get_key_flags_for_module(sys.argv[0])}
+    """All flag values of this module; --quick fills in flags not given explicitly."""
+    own_flags = FLAGS.get_key_flags_for_module(sys.argv[0])
+    config = {flag.name: flag.value for flag in own_flags}
     if config["quick"]:
-        config.update(QUICK_PRESET)
+        explicit = {flag.name for flag in own_flags if flag.present}
+        config.update({k: v for k, v in QUICK_PRESET.items() if k not in explicit})
     return config
 
 
@@ -156,6 +158,11 @@ def main(argv):
     from tf_smelu import experiment
 
     config = resolved_config()
+    try:  # report bad flag values before any work, without a traceback
+        [experiment.Activation.parse(a) for a in config["activations"]]
+        [experiment.parse_sources(s) for s in config["sources"]]
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     results = run(config)
     rows = results["results"]
     print()
