@@ -183,3 +183,26 @@ def test_results_table_and_plot(tmp_path):
     plot = experiment.plot_tradeoff(rows, os.path.join(tmp_path, "tradeoff.png"))
     with open(plot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pd_by_evaluation_group(tiny_problem):
+    mask = np.zeros(512, bool)
+    mask[:100] = True
+    model_fn, train_data_fn, eval_data, steps = tiny_problem
+    row = experiment.run_replicas(
+        model_fn, train_data_fn, eval_data, experiment.Activation("relu"), ("tower_init",), 2,
+        steps_per_epoch=steps, progress=False,
+        eval_groups={"first": mask, "rest": ~mask, "none": np.zeros(512, bool)},
+    )
+    groups = row["rel_pd_by_group"]
+    assert set(groups) == {"first", "rest"}  # empty groups are left out
+    assert groups["first"]["examples"] == 100
+    # The overall mean is the example-weighted mean of the group means.
+    overall = (100 * groups["first"]["rel_pd"] + 412 * groups["rest"]["rel_pd"]) / 512
+    assert overall == pytest.approx(row["rel_pd"], rel=1e-9)
+    assert "first" in experiment.format_group_table([row])
+    with pytest.raises(ValueError, match="shape"):
+        experiment.run_replicas(
+            model_fn, train_data_fn, eval_data, experiment.Activation("relu"), (), 2,
+            steps_per_epoch=steps, progress=False, eval_groups={"bad": np.ones(3, bool)},
+        )

@@ -30,7 +30,7 @@ import math
 import os
 import platform
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
@@ -192,6 +192,7 @@ def run_replicas(
     seed: int = 0,
     steps_per_epoch: Optional[int] = None,
     progress: bool = True,
+    eval_groups: Optional[Mapping[str, np.ndarray]] = None,
 ) -> Dict[str, object]:
     """Trains and evaluates R replicas; returns one result row.
 
@@ -209,10 +210,13 @@ def run_replicas(
         seed: Base seed of everything.
         steps_per_epoch: For the progress bar (and the delay schedule).
         progress: Show progress bars.
+        eval_groups: Optional name -> boolean mask over the evaluation
+            examples (e.g. head/torso/tail ids); the row then holds the
+            relative PD within each group under `rel_pd_by_group`.
 
     Returns:
         A row as in `results.json` (see DESIGN.md), plus the median pair PD,
-        outlying replicas and per-replica AUCs.
+        outlying replicas, per-replica AUCs and per-group PD.
     """
     sources = parse_sources("+".join(sources))
     if replicas < 2:
@@ -248,6 +252,17 @@ def run_replicas(
     losses = [log_loss(labels, p) for p in probabilities]
     relative = metrics.pairwise_pd(probabilities, "relative", seed=seed)
     absolute = metrics.pairwise_pd(probabilities, "absolute", seed=seed)
+    by_group = {}
+    for name, mask in (eval_groups or {}).items():
+        mask = np.asarray(mask, bool)
+        if mask.shape != labels.shape:
+            raise ValueError(
+                f"eval_groups[{name!r}] has shape {mask.shape}; expected {labels.shape}."
+            )
+        if mask.any():
+            group = metrics.pairwise_pd(probabilities[:, mask], "relative", seed=seed)
+            by_group[name] = {"rel_pd": group.mean, "rel_pd_ci": list(group.ci),
+                              "examples": int(mask.sum())}
     return {
         "activation": activation.name,
         "beta": activation.beta,
@@ -268,6 +283,7 @@ def run_replicas(
         "train_seconds": fit["seconds"],
         "steps": fit["steps"],
         "update_mode": train_config.update_mode,
+        "rel_pd_by_group": by_group,
     }
 
 
@@ -326,6 +342,21 @@ def format_table(rows: List[Dict]) -> str:
             f"{r['auc_mean']:.4f}±{r['auc_std']:.4f} {r['logloss_mean']:8.4f} "
             f"{ci:>24} {change:>8} {r['abs_pd']:7.4f} {r['train_seconds']:6.0f}"
         )
+    return "\n".join(lines)
+
+
+def format_group_table(rows: List[Dict]) -> str:
+    """Relative PD per evaluation group (e.g. id popularity), one line per row."""
+    groups = list(dict.fromkeys(g for r in rows for g in r.get("rel_pd_by_group", {})))
+    if not groups:
+        return ""
+    lines = [f"{'sources':<22} {'activation':<26} " + " ".join(f"{g:>12}" for g in groups)]
+    for r in rows:
+        cells = [
+            f"{r['rel_pd_by_group'][g]['rel_pd']:12.4f}" if g in r["rel_pd_by_group"] else " " * 12
+            for g in groups
+        ]
+        lines.append(f"{'+'.join(r['sources']) or 'none':<22} {r['label']:<26} " + " ".join(cells))
     return "\n".join(lines)
 
 
