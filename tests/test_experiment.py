@@ -87,6 +87,14 @@ def test_row_has_the_documented_schema(tiny_problem):
     assert row["activation"] == "smelu" and row["beta"] == 0.1 and row["replicas"] == 3
 
 
+def test_harness_restores_op_determinism(tiny_problem):
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    _run(tiny_problem, ())
+    assert tf_config.is_op_determinism_enabled() == before
+
+
 def test_replica_seeds_vary_only_what_is_switched_on():
     def distinct(rows, field):
         return len({getattr(r, field) for r in rows})

@@ -24,6 +24,7 @@ Sources (`SOURCES`), each independent:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -145,12 +146,25 @@ def replica_seeds(sources: Iterable[str], replicas: int, base_seed: int) -> List
     return rows
 
 
-def set_op_determinism(enabled: bool) -> None:
-    """Turns TensorFlow's op determinism on or off for this process."""
+@contextlib.contextmanager
+def op_determinism(enabled: bool):
+    """Turns TensorFlow's op determinism on or off, restoring it afterwards.
+
+    The setting is process-wide; only TF's private config module can read it
+    or switch it off again (`tests/test_experiment.py` guards that API).
+    """
+    previous = tf_config.is_op_determinism_enabled()
+    _set_op_determinism(enabled)
+    try:
+        yield
+    finally:
+        _set_op_determinism(previous)
+
+
+def _set_op_determinism(enabled: bool) -> None:
     if enabled:
         tf.config.experimental.enable_op_determinism()
     else:
-        # Only the private module can switch it off again.
         tf_config.disable_op_determinism()
 
 
@@ -179,6 +193,40 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -
 
 ModelFn = Callable[..., keras.Model]
 DataFn = Callable[[Optional[int]], tf.data.Dataset]
+
+
+def _train_and_predict(
+    model_fn, train_data_fn, eval_data, activation, sources, replicas, train_config,
+    seed, steps_per_epoch, progress,
+):
+    """Builds, trains and evaluates the replicas: (probabilities, labels, fit, config)."""
+    seeds = replica_seeds(sources, replicas, seed)
+    keras_activation = activation.to_keras()
+    models = [
+        model_fn(keras_activation, embedding_seed=s.embedding_seed, tower_seed=s.tower_seed)
+        for s in seeds
+    ]
+    if "stale" in sources:
+        train_config = dataclasses.replace(train_config, update_mode="stale")
+    schedules = None
+    if train_config.update_mode == "stale":
+        if not steps_per_epoch:
+            raise ValueError("Stale updates need `steps_per_epoch` for the delay schedules.")
+        steps = steps_per_epoch * train_config.epochs
+        schedules = [delay_schedule(steps, train_config.max_delay, s.schedule_seed) for s in seeds]
+    trainer = ReplicaTrainer(models, train_config, schedules)
+    if "order" in sources:
+        datasets = [train_data_fn(s.order_seed) for s in seeds]
+    else:
+        datasets = train_data_fn(None)
+    fit = trainer.fit(
+        datasets,
+        steps_per_epoch=steps_per_epoch,
+        progress=progress,
+        description=f"{activation.label} [{'+'.join(sources) or 'none'}]",
+    )
+    probabilities, labels = predict_probabilities(models, eval_data)
+    return probabilities, labels, fit, train_config
 
 
 def run_replicas(
@@ -221,33 +269,11 @@ def run_replicas(
     sources = parse_sources("+".join(sources))
     if replicas < 2:
         raise ValueError(f"`replicas` must be >= 2. Received: replicas={replicas}")
-    set_op_determinism("op_nondeterminism" not in sources)
-    seeds = replica_seeds(sources, replicas, seed)
-    keras_activation = activation.to_keras()
-    models = [
-        model_fn(keras_activation, embedding_seed=s.embedding_seed, tower_seed=s.tower_seed)
-        for s in seeds
-    ]
-    if "stale" in sources:
-        train_config = dataclasses.replace(train_config, update_mode="stale")
-    schedules = None
-    if train_config.update_mode == "stale":
-        if not steps_per_epoch:
-            raise ValueError("Stale updates need `steps_per_epoch` for the delay schedules.")
-        steps = steps_per_epoch * train_config.epochs
-        schedules = [delay_schedule(steps, train_config.max_delay, s.schedule_seed) for s in seeds]
-    trainer = ReplicaTrainer(models, train_config, schedules)
-    if "order" in sources:
-        datasets = [train_data_fn(s.order_seed) for s in seeds]
-    else:
-        datasets = train_data_fn(None)
-    fit = trainer.fit(
-        datasets,
-        steps_per_epoch=steps_per_epoch,
-        progress=progress,
-        description=f"{activation.label} [{'+'.join(sources) or 'none'}]",
-    )
-    probabilities, labels = predict_probabilities(models, eval_data)
+    with op_determinism("op_nondeterminism" not in sources):
+        probabilities, labels, fit, train_config = _train_and_predict(
+            model_fn, train_data_fn, eval_data, activation, sources, replicas,
+            train_config, seed, steps_per_epoch, progress,
+        )
     aucs = [roc_auc(labels, p) for p in probabilities]
     losses = [log_loss(labels, p) for p in probabilities]
     relative = metrics.pairwise_pd(probabilities, "relative", seed=seed)
