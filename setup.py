@@ -22,6 +22,8 @@ setup(
         "tensorflow>=2.16,<2.22",
         "keras>=3.5",
         "tensorflow-datasets>=4.9",
+        # tfds' MovieLens builders import it but tfds 4.9.10 does not declare it.
+        "importlib_resources>=5",
         "absl-py>=1.0",
         "numpy>=1.23",
         # The replica experiment shows progress bars and writes tradeoff.png.

@@ -1,0 +1,485 @@
+"""Criteo-format click logs (Kaggle Display Advertising Challenge layout).
+
+File format
+-----------
+One example per line, 40 tab-separated columns::
+
+    label  I1 ... I13  C1 ... C26
+
+* ``label``: ``0`` or ``1`` (click).
+* ``I1``..``I13``: integer counts, possibly negative, possibly empty.
+* ``C1``..``C26``: categorical values (hashed hex strings in the real data),
+  possibly empty.
+
+Files may be plain text or gzip; gzip is detected from the magic bytes, not
+the suffix.  Criteo *test* files without the label column are not supported.
+
+Preprocessing
+-------------
+* Integer features become ``log1p(max(x, 0))`` (the usual DLRM transform);
+  an empty field counts as 0.  They form the float32 ``"dense"`` feature
+  ``[n, 13]``, columns in the order ``I1``..``I13``; they are not
+  standardised, so that the streaming and in-memory loaders agree.
+* Each categorical field is hashed with ``tf.strings.to_hash_bucket_fast``
+  (stable FarmHash) into ``num_buckets`` ids, per field (default
+  :data:`DEFAULT_NUM_BUCKETS`); the empty string is hashed like any value,
+  so "missing" has its own (shared) bucket.  No vocabulary is built, so a
+  pass over the data is never needed before training.
+* Train/test split: a seeded hash of the line number
+  (:class:`tf_smelu.data.tabular.SplitConfig`), identical in both loaders.
+
+Malformed rows (wrong number of columns, label not 0/1, non-integer ``I``
+field) raise :class:`~tf_smelu.data.tabular.MalformedRowError` naming the file,
+line and problem, or with ``on_error="skip"`` are skipped and counted
+(``LoadedDataset.skipped_rows``, also logged as a warning).
+
+Entry points
+------------
+* :func:`load_criteo`: train and test :class:`CTRExamples` in memory (about
+  270 bytes per row: 26 int64 ids, 13 float32 and a label; 1M rows take
+  ~270 MB, the full 45M-row Kaggle file ~12 GB, so cap it with
+  ``max_train_examples``/``max_test_examples``, which stops reading early).
+* :func:`criteo_dataset`: streaming ``tf.data.Dataset`` of one split; holds
+  one chunk of ``chunk_rows`` rows at a time.
+* :func:`read_criteo_file`: the parsed chunks themselves, in file order.
+* :func:`write_synthetic_criteo_file`: a valid Criteo-format file from the
+  synthetic click model, for examples and tests without the real data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip as gzip_module
+import io
+import itertools
+import os
+import zlib
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from tf_smelu.data.synthetic import (
+    DENSE_FEATURE_NAME,
+    CategoricalFeature,
+    FeatureSpec,
+    SyntheticCTRConfig,
+    _require_non_negative_int,
+    _require_positive_int,
+    make_dataset,
+)
+from tf_smelu.data.tabular import (
+    DEFAULT_TEST_FRACTION,
+    EncodedIds,
+    LoadedDataset,
+    RawColumns,
+    RowProblem,
+    SkippedRows,
+    SplitConfig,
+    check_on_error,
+    encode_splits,
+    hash_to_buckets,
+    log_skipped,
+    parse_binary_label,
+    parse_rows,
+    read_delimited,
+    require_column_count,
+    require_file,
+)
+
+INTEGER_FEATURE_NAMES: tuple[str, ...] = tuple(f"I{index}" for index in range(1, 14))
+CATEGORICAL_FEATURE_NAMES: tuple[str, ...] = tuple(f"C{index}" for index in range(1, 27))
+NUM_COLUMNS = 1 + len(INTEGER_FEATURE_NAMES) + len(CATEGORICAL_FEATURE_NAMES)
+
+DEFAULT_NUM_BUCKETS = 2**15
+"""Hash buckets per categorical field.  26 tables of 32768 x 8 float32 are
+27 MB per model (x3 with Adam's slots), affordable for several replicas; the
+real data has fields with millions of values, so raise it for accuracy."""
+
+DEFAULT_CHUNK_ROWS = 16_384
+"""Rows parsed per chunk: bounds the transient memory of the raw strings."""
+
+_LAYOUT = "label, 13 integer and 26 categorical features, tab-separated"
+
+# Vocabulary sizes of the synthetic fields C1..C26, loosely following the
+# spread of the real Criteo cardinalities (a few tiny fields, many large ones)
+# at a scale that generates quickly.
+_SYNTHETIC_VOCAB_SIZES = (
+    1000, 500, 10000, 5000, 200, 20, 5000, 500, 3, 10000, 5000, 10000, 3000,
+    30, 5000, 10000, 10, 3000, 2000, 4, 10000, 15, 15, 10000, 100, 10000,
+)  # fmt: skip
+_SYNTHETIC_MISSING_INTEGER_RATE = 0.1
+_SYNTHETIC_MISSING_CATEGORICAL_RATE = 0.05
+_SYNTHETIC_MISSING_STREAM_TAG = 21  # SeedSequence key of the missing-value draws
+
+
+@dataclasses.dataclass(frozen=True)
+class CriteoChunk:
+    """Consecutive parsed rows of a Criteo file.
+
+    Attributes:
+        line_numbers: int64 ``[n]``, 1-based line of each row in the file.
+        labels: float32 ``[n]`` 0/1 labels.
+        dense: float32 ``[n, 13]``, ``log1p(max(I, 0))`` (missing -> 0).
+        categorical: ``C1``..``C26`` -> int64 ``[n]`` hash-bucket ids.
+    """
+
+    line_numbers: np.ndarray
+    labels: np.ndarray
+    dense: np.ndarray
+    categorical: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, rows: np.ndarray) -> CriteoChunk:
+        return CriteoChunk(
+            self.line_numbers[rows],
+            self.labels[rows],
+            self.dense[rows],
+            {name: ids[rows] for name, ids in self.categorical.items()},
+        )
+
+    def features(self) -> dict[str, np.ndarray]:
+        """The features dict of these rows, as the models expect it."""
+        return {**self.categorical, DENSE_FEATURE_NAME: self.dense}
+
+
+def resolve_num_buckets(num_buckets: int | Mapping[str, int]) -> dict[str, int]:
+    """Hash buckets of every categorical field from one int or a mapping."""
+    if isinstance(num_buckets, Mapping):
+        if set(num_buckets) != set(CATEGORICAL_FEATURE_NAMES):
+            raise ValueError(
+                "`num_buckets` given as a mapping must have exactly the keys "
+                f"C1..C26. Received: num_buckets={dict(num_buckets)!r}"
+            )
+        return {
+            name: _require_positive_int(f"num_buckets[{name!r}]", num_buckets[name])
+            for name in CATEGORICAL_FEATURE_NAMES
+        }
+    _require_positive_int("num_buckets", num_buckets)
+    return {name: int(num_buckets) for name in CATEGORICAL_FEATURE_NAMES}
+
+
+def criteo_feature_spec(num_buckets: int | Mapping[str, int] = DEFAULT_NUM_BUCKETS) -> FeatureSpec:
+    """Model inputs of Criteo data: 26 hashed fields and 13 dense features."""
+    buckets = resolve_num_buckets(num_buckets)
+    return FeatureSpec(
+        categorical=tuple(CategoricalFeature(name, size) for name, size in buckets.items()),
+        num_dense=len(INTEGER_FEATURE_NAMES),
+    )
+
+
+def _parse_count(text: str, name: str) -> int:
+    if not text:
+        return 0  # missing: log1p(max(0, 0)) == 0, the documented fill value
+    try:
+        return int(text)
+    except ValueError:
+        raise RowProblem(
+            f"integer feature {name} is not an integer. Received: {name}={text!r}"
+        ) from None
+
+
+def _parse_row(fields: list[str]) -> tuple[float, list[int], list[str]]:
+    require_column_count(fields, NUM_COLUMNS, _LAYOUT)
+    label = parse_binary_label(fields[0], "label")
+    counts = [
+        _parse_count(text, name)
+        for text, name in zip(fields[1:14], INTEGER_FEATURE_NAMES, strict=True)
+    ]
+    return label, counts, fields[14:]
+
+
+def _to_chunk(
+    rows: list[tuple[int, tuple[float, list[int], list[str]]]], buckets: Mapping[str, int]
+) -> CriteoChunk:
+    line_numbers = np.array([line_number for line_number, _ in rows], dtype=np.int64)
+    labels = np.array([label for _, (label, _, _) in rows], dtype=np.float32)
+    # float64: the counts are unbounded Python ints.
+    counts = np.array([counts for _, (_, counts, _) in rows], dtype=np.float64)
+    strings = np.array([strings for _, (_, _, strings) in rows], dtype=object)
+    return CriteoChunk(
+        line_numbers=line_numbers,
+        labels=labels,
+        dense=np.log1p(np.maximum(counts, 0.0)).astype(np.float32),
+        categorical={
+            name: hash_to_buckets(strings[:, column], buckets[name])
+            for column, name in enumerate(CATEGORICAL_FEATURE_NAMES)
+        },
+    )
+
+
+def read_criteo_file(
+    path: str | os.PathLike,
+    *,
+    num_buckets: int | Mapping[str, int] = DEFAULT_NUM_BUCKETS,
+    on_error: str = "raise",
+    skipped: SkippedRows | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Iterator[CriteoChunk]:
+    """Parses a Criteo file into chunks of at most ``chunk_rows`` rows, in file order.
+
+    Args:
+        path: Plain or gzip Criteo file.
+        num_buckets: Hash buckets per categorical field: one int for all, or
+            a mapping ``C1``..``C26`` -> int.
+        on_error: ``"raise"``: a malformed row raises
+            :class:`~tf_smelu.data.tabular.MalformedRowError`; ``"skip"``:
+            it is left out and recorded in ``skipped``.
+        skipped: Collects the skipped rows; a fresh one if ``None``.
+        chunk_rows: Rows per chunk.
+
+    Raises:
+        FileNotFoundError: At the call, if ``path`` is not a file.
+    """
+    path = require_file(path)
+    buckets = resolve_num_buckets(num_buckets)
+    check_on_error(on_error)
+    _require_positive_int("chunk_rows", chunk_rows)
+    skipped = SkippedRows(path) if skipped is None else skipped
+
+    def chunks() -> Iterator[CriteoChunk]:
+        rows = parse_rows(
+            path,
+            read_delimited(path, delimiter="\t", quoted=False),
+            _parse_row,
+            on_error=on_error,
+            skipped=skipped,
+        )
+        while batch := list(itertools.islice(rows, chunk_rows)):
+            yield _to_chunk(batch, buckets)
+
+    return chunks()
+
+
+def load_criteo(
+    path: str | os.PathLike,
+    *,
+    num_buckets: int | Mapping[str, int] = DEFAULT_NUM_BUCKETS,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+    max_train_examples: int | None = None,
+    max_test_examples: int | None = None,
+    on_error: str = "raise",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> LoadedDataset:
+    """Train and test examples of a Criteo file, held in memory.
+
+    Memory: about 270 bytes per kept row (see the module docstring).  With
+    both caps given, reading stops as soon as both splits are full, so the
+    rows come from the beginning of the file; each split is then in a seeded
+    random order.
+
+    Args:
+        path: Plain or gzip Criteo file.
+        num_buckets: Hash buckets per categorical field (int or mapping).
+        test_fraction: Share of rows in the test split.
+        seed: Seed of the split and of the row order.
+        max_train_examples: Cap on training rows; ``None``: all.
+        max_test_examples: Cap on test rows; ``None``: all.
+        on_error: ``"raise"`` or ``"skip"`` malformed rows.
+        chunk_rows: Rows parsed at a time.
+
+    Returns:
+        :class:`~tf_smelu.data.tabular.LoadedDataset` with fields ``C1``..
+        ``C26``, dense ``I1``..``I13`` and the skipped-row count.
+    """
+    split = SplitConfig(test_fraction, seed, max_train_examples, max_test_examples)
+    skipped = SkippedRows(os.fspath(path))
+    buckets = resolve_num_buckets(num_buckets)
+    kept: list[CriteoChunk] = []
+    num_train = num_test = 0
+    train_cap = max_train_examples or np.inf
+    test_cap = max_test_examples or np.inf
+    for chunk in read_criteo_file(
+        path, num_buckets=buckets, on_error=on_error, skipped=skipped, chunk_rows=chunk_rows
+    ):
+        # Drop rows of a split that is already full: they would only cost memory.
+        is_test = split.is_test(chunk.line_numbers)
+        keep = np.where(is_test, num_test < test_cap, num_train < train_cap)
+        kept.append(chunk.take(keep))
+        num_test += int(np.sum(is_test & keep))
+        num_train += int(np.sum(~is_test & keep))
+        if num_train >= train_cap and num_test >= test_cap:
+            break
+    log_skipped(skipped)
+    if not num_train + num_test:
+        raise ValueError(
+            f"The Criteo file has no valid rows. Received: path={os.fspath(path)!r}, "
+            f"skipped_rows={skipped.count}"
+        )
+    columns = RawColumns(
+        categorical={
+            name: np.concatenate([chunk.categorical[name] for chunk in kept])
+            for name in CATEGORICAL_FEATURE_NAMES
+        },
+        dense=np.concatenate([chunk.dense for chunk in kept]),
+        labels=np.concatenate([chunk.labels for chunk in kept]),
+    )
+    line_numbers = np.concatenate([chunk.line_numbers for chunk in kept])
+    del kept  # the concatenated copy is all that is needed from here on
+    train_rows, test_rows = split.rows(line_numbers, source=os.fspath(path))
+    train, test, feature_spec = encode_splits(
+        columns,
+        train_rows,
+        test_rows,
+        fit_encoder=lambda name, _: EncodedIds(buckets[name]),
+        standardize=False,
+    )
+    return LoadedDataset(
+        train,
+        test,
+        feature_spec,
+        dense_names=INTEGER_FEATURE_NAMES,
+        skipped_rows=skipped,
+    )
+
+
+def criteo_dataset(
+    path: str | os.PathLike,
+    split: str = "train",
+    *,
+    batch_size: int | None = None,
+    drop_remainder: bool = False,
+    num_buckets: int | Mapping[str, int] = DEFAULT_NUM_BUCKETS,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+    on_error: str = "raise",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> tf.data.Dataset:
+    """Streaming ``(features, label)`` dataset of one split of a Criteo file.
+
+    Rows are in file order (shuffle with ``Dataset.shuffle`` if needed) and
+    the split equals that of :func:`load_criteo` with the same
+    ``test_fraction`` and ``seed`` (before its caps).  Each pass re-reads the
+    file; memory holds about one chunk.  A malformed row stops iteration
+    with a ``tf.errors`` exception whose message is the
+    :class:`~tf_smelu.data.tabular.MalformedRowError` text (file and line);
+    with ``on_error="skip"`` a summary is logged after each pass.  Build the
+    model with :func:`criteo_feature_spec` ``(num_buckets)``.
+
+    Args:
+        path: Plain or gzip Criteo file.
+        split: ``"train"`` or ``"test"``.
+        batch_size: Rows per element; ``None``: single examples.
+        drop_remainder: Drop a final partial batch.
+        num_buckets, test_fraction, seed, on_error, chunk_rows: As in
+            :func:`load_criteo`.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
+    if batch_size is not None:
+        _require_positive_int("batch_size", batch_size)
+    split_config = SplitConfig(test_fraction, seed)
+    path = os.fspath(path)
+    reader_arguments = dict(num_buckets=num_buckets, on_error=on_error, chunk_rows=chunk_rows)
+    # Checks the file and arguments now rather than at the first element;
+    # reading only starts when the returned generator is iterated.
+    read_criteo_file(path, **reader_arguments)
+
+    def generate() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        skipped = SkippedRows(path)
+        for chunk in read_criteo_file(path, skipped=skipped, **reader_arguments):
+            is_test = split_config.is_test(chunk.line_numbers)
+            selected = chunk.take(is_test if split == "test" else ~is_test)
+            yield selected.features(), selected.labels
+        log_skipped(skipped)
+
+    signature = (
+        {
+            **{name: tf.TensorSpec([None], tf.int64) for name in CATEGORICAL_FEATURE_NAMES},
+            DENSE_FEATURE_NAME: tf.TensorSpec([None, len(INTEGER_FEATURE_NAMES)], tf.float32),
+        },
+        tf.TensorSpec([None], tf.float32),
+    )
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    if batch_size is None:
+        dataset = dataset.unbatch()
+    else:
+        dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def write_synthetic_criteo_file(
+    path: str | os.PathLike, num_rows: int, seed: int = 0, gzip: bool = False
+) -> str:
+    """Writes a valid Criteo-format file drawn from the synthetic click model.
+
+    Labels follow :mod:`tf_smelu.data.synthetic` (so a model can learn
+    something, base CTR about 0.2); the 13 dense features become
+    non-negative integer counts ``floor(exp(2 x))``, the 26 categorical ids
+    become 8-digit hex strings, and about 10% of integer and 5% of
+    categorical fields are left empty.  The same ``(num_rows, seed)`` give
+    the same rows, and with ``gzip`` the same bytes.
+
+    Args:
+        path: Output file (overwritten).
+        num_rows: Number of lines.
+        seed: Seed of the examples and of the missing fields.
+        gzip: Write gzip-compressed text (whatever the suffix).
+
+    Returns:
+        ``path`` as a string.
+    """
+    _require_positive_int("num_rows", num_rows)
+    _require_non_negative_int("seed", seed)
+    path = os.fspath(path)
+    vocab_sizes = dict(zip(CATEGORICAL_FEATURE_NAMES, _SYNTHETIC_VOCAB_SIZES, strict=True))
+    chunk_size = min(num_rows, 16_384)
+    config = SyntheticCTRConfig(
+        num_examples=num_rows,
+        num_eval_examples=1,
+        seed=seed,
+        vocab_sizes=vocab_sizes,
+        num_dense=len(INTEGER_FEATURE_NAMES),
+        chunk_size=chunk_size,
+    )
+    hex_tables = {
+        name: np.array(
+            [format(zlib.crc32(f"{name}={index}".encode()), "08x") for index in range(size)],
+            dtype=object,
+        )
+        for name, size in vocab_sizes.items()
+    }
+    missing_rng = np.random.default_rng(
+        np.random.SeedSequence([seed, _SYNTHETIC_MISSING_STREAM_TAG])
+    )
+    with open(path, "wb") as file:
+        # No timestamp or file name in the gzip header: same rows, same bytes.
+        binary = (
+            gzip_module.GzipFile(filename="", fileobj=file, mode="wb", mtime=0)
+            if gzip
+            else file
+        )
+        with io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
+            _write_synthetic_rows(text, config, hex_tables, missing_rng)
+    return path
+
+
+def _write_synthetic_rows(
+    text: io.TextIOBase,
+    config: SyntheticCTRConfig,
+    hex_tables: Mapping[str, np.ndarray],
+    missing_rng: np.random.Generator,
+) -> None:
+    """Writes the ``train`` rows of ``config`` as Criteo lines, chunk by chunk."""
+    batches = make_dataset(config, "train", batch_size=config.chunk_size)
+    for features, labels in batches.as_numpy_iterator():
+        counts = np.floor(np.exp(2.0 * features[DENSE_FEATURE_NAME])).astype(np.int64)
+        integer_columns = np.where(
+            missing_rng.random(counts.shape) < _SYNTHETIC_MISSING_INTEGER_RATE,
+            "",
+            counts.astype(str).astype(object),
+        )
+        categorical_columns = np.stack(
+            [hex_tables[name][features[name]] for name in CATEGORICAL_FEATURE_NAMES],
+            axis=1,
+        )
+        categorical_columns[
+            missing_rng.random(categorical_columns.shape)
+            < _SYNTHETIC_MISSING_CATEGORICAL_RATE
+        ] = ""
+        label_column = labels.astype(np.int64).astype(str).astype(object).reshape(-1, 1)
+        rows = np.concatenate([label_column, integer_columns, categorical_columns], axis=1)
+        text.writelines("\t".join(row) + "\n" for row in rows.tolist())
