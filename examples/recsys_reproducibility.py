@@ -36,7 +36,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list(
     "activations",
-    ["relu", "smelu:0.1", "smelu:0.2"],
+    ["relu", "smelu:0.2", "smelu:0.4", "smelu:0.6", "gelu"],
     "Activations to compare: name or name:beta (smelu, rescu, generalized_smelu take "
     "a beta; rescu:beta:order sets the order); relu, gelu, swish, softplus take none.",
 )
@@ -46,9 +46,22 @@ flags.DEFINE_list(
     "Sets of irreproducibility sources, one result row per activation and set. "
     "Within a set join sources with '+', e.g. init+order.",
 )
-flags.DEFINE_integer("replicas", 6, "Replicas R per activation and source set (>= 2).", lower_bound=2)
-flags.DEFINE_integer("train_examples", 500_000, "Synthetic training examples.", lower_bound=1)
-flags.DEFINE_integer("eval_examples", 100_000, "Held-out examples for AUC and PD.", lower_bound=1)
+flags.DEFINE_string(
+    "dataset",
+    "synthetic",
+    "Data: synthetic (built in, the default), movielens_100k, movielens_1m (TFDS, "
+    "downloaded on first use), criteo:PATH (Criteo TSV, .gz ok) or csv:PATH[#LABEL_COLUMN].",
+)
+flags.DEFINE_integer("replicas", 8, "Replicas R per activation and source set (>= 2).", lower_bound=2)
+flags.DEFINE_integer(
+    "train_examples", 500_000,
+    "Training examples (synthetic: generated; real data: a seeded subset of at most this many).",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "eval_examples", 100_000, "Held-out examples for AUC and PD (at most, for real data).",
+    lower_bound=1,
+)
 flags.DEFINE_integer("epochs", 1, "Passes over the training data.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 512, "Training batch size.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
@@ -86,35 +99,39 @@ def resolved_config() -> dict:
 def run(config: dict) -> dict:
     """Runs the experiment described by `config`; returns results.json's content."""
     from tf_smelu import experiment
-    from tf_smelu.data import SyntheticCTRConfig, frequency_buckets, generate_examples
+    from tf_smelu.data import load_dataset, popularity_buckets
     from tf_smelu.data.in_memory import batched_dataset
     from tf_smelu.models import build_model
     from tf_smelu.training.replicas import TrainConfig
 
     activations = [experiment.Activation.parse(a) for a in config["activations"]]
     source_sets = [experiment.parse_sources(s) for s in config["sources"]]
-    data_config = SyntheticCTRConfig(
-        num_examples=config["train_examples"],
-        num_eval_examples=config["eval_examples"],
+    start = time.perf_counter()
+    data = load_dataset(
+        config["dataset"],
+        train_examples=config["train_examples"],
+        eval_examples=config["eval_examples"],
         seed=config["seed"],
     )
-    start = time.perf_counter()
-    train = generate_examples(data_config, "train")
-    test = generate_examples(data_config, "test")
-    print(f"Generated {len(train):,} train and {len(test):,} test examples "
-          f"in {time.perf_counter() - start:.0f}s (base CTR {train.labels.mean():.3f}).")
+    train, test = data.train, data.test
+    print(f"Loaded {config['dataset']}: {len(train):,} train and {len(test):,} test examples "
+          f"in {time.perf_counter() - start:.0f}s (positive rate {train.labels.mean():.3f}).")
 
     def train_data_fn(order_seed):
         return batched_dataset(train.features, train.labels, config["batch_size"], order_seed)
 
     eval_data = batched_dataset(test.features, test.labels, 4096)
-    # PD of head (50% of traffic), torso (next 40%) and tail items: rare ids
-    # barely move from their random init, which no activation can fix.
-    item_bucket = frequency_buckets(data_config, "item_id", test.features["item_id"])
-    eval_groups = {
-        f"item_{name}": item_bucket == index for index, name in enumerate(("head", "torso", "tail"))
-    }
-    spec = data_config.feature_spec()
+    eval_groups = None
+    if data.item_field is not None:
+        # PD of head (50% of traffic), torso (next 40%) and tail items: rare ids
+        # barely move from their random init, which no activation can fix.
+        bucket = popularity_buckets(
+            train.features[data.item_field], test.features[data.item_field]
+        )
+        eval_groups = {
+            f"item_{name}": bucket == index for index, name in enumerate(("head", "torso", "tail"))
+        }
+    spec = data.feature_spec
 
     # The tower widths are `hidden_units` of the MLP and `top_units` of DCN.
     tower_argument = "hidden_units" if config["model"] == "mlp" else "top_units"
@@ -136,7 +153,7 @@ def run(config: dict) -> dict:
         max_delay=config["max_delay"],
         jit_compile=config["jit_compile"],
     )
-    steps_per_epoch = -(-config["train_examples"] // config["batch_size"])
+    steps_per_epoch = -(-len(train) // config["batch_size"])
     rows = []
     for sources in source_sets:
         for activation in activations:
@@ -163,19 +180,23 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from tf_smelu import experiment
+    from tf_smelu.data import parse_dataset_spec
 
     config = resolved_config()
     try:  # report bad flag values before any work, without a traceback
         [experiment.Activation.parse(a) for a in config["activations"]]
         [experiment.parse_sources(s) for s in config["sources"]]
+        parse_dataset_spec(config["dataset"])
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     results = run(config)
     rows = results["results"]
     print()
     print(experiment.format_table(rows))
-    print("\nRelative PD by item popularity (share of traffic: head 50%, torso 40%, tail 10%)")
-    print(experiment.format_group_table(rows))
+    group_table = experiment.format_group_table(rows)
+    if group_table:
+        print("\nRelative PD by item popularity (share of traffic: head 50%, torso 40%, tail 10%)")
+        print(group_table)
     path = experiment.write_results(config["output_dir"], config, rows)
     plot = experiment.plot_tradeoff(rows, path.replace("results.json", "tradeoff.png"))
     print(f"\nWrote {path} and {plot}")

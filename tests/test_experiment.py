@@ -214,3 +214,11 @@ def test_pd_by_evaluation_group(tiny_problem):
             model_fn, train_data_fn, eval_data, experiment.Activation("relu"), (), 2,
             steps_per_epoch=steps, progress=False, eval_groups={"bad": np.ones(3, bool)},
         )
+
+
+def test_undefined_numbers_are_written_as_null(tmp_path):
+    row = {"rel_pd_ci": [float("nan"), float("nan")], "rel_pd_std": np.float64("nan"), "x": 1.0}
+    path = experiment.write_results(str(tmp_path), {}, [row])
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)["results"][0]
+    assert saved == {"rel_pd_ci": [None, None], "rel_pd_std": None, "x": 1.0}

@@ -59,3 +59,26 @@ def test_bad_flag_values_fail_clearly(tmp_path):
     result = _run("--quick", "--activations=relu,smelu:-1", f"--output_dir={tmp_path}", timeout=300)
     assert result.returncode != 0
     assert "beta must be > 0" in result.stderr
+
+
+@pytest.mark.slow
+def test_quick_run_on_a_criteo_file(tmp_path):
+    from tf_smelu.data import write_synthetic_criteo_file
+
+    path = write_synthetic_criteo_file(str(tmp_path / "day_0.gz"), 3000, seed=1, gzip=True)
+    result = _run(
+        "--quick", f"--dataset=criteo:{path}", "--activations=relu,smelu:0.3",
+        "--replicas=2", f"--output_dir={tmp_path}", "--noprogress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "results.json", encoding="utf-8") as f:
+        results = json.load(f)
+    assert results["config"]["dataset"] == f"criteo:{path}"
+    assert [r["label"] for r in results["results"]] == ["relu", "smelu(β=0.3)"]
+    assert all(r["rel_pd_by_group"] == {} for r in results["results"])  # no item field
+
+
+def test_bad_dataset_spec_fails_before_any_work(tmp_path):
+    result = _run("--dataset=parquet:/nowhere", f"--output_dir={tmp_path}", timeout=120)
+    assert result.returncode != 0
+    assert "dataset" in result.stderr.lower()

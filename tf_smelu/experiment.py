@@ -329,12 +329,16 @@ def environment() -> Dict[str, str]:
 
 
 def write_results(output_dir: str, config: Dict[str, object], rows: List[Dict]) -> str:
-    """Writes `results.json` (`{"config": ..., "results": [...]}`)."""
+    """Writes `results.json` (`{"config": ..., "results": [...]}`).
+
+    Undefined numbers (e.g. the interval of a single pair when R = 2) are
+    written as `null`: NaN is not JSON.
+    """
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "results.json")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(
-            {"config": config, "environment": environment(), "results": rows},
+            _nan_to_none({"config": config, "environment": environment(), "results": rows}),
             f,
             indent=2,
             allow_nan=False,
@@ -342,6 +346,16 @@ def write_results(output_dir: str, config: Dict[str, object], rows: List[Dict]) 
         )
     os.replace(path + ".tmp", path)  # never leave a half-written file
     return path
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(item) for item in value]
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return None
+    return value
 
 
 def _json_default(value):
