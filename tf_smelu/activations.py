@@ -26,6 +26,8 @@ from typing import Union
 import numpy as np
 import tensorflow as tf
 
+from tf_smelu.validation import require_order
+
 TensorLike = Union[tf.Tensor, tf.Variable, np.ndarray, float, list]
 Param = Union[float, tf.Tensor, tf.Variable, np.ndarray]
 
@@ -55,17 +57,6 @@ def _as_float_tensor(x: TensorLike, fn_name: str) -> tf.Tensor:
 
 def _is_python_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _validate_order(order) -> int:
-    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
-        raise ValueError(
-            "`order` must be a Python integer >= 1. "
-            f"Received: order={order!r} of type {type(order).__name__}"
-        )
-    if order < 1:
-        raise ValueError(f"`order` must be >= 1. Received: order={order}")
-    return int(order)
 
 
 def _parameter(value: Param, name: str, dtype: tf.DType, positive: bool):
@@ -322,7 +313,7 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2) -> tf.Tensor:
     Reference:
         [Shamir et al., 2020](https://arxiv.org/abs/2010.09931)
     """
-    order = _validate_order(order)
+    order = require_order(order)
     x = _as_float_tensor(x, "rescu")
     beta = _parameter(beta, "beta", _compute_dtype(x.dtype), positive=True)
     return _rescu_with_gradient(x, beta, order)

@@ -11,18 +11,9 @@ from typing import Optional, Sequence, Union
 import keras
 
 from tf_smelu import activations
+from tf_smelu.validation import require_order, require_positive_number
 
 _PACKAGE = "tf_smelu"
-
-
-def _check_positive_number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(
-            f"`{name}` must be a Python number > 0. Received: {name}={value!r}"
-        )
-    if not value > 0:
-        raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
-    return float(value)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -48,7 +39,7 @@ class SmeLU(keras.layers.Layer):
 
     def __init__(self, beta: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        self.beta = _check_positive_number(beta, "beta")
+        self.beta = require_positive_number("beta", beta)
         self.supports_masking = True
 
     def call(self, inputs):
@@ -81,8 +72,8 @@ class RESCU(keras.layers.Layer):
 
     def __init__(self, beta: float = 1.0, order: int = 2, **kwargs):
         super().__init__(**kwargs)
-        self.beta = _check_positive_number(beta, "beta")
-        self.order = activations._validate_order(order)
+        self.beta = require_positive_number("beta", beta)
+        self.order = require_order(order)
         self.supports_masking = True
 
     def call(self, inputs):
@@ -163,10 +154,10 @@ class GeneralizedSmeLU(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.min_width = _check_positive_number(min_width, "min_width")
+        self.min_width = require_positive_number("min_width", min_width)
         self.initial_values = {
-            "alpha": _check_positive_number(alpha, "alpha"),
-            "beta": _check_positive_number(beta, "beta"),
+            "alpha": require_positive_number("alpha", alpha),
+            "beta": require_positive_number("beta", beta),
             "g_minus": float(g_minus),
             "g_plus": float(g_plus),
             "t": float(t),

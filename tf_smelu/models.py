@@ -40,12 +40,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_smelu.validation import is_int, require_non_negative_int, require_positive_int
 from tf_smelu.data.synthetic import (
     DENSE_FEATURE_NAME,
     FeatureSpec,
-    _is_int,
-    _require_non_negative_int,
-    _require_positive_int,
 )
 
 _PACKAGE = "tf_smelu"
@@ -128,7 +126,7 @@ def _as_feature_spec(feature_spec: FeatureSpec | Mapping) -> FeatureSpec:
 def _as_units(name: str, units: Sequence[int], allow_empty: bool) -> tuple[int, ...]:
     units = tuple(units)
     if (not units and not allow_empty) or not all(
-        _is_int(unit) and unit > 0 for unit in units
+        is_int(unit) and unit > 0 for unit in units
     ):
         raise ValueError(
             f"`{name}` must be a sequence of positive integers"
@@ -138,7 +136,7 @@ def _as_units(name: str, units: Sequence[int], allow_empty: bool) -> tuple[int, 
 
 
 def _as_optional_seed(name: str, seed: int | None) -> int | None:
-    return None if seed is None else _require_non_negative_int(name, seed)
+    return None if seed is None else require_non_negative_int(name, seed)
 
 
 # --------------------------------------------------------------------------
@@ -230,7 +228,7 @@ class _CTRRanker(keras.Model):
         object.__setattr__(
             self, "_activation_template", _deserialize_activation(activation)
         )
-        self.embedding_dim = _require_positive_int("embedding_dim", embedding_dim)
+        self.embedding_dim = require_positive_int("embedding_dim", embedding_dim)
         self.embedding_initializer = keras.initializers.get(embedding_initializer)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.embedding_seed = _as_optional_seed("embedding_seed", embedding_seed)
@@ -408,7 +406,7 @@ class DCNRanker(_CTRRanker):
         )
         self.bottom_units = _as_units("bottom_units", bottom_units, allow_empty=True)
         self.top_units = _as_units("top_units", top_units, allow_empty=True)
-        self.num_cross_layers = _require_non_negative_int(
+        self.num_cross_layers = require_non_negative_int(
             "num_cross_layers", num_cross_layers
         )
         self.bottom_layers = self._mlp_layers("bottom", self.bottom_units)

@@ -59,13 +59,12 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
+from tf_smelu.validation import require_non_negative_int, require_positive_int
 from tf_smelu.data.synthetic import (
     DENSE_FEATURE_NAME,
     CategoricalFeature,
     FeatureSpec,
     SyntheticCTRConfig,
-    _require_non_negative_int,
-    _require_positive_int,
     make_dataset,
 )
 from tf_smelu.data.tabular import (
@@ -154,10 +153,10 @@ def resolve_num_buckets(num_buckets: int | Mapping[str, int]) -> dict[str, int]:
                 f"C1..C26. Received: num_buckets={dict(num_buckets)!r}"
             )
         return {
-            name: _require_positive_int(f"num_buckets[{name!r}]", num_buckets[name])
+            name: require_positive_int(f"num_buckets[{name!r}]", num_buckets[name])
             for name in CATEGORICAL_FEATURE_NAMES
         }
-    _require_positive_int("num_buckets", num_buckets)
+    require_positive_int("num_buckets", num_buckets)
     return {name: int(num_buckets) for name in CATEGORICAL_FEATURE_NAMES}
 
 
@@ -236,7 +235,7 @@ def read_criteo_file(
     path = require_file(path)
     buckets = resolve_num_buckets(num_buckets)
     check_on_error(on_error)
-    _require_positive_int("chunk_rows", chunk_rows)
+    require_positive_int("chunk_rows", chunk_rows)
     skipped = SkippedRows(path) if skipped is None else skipped
 
     def chunks() -> Iterator[CriteoChunk]:
@@ -370,7 +369,7 @@ def criteo_dataset(
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
     if batch_size is not None:
-        _require_positive_int("batch_size", batch_size)
+        require_positive_int("batch_size", batch_size)
     split_config = SplitConfig(test_fraction, seed)
     path = os.fspath(path)
     reader_arguments = dict(num_buckets=num_buckets, on_error=on_error, chunk_rows=chunk_rows)
@@ -422,8 +421,8 @@ def write_synthetic_criteo_file(
     Returns:
         ``path`` as a string.
     """
-    _require_positive_int("num_rows", num_rows)
-    _require_non_negative_int("seed", seed)
+    require_positive_int("num_rows", num_rows)
+    require_non_negative_int("seed", seed)
     path = os.fspath(path)
     vocab_sizes = dict(zip(CATEGORICAL_FEATURE_NAMES, _SYNTHETIC_VOCAB_SIZES, strict=True))
     chunk_size = min(num_rows, 16_384)

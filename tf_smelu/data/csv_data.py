@@ -49,7 +49,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tf_smelu.data.synthetic import _require_positive_int
+from tf_smelu.validation import require_positive_int
 from tf_smelu.data.tabular import (
     DEFAULT_TEST_FRACTION,
     CategoricalEncoder,
@@ -199,7 +199,7 @@ def load_csv(
     split = SplitConfig(test_fraction, seed, max_train_examples, max_test_examples)
     check_on_error(on_error)
     if num_hash_buckets is not None:
-        _require_positive_int("num_hash_buckets", num_hash_buckets)
+        require_positive_int("num_hash_buckets", num_hash_buckets)
 
     rows = read_delimited(path, delimiter=delimiter, quoted=True)
     header = _read_header(path, rows, delimiter)

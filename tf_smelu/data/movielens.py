@@ -52,7 +52,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_smelu.data.synthetic import _require_in_range
+from tf_smelu.validation import require_in_range
 from tf_smelu.data.tabular import (
     DEFAULT_TEST_FRACTION,
     LoadedDataset,
@@ -210,7 +210,7 @@ def load_movielens(
     name = _tfds_name(variant)
     if label not in LABEL_KINDS:
         raise ValueError(f"`label` must be one of {LABEL_KINDS}. Received: label={label!r}")
-    _require_in_range("positive_rating", positive_rating)
+    require_in_range("positive_rating", positive_rating)
     split = SplitConfig(test_fraction, seed, max_train_examples, max_test_examples)
     data_dir = None if data_dir is None else os.fspath(data_dir)
 

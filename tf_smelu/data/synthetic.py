@@ -68,6 +68,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_smelu.validation import require_in_range, require_non_negative_int, require_positive_int
+
 DENSE_FEATURE_NAME = "dense"
 """Key of the dense feature tensor in every features dict."""
 
@@ -117,7 +119,7 @@ class CategoricalFeature:
             raise ValueError(
                 f"`name` must be a non-empty string. Received: name={self.name!r}"
             )
-        _require_positive_int("vocab_size", self.vocab_size)
+        require_positive_int("vocab_size", self.vocab_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +148,7 @@ class FeatureSpec:
                 "Categorical field names must be unique and must not be "
                 f"{DENSE_FEATURE_NAME!r}. Received: categorical_names={names!r}"
             )
-        _require_positive_int("num_dense", self.num_dense)
+        require_positive_int("num_dense", self.num_dense)
 
     @property
     def categorical_names(self) -> tuple[str, ...]:
@@ -239,14 +241,14 @@ class SyntheticCTRConfig:
         self._validate()
 
     def _validate(self) -> None:
-        _require_positive_int("num_examples", self.num_examples)
-        _require_positive_int("num_eval_examples", self.num_eval_examples)
-        _require_positive_int("num_dense", self.num_dense)
-        _require_positive_int("latent_dim", self.latent_dim)
-        _require_positive_int("chunk_size", self.chunk_size)
-        _require_non_negative_int("seed", self.seed)
+        require_positive_int("num_examples", self.num_examples)
+        require_positive_int("num_eval_examples", self.num_eval_examples)
+        require_positive_int("num_dense", self.num_dense)
+        require_positive_int("latent_dim", self.latent_dim)
+        require_positive_int("chunk_size", self.chunk_size)
+        require_non_negative_int("seed", self.seed)
         if self.world_seed is not None:
-            _require_non_negative_int("world_seed", self.world_seed)
+            require_non_negative_int("world_seed", self.world_seed)
         # FeatureSpec validates field names and vocabulary sizes.
         self.feature_spec()
         if isinstance(self.zipf_exponent, Mapping):
@@ -257,10 +259,10 @@ class SyntheticCTRConfig:
                     f"Received: zipf_exponent={self.zipf_exponent!r}"
                 )
             for field, exponent in self.zipf_exponent.items():
-                _require_in_range(f"zipf_exponent[{field!r}]", exponent, low=0.0)
+                require_in_range(f"zipf_exponent[{field!r}]", exponent, low=0.0)
         else:
-            _require_in_range("zipf_exponent", self.zipf_exponent, low=0.0)
-        _require_in_range(
+            require_in_range("zipf_exponent", self.zipf_exponent, low=0.0)
+        require_in_range(
             "base_ctr",
             self.base_ctr,
             low=0.0,
@@ -268,9 +270,9 @@ class SyntheticCTRConfig:
             low_inclusive=False,
             high_inclusive=False,
         )
-        _require_in_range("logit_scale", self.logit_scale, low=0.0, low_inclusive=False)
+        require_in_range("logit_scale", self.logit_scale, low=0.0, low_inclusive=False)
         for name in ("first_order_weight", "interaction_weight", "dense_weight"):
-            _require_in_range(name, getattr(self, name), low=0.0)
+            require_in_range(name, getattr(self, name), low=0.0)
         if not (
             self.first_order_weight or self.interaction_weight or self.dense_weight
         ):
@@ -281,7 +283,7 @@ class SyntheticCTRConfig:
                 f"interaction_weight={self.interaction_weight}, "
                 f"dense_weight={self.dense_weight}"
             )
-        _require_in_range(
+        require_in_range(
             "dense_latent_correlation",
             self.dense_latent_correlation,
             low=0.0,
@@ -315,57 +317,6 @@ class SyntheticCTRConfig:
 
 
 # --------------------------------------------------------------------------
-# Validation helpers (shared message format "Received: name=value").
-# --------------------------------------------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _require_positive_int(name: str, value: object) -> int:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def _require_non_negative_int(name: str, value: object) -> int:
-    if not _is_int(value) or value < 0:
-        raise ValueError(
-            f"`{name}` must be a non-negative integer. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def _require_in_range(
-    name: str,
-    value: object,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_inclusive: bool = True,
-    high_inclusive: bool = True,
-) -> None:
-    is_number = isinstance(value, (int, float, np.integer, np.floating)) and (
-        not isinstance(value, bool)
-    )
-    ok = is_number and math.isfinite(value)
-    if ok and low is not None:
-        ok = value >= low if low_inclusive else value > low
-    if ok and high is not None:
-        ok = value <= high if high_inclusive else value < high
-    if not ok:
-        low_text = "" if low is None else f"{low} {'<=' if low_inclusive else '<'} "
-        high_text = "" if high is None else f" {'<=' if high_inclusive else '<'} {high}"
-        raise ValueError(
-            f"`{name}` must be a finite number with {low_text}{name}{high_text}. "
-            f"Received: {name}={value!r}"
-        )
-
-
-# --------------------------------------------------------------------------
 # Zipf popularity and frequency buckets.
 # --------------------------------------------------------------------------
 
@@ -377,8 +328,8 @@ def zipf_probabilities(vocab_size: int, exponent: float) -> np.ndarray:
     ``p[r] ∝ (r + 1) ** -exponent``; ``p`` is non-increasing, so id ``r`` is
     the ``r``-th most popular value.
     """
-    _require_positive_int("vocab_size", vocab_size)
-    _require_in_range("exponent", exponent, low=0.0)
+    require_positive_int("vocab_size", vocab_size)
+    require_in_range("exponent", exponent, low=0.0)
     weights = np.arange(1, vocab_size + 1, dtype=np.float64) ** -float(exponent)
     return weights / weights.sum()
 
@@ -666,7 +617,7 @@ def _resolve_num_examples(
 ) -> int:
     if num_examples is None:
         return config.num_examples if split == "train" else config.num_eval_examples
-    _require_positive_int("num_examples", num_examples)
+    require_positive_int("num_examples", num_examples)
     return num_examples
 
 
@@ -782,9 +733,9 @@ def make_dataset(
     """
     _check_split(split)
     if batch_size is not None:
-        _require_positive_int("batch_size", batch_size)
+        require_positive_int("batch_size", batch_size)
     if shuffle_seed is not None:
-        _require_non_negative_int("shuffle_seed", shuffle_seed)
+        require_non_negative_int("shuffle_seed", shuffle_seed)
     generator = _ChunkGenerator(
         config, split, _resolve_num_examples(config, split, num_examples), shuffle_seed
     )

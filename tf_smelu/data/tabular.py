@@ -37,15 +37,13 @@ from typing import Protocol, TextIO, TypeVar
 import numpy as np
 import tensorflow as tf
 
+from tf_smelu.validation import require_in_range, require_non_negative_int, require_positive_int
 from tf_smelu.data.synthetic import (
     DEFAULT_TRAFFIC_QUANTILES,
     DENSE_FEATURE_NAME,
     CategoricalFeature,
     CTRExamples,
     FeatureSpec,
-    _require_in_range,
-    _require_non_negative_int,
-    _require_positive_int,
 )
 
 _logger = logging.getLogger(__name__)
@@ -310,7 +308,7 @@ class SplitConfig:
     max_test_examples: int | None = None
 
     def __post_init__(self) -> None:
-        _require_in_range(
+        require_in_range(
             "test_fraction",
             self.test_fraction,
             low=0.0,
@@ -318,10 +316,10 @@ class SplitConfig:
             low_inclusive=False,
             high_inclusive=False,
         )
-        _require_non_negative_int("seed", self.seed)
+        require_non_negative_int("seed", self.seed)
         for name in ("max_train_examples", "max_test_examples"):
             if getattr(self, name) is not None:
-                _require_positive_int(name, getattr(self, name))
+                require_positive_int(name, getattr(self, name))
 
     def is_test(self, keys: np.ndarray) -> np.ndarray:
         """Boolean mask of the rows (given by their keys) in the test split.
@@ -427,7 +425,7 @@ class HashBuckets:
     num_buckets: int
 
     def __post_init__(self) -> None:
-        _require_positive_int("num_buckets", self.num_buckets)
+        require_positive_int("num_buckets", self.num_buckets)
 
     @property
     def vocab_size(self) -> int:
