@@ -1,0 +1,320 @@
+"""Starts N TensorFlow worker processes on localhost and watches them.
+
+`launch_workers` gives each worker its own `TF_CONFIG`
+(`{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": i}}`,
+ports from `portpicker`, addresses on 127.0.0.1 only), streams every line a
+worker prints with a `[worker i]` prefix, and fails fast:
+
+* a worker that exits non-zero makes the launcher stop all the others and
+  raise `WorkerFailedError`, naming the worker, its exit code and the last
+  lines of its log. This matters because `MultiWorkerMirroredStrategy`
+  workers block in collectives when a peer dies, so waiting for them would
+  hang until some collective timeout, if any;
+* past `timeout` seconds everything is killed and `WorkerTimeoutError` is
+  raised;
+* every worker runs in its own session (process group) and the whole group
+  is killed in a `finally`, so neither the workers nor anything they started
+  outlive the launcher, whatever happens.
+
+Command line (everything after `--` is the worker command, run once per
+worker):
+
+    python -m tf_smelu.training.launcher --num_workers=2 --timeout=600 -- \
+        python -m tf_smelu.training.distributed --steps=100 --output=/tmp/w.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Deque, List, Mapping, Optional, Sequence, TextIO
+
+import portpicker
+
+LOCALHOST = "127.0.0.1"
+LOG_TAIL_LINES = 30
+# Time a worker gets between SIGTERM and SIGKILL.
+TERMINATION_GRACE_SECONDS = 5.0
+_POLL_SECONDS = 0.05
+
+
+class LauncherError(RuntimeError):
+    """A launch that did not end with every worker exiting 0.
+
+    Attributes:
+        exit_codes: Per-worker exit code (negative: killed by that signal,
+            e.g. by the launcher stopping the workers).
+        pids: Per-worker process id.
+        log_tails: Per-worker last lines of output.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        exit_codes: List[Optional[int]],
+        pids: List[int],
+        log_tails: List[List[str]],
+    ):
+        super().__init__(message)
+        self.exit_codes = exit_codes
+        self.pids = pids
+        self.log_tails = log_tails
+
+
+class WorkerFailedError(LauncherError):
+    """A worker exited with a non-zero code; the others were stopped.
+
+    Attributes:
+        worker_index: The worker that failed first (its peers usually fail
+            next, with collective errors).
+        exit_code: Its exit code (negative: killed by that signal).
+    """
+
+    def __init__(self, worker_index: int, exit_code: int, **kwargs):
+        tail = "\n".join(kwargs["log_tails"][worker_index]) or "(no output)"
+        super().__init__(
+            f"worker {worker_index} failed with exit code {exit_code}; stopped the "
+            f"other workers. Last lines of worker {worker_index}:\n{tail}",
+            **kwargs,
+        )
+        self.worker_index = worker_index
+        self.exit_code = exit_code
+
+
+class WorkerTimeoutError(LauncherError):
+    """The workers did not all finish within the timeout; all were killed."""
+
+
+def cluster_spec(num_workers: int) -> List[str]:
+    """`num_workers` localhost `host:port` addresses on currently unused ports."""
+    if num_workers < 1:
+        raise ValueError(f"`num_workers` must be >= 1. Received: num_workers={num_workers}")
+    return [f"{LOCALHOST}:{portpicker.pick_unused_port()}" for _ in range(num_workers)]
+
+
+def tf_config(workers: Sequence[str], index: int) -> str:
+    """The `TF_CONFIG` JSON of worker `index` in a workers-only cluster."""
+    return json.dumps(
+        {"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": index}}
+    )
+
+
+@dataclasses.dataclass
+class _Worker:
+    """A started worker; `exit_code`/`exited_at` are set by its exit watcher."""
+
+    index: int
+    process: subprocess.Popen
+    tail: Deque[str] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES)
+    )
+    exit_code: Optional[int] = None
+    exited_at: Optional[float] = None
+
+
+def _stream_output(worker: _Worker, sink: Optional[TextIO], lock: threading.Lock) -> None:
+    """Copies a worker's output to `sink` line by line, remembering the tail."""
+    prefix = f"[worker {worker.index}] "
+    for line in worker.process.stdout:
+        line = line.rstrip("\n")
+        worker.tail.append(line)
+        if sink is not None:
+            with lock:  # whole lines from concurrent workers, never interleaved
+                sink.write(f"{prefix}{line}\n")
+                sink.flush()
+
+
+def _decode_wait_status(status: os.waitid_result) -> int:
+    if status.si_code == os.CLD_EXITED:
+        return status.si_status
+    return -status.si_status  # killed by a signal, as Popen reports it
+
+
+def _watch_exit(worker: _Worker, changed: threading.Event) -> None:
+    """Records when and how the worker exits, WITHOUT reaping it.
+
+    Timestamps let the launcher blame the worker that failed first (its
+    peers then fail too, with collective errors). Not reaping keeps an
+    exited worker a zombie, which keeps its pid, and so its process-group
+    id, reserved: signalling the group later can never hit an unrelated
+    process that was given the same id.
+    """
+    try:
+        status = os.waitid(os.P_PID, worker.process.pid, os.WEXITED | os.WNOWAIT)
+        exit_code = _decode_wait_status(status)
+    except ChildProcessError:  # already reaped by `_stop_all`
+        exit_code = worker.process.returncode
+    # Time first: whoever sees an exit code also sees its time.
+    worker.exited_at = time.monotonic()
+    worker.exit_code = exit_code
+    changed.set()
+
+
+def _kill_group(worker: _Worker, sig: int) -> None:
+    if worker.process.returncode is not None:
+        return  # reaped: its group id may no longer be ours
+    try:
+        os.killpg(worker.process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the whole group already exited
+
+
+def _stop_all(workers: Sequence[_Worker], threads: Sequence[threading.Thread]) -> None:
+    """Stops every worker's process group, reaps the workers, joins `threads`.
+
+    SIGTERM first, SIGKILL after a grace period. Groups are signalled even
+    when their leader already exited, in case it left children behind.
+    Idempotent.
+    """
+    for worker in workers:
+        _kill_group(worker, signal.SIGTERM)
+    deadline = time.monotonic() + TERMINATION_GRACE_SECONDS
+    while time.monotonic() < deadline and any(w.exited_at is None for w in workers):
+        time.sleep(_POLL_SECONDS)
+    for worker in workers:
+        _kill_group(worker, signal.SIGKILL)
+    for worker in workers:
+        worker.process.wait()
+    for thread in threads:
+        thread.join(timeout=TERMINATION_GRACE_SECONDS)
+    for worker in workers:
+        if worker.process.stdout is not None:
+            worker.process.stdout.close()
+
+
+def launch_workers(
+    command: Sequence[str],
+    num_workers: int,
+    timeout: float,
+    env: Optional[Mapping[str, str]] = None,
+    cwd: Optional[str] = None,
+    output: Optional[TextIO] = None,
+    quiet: bool = False,
+) -> List[int]:
+    """Runs `command` as `num_workers` localhost workers of one TF cluster.
+
+    Args:
+        command: Program and arguments, identical for every worker; the
+            worker learns its role from `TF_CONFIG`.
+        num_workers: Number of worker processes, `>= 1`.
+        timeout: Seconds before everything is killed.
+        env: Base environment (default `os.environ`). `TF_CONFIG` is set per
+            worker; `TF_CPP_MIN_LOG_LEVEL` defaults to 2 and
+            `PYTHONUNBUFFERED` to 1 so that logs stream as they are written.
+        cwd: Working directory of the workers.
+        output: Where prefixed worker lines go (default: the current
+            `sys.stdout`).
+        quiet: Do not copy worker lines anywhere (the last ones are still
+            kept for error messages).
+
+    Returns:
+        The exit codes, all 0.
+
+    Raises:
+        WorkerFailedError: A worker exited non-zero (the first one to do so
+            is named).
+        WorkerTimeoutError: `timeout` elapsed first.
+    """
+    if not command:
+        raise ValueError("`command` must not be empty.")
+    if not timeout > 0:
+        raise ValueError(f"`timeout` must be > 0. Received: timeout={timeout}")
+    addresses = cluster_spec(num_workers)
+    base_env = dict(os.environ if env is None else env)
+    base_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    base_env.setdefault("PYTHONUNBUFFERED", "1")
+    sink = None if quiet else (output or sys.stdout)
+    output_lock = threading.Lock()
+    changed = threading.Event()
+    workers: List[_Worker] = []
+    threads: List[threading.Thread] = []
+
+    def stop_and_describe() -> dict:
+        _stop_all(workers, threads)  # joins the readers: complete log tails
+        return dict(
+            exit_codes=[w.process.returncode for w in workers],
+            pids=[w.process.pid for w in workers],
+            log_tails=[list(w.tail) for w in workers],
+        )
+
+    try:
+        for index in range(num_workers):
+            worker = _Worker(
+                index,
+                subprocess.Popen(
+                    list(command),
+                    env={**base_env, "TF_CONFIG": tf_config(addresses, index)},
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                    start_new_session=True,  # own process group: killable as a whole
+                ),
+            )
+            workers.append(worker)
+            for target, args in ((_stream_output, (worker, sink, output_lock)),
+                                 (_watch_exit, (worker, changed))):
+                thread = threading.Thread(target=target, args=args, daemon=True)
+                thread.start()
+                threads.append(thread)
+
+        deadline = time.monotonic() + timeout
+        while True:
+            changed.clear()  # before reading the state: no exit goes unseen
+            failures = [w for w in workers if w.exit_code not in (None, 0)]
+            if failures:
+                first = min(failures, key=lambda w: w.exited_at)
+                raise WorkerFailedError(first.index, first.exit_code, **stop_and_describe())
+            if all(w.exit_code == 0 for w in workers):
+                stop_and_describe()  # reaps, joins the log readers
+                return [0] * num_workers
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                running = [w.index for w in workers if w.exit_code is None]
+                raise WorkerTimeoutError(
+                    f"workers {running} still running after {timeout:.0f} s; killed all workers.",
+                    **stop_and_describe(),
+                )
+            changed.wait(timeout=remaining)
+    finally:
+        # Also covers KeyboardInterrupt and failures while starting workers.
+        _stop_all(workers, threads)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI: `python -m tf_smelu.training.launcher [flags] -- command...`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tf_smelu.training.launcher",
+        description="Run a command as N TensorFlow workers on localhost "
+        "(TF_CONFIG set per worker); stop all on the first failure.",
+    )
+    parser.add_argument("--num_workers", type=int, default=2, help="worker processes")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before killing all")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the worker command")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the worker command after `--`")
+    try:
+        launch_workers(command, args.num_workers, args.timeout)
+    except WorkerFailedError as error:
+        print(f"launcher: {error}", file=sys.stderr)
+        return error.exit_code if error.exit_code > 0 else 1
+    except WorkerTimeoutError as error:
+        print(f"launcher: {error}", file=sys.stderr)
+        return 124  # the exit code of coreutils' `timeout`
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
