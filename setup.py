@@ -29,23 +29,24 @@ setup(
         # The replica experiment shows progress bars and writes tradeoff.png.
         "tqdm>=4.60",
         "matplotlib>=3.5",
+        # The multi-worker launcher picks free localhost ports.
+        "portpicker>=1.5",
     ],
     extras_require={
         # tf-keras: the registry must also work for Keras 2 users.
         "test": [
             "pytest>=7",
             "tf-keras>=2.16,<2.22",
-            "portpicker>=1.5",
-            "matplotlib>=3.5",
-            "tqdm>=4.60",
+            "psutil>=5",  # checks that no worker process is left behind
             "nbclient>=0.7",
             "nbformat>=5",
             "ipykernel>=6",
         ],
+        # Everything the examples need is required; notebooks need a kernel.
         "examples": [
-            "matplotlib>=3.5",
-            "tqdm>=4.60",
-            "portpicker>=1.5",
+            "ipykernel>=6",
+            "nbclient>=0.7",
+            "nbformat>=5",
         ],
     },
     license="Apache-2.0",
