@@ -402,17 +402,15 @@ def format_group_table(rows: List[Dict]) -> str:
 
 def plot_tradeoff(rows: List[Dict], path: str) -> str:
     """Relative PD against AUC, one point per activation/beta, one panel per source set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws off-screen without switching pyplot's backend, so
+    # notebooks that show their own plots keep working.
+    from matplotlib.figure import Figure
 
     groups: Dict[tuple, List[Dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r["sources"]), []).append(r)
-    fig, axes = plt.subplots(
-        1, len(groups), figsize=(6 * len(groups), 4.8), squeeze=False
-    )
+    fig = Figure(figsize=(6 * len(groups), 4.8))
+    axes = fig.subplots(1, len(groups), squeeze=False)
     for ax, (sources, group) in zip(axes[0], groups.items()):
         for r in group:
             lo, hi = r["rel_pd_ci"]
@@ -429,5 +427,109 @@ def plot_tradeoff(rows: List[Dict], path: str) -> str:
     fig.suptitle("Accuracy–reproducibility tradeoff: lower right is better")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class CTRExperimentConfig:
+    """The main job's experiment: data, model, activations, sources, training.
+
+    Defaults are those of `examples/recsys_reproducibility.py`.
+    """
+
+    dataset: str = "synthetic"
+    activations: Sequence[str] = ("relu", "smelu:0.2", "smelu:0.4", "smelu:0.6", "gelu")
+    sources: Sequence[str] = ("tower_init",)
+    replicas: int = 8
+    train_examples: int = 500_000
+    eval_examples: int = 100_000
+    epochs: int = 1
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    model: str = "mlp"
+    hidden_units: Sequence[int] = (256, 128, 64)
+    embedding_dim: int = 8
+    max_delay: int = 4
+    seed: int = 0
+    jit_compile: bool = False
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> "CTRExperimentConfig":
+        """Takes the fields it knows from `values` (e.g. all of a job's flags)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def run_ctr_experiment(
+    config: CTRExperimentConfig, log: Callable[[str], None] = print
+) -> List[Dict]:
+    """Loads the data, then runs every (source set, activation) pair of `config`.
+
+    Returns:
+        The result rows, in order (sources outer, activations inner).
+    """
+    from tf_smelu.data import load_dataset, popularity_buckets
+    from tf_smelu.data.in_memory import batched_dataset
+    from tf_smelu.models import build_model
+
+    activations = [Activation.parse(a) for a in config.activations]
+    source_sets = [parse_sources(s) for s in config.sources]
+    start = time.perf_counter()
+    data = load_dataset(
+        config.dataset,
+        train_examples=config.train_examples,
+        eval_examples=config.eval_examples,
+        seed=config.seed,
+    )
+    train, test = data.train, data.test
+    log(f"Loaded {config.dataset}: {len(train):,} train and {len(test):,} test examples "
+        f"in {time.perf_counter() - start:.0f}s (positive rate {train.labels.mean():.3f}).")
+
+    def train_data_fn(order_seed):
+        return batched_dataset(train.features, train.labels, config.batch_size, order_seed)
+
+    eval_data = batched_dataset(test.features, test.labels, 4096)
+    eval_groups = None
+    if data.item_field is not None:
+        # PD of head (50% of traffic), torso (next 40%) and tail items.
+        bucket = popularity_buckets(
+            train.features[data.item_field], test.features[data.item_field]
+        )
+        eval_groups = {
+            f"item_{name}": bucket == index for index, name in enumerate(("head", "torso", "tail"))
+        }
+    # The tower widths are `hidden_units` of the MLP and `top_units` of DCN.
+    tower_argument = "hidden_units" if config.model == "mlp" else "top_units"
+
+    def model_fn(activation, embedding_seed, tower_seed):
+        return build_model(
+            config.model,
+            data.feature_spec,
+            activation=activation,
+            embedding_dim=config.embedding_dim,
+            embedding_seed=embedding_seed,
+            tower_seed=tower_seed,
+            **{tower_argument: [int(u) for u in config.hidden_units]},
+        )
+
+    train_config = TrainConfig(
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        max_delay=config.max_delay,
+        jit_compile=config.jit_compile,
+    )
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    rows: List[Dict] = []
+    for sources in source_sets:
+        for activation in activations:
+            rows.append(
+                run_replicas(
+                    model_fn, train_data_fn, eval_data, activation, sources,
+                    config.replicas, train_config, seed=config.seed,
+                    steps_per_epoch=steps_per_epoch, progress=config.progress,
+                    eval_groups=eval_groups,
+                )
+            )
+            log(format_table(rows[-1:]).splitlines()[-1])
+    return rows
