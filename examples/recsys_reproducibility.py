@@ -111,26 +111,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from tf_smelu import experiment
-    from tf_smelu.data import parse_dataset_spec
 
     config = resolved_config()
     try:  # report bad flag values before any work, without a traceback
-        [experiment.Activation.parse(a) for a in config["activations"]]
-        [experiment.parse_sources(s) for s in config["sources"]]
-        parse_dataset_spec(config["dataset"])
+        CTRExperimentConfig.from_dict(config).validate()
     except ValueError as error:
         raise app.UsageError(str(error)) from None
-    results = run(config)
-    rows = results["results"]
-    print()
-    print(experiment.format_table(rows))
-    group_table = experiment.format_group_table(rows)
-    if group_table:
-        print("\nRelative PD by item popularity (share of traffic: head 50%, torso 40%, tail 10%)")
-        print(group_table)
-    path = experiment.write_results(config["output_dir"], config, rows)
-    plot = experiment.plot_tradeoff(rows, path.replace("results.json", "tradeoff.png"))
-    print(f"\nWrote {path} and {plot}")
+    experiment.report(run(config)["results"], config, config["output_dir"])
 
 
 if __name__ == "__main__":

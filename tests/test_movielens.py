@@ -37,7 +37,7 @@ def mock_movielens():
         yield
 
 
-def _realistic_ratings() -> list[dict]:
+def _realistic_ratings(count: int = 80) -> list[dict]:
     """Ratings with real-looking values: 1-5 stars, some movies without genre."""
     return [
         {
@@ -50,11 +50,11 @@ def _realistic_ratings() -> list[dict]:
             "user_occupation_label": index % 22,
             "user_gender": index % 3 == 0,
         }
-        for index in range(80)
+        for index in range(count)
     ]
 
 
-def _realistic_as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+def _realistic_as_dataset(self, split, decoders=None, read_config=None, count=80, **kwargs):
     """Replaces the random TFDS mock examples by :func:`_realistic_ratings`."""
     del self, split, decoders, read_config, kwargs
     scalar = {
@@ -69,7 +69,7 @@ def _realistic_as_dataset(self, split, decoders=None, read_config=None, **kwargs
     signature = {name: tf.TensorSpec([], dtype) for name, dtype in scalar.items()}
     signature["movie_genres"] = tf.TensorSpec([None], tf.int64)
     return tf.data.Dataset.from_generator(
-        lambda: iter(_realistic_ratings()), output_signature=signature
+        lambda: iter(_realistic_ratings(count)), output_signature=signature
     )
 
 

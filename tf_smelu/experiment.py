@@ -460,6 +460,16 @@ class CTRExperimentConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
+    def validate(self) -> None:
+        """Raises ValueError on a bad activation, source set or dataset spec."""
+        from tf_smelu.data import parse_dataset_spec
+
+        for text in self.activations:
+            Activation.parse(text)
+        for text in self.sources:
+            parse_sources(text)
+        parse_dataset_spec(self.dataset)
+
 
 def run_ctr_experiment(
     config: CTRExperimentConfig, log: Callable[[str], None] = print
@@ -533,3 +543,23 @@ def run_ctr_experiment(
             )
             log(format_table(rows[-1:]).splitlines()[-1])
     return rows
+
+
+def report(
+    rows: List[Dict], config: Mapping[str, object], output_dir: str,
+    log: Callable[[str], None] = print,
+) -> tuple:
+    """Prints the tables and writes results.json and tradeoff.png.
+
+    Returns:
+        The paths `(results_json, tradeoff_png)`.
+    """
+    log("\n" + format_table(rows))
+    group_table = format_group_table(rows)
+    if group_table:
+        log("\nRelative PD by item popularity "
+            "(share of traffic: head 50%, torso 40%, tail 10%)\n" + group_table)
+    path = write_results(output_dir, dict(config), rows)
+    plot = plot_tradeoff(rows, os.path.join(output_dir, "tradeoff.png"))
+    log(f"\nWrote {path} and {plot}")
+    return path, plot
