@@ -274,6 +274,43 @@ def run_replicas(
             model_fn, train_data_fn, eval_data, activation, sources, replicas,
             train_config, seed, steps_per_epoch, progress,
         )
+    row = summarize_predictions(
+        activation, sources, probabilities, labels, seed=seed, eval_groups=eval_groups
+    )
+    row.update(
+        train_loss=fit["loss"],
+        train_seconds=fit["seconds"],
+        steps=fit["steps"],
+        update_mode=train_config.update_mode,
+    )
+    return row
+
+
+def summarize_predictions(
+    activation: Activation,
+    sources: Sequence[str],
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    seed: int = 0,
+    eval_groups: Optional[Mapping[str, np.ndarray]] = None,
+) -> Dict[str, object]:
+    """Accuracy and PD of R replicas' held-out predictions: a result row.
+
+    Args:
+        activation: The replicas' activation.
+        sources: What differed between the replicas (names go in the row).
+        probabilities: `[R, N]` click probabilities on the same examples.
+        labels: `[N]` 0/1 labels.
+        seed: Seed of the bootstrap intervals.
+        eval_groups: Optional name -> boolean mask over the N examples; the
+            row then holds the relative PD within each non-empty group.
+
+    Returns:
+        The row fields of DESIGN.md's schema that predictions determine, plus
+        the median pair, outlying replicas, per-replica AUCs, per-group PD and
+        whether all replicas predicted bit-identically.
+    """
+    probabilities = np.asarray(probabilities, np.float64)
     aucs = [roc_auc(labels, p) for p in probabilities]
     losses = [log_loss(labels, p) for p in probabilities]
     relative = metrics.pairwise_pd(probabilities, "relative", seed=seed)
@@ -293,7 +330,7 @@ def run_replicas(
         "activation": activation.name,
         "beta": activation.beta,
         "label": activation.label,
-        "replicas": replicas,
+        "replicas": int(probabilities.shape[0]),
         "sources": list(sources),
         "auc_mean": float(np.mean(aucs)),
         "auc_std": float(np.std(aucs, ddof=1)),
@@ -304,11 +341,8 @@ def run_replicas(
         "rel_pd_median": relative.median,
         "rel_pd_std": relative.std,
         "outlier_replicas": list(relative.outliers),
+        "identical_replicas": bool(all(np.array_equal(probabilities[0], p) for p in probabilities)),
         "aucs": aucs,
-        "train_loss": fit["loss"],
-        "train_seconds": fit["seconds"],
-        "steps": fit["steps"],
-        "update_mode": train_config.update_mode,
         "rel_pd_by_group": by_group,
     }
 

@@ -76,3 +76,10 @@ def require_order(value: object) -> int:
     if value < 1:
         raise ValueError(f"`order` must be >= 1. Received: order={value}")
     return int(value)
+
+
+def require_choice(name: str, value: object, choices) -> object:
+    """`value` must be one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
+    return value

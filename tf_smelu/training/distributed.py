@@ -102,7 +102,11 @@ Limits
 
 Command line: `python -m tf_smelu.training.distributed --steps=... --output=...`
 (see `--help`), as one process or as each worker of a cluster (e.g. through
-`tf_smelu.training.launcher`).
+`tf_smelu.training.launcher`). With `--eval_examples=N --predictions_out=P.npy`
+the chief also writes its final model's click probabilities on N held-out
+synthetic rows (the `test` split of the same `--seed`, identical for every run
+with that seed), and `--labels_out` their labels: what
+`examples/multiworker_reproducibility.py` compares across replicas.
 """
 
 from __future__ import annotations
@@ -131,7 +135,9 @@ from tf_smelu.data.synthetic import (
     generate_examples,
 )
 from tf_smelu.models import build_model
+from tf_smelu.training.replicas import predict_probabilities
 from tf_smelu.training.updates import DelayedGradients, delay_schedule
+from tf_smelu.validation import require_choice, require_positive_number
 
 UPDATE_MODES = ("sync", "stale", "local_sgd")
 
@@ -203,15 +209,8 @@ class DistributedTrainConfig:
             value = getattr(self, name)
             if value < minimum:
                 raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value}")
-        if not self.learning_rate > 0:
-            raise ValueError(
-                f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate}"
-            )
-        if self.update_mode not in UPDATE_MODES:
-            raise ValueError(
-                f"`update_mode` must be one of {UPDATE_MODES}. "
-                f"Received: update_mode={self.update_mode!r}"
-            )
+        require_positive_number("learning_rate", self.learning_rate)
+        require_choice("update_mode", self.update_mode, UPDATE_MODES)
         if self.schedule_seed is not None and self.schedule_seed < 0:
             raise ValueError(
                 "`schedule_seed` must be >= 0 or None. "
@@ -681,6 +680,15 @@ def load_weights(path: str) -> List[np.ndarray]:
         return [saved[key] for key in sorted(saved.files)]
 
 
+def save_array(path: str, array: np.ndarray) -> None:
+    """Saves one array to `path` (`.npy`), atomically (write, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".npy", delete=False) as tmp:
+        np.save(tmp, array)
+    os.replace(tmp.name, path)
+
+
 def worker_output_path(output: str, index: int, suffix: str = ".npz") -> str:
     """`<output without .npz>.worker<index><suffix>`."""
     base = output[: -len(".npz")] if output.endswith(".npz") else output
@@ -713,7 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="chief saves final weights here (.npz); every worker also writes "
         "<output>.worker<i>.npz and a .json summary")
     add("--model", choices=("mlp", "dcn"), default="mlp")
-    add("--activation", default="relu", help="hidden activation, e.g. relu or smelu")
+    add("--activation", default="relu",
+        help="hidden activation: name or name:beta, e.g. relu, gelu, smelu:0.2 "
+        "(see tf_smelu.experiment.Activation.parse)")
     add("--hidden_units", type=_parse_units, default=[64, 32],
         help="comma-separated MLP widths (the top MLP for dcn)")
     add("--embedding_dim", type=int, default=8)
@@ -721,6 +731,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="caps every synthetic field's vocabulary (model and data size)")
     add("--num_examples", type=int, default=65_536, help="synthetic training rows (all workers)")
     add("--seed", type=int, default=0, help="seed of data, data order and initial weights")
+    add("--embedding_seed", type=int, default=None,
+        help="seed of the embedding tables' initial weights (default: --seed)")
+    add("--tower_seed", type=int, default=None,
+        help="seed of the dense layers' initial weights (default: --seed + 1)")
+    add("--eval_examples", type=int, default=0,
+        help="held-out synthetic rows (test split of --seed) the chief predicts on at the end")
+    add("--predictions_out", default=None,
+        help="chief writes its click probabilities on the held-out rows here (.npy, float64)")
+    add("--labels_out", default=None, help="chief writes the held-out labels here (.npy)")
     add("--sparse_gradients", action="store_true",
         help="sync: all-reduce embedding gradients sparsely (for huge vocabularies)")
     add("--log_every", type=int, default=10, help="steps between log lines (0: none)")
@@ -730,33 +749,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def synthetic_problem(
-    model: str = "mlp",
-    activation: str = "relu",
-    hidden_units: Sequence[int] = (64, 32),
-    embedding_dim: int = 8,
-    max_vocab_size: int = 1000,
-    num_examples: int = 65_536,
-    seed: int = 0,
-) -> tuple[ModelFn, DatasetFn]:
-    """`(model_fn, dataset_fn)` for a synthetic CTR task, identical on every worker.
-
-    Args:
-        model: `"mlp"` or `"dcn"` (see `tf_smelu.models.build_model`).
-        activation: Hidden activation (e.g. `"relu"`, `"smelu"`).
-        hidden_units: MLP widths (the top MLP for `dcn`).
-        embedding_dim: Embedding width.
-        max_vocab_size: Caps the vocabulary of every default synthetic field.
-        num_examples: Training rows, split between the workers.
-        seed: Seed of the data, its order and the initial weights.
-    """
-    data_config = SyntheticCTRConfig(
+def synthetic_data_config(
+    max_vocab_size: int = 1000, num_examples: int = 65_536, seed: int = 0
+) -> SyntheticCTRConfig:
+    """The synthetic CTR data of `synthetic_problem` (and of its held-out set)."""
+    return SyntheticCTRConfig(
         num_examples=num_examples,
         seed=seed,
         vocab_sizes={name: min(size, max_vocab_size) for name, size in DEFAULT_VOCAB_SIZES.items()},
         # A whole chunk is generated even for a few rows: keep it small.
         chunk_size=min(num_examples, 65_536),
     )
+
+
+def synthetic_problem(
+    model: str = "mlp",
+    activation: object = "relu",
+    hidden_units: Sequence[int] = (64, 32),
+    embedding_dim: int = 8,
+    max_vocab_size: int = 1000,
+    num_examples: int = 65_536,
+    seed: int = 0,
+    embedding_seed: Optional[int] = None,
+    tower_seed: Optional[int] = None,
+) -> tuple[ModelFn, DatasetFn]:
+    """`(model_fn, dataset_fn)` for a synthetic CTR task, identical on every worker.
+
+    Args:
+        model: `"mlp"` or `"dcn"` (see `tf_smelu.models.build_model`).
+        activation: Hidden activation: a Keras name (`"relu"`) or layer
+            (e.g. `Activation.parse("smelu:0.2").to_keras()`).
+        hidden_units: MLP widths (the top MLP for `dcn`).
+        embedding_dim: Embedding width.
+        max_vocab_size: Caps the vocabulary of every default synthetic field.
+        num_examples: Training rows, split between the workers.
+        seed: Seed of the data, its order and (by default) the initial weights.
+        embedding_seed: Seed of the embedding tables' initial weights
+            (default `seed`).
+        tower_seed: Seed of the dense layers' initial weights (default
+            `seed + 1`).
+    """
+    data_config = synthetic_data_config(max_vocab_size, num_examples, seed)
+    embedding_seed = seed if embedding_seed is None else embedding_seed
+    tower_seed = seed + 1 if tower_seed is None else tower_seed
     spec = data_config.feature_spec()
     units_argument = "hidden_units" if model == "mlp" else "top_units"
 
@@ -766,8 +801,8 @@ def synthetic_problem(
             spec,
             activation,
             embedding_dim=embedding_dim,
-            embedding_seed=seed,
-            tower_seed=seed + 1,
+            embedding_seed=embedding_seed,
+            tower_seed=tower_seed,
             **{units_argument: tuple(hidden_units)},
         )
 
@@ -775,18 +810,38 @@ def synthetic_problem(
     return model_fn, synthetic_dataset_fn(examples, order_seed=seed)
 
 
+def held_out_predictions(
+    model: keras.Model, examples: CTRExamples, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(click probabilities [N] float64, labels [N] float64)` of `model` on `examples`."""
+    dataset = batched_dataset(examples.features, examples.labels, batch_size)
+    probabilities, labels = predict_probabilities([model], dataset)
+    return probabilities[0], labels
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; reads the cluster from `TF_CONFIG` (none: one process)."""
-    args = build_parser().parse_args(argv)
+    from tf_smelu.experiment import Activation  # lazy: experiment imports a lot
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        activation = Activation.parse(args.activation)
+    except ValueError as error:
+        parser.error(str(error))
+    if (args.predictions_out or args.labels_out) and args.eval_examples < 1:
+        parser.error("--predictions_out/--labels_out need --eval_examples >= 1")
     strategy = create_strategy()  # before building anything
     model_fn, dataset_fn = synthetic_problem(
         model=args.model,
-        activation=args.activation,
+        activation=activation.to_keras(),
         hidden_units=args.hidden_units,
         embedding_dim=args.embedding_dim,
         max_vocab_size=args.max_vocab_size,
         num_examples=args.num_examples,
         seed=args.seed,
+        embedding_seed=args.embedding_seed,
+        tower_seed=args.tower_seed,
     )
     config = DistributedTrainConfig(
         steps=args.steps,
@@ -821,6 +876,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary_path = worker_output_path(args.output, worker.index, ".json")
         with open(summary_path, "w", encoding="utf-8") as f:
             json.dump(result.to_json(), f)
+    if worker.is_chief and args.eval_examples:
+        data_config = synthetic_data_config(args.max_vocab_size, args.num_examples, args.seed)
+        examples = generate_examples(data_config, "test", num_examples=args.eval_examples)
+        probabilities, labels = held_out_predictions(trainer.model, examples)
+        if args.predictions_out:
+            save_array(args.predictions_out, probabilities)
+        if args.labels_out:
+            save_array(args.labels_out, labels)
+        print(f"worker {worker.index}: predicted {len(labels)} held-out rows", flush=True)
     return 0
 
 

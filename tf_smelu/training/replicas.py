@@ -22,6 +22,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tf_smelu.training.updates import UPDATE_MODES, DelayedGradients
+from tf_smelu.validation import require_choice, require_positive_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +47,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"`epochs` must be >= 1. Received: epochs={self.epochs}")
-        if not self.learning_rate > 0:
-            raise ValueError(
-                f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate}"
-            )
-        if self.update_mode not in UPDATE_MODES:
-            raise ValueError(
-                f"`update_mode` must be one of {UPDATE_MODES}. "
-                f"Received: update_mode={self.update_mode!r}"
-            )
+        require_positive_number("learning_rate", self.learning_rate)
+        require_choice("update_mode", self.update_mode, UPDATE_MODES)
         if self.max_delay < 0:
             raise ValueError(f"`max_delay` must be >= 0. Received: max_delay={self.max_delay}")
 

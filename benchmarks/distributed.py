@@ -1,0 +1,108 @@
+"""Throughput of multi-worker training on localhost, per update mode and activation.
+
+For every update mode (sync, stale, local_sgd), worker count (1 and 2) and
+activation (relu and smelu by default) this launches one training job of
+`tf_smelu.training.distributed` through `tf_smelu.training.launcher` and reads
+the chief's steps/second (first, tracing step excluded) from its summary. It
+prints samples/second (steps/s x per-worker batch x workers), the speed-up of
+2 workers over 1, and the step-time ratio of each activation to the first one
+measured in the same setup.
+
+On one machine the workers share its cores, so 2 workers measure the
+overhead of the collectives more than any speed-up: on real hosts each
+worker has its own. Numbers on a busy 2-core box vary by +-20% between runs.
+
+Usage:
+  python benchmarks/distributed.py                  # about 4-5 minutes
+  python benchmarks/distributed.py --steps=100 --update_modes=sync   # quick
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import tempfile
+from typing import Dict, List, Sequence, Tuple
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, REPO)
+
+from tf_smelu.training.distributed import worker_output_path  # noqa: E402
+from tf_smelu.training.launcher import launch_workers  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("update_modes", ["sync", "stale", "local_sgd"], "Update modes to measure.")
+flags.DEFINE_list("workers", ["1", "2"], "Worker counts to measure.")
+flags.DEFINE_list("activations", ["relu", "smelu:0.4"],
+                  "Activations, side by side; ratios are to the first one.")
+flags.DEFINE_integer("steps", 300, "Training steps per job (the first is not timed).")
+flags.DEFINE_integer("per_replica_batch_size", 256, "Rows per worker per step.")
+flags.DEFINE_list("hidden_units", ["256", "128", "64"], "MLP tower widths.")
+flags.DEFINE_integer("embedding_dim", 8, "Embedding size per categorical field.")
+flags.DEFINE_integer("max_vocab_size", 1000, "Caps every synthetic field's vocabulary.")
+flags.DEFINE_integer("num_examples", 32_768, "Synthetic training rows.")
+flags.DEFINE_integer("timeout", 600, "Seconds before a job is killed.")
+
+Setup = Tuple[str, int, str]  # (update mode, workers, activation)
+
+
+def measure(setup: Setup, directory: str) -> float:
+    """Chief's training steps per second of one job."""
+    update_mode, workers, activation = setup
+    output = os.path.join(directory, f"{update_mode}_{workers}_{activation.replace(':', '_')}.npz")
+    command = [
+        sys.executable, "-m", "tf_smelu.training.distributed",
+        f"--update_mode={update_mode}", f"--activation={activation}",
+        f"--steps={FLAGS.steps}", f"--per_replica_batch_size={FLAGS.per_replica_batch_size}",
+        f"--hidden_units={','.join(FLAGS.hidden_units)}",
+        f"--embedding_dim={FLAGS.embedding_dim}", f"--max_vocab_size={FLAGS.max_vocab_size}",
+        f"--num_examples={FLAGS.num_examples}", "--schedule_seed=0", "--log_every=0",
+        f"--output={output}",
+    ]
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TF_CONFIG", None)
+    launch_workers(command, workers, timeout=FLAGS.timeout, env=env, cwd=REPO, quiet=True)
+    with open(worker_output_path(output, 0, ".json"), encoding="utf-8") as f:
+        return float(json.load(f)["steps_per_second"])
+
+
+def format_results(steps_per_second: Dict[Setup, float], activations: Sequence[str]) -> str:
+    """Samples/s per setup, 2-vs-1-worker speed-up and step-time ratios to the first activation."""
+    batch = FLAGS.per_replica_batch_size
+    time_header = f"time vs {activations[0]}"
+    header = (f"{'update mode':<10} {'workers':>7} {'activation':<12} {'steps/s':>8} "
+              f"{'samples/s':>10} {'ms/step':>8} {'vs 1 worker':>11} {time_header:>14}")
+    lines = [header, "-" * len(header)]
+    for (mode, workers, activation), rate in steps_per_second.items():
+        one_worker = steps_per_second.get((mode, 1, activation))
+        scaling = f"{rate * workers / one_worker:.2f}x" if one_worker and workers != 1 else ""
+        baseline = steps_per_second.get((mode, workers, activations[0]))
+        time_ratio = f"{baseline / rate:.2f}" if baseline and activation != activations[0] else ""
+        lines.append(f"{mode:<10} {workers:>7} {activation:<12} {rate:8.1f} "
+                     f"{rate * batch * workers:10.0f} {1000 / rate:8.2f} {scaling:>11} "
+                     f"{time_ratio:>14}")
+    lines.append("vs 1 worker: samples/s of N workers over 1 worker (same mode and activation); "
+                 f"{time_header}: step time over {activations[0]}'s (same mode and workers).")
+    return "\n".join(lines)
+
+
+def main(argv: List[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    worker_counts = [int(w) for w in FLAGS.workers]
+    results: Dict[Setup, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_distributed_") as directory:
+        for setup in itertools.product(FLAGS.update_modes, worker_counts, FLAGS.activations):
+            results[setup] = measure(setup, directory)
+            print(f"{setup}: {results[setup]:.1f} steps/s", flush=True)
+    print()
+    print(format_results(results, FLAGS.activations))
+
+
+if __name__ == "__main__":
+    app.run(main)
