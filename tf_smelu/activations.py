@@ -7,9 +7,11 @@ generalized SmeLU is an affine combination of an (asymmetric) SmeLU and a
 line, so it reuses that code too.
 
 Kernels are written for speed without XLA: the value and the slope are each a
-handful of fused element-wise ops on the *clipped* input, and the custom
-gradient saves only the input (no intermediate tensors). Every op is a stock
-TensorFlow op, so exported SavedModels serve without this package.
+handful of element-wise ops on the *clipped* input, and the custom gradient
+keeps a single tensor and no intermediates: the output for SmeLU (its slope
+follows from it in closed form, and the next layer keeps the output anyway),
+the input for higher orders. Every op is a stock TensorFlow op, so exported
+SavedModels serve without this package.
 
 Higher derivatives are available: the gradient functions are themselves built
 from differentiable ops, so gradient-of-gradient (Hessian-vector products,
