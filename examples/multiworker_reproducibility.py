@@ -109,12 +109,9 @@ def define_flags() -> None:
 
 def resolved_config() -> dict:
     """All flag values of this module; --quick fills in flags not given explicitly."""
-    own_flags = FLAGS.get_key_flags_for_module(sys.argv[0])
-    config = {flag.name: flag.value for flag in own_flags}
-    if config["quick"]:
-        explicit = {flag.name for flag in own_flags if flag.present}
-        config.update({k: v for k, v in QUICK_PRESET.items() if k not in explicit})
-    return config
+    from tf_smelu.cli import resolved_flags
+
+    return resolved_flags(QUICK_PRESET)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,6 @@ control (replicas must agree bit for bit).
 
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags
 
@@ -91,12 +90,9 @@ QUICK_PRESET = dict(
 
 def resolved_config() -> dict:
     """All flag values of this module; --quick fills in flags not given explicitly."""
-    own_flags = FLAGS.get_key_flags_for_module(sys.argv[0])
-    config = {flag.name: flag.value for flag in own_flags}
-    if config["quick"]:
-        explicit = {flag.name for flag in own_flags if flag.present}
-        config.update({k: v for k, v in QUICK_PRESET.items() if k not in explicit})
-    return config
+    from tf_smelu.cli import resolved_flags
+
+    return resolved_flags(QUICK_PRESET)
 
 
 def run(config: dict) -> dict:

@@ -82,3 +82,29 @@ def test_bad_dataset_spec_fails_before_any_work(tmp_path):
     result = _run("--dataset=parquet:/nowhere", f"--output_dir={tmp_path}", timeout=120)
     assert result.returncode != 0
     assert "dataset" in result.stderr.lower()
+
+
+PRESET_SCRIPT = """
+import json
+from absl import app, flags
+from tf_smelu.cli import resolved_flags
+flags.DEFINE_boolean("quick", False, "Preset.")
+flags.DEFINE_integer("replicas", 8, "R.")
+flags.DEFINE_integer("train_examples", 500, "N.")
+app.run(lambda argv: print(json.dumps(resolved_flags({"replicas": 3, "train_examples": 20}))))
+"""
+
+
+def test_quick_preset_never_overrides_explicit_flags(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(PRESET_SCRIPT)
+
+    def config(*args):
+        result = subprocess.run(
+            [sys.executable, str(script), *args], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert config("--replicas=5") == {"quick": False, "replicas": 5, "train_examples": 500}
+    assert config("--quick", "--replicas=5") == {"quick": True, "replicas": 5, "train_examples": 20}
