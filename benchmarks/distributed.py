@@ -13,8 +13,8 @@ overhead of the collectives more than any speed-up: on real hosts each
 worker has its own. Numbers on a busy 2-core box vary by +-20% between runs.
 
 Usage:
-  python benchmarks/distributed.py                  # about 4-5 minutes
-  python benchmarks/distributed.py --steps=100 --update_modes=sync   # quick
+  python benchmarks/distributed.py                  # about 12-15 minutes (3 rounds)
+  python benchmarks/distributed.py --steps=100 --update_modes=sync --repeats=1   # quick
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import sys
 import tempfile
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +48,10 @@ flags.DEFINE_integer("embedding_dim", 8, "Embedding size per categorical field."
 flags.DEFINE_integer("max_vocab_size", 1000, "Caps every synthetic field's vocabulary.")
 flags.DEFINE_integer("num_examples", 32_768, "Synthetic training rows.")
 flags.DEFINE_integer("timeout", 600, "Seconds before a job is killed.")
+flags.DEFINE_integer("repeats", 3,
+                     "Rounds over all setups; each setup's median is reported. Rounds are "
+                     "interleaved so that load drifting over minutes hits every setup alike.",
+                     lower_bound=1)
 
 Setup = Tuple[str, int, str]  # (update mode, workers, activation)
 
@@ -71,23 +76,36 @@ def measure(setup: Setup, directory: str) -> float:
         return float(json.load(f)["steps_per_second"])
 
 
-def format_results(steps_per_second: Dict[Setup, float], activations: Sequence[str]) -> str:
-    """Samples/s per setup, 2-vs-1-worker speed-up and step-time ratios to the first activation."""
+def format_results(
+    rounds: Dict[Setup, List[float]], activations: Sequence[str]
+) -> str:
+    """Median samples/s per setup, 2-vs-1-worker speed-up and step-time ratios.
+
+    The step-time ratio to the first activation is computed within each round
+    (setups measured minutes apart, not tens of minutes) and reported as the
+    median with the range over rounds.
+    """
     batch = FLAGS.per_replica_batch_size
-    time_header = f"time vs {activations[0]}"
+    time_header = f"time vs {activations[0]} (range)"
     header = (f"{'update mode':<10} {'workers':>7} {'activation':<12} {'steps/s':>8} "
-              f"{'samples/s':>10} {'ms/step':>8} {'vs 1 worker':>11} {time_header:>14}")
+              f"{'samples/s':>10} {'ms/step':>8} {'vs 1 worker':>11} {time_header:>22}")
     lines = [header, "-" * len(header)]
-    for (mode, workers, activation), rate in steps_per_second.items():
-        one_worker = steps_per_second.get((mode, 1, activation))
+    median = {setup: float(np.median(rates)) for setup, rates in rounds.items()}
+    for (mode, workers, activation), rate in median.items():
+        one_worker = median.get((mode, 1, activation))
         scaling = f"{rate * workers / one_worker:.2f}x" if one_worker and workers != 1 else ""
-        baseline = steps_per_second.get((mode, workers, activations[0]))
-        time_ratio = f"{baseline / rate:.2f}" if baseline and activation != activations[0] else ""
+        baseline = rounds.get((mode, workers, activations[0]))
+        time_ratio = ""
+        if baseline and activation != activations[0]:
+            ratios = np.array(baseline) / np.array(rounds[(mode, workers, activation)])
+            time_ratio = (f"{np.median(ratios):.3f} ({ratios.min():.2f}-{ratios.max():.2f})")
         lines.append(f"{mode:<10} {workers:>7} {activation:<12} {rate:8.1f} "
                      f"{rate * batch * workers:10.0f} {1000 / rate:8.2f} {scaling:>11} "
-                     f"{time_ratio:>14}")
-    lines.append("vs 1 worker: samples/s of N workers over 1 worker (same mode and activation); "
-                 f"{time_header}: step time over {activations[0]}'s (same mode and workers).")
+                     f"{time_ratio:>22}")
+    lines.append(f"Medians over {len(next(iter(rounds.values())))} interleaved rounds. "
+                 "vs 1 worker: samples/s of N workers over 1 worker (same mode and "
+                 f"activation); {time_header}: step time over {activations[0]}'s (same mode "
+                 "and workers), per round.")
     return "\n".join(lines)
 
 
@@ -95,11 +113,14 @@ def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     worker_counts = [int(w) for w in FLAGS.workers]
-    results: Dict[Setup, float] = {}
+    setups = list(itertools.product(FLAGS.update_modes, worker_counts, FLAGS.activations))
+    results: Dict[Setup, List[float]] = {setup: [] for setup in setups}
     with tempfile.TemporaryDirectory(prefix="bench_distributed_") as directory:
-        for setup in itertools.product(FLAGS.update_modes, worker_counts, FLAGS.activations):
-            results[setup] = measure(setup, directory)
-            print(f"{setup}: {results[setup]:.1f} steps/s", flush=True)
+        for round_index in range(FLAGS.repeats):
+            for setup in setups:
+                results[setup].append(measure(setup, directory))
+                print(f"round {round_index + 1}/{FLAGS.repeats} {setup}: "
+                      f"{results[setup][-1]:.1f} steps/s", flush=True)
     print()
     print(format_results(results, FLAGS.activations))
 

@@ -9,6 +9,16 @@ Writes to --output_dir:
   results.json   every flag, the environment, one row per activation/beta
                  and source set (schema in DESIGN.md)
   tradeoff.png   relative PD against AUC, one panel per source set
+  runs/          multi-worker jobs only: each job's weights, predictions, logs
+
+Multi-worker jobs: with --workers=N (N > 1) or --update_mode=MODE[,MODE...]
+every replica is trained as its own cluster of N MultiWorkerMirroredStrategy
+processes on localhost (tf_smelu.training.distributed), one row per update
+mode: sync, stale (gradients applied after random delays, as with
+asynchronous workers), local_sgd (workers average their weights every
+--local_sgd_period +- --local_sgd_jitter steps). Each job draws its schedule
+from OS entropy, so replicas differ by it; --sources then defaults to none.
+Sources stale and op_nondeterminism are in-process only.
 
 Examples:
   python examples/recsys_reproducibility.py                  # default, < 10 min
@@ -16,6 +26,8 @@ Examples:
   python examples/recsys_reproducibility.py \\
       --activations=relu,smelu:0.05,smelu:0.1,smelu:0.2,gelu \\
       --sources=tower_init,init+order,stale --replicas=8
+  python examples/recsys_reproducibility.py --quick --workers=2 \\
+      --update_mode=sync,stale,local_sgd    # each replica a 2-worker job
 
 Sources (combine with '+', separate sets with ','): init, embedding_init,
 tower_init, order, stale, op_nondeterminism; 'none' is the deterministic
@@ -24,63 +36,21 @@ control (replicas must agree bit for bit).
 
 from __future__ import annotations
 
+import os
 
 from absl import app, flags
 
+from tf_smelu import cli
 from tf_smelu.experiment import CTRExperimentConfig
 
 FLAGS = flags.FLAGS
 # Defaults come from the library's config, so the two cannot drift apart.
-DEFAULTS = CTRExperimentConfig()
-
-flags.DEFINE_string(
-    "output_dir", "runs/recsys_reproducibility", "Where results.json and tradeoff.png go."
+cli.define_experiment_flags(
+    CTRExperimentConfig(), output_dir="runs/recsys_reproducibility",
+    quick_help="Smoke-test preset (< 2 min): 20k examples, 3 replicas, 2 activations; explicit "
+    "flags still win.",
 )
-flags.DEFINE_list(
-    "activations",
-    list(DEFAULTS.activations),
-    "Activations to compare: name or name:beta (smelu, rescu, generalized_smelu take "
-    "a beta; rescu:beta:order sets the order); relu, gelu, swish, softplus take none.",
-)
-flags.DEFINE_list(
-    "sources",
-    list(DEFAULTS.sources),
-    "Sets of irreproducibility sources, one result row per activation and set. "
-    "Within a set join sources with '+', e.g. init+order.",
-)
-flags.DEFINE_string(
-    "dataset",
-    DEFAULTS.dataset,
-    "Data: synthetic (built in, the default), movielens_100k, movielens_1m (TFDS, "
-    "downloaded on first use), criteo:PATH (Criteo TSV, .gz ok) or csv:PATH[#LABEL_COLUMN].",
-)
-flags.DEFINE_integer("replicas", DEFAULTS.replicas, "Replicas R per activation and source set (>= 2).", lower_bound=2)
-flags.DEFINE_integer(
-    "train_examples", DEFAULTS.train_examples,
-    "Training examples (synthetic: generated; real data: a seeded subset of at most this many).",
-    lower_bound=1,
-)
-flags.DEFINE_integer(
-    "eval_examples", DEFAULTS.eval_examples, "Held-out examples for AUC and PD (at most, for real data).",
-    lower_bound=1,
-)
-flags.DEFINE_integer("epochs", DEFAULTS.epochs, "Passes over the training data.", lower_bound=1)
-flags.DEFINE_integer("batch_size", DEFAULTS.batch_size, "Training batch size.", lower_bound=1)
-flags.DEFINE_float("learning_rate", DEFAULTS.learning_rate, "Adam learning rate.")
-flags.DEFINE_enum("model", DEFAULTS.model, ["mlp", "dcn"], "Ranking model: MLP tower or DCN-v2 style.")
-flags.DEFINE_list("hidden_units", [str(u) for u in DEFAULTS.hidden_units], "Widths of the MLP tower.")
-flags.DEFINE_integer("embedding_dim", DEFAULTS.embedding_dim, "Embedding size per categorical field.", lower_bound=1)
-flags.DEFINE_integer(
-    "max_delay", DEFAULTS.max_delay, "Largest gradient delay (steps) for the 'stale' source.", lower_bound=0
-)
-flags.DEFINE_integer("seed", DEFAULTS.seed, "Base seed of data, weights, orders and schedules.")
-flags.DEFINE_boolean(
-    "jit_compile", DEFAULTS.jit_compile, "Compile training steps with XLA (faster, not bit-comparable)."
-)
-flags.DEFINE_boolean(
-    "quick", False, "Smoke-test preset (< 2 min): 20k examples, 3 replicas, 2 activations."
-)
-flags.DEFINE_boolean("progress", True, "Show progress bars.")
+flags.adopt_module_key_flags(cli)
 
 
 QUICK_PRESET = dict(
@@ -89,17 +59,26 @@ QUICK_PRESET = dict(
 
 
 def resolved_config() -> dict:
-    """All flag values of this module; --quick fills in flags not given explicitly."""
-    from tf_smelu.cli import resolved_flags
+    """All flag values of this module; --quick fills in flags not given explicitly.
 
-    return resolved_flags(QUICK_PRESET)
+    With multi-worker jobs `--sources` defaults to none: replicas then differ
+    only by their update schedule (the in-process default, tower_init, would
+    blur the update mode's own effect).
+    """
+    config = cli.resolved_flags(QUICK_PRESET)
+    if (config["update_mode"] or config["workers"] > 1) and not FLAGS["sources"].present:
+        config["sources"] = ["none"]
+    return config
 
 
 def run(config: dict) -> dict:
     """Runs the experiment described by `config`; returns results.json's content."""
     from tf_smelu import experiment
 
-    rows = experiment.run_ctr_experiment(experiment.CTRExperimentConfig.from_dict(config))
+    work_dir = os.path.join(config["output_dir"], "runs")
+    rows = experiment.run_ctr_experiment(
+        experiment.CTRExperimentConfig.from_dict({**config, "work_dir": work_dir})
+    )
     return {"config": config, "results": rows}
 
 

@@ -24,7 +24,7 @@ from tf_smelu.training.distributed import (
     DistributedTrainer,
     averaging_steps,
     load_weights,
-    synthetic_dataset_fn,
+    in_memory_dataset_fn,
     synthetic_problem,
     worker_output_path,
 )
@@ -126,7 +126,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny_problem, tmp_path, mo
 def test_workers_read_disjoint_shards():
     rows = np.arange(10)
     examples = CTRExamples({"row": rows}, rows.astype(np.float32), rows.astype(np.float32))
-    dataset_fn = synthetic_dataset_fn(examples)
+    dataset_fn = in_memory_dataset_fn(examples)
     seen = []
     for index in range(2):
         context = tf.distribute.InputContext(2, index, 2)
@@ -276,3 +276,35 @@ def test_two_workers_local_sgd_equal_after_final_average(tmp_path):
     assert summaries[0]["averaging_steps"] == averaging_steps(20, 6, 2, 3)
     # Between averages each worker stepped on its own shard.
     assert summaries[0]["losses"] != summaries[1]["losses"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "mode_flags",
+    [["--update_mode=stale", "--max_delay=3"],
+     ["--update_mode=local_sgd", "--local_sgd_period=5", "--local_sgd_jitter=3"]],
+    ids=["stale", "local_sgd"],
+)
+def test_two_workers_schedule_seed_reproducible_entropy_differs(tmp_path, mode_flags):
+    """Run to run on a real 2-worker cluster: a fixed --schedule_seed gives
+    bit-identical models; without it each run's chief draws its own schedule."""
+
+    def run(name, *flags):
+        output = tmp_path / f"{name}.npz"
+        assert _launch_training(output, "--steps=24", *mode_flags, *flags) == [0, 0]
+        (w0, w1), summaries = _worker_outputs(output)
+        assert _same(w0, w1)  # both workers followed the same schedule
+        return w0, summaries[0]
+
+    seeded_a, summary_a = run("seeded_a", "--schedule_seed=11")
+    seeded_b, summary_b = run("seeded_b", "--schedule_seed=11")
+    assert summary_a["schedule_seed"] == summary_b["schedule_seed"] == 11
+    assert _same(seeded_a, seeded_b)
+    assert summary_a["losses"] == summary_b["losses"]
+
+    entropy_a, summary_c = run("entropy_a")
+    entropy_b, summary_d = run("entropy_b")
+    assert summary_c["schedule_seed"] != summary_d["schedule_seed"]
+    if "--update_mode=local_sgd" in mode_flags:
+        assert summary_c["averaging_steps"] != summary_d["averaging_steps"]
+    assert not _same(entropy_a, entropy_b)

@@ -42,6 +42,7 @@ from tf_smelu import layers as smelu_layers
 from tf_smelu import metrics
 from tf_smelu.training.replicas import ReplicaTrainer, TrainConfig, predict_probabilities
 from tf_smelu.training.updates import delay_schedule
+from tf_smelu.validation import require_choice
 
 SOURCES = ("init", "embedding_init", "tower_init", "order", "stale", "op_nondeterminism")
 # Activations given by Keras name; those with a beta are built as layers.
@@ -487,6 +488,33 @@ class CTRExperimentConfig:
     seed: int = 0
     jit_compile: bool = False
     progress: bool = True
+    workers: int = 1
+    update_mode: Sequence[str] = ()
+    local_sgd_period: int = 16
+    local_sgd_jitter: int = 4
+    max_vocab_size: int = 0
+    job_timeout: int = 3600
+    work_dir: Optional[str] = None
+
+    @property
+    def multi_worker(self) -> bool:
+        """Whether each replica runs as its own multi-worker job.
+
+        True with `workers > 1` or any `update_mode` (then every row is also
+        per update mode; `workers > 1` alone means `sync`). Multi-worker
+        fields: `workers` (processes per job), `update_mode` (modes of
+        `tf_smelu.training.updates.UPDATE_MODES`), `max_delay`,
+        `local_sgd_period`, `local_sgd_jitter`, `max_vocab_size` (synthetic
+        vocabulary cap, 0: none), `job_timeout` (seconds per job) and
+        `work_dir` (the jobs' weights, predictions and logs; `None`: a
+        temporary directory).
+        """
+        return self.workers > 1 or bool(self.update_mode)
+
+    @property
+    def update_modes(self) -> tuple:
+        """The update modes of the rows: `update_mode`, or `("sync",)`."""
+        return tuple(self.update_mode) or ("sync",)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, object]) -> "CTRExperimentConfig":
@@ -498,11 +526,35 @@ class CTRExperimentConfig:
         """Raises ValueError on a bad activation, source set or dataset spec."""
         from tf_smelu.data import parse_dataset_spec
 
+        from tf_smelu.training.updates import UPDATE_MODES
+
         for text in self.activations:
             Activation.parse(text)
-        for text in self.sources:
-            parse_sources(text)
+        source_sets = [parse_sources(text) for text in self.sources]
         parse_dataset_spec(self.dataset)
+        if not self.multi_worker:
+            return
+        for mode in self.update_mode:
+            require_choice("update_mode", mode, UPDATE_MODES)
+        in_process_only = sorted({"stale", "op_nondeterminism"}.intersection(*source_sets))
+        if in_process_only:
+            raise ValueError(
+                f"Source(s) {in_process_only} exist only in the in-process harness; with "
+                "multi-worker jobs use update_mode=stale, and op determinism is not set "
+                f"there. Received: sources={list(self.sources)}"
+            )
+        if self.batch_size % self.workers:
+            raise ValueError(
+                "`batch_size` (the global batch) must be a multiple of `workers`. "
+                f"Received: batch_size={self.batch_size}, workers={self.workers}"
+            )
+        if self.jit_compile:
+            raise ValueError("`jit_compile` is not supported with multi-worker jobs.")
+        if self.max_vocab_size and parse_dataset_spec(self.dataset).kind != "synthetic":
+            raise ValueError(
+                "`max_vocab_size` applies to synthetic data only. "
+                f"Received: dataset={self.dataset!r}, max_vocab_size={self.max_vocab_size}"
+            )
 
 
 def run_ctr_experiment(
@@ -510,9 +562,15 @@ def run_ctr_experiment(
 ) -> List[Dict]:
     """Loads the data, then runs every (source set, activation) pair of `config`.
 
+    With `config.multi_worker`, every replica is a multi-worker job
+    (`run_multiworker_experiment`).
+
     Returns:
-        The result rows, in order (sources outer, activations inner).
+        The result rows, in order (sources outer, activations inner; with
+        multi-worker jobs: sources, update modes, activations).
     """
+    if config.multi_worker:
+        return run_multiworker_experiment(config, log)
     from tf_smelu.data import load_dataset, popularity_buckets
     from tf_smelu.data.in_memory import batched_dataset
     from tf_smelu.models import build_model
@@ -576,6 +634,86 @@ def run_ctr_experiment(
                 )
             )
             log(format_table(rows[-1:]).splitlines()[-1])
+    return rows
+
+
+def run_multiworker_experiment(
+    config: CTRExperimentConfig, log: Callable[[str], None] = print
+) -> List[Dict]:
+    """Runs every replica of `config` as a job of `config.workers` processes.
+
+    One row per (source set, update mode, activation), with
+    `"update:<mode>"` appended to the row's sources. Each job's chief
+    predicts the held-out split; this process loads the same data once more
+    to check the labels and to compute PD by item popularity.
+    See `tf_smelu.training.replica_jobs`.
+    """
+    import tempfile
+
+    from tf_smelu.data import popularity_buckets
+    from tf_smelu.training.distributed import load_data
+    from tf_smelu.training.replica_jobs import ClusterTraining, ReplicaJob, run_replica_jobs
+
+    config.validate()
+    training = ClusterTraining(
+        workers=config.workers,
+        epochs=config.epochs,
+        per_replica_batch_size=config.batch_size // config.workers,
+        learning_rate=config.learning_rate,
+        model=config.model,
+        hidden_units=tuple(int(u) for u in config.hidden_units),
+        embedding_dim=config.embedding_dim,
+        dataset=config.dataset,
+        max_vocab_size=config.max_vocab_size,
+        train_examples=config.train_examples,
+        eval_examples=config.eval_examples,
+        seed=config.seed,
+        max_delay=config.max_delay,
+        local_sgd_period=config.local_sgd_period,
+        local_sgd_jitter=config.local_sgd_jitter,
+        timeout=config.job_timeout,
+    )
+    data = load_data(config.dataset, config.train_examples, config.eval_examples, config.seed,
+                     config.max_vocab_size)
+    eval_groups = None
+    if data.item_field is not None:
+        bucket = popularity_buckets(
+            data.train.features[data.item_field], data.test.features[data.item_field]
+        )
+        eval_groups = {
+            f"item_{name}": bucket == index for index, name in enumerate(("head", "torso", "tail"))
+        }
+    work_dir = config.work_dir or tempfile.mkdtemp(prefix="tf_smelu_jobs_")
+    log(f"{config.workers}-worker jobs on localhost, update modes {list(config.update_modes)}; "
+        f"weights, predictions and worker logs in {work_dir}")
+    rows: List[Dict] = []
+    for sources in [parse_sources(s) for s in config.sources]:
+        seeds = replica_seeds(sources, config.replicas, config.seed)
+        for mode in config.update_modes:
+            for text in config.activations:
+                jobs = [
+                    ReplicaJob(
+                        text, mode, r, work_dir,
+                        embedding_seed=s.embedding_seed, tower_seed=s.tower_seed,
+                        # None: every replica reads the rows in the same order.
+                        order_seed=s.order_seed if s.order_seed is not None else config.seed,
+                        tag="+".join(sources),
+                    )
+                    for r, s in enumerate(seeds)
+                ]
+                result = run_replica_jobs(training, jobs, progress=config.progress)
+                if not np.array_equal(result.labels, data.test.labels):
+                    raise RuntimeError(
+                        f"The workers' held-out labels differ from this process's ({jobs[0].name})."
+                    )
+                row = summarize_predictions(
+                    Activation.parse(text), [*sources, f"update:{mode}"], result.probabilities,
+                    result.labels, seed=config.seed, eval_groups=eval_groups,
+                )
+                row.update(train_seconds=float(np.mean(result.seconds)), update_mode=mode,
+                           workers=config.workers)
+                rows.append(row)
+                log(format_table(rows[-1:]).splitlines()[-1])
     return rows
 
 

@@ -30,8 +30,9 @@ import os
 from typing import NamedTuple
 
 from tf_smelu.data import criteo, csv_data, movielens
-from tf_smelu.data.synthetic import SyntheticCTRConfig, generate_examples
+from tf_smelu.data.synthetic import DEFAULT_VOCAB_SIZES, SyntheticCTRConfig, generate_examples
 from tf_smelu.data.tabular import LoadedDataset
+from tf_smelu.validation import require_positive_int
 
 DATASET_SPEC_HELP = (
     "synthetic, movielens_100k, movielens_1m, criteo:PATH, csv:PATH or "
@@ -93,6 +94,7 @@ def load_dataset(
     label_column: str = csv_data.DEFAULT_LABEL_COLUMN,
     data_dir: str | os.PathLike | None = None,
     on_error: str = "raise",
+    max_vocab_size: int | None = None,
 ) -> LoadedDataset:
     """Loads train and test examples and the feature spec named by ``spec``.
 
@@ -105,6 +107,9 @@ def load_dataset(
         label_column: Label column of ``csv:PATH``.
         data_dir: TFDS data directory for MovieLens.
         on_error: ``"raise"`` or ``"skip"`` malformed rows of files.
+        max_vocab_size: Synthetic only: caps every field's vocabulary (smaller
+            embedding tables, e.g. for dense all-reduces in multi-worker
+            training); ``None``: the default sizes.
 
     Returns:
         :class:`~tf_smelu.data.tabular.LoadedDataset`: ``train``, ``test``,
@@ -113,7 +118,12 @@ def load_dataset(
     parsed = parse_dataset_spec(spec)
     caps = dict(max_train_examples=train_examples, max_test_examples=eval_examples)
     if parsed.kind == "synthetic":
-        return _load_synthetic(train_examples, eval_examples, seed)
+        return _load_synthetic(train_examples, eval_examples, seed, max_vocab_size)
+    if max_vocab_size is not None:
+        raise ValueError(
+            "`max_vocab_size` applies to synthetic data only. "
+            f"Received: dataset={spec!r}, max_vocab_size={max_vocab_size}"
+        )
     if parsed.kind in _MOVIELENS_VARIANTS:
         return movielens.load_movielens(
             _MOVIELENS_VARIANTS[parsed.kind], seed=seed, data_dir=data_dir, **caps
@@ -130,14 +140,22 @@ def load_dataset(
 
 
 def _load_synthetic(
-    train_examples: int | None, eval_examples: int | None, seed: int
+    train_examples: int | None,
+    eval_examples: int | None,
+    seed: int,
+    max_vocab_size: int | None = None,
 ) -> LoadedDataset:
-    sizes = {
+    overrides: dict = {
         name: value
         for name, value in (("num_examples", train_examples), ("num_eval_examples", eval_examples))
         if value is not None
     }
-    config = SyntheticCTRConfig(seed=seed, **sizes)
+    if max_vocab_size is not None:
+        require_positive_int("max_vocab_size", max_vocab_size)
+        overrides["vocab_sizes"] = {
+            name: min(size, max_vocab_size) for name, size in DEFAULT_VOCAB_SIZES.items()
+        }
+    config = SyntheticCTRConfig(seed=seed, **overrides)
     return LoadedDataset(
         train=generate_examples(config, "train"),
         test=generate_examples(config, "test"),

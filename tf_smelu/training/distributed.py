@@ -23,7 +23,7 @@ over the global batch, whatever the number of workers.
 Data
 ----
 `strategy.distribute_datasets_from_function` calls the user's `dataset_fn`
-once per worker with a `tf.distribute.InputContext`; `synthetic_dataset_fn`
+once per worker with a `tf.distribute.InputContext`; `in_memory_dataset_fn`
 keeps rows `input_pipeline_id, input_pipeline_id + num_input_pipelines, ...`
 (what `tf.data.Dataset.shard` keeps), so workers read disjoint shards. No
 auto-sharding happens on this path. The trainer repeats the dataset (the
@@ -111,14 +111,13 @@ with that seed), and `--labels_out` their labels: what
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -127,19 +126,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from absl import app, flags
+
 from tf_smelu.data.in_memory import batched_dataset
-from tf_smelu.data.synthetic import (
-    DEFAULT_VOCAB_SIZES,
-    CTRExamples,
-    SyntheticCTRConfig,
-    generate_examples,
-)
+from tf_smelu.data.sources import DATASET_SPEC_HELP, load_dataset, parse_dataset_spec
+from tf_smelu.data.synthetic import CTRExamples
+from tf_smelu.data.tabular import LoadedDataset
 from tf_smelu.models import build_model
 from tf_smelu.training.replicas import predict_probabilities
-from tf_smelu.training.updates import DelayedGradients, delay_schedule
+from tf_smelu.training.updates import UPDATE_MODES, DelayedGradients, delay_schedule
 from tf_smelu.validation import require_choice, require_positive_number
 
-UPDATE_MODES = ("sync", "stale", "local_sgd")
+FLAGS = flags.FLAGS
 
 ModelFn = Callable[[], keras.Model]
 DatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
@@ -319,7 +317,7 @@ def averaging_steps(num_steps: int, period: int, jitter: int, seed: int) -> List
         steps.append(done)
 
 
-def synthetic_dataset_fn(examples: CTRExamples, order_seed: Optional[int] = None) -> DatasetFn:
+def in_memory_dataset_fn(examples: CTRExamples, order_seed: Optional[int] = None) -> DatasetFn:
     """A `DatasetFn` over in-memory examples, sharded by input pipeline.
 
     Worker `i` of `n` reads rows `i, i + n, i + 2n, ...` (as
@@ -695,110 +693,186 @@ def worker_output_path(output: str, index: int, suffix: str = ".npz") -> str:
     return f"{base}.worker{index}{suffix}"
 
 
-def _parse_units(text: str) -> List[int]:
-    return [int(unit) for unit in text.split(",") if unit.strip()]
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> List[str]:
+    """Defines the worker's flags; returns their names.
+
+    Called when run as a program only, so that other absl programs (the
+    examples) can import this module without clashing flags.
+    """
+    already_defined = set(flag_values)
+    kw = dict(flag_values=flag_values)
+    flags.DEFINE_integer("steps", 100, "Total training steps (a resumed run continues to it).",
+                         lower_bound=1, **kw)
+    flags.DEFINE_integer(
+        "epochs", None,
+        "Passes over the training rows: when set, the steps are derived from the loaded data "
+        "and the global batch (overrides --steps).", lower_bound=1, **kw)
+    flags.DEFINE_integer("per_replica_batch_size", 64, "Rows per worker per step.",
+                         lower_bound=1, **kw)
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0, **kw)
+    flags.DEFINE_enum("update_mode", "sync", list(UPDATE_MODES),
+                      "How gradients reach the weights (see the module docstring).", **kw)
+    flags.DEFINE_integer("max_delay", 4, "Largest gradient delay in steps (stale).",
+                         lower_bound=0, **kw)
+    flags.DEFINE_integer("local_sgd_period", 8, "Steps between weight averages (local_sgd).",
+                         lower_bound=1, **kw)
+    flags.DEFINE_integer("local_sgd_jitter", 0,
+                         "+- steps of random jitter per averaging interval (local_sgd).",
+                         lower_bound=0, **kw)
+    flags.DEFINE_integer(
+        "schedule_seed", None,
+        "Seed of the delay/averaging schedule (reproducible runs). Unset: the chief draws "
+        "one from OS entropy and shares it, so every run differs, as in production.",
+        lower_bound=0, **kw)
+    flags.DEFINE_string("checkpoint_dir", None,
+                        "Checkpoint directory shared by the workers; a restart resumes from it.",
+                        **kw)
+    flags.DEFINE_integer("checkpoint_every", 0, "Steps between checkpoints (0: only at the end).",
+                         lower_bound=0, **kw)
+    flags.DEFINE_string(
+        "output", None,
+        "The chief saves its final weights here (.npz); every worker also writes "
+        "<output>.worker<i>.npz and a .json summary.", **kw)
+    flags.DEFINE_enum("model", "mlp", ["mlp", "dcn"], "Ranking model: MLP tower or DCN-v2 style.",
+                      **kw)
+    flags.DEFINE_string(
+        "activation", "relu",
+        "Hidden activation: name or name:beta, e.g. relu, gelu, smelu:0.2 "
+        "(see tf_smelu.experiment.Activation.parse).", **kw)
+    flags.DEFINE_list("hidden_units", ["64", "32"],
+                      "Widths of the MLP tower (the top MLP for dcn).", **kw)
+    flags.DEFINE_integer("embedding_dim", 8, "Embedding size per categorical field.",
+                         lower_bound=1, **kw)
+    flags.DEFINE_string("dataset", "synthetic",
+                        f"Data, as the main job's --dataset: {DATASET_SPEC_HELP}. Every worker "
+                        "loads it (same seed, same split) and reads its own shard.", **kw)
+    flags.DEFINE_integer(
+        "max_vocab_size", 1000,
+        "Synthetic data: caps every field's vocabulary (dense all-reduces of the embedding "
+        "tables stay cheap); 0: the full default sizes.", lower_bound=0, **kw)
+    flags.DEFINE_integer("num_examples", 65_536,
+                         "Training rows, split between the workers (a cap for real data).",
+                         lower_bound=1, **kw)
+    flags.DEFINE_integer("seed", 0, "Seed of the data and, by default, of order and weights.",
+                         **kw)
+    flags.DEFINE_integer("embedding_seed", None,
+                         "Seed of the embedding tables' initial weights (default: --seed).", **kw)
+    flags.DEFINE_integer("tower_seed", None,
+                         "Seed of the dense layers' initial weights (default: --seed + 1).", **kw)
+    flags.DEFINE_integer("order_seed", None,
+                         "Seed of the order of each worker's rows (default: --seed).", **kw)
+    flags.DEFINE_integer(
+        "eval_examples", 0,
+        "Held-out rows (the test split of --dataset and --seed) the chief predicts on at the "
+        "end (0: none).", lower_bound=0, **kw)
+    flags.DEFINE_string("predictions_out", None,
+                        "The chief writes its click probabilities on the held-out rows here "
+                        "(.npy, float64).", **kw)
+    flags.DEFINE_string("labels_out", None, "The chief writes the held-out labels here (.npy).",
+                        **kw)
+    flags.DEFINE_boolean("sparse_gradients", False,
+                         "sync: all-reduce embedding gradients sparsely (huge vocabularies).",
+                         **kw)
+    flags.DEFINE_integer("log_every", 10, "Steps between progress lines (0: none).",
+                         lower_bound=0, **kw)
+    flags.DEFINE_integer("crash_at_step", None,
+                         "(Tests) worker --crash_worker dies right after this step.",
+                         lower_bound=1, **kw)
+    flags.DEFINE_integer("crash_worker", 1, "(Tests) index of the worker that crashes.",
+                         lower_bound=0, **kw)
+
+    def activation_parses(text: str) -> bool:
+        from tf_smelu.experiment import Activation  # lazy: experiment imports a lot
+
+        try:
+            Activation.parse(text)
+        except ValueError as error:
+            raise flags.ValidationError(str(error)) from None
+        return True
+
+    def dataset_parses(spec: str) -> bool:
+        try:
+            parse_dataset_spec(spec)
+        except ValueError as error:
+            raise flags.ValidationError(str(error)) from None
+        return True
+
+    flags.register_validator("activation", activation_parses, **kw)
+    flags.register_validator("dataset", dataset_parses, **kw)
+    flags.register_multi_flags_validator(
+        ["predictions_out", "labels_out", "eval_examples"],
+        lambda v: not (v["predictions_out"] or v["labels_out"]) or v["eval_examples"] >= 1,
+        "--predictions_out/--labels_out need --eval_examples >= 1.", **kw)
+    flags.register_validator(
+        "hidden_units", lambda units: all(u.strip().isdigit() and int(u) > 0 for u in units),
+        "--hidden_units must be positive integers, e.g. 64,32.", **kw)
+    return [name for name in flag_values if name not in already_defined]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tf_smelu.training.distributed",
-        description="Train a CTR model on synthetic data as one process or as a "
-        "MultiWorkerMirroredStrategy worker (roles from TF_CONFIG).",
-    )
-    add = parser.add_argument
-    add("--steps", type=int, default=100, help="total training steps")
-    add("--per_replica_batch_size", type=int, default=64, help="rows per replica per step")
-    add("--learning_rate", type=float, default=1e-3, help="Adam learning rate")
-    add("--update_mode", choices=UPDATE_MODES, default="sync")
-    add("--max_delay", type=int, default=4, help="largest gradient delay (stale)")
-    add("--local_sgd_period", type=int, default=8, help="steps between averages (local_sgd)")
-    add("--local_sgd_jitter", type=int, default=0, help="+- steps of jitter per averaging interval")
-    add("--schedule_seed", type=int, default=None,
-        help="seed of the delay/averaging schedule; default: OS entropy, shared by the chief")
-    add("--checkpoint_dir", default=None, help="shared checkpoint directory; resumes from it")
-    add("--checkpoint_every", type=int, default=0, help="steps between checkpoints (0: at the end)")
-    add("--output", default=None,
-        help="chief saves final weights here (.npz); every worker also writes "
-        "<output>.worker<i>.npz and a .json summary")
-    add("--model", choices=("mlp", "dcn"), default="mlp")
-    add("--activation", default="relu",
-        help="hidden activation: name or name:beta, e.g. relu, gelu, smelu:0.2 "
-        "(see tf_smelu.experiment.Activation.parse)")
-    add("--hidden_units", type=_parse_units, default=[64, 32],
-        help="comma-separated MLP widths (the top MLP for dcn)")
-    add("--embedding_dim", type=int, default=8)
-    add("--max_vocab_size", type=int, default=1000,
-        help="caps every synthetic field's vocabulary (model and data size)")
-    add("--num_examples", type=int, default=65_536, help="synthetic training rows (all workers)")
-    add("--seed", type=int, default=0, help="seed of data, data order and initial weights")
-    add("--embedding_seed", type=int, default=None,
-        help="seed of the embedding tables' initial weights (default: --seed)")
-    add("--tower_seed", type=int, default=None,
-        help="seed of the dense layers' initial weights (default: --seed + 1)")
-    add("--eval_examples", type=int, default=0,
-        help="held-out synthetic rows (test split of --seed) the chief predicts on at the end")
-    add("--predictions_out", default=None,
-        help="chief writes its click probabilities on the held-out rows here (.npy, float64)")
-    add("--labels_out", default=None, help="chief writes the held-out labels here (.npy)")
-    add("--sparse_gradients", action="store_true",
-        help="sync: all-reduce embedding gradients sparsely (for huge vocabularies)")
-    add("--log_every", type=int, default=10, help="steps between log lines (0: none)")
-    add("--crash_at_step", type=int, default=None,
-        help="(tests) worker --crash_worker dies after this step")
-    add("--crash_worker", type=int, default=1)
-    return parser
+def load_data(
+    dataset: str = "synthetic",
+    num_examples: int = 65_536,
+    eval_examples: int = 0,
+    seed: int = 0,
+    max_vocab_size: Optional[int] = 1000,
+) -> LoadedDataset:
+    """The data every worker trains on (the same on each; each reads a shard).
 
-
-def synthetic_data_config(
-    max_vocab_size: int = 1000, num_examples: int = 65_536, seed: int = 0
-) -> SyntheticCTRConfig:
-    """The synthetic CTR data of `synthetic_problem` (and of its held-out set)."""
-    return SyntheticCTRConfig(
-        num_examples=num_examples,
+    Args:
+        dataset: Dataset spec (`tf_smelu.data.load_dataset`).
+        num_examples: Training rows (synthetic) or their cap (real data).
+        eval_examples: Held-out rows (at least one is always generated for
+            synthetic data, which needs a non-empty test config).
+        seed: Seed of the data or of the split of real data.
+        max_vocab_size: Synthetic: caps the field vocabularies (`None`/0: no
+            cap). Ignored for real data.
+    """
+    is_synthetic = parse_dataset_spec(dataset).kind == "synthetic"
+    return load_dataset(
+        dataset,
+        train_examples=num_examples,
+        eval_examples=max(eval_examples, 1),
         seed=seed,
-        vocab_sizes={name: min(size, max_vocab_size) for name, size in DEFAULT_VOCAB_SIZES.items()},
-        # A whole chunk is generated even for a few rows: keep it small.
-        chunk_size=min(num_examples, 65_536),
+        max_vocab_size=(max_vocab_size or None) if is_synthetic else None,
     )
 
 
-def synthetic_problem(
+def problem_from_data(
+    data: LoadedDataset,
     model: str = "mlp",
     activation: object = "relu",
     hidden_units: Sequence[int] = (64, 32),
     embedding_dim: int = 8,
-    max_vocab_size: int = 1000,
-    num_examples: int = 65_536,
     seed: int = 0,
     embedding_seed: Optional[int] = None,
     tower_seed: Optional[int] = None,
+    order_seed: Optional[int] = None,
 ) -> tuple[ModelFn, DatasetFn]:
-    """`(model_fn, dataset_fn)` for a synthetic CTR task, identical on every worker.
+    """`(model_fn, dataset_fn)` training a ranking model on `data.train`.
 
     Args:
+        data: What `load_data` returns (the same on every worker).
         model: `"mlp"` or `"dcn"` (see `tf_smelu.models.build_model`).
         activation: Hidden activation: a Keras name (`"relu"`) or layer
             (e.g. `Activation.parse("smelu:0.2").to_keras()`).
         hidden_units: MLP widths (the top MLP for `dcn`).
         embedding_dim: Embedding width.
-        max_vocab_size: Caps the vocabulary of every default synthetic field.
-        num_examples: Training rows, split between the workers.
-        seed: Seed of the data, its order and (by default) the initial weights.
+        seed: Default of the three seeds below.
         embedding_seed: Seed of the embedding tables' initial weights
             (default `seed`).
         tower_seed: Seed of the dense layers' initial weights (default
             `seed + 1`).
+        order_seed: Seed of the order of each worker's rows (default `seed`).
     """
-    data_config = synthetic_data_config(max_vocab_size, num_examples, seed)
     embedding_seed = seed if embedding_seed is None else embedding_seed
     tower_seed = seed + 1 if tower_seed is None else tower_seed
-    spec = data_config.feature_spec()
+    order_seed = seed if order_seed is None else order_seed
     units_argument = "hidden_units" if model == "mlp" else "top_units"
 
     def model_fn() -> keras.Model:
         return build_model(
             model,
-            spec,
+            data.feature_spec,
             activation,
             embedding_dim=embedding_dim,
             embedding_seed=embedding_seed,
@@ -806,8 +880,15 @@ def synthetic_problem(
             **{units_argument: tuple(hidden_units)},
         )
 
-    examples = generate_examples(data_config, "train")
-    return model_fn, synthetic_dataset_fn(examples, order_seed=seed)
+    return model_fn, in_memory_dataset_fn(data.train, order_seed=order_seed)
+
+
+def synthetic_problem(
+    max_vocab_size: int = 1000, num_examples: int = 65_536, seed: int = 0, **problem
+) -> tuple[ModelFn, DatasetFn]:
+    """`problem_from_data` on synthetic CTR data (`load_data` arguments first)."""
+    data = load_data("synthetic", num_examples, 0, seed, max_vocab_size)
+    return problem_from_data(data, seed=seed, **problem)
 
 
 def held_out_predictions(
@@ -819,46 +900,33 @@ def held_out_predictions(
     return probabilities[0], labels
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; reads the cluster from `TF_CONFIG` (none: one process)."""
+def run_worker(values: Dict[str, object]) -> TrainResult:
+    """Trains as this process's worker with the flag values `values`, writes outputs.
+
+    Reads the cluster from `TF_CONFIG` (none: one process).
+    """
     from tf_smelu.experiment import Activation  # lazy: experiment imports a lot
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        activation = Activation.parse(args.activation)
-    except ValueError as error:
-        parser.error(str(error))
-    if (args.predictions_out or args.labels_out) and args.eval_examples < 1:
-        parser.error("--predictions_out/--labels_out need --eval_examples >= 1")
     strategy = create_strategy()  # before building anything
-    model_fn, dataset_fn = synthetic_problem(
-        model=args.model,
-        activation=activation.to_keras(),
-        hidden_units=args.hidden_units,
-        embedding_dim=args.embedding_dim,
-        max_vocab_size=args.max_vocab_size,
-        num_examples=args.num_examples,
-        seed=args.seed,
-        embedding_seed=args.embedding_seed,
-        tower_seed=args.tower_seed,
+    data = load_data(values["dataset"], values["num_examples"], values["eval_examples"],
+                     values["seed"], values["max_vocab_size"])
+    model_fn, dataset_fn = problem_from_data(
+        data,
+        model=values["model"],
+        activation=Activation.parse(values["activation"]).to_keras(),
+        hidden_units=[int(u) for u in values["hidden_units"]],
+        embedding_dim=values["embedding_dim"],
+        seed=values["seed"],
+        embedding_seed=values["embedding_seed"],
+        tower_seed=values["tower_seed"],
+        order_seed=values["order_seed"],
     )
-    config = DistributedTrainConfig(
-        steps=args.steps,
-        per_replica_batch_size=args.per_replica_batch_size,
-        learning_rate=args.learning_rate,
-        update_mode=args.update_mode,
-        max_delay=args.max_delay,
-        local_sgd_period=args.local_sgd_period,
-        local_sgd_jitter=args.local_sgd_jitter,
-        schedule_seed=args.schedule_seed,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every,
-        sparse_gradients=args.sparse_gradients,
-        log_every=args.log_every,
-        crash_at_step=args.crash_at_step,
-        crash_worker=args.crash_worker,
-    )
+    values = dict(values)
+    if values.get("epochs"):
+        global_batch = values["per_replica_batch_size"] * strategy.num_replicas_in_sync
+        values["steps"] = max(1, -(-values["epochs"] * len(data.train) // global_batch))
+    config_fields = {f.name for f in dataclasses.fields(DistributedTrainConfig)}
+    config = DistributedTrainConfig(**{k: v for k, v in values.items() if k in config_fields})
     trainer = DistributedTrainer(model_fn, dataset_fn, config, strategy)
     result = trainer.train()
     worker = trainer.worker
@@ -869,24 +937,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{result.final_step}, {rate} steps/s, final loss {final_loss}",
         flush=True,
     )
-    if args.output:
+    output = values["output"]
+    if output:
         if worker.is_chief:
-            save_weights(args.output, trainer.model)
-        save_weights(worker_output_path(args.output, worker.index), trainer.model)
-        summary_path = worker_output_path(args.output, worker.index, ".json")
+            save_weights(output, trainer.model)
+        save_weights(worker_output_path(output, worker.index), trainer.model)
+        summary_path = worker_output_path(output, worker.index, ".json")
         with open(summary_path, "w", encoding="utf-8") as f:
-            json.dump(result.to_json(), f)
-    if worker.is_chief and args.eval_examples:
-        data_config = synthetic_data_config(args.max_vocab_size, args.num_examples, args.seed)
-        examples = generate_examples(data_config, "test", num_examples=args.eval_examples)
-        probabilities, labels = held_out_predictions(trainer.model, examples)
-        if args.predictions_out:
-            save_array(args.predictions_out, probabilities)
-        if args.labels_out:
-            save_array(args.labels_out, labels)
+            json.dump({**result.to_json(), "flags": values}, f)
+    if worker.is_chief and values["eval_examples"]:
+        probabilities, labels = held_out_predictions(trainer.model, data.test)
+        if values["predictions_out"]:
+            save_array(values["predictions_out"], probabilities)
+        if values["labels_out"]:
+            save_array(values["labels_out"], labels)
         print(f"worker {worker.index}: predicted {len(labels)} held-out rows", flush=True)
-    return 0
+    return result
+
+
+def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run_worker({name: FLAGS[name].value for name in flag_names})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(functools.partial(main, flag_names=define_flags()))

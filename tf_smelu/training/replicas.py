@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tf_smelu.training.updates import UPDATE_MODES, DelayedGradients
+from tf_smelu.training.updates import IN_PROCESS_UPDATE_MODES, DelayedGradients
 from tf_smelu.validation import require_choice, require_positive_number
 
 
@@ -48,7 +48,7 @@ class TrainConfig:
         if self.epochs < 1:
             raise ValueError(f"`epochs` must be >= 1. Received: epochs={self.epochs}")
         require_positive_number("learning_rate", self.learning_rate)
-        require_choice("update_mode", self.update_mode, UPDATE_MODES)
+        require_choice("update_mode", self.update_mode, IN_PROCESS_UPDATE_MODES)
         if self.max_delay < 0:
             raise ValueError(f"`max_delay` must be >= 0. Received: max_delay={self.max_delay}")
 

@@ -20,7 +20,13 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-UPDATE_MODES = ("sync", "stale")
+UPDATE_MODES = ("sync", "stale", "local_sgd")
+"""How gradients reach the weights. `local_sgd` (workers step alone and
+average their weights) needs separate workers: only the multi-worker loop of
+`tf_smelu.training.distributed` has it."""
+
+IN_PROCESS_UPDATE_MODES = UPDATE_MODES[:2]
+"""The modes of the in-process replica harness (`tf_smelu.training.replicas`)."""
 
 
 def delay_schedule(num_steps: int, max_delay: int, schedule_seed: Optional[int]) -> np.ndarray:
