@@ -20,24 +20,33 @@ sigmoid for probabilities. Takes about 30 seconds on 2 CPU cores.
 Example:
   python examples/export_and_serve.py --export_dir=/tmp/smelu_ctr
 
-The helpers (`saved_model_op_types`, `non_stock_ops`, `serve_without_package`,
-`saved_model_cli_command`, `tf_serving_command`) are reused by
-`notebooks/04_export_and_serve.ipynb`.
+The checks and commands come from `tf_smelu.serving` (also used by
+`notebooks/04_export_and_serve.ipynb` and `tests/test_serving.py`).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
-import tempfile
-import textwrap
 import time
-from typing import Dict, Iterable, List, Mapping, Set
+from typing import List
 
 import numpy as np
 from absl import app, flags, logging
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, REPO)
+
+from tf_smelu.serving import (  # noqa: E402
+    non_stock_ops,
+    saved_model_cli_command,
+    saved_model_op_types,
+    serve_without_package,
+    tf_serving_command,
+    xla_compiled_functions,
+)
 
 FLAGS = flags.FLAGS
 
@@ -65,136 +74,6 @@ flags.DEFINE_integer(
     lower_bound=1, upper_bound=EVAL_EXAMPLES,
 )
 flags.DEFINE_integer("seed", 0, "Seed of the data, the weights and the data order.")
-
-# Ops that exist in TensorFlow but cannot run in TF Serving (Python callbacks).
-PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
-
-# Runs in a fresh interpreter: argv = export_dir, signature, requests.npz, outputs.npz.
-_SERVE_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    sys.modules["tf_smelu"] = None  # from here on, `import tf_smelu` raises ImportError
-    try:
-        import tf_smelu  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("tf_smelu is importable; the check would prove nothing")
-    import numpy as np
-    import tensorflow as tf
-
-    export_dir, signature, requests_path, outputs_path = sys.argv[1:]
-    serve = tf.saved_model.load(export_dir).signatures[signature]
-    with np.load(requests_path) as requests:
-        outputs = serve(**{name: tf.constant(requests[name]) for name in requests.files})
-    np.savez(outputs_path, **{name: value.numpy() for name, value in outputs.items()})
-    """
-)
-
-
-def saved_model_op_types(export_dir: str) -> Set[str]:
-    """Every op type in a SavedModel's graphs and function library."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    op_types = set()
-    for meta_graph in proto.meta_graphs:
-        op_types.update(node.op for node in meta_graph.graph_def.node)
-        for function in meta_graph.graph_def.library.function:
-            op_types.update(node.op for node in function.node_def)
-    return op_types
-
-
-def non_stock_ops(op_types: Iterable[str]) -> Set[str]:
-    """The op types that stock TensorFlow (hence TF Serving) cannot run.
-
-    Those are ops missing from TensorFlow's op registry (a custom op library
-    would be needed) and Python callbacks (`tf.py_function`). Calls of
-    functions stored in the SavedModel itself (`__inference_...`) are fine.
-    """
-    from tensorflow.python.framework import op_def_registry
-
-    return {
-        op
-        for op in op_types
-        if op in PYTHON_OPS
-        or (not op.startswith("__inference") and op_def_registry.get(op) is None)
-    }
-
-
-def serve_without_package(
-    export_dir: str,
-    requests: Mapping[str, np.ndarray],
-    signature: str = "serving_default",
-    timeout: float = 300,
-) -> Dict[str, np.ndarray]:
-    """Scores `requests` with the SavedModel in a process without tf_smelu.
-
-    Args:
-        export_dir: The SavedModel directory.
-        requests: Input name of the signature -> batch of values (their dtype
-            is kept, so ids should be int64 if the signature says so).
-        signature: Serving signature to call.
-        timeout: Seconds before the subprocess is killed.
-
-    Returns:
-        Output name -> values, as computed in the fresh process.
-    """
-    with tempfile.TemporaryDirectory() as scratch:
-        requests_path = os.path.join(scratch, "requests.npz")
-        outputs_path = os.path.join(scratch, "outputs.npz")
-        np.savez(requests_path, **requests)
-        result = subprocess.run(
-            [sys.executable, "-c", _SERVE_SCRIPT, os.path.abspath(export_dir), signature,
-             requests_path, outputs_path],
-            capture_output=True, text=True, timeout=timeout, cwd=scratch,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"Serving without tf_smelu failed (exit {result.returncode}):\n"
-                f"{result.stderr[-3000:]}"
-            )
-        with np.load(outputs_path) as outputs:
-            return {name: outputs[name] for name in outputs.files}
-
-
-def _python_literal(values: np.ndarray) -> str:
-    """A compact Python literal of an array for `saved_model_cli --input_exprs`."""
-    if values.dtype.kind == "f":
-        return repr(np.round(values.astype(np.float64), 4).tolist())
-    return repr(values.tolist())
-
-
-def saved_model_cli_command(
-    export_dir: str,
-    requests: Mapping[str, np.ndarray],
-    signature: str = "serving_default",
-    executable: Iterable[str] = ("saved_model_cli",),
-) -> List[str]:
-    """`saved_model_cli run` arguments scoring `requests` (as a list for subprocess).
-
-    Floats are rounded to 4 digits to keep the command short, so its scores
-    match the model's to about 1e-3, not bit for bit. Pass
-    `executable=(sys.executable, "-m", "tensorflow.python.tools.saved_model_cli")`
-    when the `saved_model_cli` script is not on the PATH.
-    """
-    exprs = ";".join(f"{name}={_python_literal(np.asarray(v))}" for name, v in requests.items())
-    return [
-        *executable, "run", "--dir", export_dir, "--tag_set", "serve",
-        "--signature_def", signature, "--input_exprs", exprs,
-    ]
-
-
-def tf_serving_command(export_dir: str, model_name: str = "smelu") -> str:
-    """The `docker run` command serving the export with TF Serving over REST."""
-    return (
-        f"docker run -p 8501:8501 -v {shlex.quote(os.path.abspath(export_dir))}:"
-        f"/models/{model_name}/1 -e MODEL_NAME={model_name} tensorflow/serving"
-    )
-
 
 def train_ctr_model(train_examples: int, steps: int, batch_size: int,
                     hidden_units: List[int], seed: int):
@@ -262,6 +141,9 @@ def main(argv):
     unservable = non_stock_ops(op_types)
     if unservable:
         raise SystemExit(f"The SavedModel needs ops stock TensorFlow lacks: {sorted(unservable)}")
+    compiled = xla_compiled_functions(export_dir)
+    if compiled:
+        raise SystemExit(f"The SavedModel has functions that must be XLA-compiled: {compiled}")
     print("Every op is a stock TensorFlow op: no custom op library, no Python callback.")
 
     requests = {name: values[: FLAGS.requests] for name, values in test.features.items()}

@@ -3,19 +3,14 @@
 import os
 import subprocess
 import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 
 import tf_smelu
-
-# Ops that exist in TensorFlow but cannot run in TF Serving.
-UNSERVABLE_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
-
+from tf_smelu import serving
 
 def _model_with_every_activation():
     inputs = keras.Input((4,), name="features")
@@ -28,61 +23,11 @@ def _model_with_every_activation():
     return keras.Model(inputs, keras.layers.Dense(1)(hidden))
 
 
-def _all_nodes(path):
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    for meta_graph in proto.meta_graphs:
-        yield from meta_graph.graph_def.node
-        for function in meta_graph.graph_def.library.function:
-            yield from function.node_def
-            if function.attr.get("_XlaMustCompile") and function.attr["_XlaMustCompile"].b:
-                raise AssertionError(f"{function.signature.name} must be XLA-compiled")
-
-
-def _assert_only_stock_ops(path):
-    from tensorflow.python.framework import op_def_registry
-
-    op_types = {node.op for node in _all_nodes(path)}
+def _assert_servable(path):
+    op_types = serving.saved_model_op_types(path)
     assert op_types, "no ops found"
-    for op_type in op_types:
-        is_function_call = op_type.startswith("__inference")
-        assert is_function_call or op_def_registry.get(op_type) is not None, op_type
-    assert not op_types & UNSERVABLE_OPS
-
-
-SERVE_WITHOUT_PACKAGE = textwrap.dedent(
-    """
-    import sys
-    sys.modules["tf_smelu"] = None  # any `import tf_smelu` now fails
-    try:
-        import tf_smelu  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("tf_smelu should not be importable here")
-    import numpy as np
-    import tensorflow as tf
-    loaded = tf.saved_model.load(sys.argv[1])
-    serve = loaded.signatures["serving_default"]
-    x = tf.constant(np.load(sys.argv[2]))
-    (output,) = serve(x).values()
-    np.save(sys.argv[3], output.numpy())
-    """
-)
-
-
-def _serve_in_fresh_process(path, x, tmp_path):
-    x_path, y_path = str(tmp_path / "x.npy"), str(tmp_path / "y.npy")
-    np.save(x_path, x)
-    subprocess.run(
-        [sys.executable, "-c", SERVE_WITHOUT_PACKAGE, path, x_path, y_path],
-        check=True,
-        timeout=180,
-        cwd=tmp_path,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    return np.load(y_path)
+    assert not serving.non_stock_ops(op_types), serving.non_stock_ops(op_types)
+    assert not serving.xla_compiled_functions(path)
 
 
 @pytest.mark.parametrize("exporter", ["model.export", "tf.saved_model.save"])
@@ -97,14 +42,15 @@ def test_saved_model_serves_without_the_package(exporter, tmp_path):
             input_signature=[tf.TensorSpec([None, 4], tf.float32)],
         )
         tf.saved_model.save(model, path, signatures={"serving_default": signature})
-    _assert_only_stock_ops(path)
+    _assert_servable(path)
     x = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
-    served = _serve_in_fresh_process(path, x, tmp_path)
+    input_name = "features" if exporter == "model.export" else "x"
+    (served,) = serving.serve_without_package(path, {input_name: x}).values()
     np.testing.assert_allclose(served, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
-def test_stock_op_check_catches_py_function(tmp_path):
-    """Guards `_assert_only_stock_ops`: a py_function must be flagged."""
+def test_stock_op_check_catches_py_function_and_xla(tmp_path):
+    """Guards the checks: a py_function and a jit-compiled function are flagged."""
     module = tf.Module()
     module.f = tf.function(
         lambda x: tf.py_function(np.square, [x], tf.float32),
@@ -112,8 +58,33 @@ def test_stock_op_check_catches_py_function(tmp_path):
     )
     path = str(tmp_path / "py")
     tf.saved_model.save(module, path)
-    with pytest.raises(AssertionError):
-        _assert_only_stock_ops(path)
+    assert serving.non_stock_ops(serving.saved_model_op_types(path)) == {"EagerPyFunc"}
+
+    compiled = tf.Module()
+    compiled.f = tf.function(
+        lambda x: tf_smelu.smelu(x), jit_compile=True,
+        input_signature=[tf.TensorSpec([None], tf.float32)],
+    )
+    path = str(tmp_path / "xla")
+    tf.saved_model.save(compiled, path)
+    assert serving.xla_compiled_functions(path)
+
+
+def test_missing_export_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No SavedModel"):
+        serving.saved_model_op_types(str(tmp_path / "nowhere"))
+
+
+def test_serve_without_package_reports_the_subprocess_error(tmp_path):
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": 2 * x},
+                           input_signature=[tf.TensorSpec([None], tf.float32)])
+    path = str(tmp_path / "m")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.f})
+    np.testing.assert_allclose(
+        serving.serve_without_package(path, {"x": np.ones(3, "float32")})["y"], [2, 2, 2])
+    with pytest.raises(RuntimeError, match="Serving without tf_smelu failed"):
+        serving.serve_without_package(path, {"wrong_name": np.ones(3, "float32")})
 
 
 def test_saved_model_cli_runs_the_export(tmp_path):
