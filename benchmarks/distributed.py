@@ -1,12 +1,18 @@
 """Throughput of multi-worker training on localhost, per update mode and activation.
 
-For every update mode (sync, stale, local_sgd), worker count (1 and 2) and
-activation (relu and smelu by default) this launches one training job of
+For every update mode (sync, stale, local_sgd), worker count (1 and 2),
+compiler (graph mode, optionally XLA) and activation (relu and smelu by
+default) this launches one training job of
 `tf_smelu.training.distributed` through `tf_smelu.training.launcher` and reads
 the chief's steps/second (first, tracing step excluded) from its summary. It
 prints samples/second (steps/s x per-worker batch x workers), the speed-up of
 2 workers over 1, and the step-time ratio of each activation to the first one
-measured in the same setup.
+measured in the same setup, round by round (rounds interleave all setups).
+
+Why XLA is an option: in graph mode oneDNN fuses MatMul + BiasAdd + ReLU into
+one kernel and ReLU's gradient is one more, while a smooth activation costs
+a few element-wise kernels each way; XLA fuses those, so SmeLU and ReLU cost
+the same, but on CPU XLA's matmuls are slower than oneDNN's.
 
 On one machine the workers share its cores, so 2 workers measure the
 overhead of the collectives more than any speed-up: on real hosts each
@@ -39,6 +45,9 @@ from tf_smelu.training.launcher import launch_workers  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("update_modes", ["sync", "stale", "local_sgd"], "Update modes to measure.")
 flags.DEFINE_list("workers", ["1", "2"], "Worker counts to measure.")
+flags.DEFINE_list("compilers", ["graph"],
+                  "graph (TF graph mode, oneDNN fuses MatMul+BiasAdd+ReLU) and/or xla (the "
+                  "worker's --jit_compile: forward and backward pass compiled by XLA).")
 flags.DEFINE_list("activations", ["relu", "smelu:0.4"],
                   "Activations, side by side; ratios are to the first one.")
 flags.DEFINE_integer("steps", 300, "Training steps per job (the first is not timed).")
@@ -53,13 +62,14 @@ flags.DEFINE_integer("repeats", 3,
                      "interleaved so that load drifting over minutes hits every setup alike.",
                      lower_bound=1)
 
-Setup = Tuple[str, int, str]  # (update mode, workers, activation)
+Setup = Tuple[str, int, str, str]  # (update mode, workers, compiler, activation)
 
 
 def measure(setup: Setup, directory: str) -> float:
     """Chief's training steps per second of one job."""
-    update_mode, workers, activation = setup
-    output = os.path.join(directory, f"{update_mode}_{workers}_{activation.replace(':', '_')}.npz")
+    update_mode, workers, compiler, activation = setup
+    output = os.path.join(
+        directory, f"{update_mode}_{workers}_{compiler}_{activation.replace(':', '_')}.npz")
     command = [
         sys.executable, "-m", "tf_smelu.training.distributed",
         f"--update_mode={update_mode}", f"--activation={activation}",
@@ -67,7 +77,7 @@ def measure(setup: Setup, directory: str) -> float:
         f"--hidden_units={','.join(FLAGS.hidden_units)}",
         f"--embedding_dim={FLAGS.embedding_dim}", f"--max_vocab_size={FLAGS.max_vocab_size}",
         f"--num_examples={FLAGS.num_examples}", "--schedule_seed=0", "--log_every=0",
-        f"--output={output}",
+        f"--output={output}", f"--jit_compile={compiler == 'xla'}",
     ]
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TF_CONFIG", None)
@@ -76,9 +86,7 @@ def measure(setup: Setup, directory: str) -> float:
         return float(json.load(f)["steps_per_second"])
 
 
-def format_results(
-    rounds: Dict[Setup, List[float]], activations: Sequence[str]
-) -> str:
+def format_results(rounds: Dict[Setup, List[float]], activations: Sequence[str]) -> str:
     """Median samples/s per setup, 2-vs-1-worker speed-up and step-time ratios.
 
     The step-time ratio to the first activation is computed within each round
@@ -87,25 +95,29 @@ def format_results(
     """
     batch = FLAGS.per_replica_batch_size
     time_header = f"time vs {activations[0]} (range)"
-    header = (f"{'update mode':<10} {'workers':>7} {'activation':<12} {'steps/s':>8} "
-              f"{'samples/s':>10} {'ms/step':>8} {'vs 1 worker':>11} {time_header:>22}")
+    header = (f"{'update mode':<10} {'workers':>7} {'compiler':<8} {'activation':<12} "
+              f"{'steps/s':>8} {'samples/s':>10} {'ms/step':>8} {'vs 1 worker':>11} "
+              f"{time_header:>22} {'time vs graph':>13}")
     lines = [header, "-" * len(header)]
     median = {setup: float(np.median(rates)) for setup, rates in rounds.items()}
-    for (mode, workers, activation), rate in median.items():
-        one_worker = median.get((mode, 1, activation))
+    for (mode, workers, compiler, activation), rate in median.items():
+        one_worker = median.get((mode, 1, compiler, activation))
         scaling = f"{rate * workers / one_worker:.2f}x" if one_worker and workers != 1 else ""
-        baseline = rounds.get((mode, workers, activations[0]))
+        baseline = rounds.get((mode, workers, compiler, activations[0]))
         time_ratio = ""
         if baseline and activation != activations[0]:
-            ratios = np.array(baseline) / np.array(rounds[(mode, workers, activation)])
-            time_ratio = (f"{np.median(ratios):.3f} ({ratios.min():.2f}-{ratios.max():.2f})")
-        lines.append(f"{mode:<10} {workers:>7} {activation:<12} {rate:8.1f} "
+            ratios = np.array(baseline) / np.array(rounds[(mode, workers, compiler, activation)])
+            time_ratio = f"{np.median(ratios):.3f} ({ratios.min():.2f}-{ratios.max():.2f})"
+        graph = median.get((mode, workers, "graph", activation))
+        vs_graph = f"{graph / rate:.2f}" if graph and compiler != "graph" else ""
+        lines.append(f"{mode:<10} {workers:>7} {compiler:<8} {activation:<12} {rate:8.1f} "
                      f"{rate * batch * workers:10.0f} {1000 / rate:8.2f} {scaling:>11} "
-                     f"{time_ratio:>22}")
-    lines.append(f"Medians over {len(next(iter(rounds.values())))} interleaved rounds. "
-                 "vs 1 worker: samples/s of N workers over 1 worker (same mode and "
-                 f"activation); {time_header}: step time over {activations[0]}'s (same mode "
-                 "and workers), per round.")
+                     f"{time_ratio:>22} {vs_graph:>13}")
+    lines.append(
+        f"Medians over {len(next(iter(rounds.values())))} interleaved rounds. vs 1 worker: "
+        "samples/s of N workers over 1 worker (same mode, compiler and activation); "
+        f"{time_header}: step time over {activations[0]}'s (same mode, workers and compiler), "
+        "per round; time vs graph: step time over graph mode's (same everything else).")
     return "\n".join(lines)
 
 
@@ -113,7 +125,11 @@ def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     worker_counts = [int(w) for w in FLAGS.workers]
-    setups = list(itertools.product(FLAGS.update_modes, worker_counts, FLAGS.activations))
+    unknown = sorted(set(FLAGS.compilers) - {"graph", "xla"})
+    if unknown:
+        raise app.UsageError(f"Unknown compiler(s) {unknown}; expected graph and/or xla.")
+    setups = list(itertools.product(
+        FLAGS.update_modes, worker_counts, FLAGS.compilers, FLAGS.activations))
     results: Dict[Setup, List[float]] = {setup: [] for setup in setups}
     with tempfile.TemporaryDirectory(prefix="bench_distributed_") as directory:
         for round_index in range(FLAGS.repeats):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -92,6 +93,27 @@ def test_stale_schedule_seed_reproducible_entropy_differs(tiny_problem):
     entropy_b, result_b = _train(tiny_problem, **stale)
     assert result_a.schedule_seed != result_b.schedule_seed
     assert not _same(entropy_a, entropy_b)
+
+
+@pytest.mark.parametrize("update_mode", ["sync", "stale"])
+def test_jit_compiled_gradients_match_graph_mode(tiny_problem, update_mode):
+    run = dict(steps=8, update_mode=update_mode, max_delay=2, schedule_seed=1)
+    graph, _ = _train(tiny_problem, **run)
+    xla, result = _train(tiny_problem, jit_compile=True, **run)
+    assert len(result.losses) == 8 and not _same(xla, [w * 0 for w in xla])
+    for a, b in zip(graph, xla, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(dict(steps=0), "steps"), (dict(update_mode="async"), "update_mode"),
+     (dict(learning_rate=-1.0), "learning_rate"), (dict(schedule_seed=-2), "schedule_seed"),
+     (dict(jit_compile=True, sparse_gradients=True), "dense gradients")],
+)
+def test_train_config_rejects_bad_values(bad, message):
+    with pytest.raises(ValueError, match=message):
+        DistributedTrainConfig(**{"steps": 10, **bad})
 
 
 class _Crash(Exception):
@@ -308,3 +330,24 @@ def test_two_workers_schedule_seed_reproducible_entropy_differs(tmp_path, mode_f
     if "--update_mode=local_sgd" in mode_flags:
         assert summary_c["averaging_steps"] != summary_d["averaging_steps"]
     assert not _same(entropy_a, entropy_b)
+
+
+def test_launcher_command_line_reports_the_failing_worker():
+    code = ("import json, os, sys; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+            "print('up', i); sys.exit(7 if i == 1 else 0)")
+    completed = subprocess.run(
+        [sys.executable, "-m", "tf_smelu.training.launcher", "--num_workers=2", "--timeout=60",
+         "--", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert completed.returncode == 7, completed.stderr[-2000:]
+    assert "[worker 1] up 1" in completed.stdout
+    assert "launcher: worker 1 failed with exit code 7" in completed.stderr
+
+
+def test_launcher_command_line_needs_a_command():
+    completed = subprocess.run(
+        [sys.executable, "-m", "tf_smelu.training.launcher", "--num_workers=2"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert completed.returncode != 0 and "worker command after `--`" in completed.stderr

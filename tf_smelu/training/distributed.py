@@ -168,12 +168,16 @@ class DistributedTrainConfig:
             workers); `None`: no checkpoints, no resume.
         checkpoint_every: Steps between checkpoints (0: only at the end).
         max_checkpoints_to_keep: Checkpoints kept by the manager.
-        sparse_gradients: In `sync` mode, all-reduce embedding gradients as
-            `tf.IndexedSlices` (all-gathers of the touched rows) instead of
-            dense tensors. Dense was 3-4x faster on localhost up to 100k-row
-            tables; sparse only pays off for tables far larger than a batch
-            touches. (`stale` all-reduces dense gradients from its buffer;
-            `local_sgd` all-reduces weights.)
+        sparse_gradients: Keep embedding gradients as `tf.IndexedSlices`:
+            MWMS then all-reduces them as all-gathers of the touched rows and
+            Adam updates only those rows. Default: dense gradients, in every
+            mode and with any number of workers, so that all runs make the
+            same update; a dense all-reduce was 3-4x faster on localhost up to
+            100k-row tables, sparse only pays off for tables far larger than
+            a batch touches. (`stale` buffers dense gradients either way.)
+        jit_compile: Compile each replica's forward and backward pass with
+            XLA (the update and its collectives stay outside). XLA fuses the
+            element-wise ops of smooth activations; gradients become dense.
         log_every: Steps between progress lines (0: none).
         crash_at_step: Fault injection for tests: worker `crash_worker` dies
             with `os._exit(1)` right after finishing this step, before
@@ -193,6 +197,7 @@ class DistributedTrainConfig:
     checkpoint_every: int = 0
     max_checkpoints_to_keep: int = 3
     sparse_gradients: bool = False
+    jit_compile: bool = False
     log_every: int = 0
     crash_at_step: Optional[int] = None
     crash_worker: int = 1
@@ -209,6 +214,8 @@ class DistributedTrainConfig:
                 raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value}")
         require_positive_number("learning_rate", self.learning_rate)
         require_choice("update_mode", self.update_mode, UPDATE_MODES)
+        if self.jit_compile and self.sparse_gradients:
+            raise ValueError("`jit_compile` needs dense gradients: unset `sparse_gradients`.")
         if self.schedule_seed is not None and self.schedule_seed < 0:
             raise ValueError(
                 "`schedule_seed` must be >= 0 or None. "
@@ -412,9 +419,10 @@ class DistributedTrainer:
         # MWMS all-reduces embedding gradients (tf.IndexedSlices) as several
         # all-gathers per table; one packed dense all-reduce was 3-4x faster
         # on localhost, even at 100k-row vocabularies (see `sparse_gradients`).
-        self.densify_gradients = (
-            config.update_mode == "sync" and not config.sparse_gradients and num_replicas > 1
-        )
+        # Densified in every mode and with any number of workers, so that the
+        # optimizer makes the same (dense) Adam update in all of them: one
+        # worker, N workers, local SGD and XLA runs are comparable.
+        self.densify_gradients = not config.sparse_gradients
         # A local SGD step is a whole step on this worker's batch alone.
         self.loss_batch_size = config.per_replica_batch_size * (1 if self.local else num_replicas)
 
@@ -445,26 +453,37 @@ class DistributedTrainer:
             self.manager = tf.train.CheckpointManager(
                 self.checkpoint, config.checkpoint_dir, max_to_keep=config.max_checkpoints_to_keep
             )
+        # Only the forward and backward pass is compiled: the collectives of
+        # the update stay outside XLA.
+        self._compute_gradients = (
+            tf.function(self._loss_and_gradients, jit_compile=True)
+            if config.jit_compile
+            else self._loss_and_gradients
+        )
         self._train_step = tf.function(self._distributed_step)
         self._average_weights = tf.function(self._distributed_average)
         self._consolidate = tf.function(self._distributed_consolidate)
 
     # -- per-step computation -----------------------------------------------
 
-    def _replica_step(self, features, labels, step, delay):
+    def _loss_and_gradients(self, features, labels):
         with tf.GradientTape() as tape:
             logits = tf.reshape(self.model(features, training=True), [-1])
             labels = tf.reshape(tf.cast(labels, logits.dtype), [-1])
             per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.loss_batch_size)
-        variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        if self.delayed is not None:
-            grads = self.delayed.push_and_pop(grads, step, delay)  # dense out
-        elif self.densify_gradients:
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        if self.densify_gradients:
             grads = [
                 tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads
             ]
+        return loss, grads
+
+    def _replica_step(self, features, labels, step, delay):
+        loss, grads = self._compute_gradients(features, labels)
+        variables = self.model.trainable_variables
+        if self.delayed is not None:
+            grads = self.delayed.push_and_pop(grads, step, delay)  # dense out
         # All-reduces (sums) the gradients over replicas, except for local
         # SGD, whose optimizer lives outside the strategy.
         self.optimizer.apply(grads, variables)
@@ -771,7 +790,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> List[str]:
     flags.DEFINE_string("labels_out", None, "The chief writes the held-out labels here (.npy).",
                         **kw)
     flags.DEFINE_boolean("sparse_gradients", False,
-                         "sync: all-reduce embedding gradients sparsely (huge vocabularies).",
+                         "Keep embedding gradients sparse: all-gathered rows and sparse Adam "
+                         "updates (huge vocabularies); default dense.",
+                         **kw)
+    flags.DEFINE_boolean("jit_compile", False,
+                         "Compile the forward and backward pass with XLA (not the update).",
                          **kw)
     flags.DEFINE_integer("log_every", 10, "Steps between progress lines (0: none).",
                          lower_bound=0, **kw)

@@ -25,7 +25,6 @@ worker):
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -38,6 +37,7 @@ import time
 from typing import Deque, List, Mapping, Optional, Sequence, TextIO
 
 import portpicker
+from absl import app, flags
 
 LOCALHOST = "127.0.0.1"
 LOG_TAIL_LINES = 30
@@ -291,30 +291,34 @@ def launch_workers(
         _stop_all(workers, threads)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI: `python -m tf_smelu.training.launcher [flags] -- command...`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tf_smelu.training.launcher",
-        description="Run a command as N TensorFlow workers on localhost "
-        "(TF_CONFIG set per worker); stop all on the first failure.",
-    )
-    parser.add_argument("--num_workers", type=int, default=2, help="worker processes")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before killing all")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the worker command")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+def define_flags() -> None:
+    """The launcher's own flags (defined when run as a program)."""
+    flags.DEFINE_integer("num_workers", 2, "Worker processes to start.", lower_bound=1)
+    flags.DEFINE_float("timeout", 3600.0, "Seconds before all workers are killed.",
+                       lower_bound=0.0)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Runs `argv[1:]` (the command after `--`) as `--num_workers` workers.
+
+    Exit code: 0 when every worker exits 0; the first failing worker's code
+    (1 if it was killed by a signal); 124 on timeout (as coreutils' `timeout`).
+    """
+    command = list(argv[1:])
     if not command:
-        parser.error("give the worker command after `--`")
+        raise app.UsageError("Give the worker command after `--`, e.g. "
+                             "`-- python -m tf_smelu.training.distributed --steps=100`.")
     try:
-        launch_workers(command, args.num_workers, args.timeout)
+        launch_workers(command, flags.FLAGS.num_workers, flags.FLAGS.timeout)
     except WorkerFailedError as error:
         print(f"launcher: {error}", file=sys.stderr)
         return error.exit_code if error.exit_code > 0 else 1
     except WorkerTimeoutError as error:
         print(f"launcher: {error}", file=sys.stderr)
-        return 124  # the exit code of coreutils' `timeout`
+        return 124
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)
