@@ -31,7 +31,7 @@ Writes to --output_dir:
 
 Time: each replica job pays TensorFlow start-up in every worker (~10-20 s
 per job on 2 busy cores). Defaults (2 activations x 3 modes x 3 replicas =
-18 jobs) take about 4 minutes there; --quick (tiny model, R=2) with
+18 jobs) take about 3 minutes there; --quick (tiny model, R=2) with
 --update_mode=sync,stale (8 jobs) about 1.5 minutes.
 
 Examples:
