@@ -27,7 +27,7 @@ Examples:
       --activations=relu,smelu:0.05,smelu:0.1,smelu:0.2,gelu \\
       --sources=tower_init,init+order,stale --replicas=8
   python examples/recsys_reproducibility.py --quick --workers=2 \\
-      --update_mode=sync,stale,local_sgd    # each replica a 2-worker job
+      --update_mode=stale,local_sgd --max_vocab_size=1000  # replicas as 2-worker jobs
 
 Sources (combine with '+', separate sets with ','): init, embedding_init,
 tower_init, order, stale, op_nondeterminism; 'none' is the deterministic
