@@ -10,6 +10,9 @@ the *tradeoff*, so neither number means much alone.
 The harness is generic: it takes a `model_fn(activation, embedding_seed,
 tower_seed)` and a `train_data_fn(order_seed)`, so users measure their own
 models and data. `examples/recsys_reproducibility.py` is one client.
+`run_ctr_experiment` runs the main job's configuration either in this
+process (replicas side by side) or, with `workers > 1` or an `update_mode`,
+as one multi-worker job per replica (`run_multiworker_experiment`).
 
 Sources (`SOURCES`), each independent:
   init              every initial weight differs (embedding and tower seeds)
@@ -30,6 +33,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 import time
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -506,8 +510,8 @@ class CTRExperimentConfig:
         `tf_smelu.training.updates.UPDATE_MODES`), `max_delay`,
         `local_sgd_period`, `local_sgd_jitter`, `max_vocab_size` (synthetic
         vocabulary cap, 0: none), `job_timeout` (seconds per job) and
-        `work_dir` (the jobs' weights, predictions and logs; `None`: a
-        temporary directory).
+        `work_dir` (the jobs' weights, predictions and logs; `None`: a new
+        temporary directory, kept and logged, so failed jobs can be read).
         """
         return self.workers > 1 or bool(self.update_mode)
 
@@ -648,8 +652,6 @@ def run_multiworker_experiment(
     to check the labels and to compute PD by item popularity.
     See `tf_smelu.training.replica_jobs`.
     """
-    import tempfile
-
     from tf_smelu.data import popularity_buckets
     from tf_smelu.training.distributed import load_data
     from tf_smelu.training.replica_jobs import ClusterTraining, ReplicaJob, run_replica_jobs
