@@ -140,3 +140,15 @@ def test_experiment_runs_replicas_as_two_worker_jobs(tmp_path):
     # Stale: every job drew its own delays, so its replicas differ.
     assert all(r["rel_pd"] > 0 for r in rows if r["update_mode"] == "stale")
     assert len([f for f in os.listdir(tmp_path) if f.endswith(".log")]) == 4
+
+
+@pytest.mark.parametrize(
+    "bad_flag",
+    ["--learning_rate=0", "--activation=smelu:-1", "--hidden_units=64,x", "--steps=0",
+     "--dataset=parquet:/x", "--predictions_out=p.npy", "--update_mode=async"],
+)
+def test_worker_rejects_bad_flags(bad_flag):
+    flag_values = flags.FlagValues()
+    distributed.define_flags(flag_values)
+    with pytest.raises(flags.Error):
+        flag_values(["worker", bad_flag])

@@ -66,8 +66,9 @@ def define_experiment_flags(defaults, output_dir: str, quick_help: str) -> None:
                          lower_bound=1)
     flags.DEFINE_integer("batch_size", defaults.batch_size,
                          "Training batch size (global: split over --workers).", lower_bound=1)
-    flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam learning rate.",
-                       lower_bound=0.0)
+    flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam learning rate (> 0).")
+    flags.register_validator("learning_rate", lambda rate: rate > 0,
+                             "--learning_rate must be > 0.")
     flags.DEFINE_enum("model", defaults.model, ["mlp", "dcn"],
                       "Ranking model: MLP tower or DCN-v2 style.")
     flags.DEFINE_list("hidden_units", [str(u) for u in defaults.hidden_units],

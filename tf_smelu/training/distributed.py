@@ -728,7 +728,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> List[str]:
         "and the global batch (overrides --steps).", lower_bound=1, **kw)
     flags.DEFINE_integer("per_replica_batch_size", 64, "Rows per worker per step.",
                          lower_bound=1, **kw)
-    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0, **kw)
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (> 0).", **kw)
     flags.DEFINE_enum("update_mode", "sync", list(UPDATE_MODES),
                       "How gradients reach the weights (see the module docstring).", **kw)
     flags.DEFINE_integer("max_delay", 4, "Largest gradient delay in steps (stale).",
@@ -820,6 +820,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> List[str]:
             raise flags.ValidationError(str(error)) from None
         return True
 
+    flags.register_validator("learning_rate", lambda rate: rate > 0,
+                             "--learning_rate must be > 0.", **kw)
     flags.register_validator("activation", activation_parses, **kw)
     flags.register_validator("dataset", dataset_parses, **kw)
     flags.register_multi_flags_validator(
