@@ -41,6 +41,7 @@ if REPO not in sys.path:  # run as a script from a checkout
 
 from tf_smelu.training.distributed import worker_output_path  # noqa: E402
 from tf_smelu.training.launcher import launch_workers  # noqa: E402
+from tf_smelu.training.replica_jobs import worker_environment  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("update_modes", ["sync", "stale", "local_sgd"], "Update modes to measure.")
@@ -79,9 +80,8 @@ def measure(setup: Setup, directory: str) -> float:
         f"--num_examples={FLAGS.num_examples}", "--schedule_seed=0", "--log_every=0",
         f"--output={output}", f"--jit_compile={compiler == 'xla'}",
     ]
-    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("TF_CONFIG", None)
-    launch_workers(command, workers, timeout=FLAGS.timeout, env=env, cwd=REPO, quiet=True)
+    launch_workers(command, workers, timeout=FLAGS.timeout, env=worker_environment(), cwd=REPO,
+                   quiet=True)
     with open(worker_output_path(output, 0, ".json"), encoding="utf-8") as f:
         return float(json.load(f)["steps_per_second"])
 

@@ -45,7 +45,7 @@ from tensorflow.python.framework import config as tf_config
 from tf_smelu import layers as smelu_layers
 from tf_smelu import metrics
 from tf_smelu.training.replicas import ReplicaTrainer, TrainConfig, predict_probabilities
-from tf_smelu.training.updates import delay_schedule
+from tf_smelu.training.updates import UPDATE_MODES, delay_schedule
 from tf_smelu.validation import require_choice
 
 SOURCES = ("init", "embedding_init", "tower_init", "order", "stale", "op_nondeterminism")
@@ -529,8 +529,6 @@ class CTRExperimentConfig:
     def validate(self) -> None:
         """Raises ValueError on a bad activation, source set or dataset spec."""
         from tf_smelu.data import parse_dataset_spec
-
-        from tf_smelu.training.updates import UPDATE_MODES
 
         for text in self.activations:
             Activation.parse(text)

@@ -38,7 +38,12 @@ import tqdm
 
 from tf_smelu.training.launcher import LauncherError, launch_workers
 from tf_smelu.training.updates import UPDATE_MODES
-from tf_smelu.validation import require_choice, require_positive_int, require_positive_number
+from tf_smelu.validation import (
+    require_choice,
+    require_non_negative_int,
+    require_positive_int,
+    require_positive_number,
+)
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 """Directory holding the `tf_smelu` package, put on the workers' PYTHONPATH
@@ -98,8 +103,7 @@ class ClusterTraining:
         if self.epochs is not None:
             require_positive_int("epochs", self.epochs)
         for name in ("max_delay", "local_sgd_jitter", "max_vocab_size"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0. Received: {name}={getattr(self, name)}")
+            require_non_negative_int(name, getattr(self, name))
         require_positive_number("learning_rate", self.learning_rate)
         require_positive_number("timeout", self.timeout)
         require_choice("model", self.model, ("mlp", "dcn"))
