@@ -38,6 +38,10 @@ setup(
             "pytest>=7",
             "tf-keras>=2.16,<2.22",
             "psutil>=5",  # checks that no worker process is left behind
+            # Enforces the import layers of `.importlinter` (tests/test_architecture.py).
+            "import-linter>=2",
+            # Every results.json is checked against docs/results.schema.json (draft 2020-12).
+            "jsonschema>=4",
             "nbclient>=0.7",
             "nbformat>=5",
             "ipykernel>=6",

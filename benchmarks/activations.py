@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 from absl import app, flags
 
@@ -38,7 +38,7 @@ flags.DEFINE_list(
     "modes", ["graph", "xla"], "Execution modes: graph (tf.function) and/or xla."
 )
 
-ACTIVATIONS: Dict[str, Callable] = {
+ACTIVATIONS: dict[str, Callable] = {
     "relu": tf.nn.relu,
     "smelu": tf_smelu.smelu,
     "rescu2": lambda x: tf_smelu.rescu(x, order=2),
@@ -53,11 +53,11 @@ ACTIVATIONS: Dict[str, Callable] = {
 MLPS = {"ctr_mlp": (52, (256, 128, 64), 512), "wide_mlp": (256, (1024, 1024, 1024), 1024)}
 
 
-def _median_times(fns: Dict[str, Callable[[], object]], repeats: int, calls: int):
+def _median_times(fns: dict[str, Callable[[], object]], repeats: int, calls: int):
     """Median seconds per call of each fn, interleaved round-robin."""
     for fn in fns.values():  # trace and warm up
         fn()
-    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
@@ -127,7 +127,7 @@ def _peak_step_memory(step) -> int:
     return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
 
 
-def _print_table(title: str, columns: Dict[str, Dict[str, float]], unit: str, scale: float):
+def _print_table(title: str, columns: dict[str, dict[str, float]], unit: str, scale: float):
     print(f"\n{title}")
     header = "| activation | " + " | ".join(f"{c} ({unit}) | {c} / relu" for c in columns) + " |"
     print(header)

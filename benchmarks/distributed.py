@@ -30,18 +30,16 @@ import json
 import os
 import sys
 import tempfile
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, REPO)
-
-from tf_smelu.training.distributed import worker_output_path  # noqa: E402
-from tf_smelu.training.launcher import launch_workers  # noqa: E402
-from tf_smelu.training.replica_jobs import worker_environment  # noqa: E402
+from tf_smelu.training.config import TrainingConfig
+from tf_smelu.training.distributed import WorkerJob, worker_args, worker_output_path
+from tf_smelu.training.launcher import launch_workers
+from tf_smelu.training.replica_jobs import worker_environment
+from tf_smelu.training.trainer import TrainerOptions
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("update_modes", ["sync", "stale", "local_sgd"], "Update modes to measure.")
@@ -63,7 +61,7 @@ flags.DEFINE_integer("repeats", 3,
                      "interleaved so that load drifting over minutes hits every setup alike.",
                      lower_bound=1)
 
-Setup = Tuple[str, int, str, str]  # (update mode, workers, compiler, activation)
+Setup = tuple[str, int, str, str]  # (update mode, workers, compiler, activation)
 
 
 def measure(setup: Setup, directory: str) -> float:
@@ -71,22 +69,23 @@ def measure(setup: Setup, directory: str) -> float:
     update_mode, workers, compiler, activation = setup
     output = os.path.join(
         directory, f"{update_mode}_{workers}_{compiler}_{activation.replace(':', '_')}.npz")
-    command = [
-        sys.executable, "-m", "tf_smelu.training.distributed",
-        f"--update_mode={update_mode}", f"--activation={activation}",
-        f"--steps={FLAGS.steps}", f"--per_replica_batch_size={FLAGS.per_replica_batch_size}",
-        f"--hidden_units={','.join(FLAGS.hidden_units)}",
-        f"--embedding_dim={FLAGS.embedding_dim}", f"--max_vocab_size={FLAGS.max_vocab_size}",
-        f"--num_examples={FLAGS.num_examples}", "--schedule_seed=0", "--log_every=0",
-        f"--output={output}", f"--jit_compile={compiler == 'xla'}",
-    ]
-    launch_workers(command, workers, timeout=FLAGS.timeout, env=worker_environment(), cwd=REPO,
+    config = TrainingConfig(
+        update_mode=update_mode, steps=FLAGS.steps,
+        batch_size=FLAGS.per_replica_batch_size * workers,
+        hidden_units=tuple(int(u) for u in FLAGS.hidden_units),
+        embedding_dim=FLAGS.embedding_dim, max_vocab_size=FLAGS.max_vocab_size,
+        train_examples=FLAGS.num_examples, schedule_seed=0, jit_compile=compiler == "xla",
+    )
+    command = [sys.executable, "-m", "tf_smelu.training.distributed",
+               *worker_args(config, WorkerJob(activation=activation, output=output),
+                            TrainerOptions(log_every=0))]
+    launch_workers(command, workers, timeout=FLAGS.timeout, env=worker_environment(),
                    quiet=True)
     with open(worker_output_path(output, 0, ".json"), encoding="utf-8") as f:
         return float(json.load(f)["steps_per_second"])
 
 
-def format_results(rounds: Dict[Setup, List[float]], activations: Sequence[str]) -> str:
+def format_results(rounds: dict[Setup, list[float]], activations: Sequence[str]) -> str:
     """Median samples/s per setup, 2-vs-1-worker speed-up and step-time ratios.
 
     The step-time ratio to the first activation is computed within each round
@@ -121,7 +120,7 @@ def format_results(rounds: Dict[Setup, List[float]], activations: Sequence[str])
     return "\n".join(lines)
 
 
-def main(argv: List[str]) -> None:
+def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     worker_counts = [int(w) for w in FLAGS.workers]
@@ -130,7 +129,7 @@ def main(argv: List[str]) -> None:
         raise app.UsageError(f"Unknown compiler(s) {unknown}; expected graph and/or xla.")
     setups = list(itertools.product(
         FLAGS.update_modes, worker_counts, FLAGS.compilers, FLAGS.activations))
-    results: Dict[Setup, List[float]] = {setup: [] for setup in setups}
+    results: dict[Setup, list[float]] = {setup: [] for setup in setups}
     with tempfile.TemporaryDirectory(prefix="bench_distributed_") as directory:
         for round_index in range(FLAGS.repeats):
             for setup in setups:

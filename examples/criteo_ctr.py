@@ -21,7 +21,7 @@ import os
 
 from absl import app, flags
 
-from tf_smelu import experiment
+from tf_smelu import cli, experiment
 from tf_smelu.data import write_synthetic_criteo_file
 
 FLAGS = flags.FLAGS
@@ -47,20 +47,16 @@ def main(argv):
         print(f"Wrote a synthetic Criteo-format file: {path}")
     elif not os.path.exists(path):
         raise app.UsageError(f"--path does not exist: {path}")
-    config = experiment.CTRExperimentConfig(
+    config = cli.experiment_config(dict(
         dataset=f"criteo:{path}",
-        activations=tuple(FLAGS.activations),
+        activations=FLAGS.activations,
         replicas=FLAGS.replicas,
         train_examples=FLAGS.train_examples,
         eval_examples=FLAGS.eval_examples,
         progress=FLAGS.progress,
-    )
-    try:
-        config.validate()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    ))
     rows = experiment.run_ctr_experiment(config)
-    experiment.report(rows, {**config.__dict__, "path": path}, FLAGS.output_dir)
+    experiment.report(rows, {**config.to_dict(), "path": path}, FLAGS.output_dir)
 
 
 if __name__ == "__main__":

@@ -26,20 +26,13 @@ The checks and commands come from `tf_smelu.serving` (also used by
 
 from __future__ import annotations
 
-import os
 import shlex
-import sys
 import time
-from typing import List
 
 import numpy as np
 from absl import app, flags, logging
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, REPO)
-
-from tf_smelu.serving import (  # noqa: E402
+from tf_smelu.serving import (
     non_stock_ops,
     saved_model_cli_command,
     saved_model_op_types,
@@ -76,7 +69,7 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("seed", 0, "Seed of the data, the weights and the data order.")
 
 def train_ctr_model(train_examples: int, steps: int, batch_size: int,
-                    hidden_units: List[int], seed: int):
+                    hidden_units: list[int], seed: int):
     """Trains a SmeLU MLP click model; returns `(model, data_config, test_examples)`."""
     import keras
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from tf_smelu import experiment
+from tf_smelu import cli, experiment
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("variant", "100k", ["100k", "1m"], "MovieLens ratings data set.")
@@ -36,21 +36,17 @@ flags.DEFINE_boolean("progress", True, "Show progress bars.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = experiment.CTRExperimentConfig(
+    config = cli.experiment_config(dict(
         dataset=f"movielens_{FLAGS.variant}",
-        activations=tuple(FLAGS.activations),
+        activations=FLAGS.activations,
         replicas=FLAGS.replicas,
         batch_size=FLAGS.batch_size,
         epochs=FLAGS.epochs,
         train_examples=10_000_000,  # all ratings
         eval_examples=10_000_000,
         progress=FLAGS.progress,
-    )
-    try:
-        config.validate()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
-    experiment.report(experiment.run_ctr_experiment(config), config.__dict__, FLAGS.output_dir)
+    ))
+    experiment.report(experiment.run_ctr_experiment(config), config.to_dict(), FLAGS.output_dir)
 
 
 if __name__ == "__main__":

@@ -44,18 +44,14 @@ Examples:
 from __future__ import annotations
 
 import os
-import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, REPO)
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from tf_smelu import cli  # noqa: E402
-from tf_smelu.experiment import CTRExperimentConfig  # noqa: E402
+from tf_smelu import cli, experiment
+from tf_smelu.experiment import CTRExperimentConfig
+from tf_smelu.training.config import TrainingConfig
 
 FLAGS = flags.FLAGS
 
@@ -65,13 +61,15 @@ DEFAULTS = CTRExperimentConfig(
     workers=2,
     update_mode=("sync", "stale", "local_sgd"),
     replicas=3,
-    train_examples=65_536,
-    eval_examples=20_000,
-    batch_size=256,
-    learning_rate=2e-3,
-    hidden_units=(64, 32),
-    max_vocab_size=1000,
     job_timeout=600,
+    training=TrainingConfig(
+        train_examples=65_536,
+        eval_examples=20_000,
+        batch_size=256,
+        learning_rate=2e-3,
+        hidden_units=(64, 32),
+        max_vocab_size=1000,
+    ),
 )
 """A 64-32 MLP, 256 steps of 2 x 128 rows (one epoch of 65k rows)."""
 
@@ -92,16 +90,10 @@ flags.adopt_module_key_flags(cli)
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from tf_smelu import experiment
-
     config = cli.resolved_flags(QUICK_PRESET)
-    experiment_config = CTRExperimentConfig.from_dict(
-        {**config, "work_dir": os.path.join(config["output_dir"], "runs")}
-    )
-    try:  # report bad flag values before any work, without a traceback
-        experiment_config.validate()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    # Bad flag values fail here, before any work, without a traceback.
+    experiment_config = cli.experiment_config(
+        config, work_dir=os.path.join(config["output_dir"], "runs"))
     start = time.perf_counter()
     rows = experiment.run_ctr_experiment(experiment_config)
     experiment.report(rows, config, config["output_dir"])

@@ -7,7 +7,7 @@ prediction difference (PD) between replicas, with 95% confidence intervals.
 
 Writes to --output_dir:
   results.json   every flag, the environment, one row per activation/beta
-                 and source set (schema in DESIGN.md)
+                 and source set (schema: docs/results.schema.json)
   tradeoff.png   relative PD against AUC, one panel per source set
   runs/          multi-worker jobs only: each job's weights, predictions, logs
 
@@ -40,7 +40,7 @@ import os
 
 from absl import app, flags
 
-from tf_smelu import cli
+from tf_smelu import cli, experiment
 from tf_smelu.experiment import CTRExperimentConfig
 
 FLAGS = flags.FLAGS
@@ -72,26 +72,17 @@ def resolved_config() -> dict:
 
 
 def run(config: dict) -> dict:
-    """Runs the experiment described by `config`; returns results.json's content."""
-    from tf_smelu import experiment
-
-    work_dir = os.path.join(config["output_dir"], "runs")
-    rows = experiment.run_ctr_experiment(
-        experiment.CTRExperimentConfig.from_dict({**config, "work_dir": work_dir})
-    )
-    return {"config": config, "results": rows}
+    """Runs the experiment described by resolved flag values; returns results.json's content."""
+    experiment_config = cli.experiment_config(
+        config, work_dir=os.path.join(config["output_dir"], "runs"))
+    return {"config": config, "results": experiment.run_ctr_experiment(experiment_config)}
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from tf_smelu import experiment
-
     config = resolved_config()
-    try:  # report bad flag values before any work, without a traceback
-        CTRExperimentConfig.from_dict(config).validate()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    cli.experiment_config(config)  # bad flag values fail here, before any work
     experiment.report(run(config)["results"], config, config["output_dir"])
 
 

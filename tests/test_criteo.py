@@ -16,9 +16,9 @@ from tf_smelu.data.criteo import (
     criteo_feature_spec,
     load_criteo,
     read_criteo_file,
-    write_synthetic_criteo_file,
 )
-from tf_smelu.data.synthetic import DENSE_FEATURE_NAME
+from tf_smelu.data.criteo_synthetic import write_synthetic_criteo_file
+from tf_smelu.data.features import DENSE_FEATURE_NAME
 from tf_smelu.data.tabular import MalformedRowError, SkippedRows
 
 NUM_BUCKETS = 1000

@@ -7,11 +7,18 @@ import gzip
 import numpy as np
 import pytest
 
-from tf_smelu.data import load_dataset, parse_dataset_spec, popularity_buckets
+from tf_smelu.data import (
+    DATASET_KINDS,
+    DENSE_FEATURE_NAME,
+    DatasetSpec,
+    load_dataset,
+    parse_dataset_spec,
+    popularity_buckets,
+    vocab_cap,
+)
 from tf_smelu.data.csv_data import CONSTANT_DENSE_NAME, load_csv
-from tf_smelu.data.sources import DatasetSpec
-from tf_smelu.data.synthetic import DENSE_FEATURE_NAME
-from tf_smelu.data.tabular import MalformedRowError, SplitConfig, Vocabulary
+from tf_smelu.data.encoding import Vocabulary
+from tf_smelu.data.tabular import MalformedRowError, SplitConfig
 
 NUM_ROWS = 60
 HEADER = "user,city,price,age,label"
@@ -186,6 +193,93 @@ def test_missing_file_is_a_clear_error(tmp_path):
 )
 def test_dataset_specs_parse(spec, expected):
     assert parse_dataset_spec(spec) == expected
+    assert DatasetSpec.parse(spec) == expected
+    assert str(expected) == expected.to_text() == spec
+    assert parse_dataset_spec(expected) is expected  # parsed once
+
+
+ROUND_TRIP_SPECS = [
+    DatasetSpec("synthetic"),
+    DatasetSpec("movielens_100k"),
+    DatasetSpec("movielens_1m"),
+    DatasetSpec("criteo", "/data/day_0.gz"),
+    DatasetSpec("criteo", "relative/dir:with#odd chars.tsv"),
+    DatasetSpec("csv", "/data/a.csv"),
+    DatasetSpec("csv", "data/a.csv", "clicked"),
+    DatasetSpec("csv", "/data/with#hash.csv", "clicked"),
+]
+
+
+def test_every_kind_has_a_round_trip_case():
+    assert {spec.kind for spec in ROUND_TRIP_SPECS} == set(DATASET_KINDS)
+
+
+@pytest.mark.parametrize("spec", ROUND_TRIP_SPECS, ids=str)
+def test_dataset_spec_text_parses_back_to_an_equal_spec(spec):
+    assert DatasetSpec.parse(str(spec)) == spec
+    assert parse_dataset_spec(spec.to_text()) == spec
+
+
+def test_absolute_dataset_spec_resolves_only_the_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = DatasetSpec("csv", "data/a.csv", "clicked")
+    assert spec.absolute() == DatasetSpec("csv", str(tmp_path / "data" / "a.csv"), "clicked")
+    assert DatasetSpec.parse(str(spec.absolute())) == spec.absolute()
+    assert DatasetSpec("synthetic").absolute() == DatasetSpec("synthetic")
+    assert DatasetSpec("synthetic").is_synthetic
+    assert not spec.is_synthetic
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (("imagenet",), "Unknown dataset kind"),
+        (("synthetic", "/x"), "takes no path"),
+        (("criteo",), "needs a file path"),
+        (("csv", ""), "needs a file path"),
+        (("criteo", "/x", "label"), "only for csv"),
+        (("csv", "/x", ""), "non-empty"),
+        (("csv", "/x", "a#b"), "must not contain '#'"),
+        (("csv", "/a#b.csv"), "needs an explicit label column"),
+    ],
+)
+def test_dataset_specs_no_text_describes_are_rejected(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DatasetSpec(*fields)
+
+
+@pytest.mark.parametrize(
+    "spec, max_vocab_size, expected",
+    [
+        ("synthetic", None, None),
+        ("synthetic", 0, None),
+        ("synthetic", 50, 50),
+        (DatasetSpec("synthetic"), 50, 50),
+        ("criteo:/x.tsv", None, None),
+        ("criteo:/x.tsv", 0, None),
+        ("movielens_100k", 0, None),
+    ],
+)
+def test_vocab_cap_zero_or_none_means_no_cap(spec, max_vocab_size, expected):
+    assert vocab_cap(spec, max_vocab_size) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, max_vocab_size, message",
+    [
+        ("criteo:/x.tsv", 100, "applies to synthetic data only. "
+         "Received: dataset='criteo:/x.tsv', max_vocab_size=100"),
+        ("csv:/x.csv#y", 1, "synthetic data only"),
+        ("synthetic", -1, "non-negative integer. Received: max_vocab_size=-1"),
+        ("criteo:/x.tsv", -1, "non-negative integer"),
+        ("synthetic", 2.5, "non-negative integer"),
+    ],
+)
+def test_vocab_cap_rejects_a_cap_of_real_data_and_negatives(spec, max_vocab_size, message):
+    with pytest.raises(ValueError, match=message):
+        vocab_cap(spec, max_vocab_size)
+    with pytest.raises(ValueError, match=message):
+        load_dataset(spec, max_vocab_size=max_vocab_size)
 
 
 @pytest.mark.parametrize(
@@ -224,6 +318,24 @@ def test_dataset_spec_selects_synthetic_data():
     assert (len(loaded.train), len(loaded.test)) == (300, 100)
     assert loaded.item_field == "item_id" and "item_id" in loaded.feature_spec.categorical_names
     assert np.all(np.isfinite(loaded.train.true_logits))
+
+
+def test_load_dataset_takes_a_parsed_spec_and_a_zero_vocab_cap(tmp_path):
+    path = _write_csv(tmp_path, [HEADER] + _data_lines())
+    from_text = load_dataset(f"csv:{path}", train_examples=30, eval_examples=3)
+    from_spec = load_dataset(
+        DatasetSpec("csv", str(path)), train_examples=30, eval_examples=3, max_vocab_size=0
+    )
+    np.testing.assert_array_equal(from_spec.train.labels, from_text.train.labels)
+    assert from_spec.feature_spec == from_text.feature_spec
+
+
+def test_max_vocab_size_caps_synthetic_vocabularies():
+    capped = load_dataset("synthetic", train_examples=200, eval_examples=50, max_vocab_size=30)
+    assert max(capped.feature_spec.vocab_sizes.values()) == 30
+    assert capped.feature_spec.vocab_sizes["device"] == 16  # smaller fields unchanged
+    uncapped = load_dataset("synthetic", train_examples=200, eval_examples=50, max_vocab_size=0)
+    assert uncapped.feature_spec.vocab_sizes["user_id"] == 100_000
 
 
 # --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def _rows(output_dir):
 
 
 @pytest.mark.slow
-def test_criteo_example_on_its_generated_file(tmp_path):
+def test_criteo_example_on_its_generated_file(tmp_path, validate_results):
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "examples", "criteo_ctr.py"),
          "--synthetic_rows=3000", "--train_examples=2500", "--eval_examples=500",
@@ -26,12 +26,14 @@ def test_criteo_example_on_its_generated_file(tmp_path):
         capture_output=True, text=True, timeout=600, env=ENV,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    validate_results(tmp_path / "results.json")
     rows = _rows(tmp_path)
     assert [r["label"] for r in rows] == ["relu", "smelu(β=0.4)"]
     assert os.path.exists(tmp_path / "tradeoff.png")
     assert os.path.exists(tmp_path / "synthetic_criteo.tsv.gz")
 
 
+@pytest.mark.slow
 def test_criteo_example_rejects_a_missing_file(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "examples", "criteo_ctr.py"),
@@ -59,7 +61,7 @@ MOCKED_MOVIELENS = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_movielens_example_on_tfds_mock_data(tmp_path):
+def test_movielens_example_on_tfds_mock_data(tmp_path, validate_results):
     result = subprocess.run(
         [sys.executable, "-c", MOCKED_MOVIELENS, os.path.join(REPO, "tests"),
          os.path.join(REPO, "examples", "movielens_ranking.py"),
@@ -68,6 +70,7 @@ def test_movielens_example_on_tfds_mock_data(tmp_path):
         capture_output=True, text=True, timeout=600, env=ENV,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    validate_results(tmp_path / "results.json")
     rows = _rows(tmp_path)
     assert [r["label"] for r in rows] == ["relu", "smelu(β=0.3)"]
     assert all(0.0 <= r["auc_mean"] <= 1.0 for r in rows)

@@ -45,6 +45,7 @@ def test_export_serve_and_printed_cli_command(tmp_path):
     assert "Result for output key output_0" in cli.stdout
 
 
+@pytest.mark.slow
 def test_help_explains_every_flag():
     result = _run([sys.executable, SCRIPT, "--help"], timeout=120)  # absl exits with 1
     assert "serve it where tf_smelu is not installed" in result.stdout

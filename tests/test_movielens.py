@@ -18,13 +18,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_smelu.data import load_dataset, movielens
+from tf_smelu.data.features import DENSE_FEATURE_NAME
 from tf_smelu.data.movielens import (
     CATEGORICAL_FEATURE_NAMES,
     DENSE_FEATURE_NAMES,
     MovieLensUnavailableError,
     load_movielens,
 )
-from tf_smelu.data.synthetic import DENSE_FEATURE_NAME
 from tf_smelu.models import build_model
 
 NUM_MOCK_EXAMPLES = 200

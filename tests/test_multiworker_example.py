@@ -36,11 +36,12 @@ def _run(script, *args, timeout=400):
 
 
 @pytest.mark.slow
-def test_quick_run_writes_results_and_plot(tmp_path):
+def test_quick_run_writes_results_and_plot(tmp_path, validate_results):
     output_dir = tmp_path / "out"
     completed = _run(EXAMPLE, "--quick", "--update_mode=stale", f"--output_dir={output_dir}",
                      "--job_timeout=120", "--noprogress")
     assert "update:stale" in completed.stdout
+    validate_results(output_dir / "results.json")
     with open(output_dir / "results.json", encoding="utf-8") as f:
         results = json.load(f)
     rows = results["results"]
@@ -59,7 +60,7 @@ def test_quick_run_writes_results_and_plot(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_job_runs_replicas_as_multi_worker_jobs(tmp_path):
+def test_main_job_runs_replicas_as_multi_worker_jobs(tmp_path, validate_results):
     """The README's --workers/--update_mode flags of the main job; sources default to none."""
     completed = _run(
         MAIN_JOB, "--workers=2", "--update_mode=local_sgd", "--activations=relu",
@@ -68,6 +69,7 @@ def test_main_job_runs_replicas_as_multi_worker_jobs(tmp_path):
         "--local_sgd_period=6", f"--output_dir={tmp_path}", "--noprogress",
     )
     assert "2-worker jobs on localhost" in completed.stdout
+    validate_results(tmp_path / "results.json")
     with open(tmp_path / "results.json", encoding="utf-8") as f:
         results = json.load(f)
     (row,) = results["results"]

@@ -8,7 +8,6 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tf_smelu
 from tf_smelu import registry
@@ -102,6 +101,7 @@ FRESH_PROCESS_LOAD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_keras_file_loads_in_a_fresh_process(tmp_path):
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(8, activation="smelu")(inputs)
@@ -124,6 +124,7 @@ def test_keras_file_loads_in_a_fresh_process(tmp_path):
     np.testing.assert_allclose(np.load(paths[2]), model.predict(x, verbose=0), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_loading_without_import_fails_clearly(tmp_path):
     """Guards the test above: without `import tf_smelu` the load must fail."""
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="smelu")])
@@ -139,3 +140,93 @@ def test_loading_without_import_fails_clearly(tmp_path):
     )
     assert result.returncode != 0
     assert "smelu" in result.stderr
+
+
+# --------------------------------------------------------------------------
+# The activation table and the `Activation` spec.
+# --------------------------------------------------------------------------
+
+
+def test_parse_activation_specs():
+    Activation = registry.Activation
+    assert Activation.parse("smelu:0.1") == Activation("smelu", 0.1)
+    assert Activation.parse("rescu:0.2:3").order == 3
+    assert Activation.parse("rescu:0.2").order == 2
+    assert Activation.parse("smelu").beta == 1.0
+    assert Activation.parse("relu").beta is None and Activation.parse("relu").label == "relu"
+    assert Activation.parse("rescu:0.2:3").label == "rescu(β=0.2, n=3)"
+    for text in ("relu", "smelu:0.25", "rescu:0.3:4", "generalized_smelu:0.5"):
+        assert registry.Activation.parse(str(registry.Activation.parse(text))) == (
+            registry.Activation.parse(text))
+    for bad in ("relu:0.1", "smelu:-1", "smelu:x", "smelu:inf", "tanhh", "rescu:1:0",
+                "rescu:1:2.5", "smelu:0.1:2"):
+        with pytest.raises(ValueError):
+            Activation.parse(bad)
+
+
+def test_every_entry_builds_what_it_says():
+    for name, entry in registry.ACTIVATIONS.items():
+        built = registry.Activation(name).to_keras()
+        if entry.build_layer is None:
+            assert built == name and keras.activations.get(name) is not None
+        else:
+            assert isinstance(built, keras.layers.Layer)
+            assert np.all(np.isfinite(built(np.linspace(-2, 2, 5).astype("float32"))))
+
+
+@pytest.fixture
+def new_activation():
+    """A new table entry (as a user would add one), removed after the test."""
+    entry = registry.register_activation(registry.ActivationEntry(
+        "wide_smelu", build_layer=lambda spec: tf_smelu.layers.SmeLU(beta=2 * spec.beta),
+        parameters=("beta",),
+    ))
+    yield entry
+    registry.unregister_activation(entry.name)
+
+
+def test_a_new_entry_shows_up_everywhere(new_activation):
+    """Help text, flag validation, models and the report all read the table."""
+    from absl import flags
+
+    from tf_smelu import cli, experiment
+    from tf_smelu.data import CategoricalFeature, FeatureSpec
+    from tf_smelu.models import build_model
+    from tf_smelu.training.distributed import define_flags as define_worker_flags
+
+    main_job, worker = flags.FlagValues(), flags.FlagValues()
+    cli.define_experiment_flags(experiment.CTRExperimentConfig(), "out", "quick",
+                                flag_values=main_job)
+    define_worker_flags(worker)
+    assert "wide_smelu[:beta]" in main_job["activations"].help
+    assert "wide_smelu[:beta]" in worker["activation"].help
+    main_job(["prog", "--activations=relu,wide_smelu:0.3"])  # validates
+    worker(["prog", "--activation=wide_smelu:0.3"])
+    config = experiment.CTRExperimentConfig.from_dict({"activations": ["wide_smelu:0.3"]})
+    assert config.activations == (registry.Activation("wide_smelu", 0.3),)
+
+    spec = FeatureSpec((CategoricalFeature("item", 5),), num_dense=1)
+    model = build_model("mlp", spec, "wide_smelu:0.3", hidden_units=[4])
+    assert model.get_config()["activation"]["config"]["beta"] == pytest.approx(0.6)
+
+    probabilities = np.array([[0.2, 0.7, 0.4, 0.9], [0.25, 0.6, 0.4, 0.8]])
+    row = experiment.summarize_predictions(
+        registry.Activation.parse("wide_smelu:0.3"), ["tower_init"], probabilities,
+        np.array([0.0, 1.0, 0.0, 1.0]))
+    assert (row["activation"], row["beta"], row["label"]) == ("wide_smelu", 0.3,
+                                                               "wide_smelu(β=0.3)")
+    assert "wide_smelu(β=0.3)" in experiment.format_table([{**row, "train_seconds": 1.0}])
+
+
+def test_an_unregistered_name_is_refused_everywhere():
+    from absl import flags
+
+    from tf_smelu import cli, experiment
+
+    with pytest.raises(ValueError, match="Unknown activation"):
+        registry.Activation.parse("wide_smelu:0.3")
+    main_job = flags.FlagValues()
+    cli.define_experiment_flags(experiment.CTRExperimentConfig(), "out", "quick",
+                                flag_values=main_job)
+    with pytest.raises(flags.IllegalFlagValueError, match="wide_smelu"):
+        main_job(["prog", "--activations=relu,wide_smelu:0.3"])

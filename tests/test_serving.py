@@ -30,6 +30,7 @@ def _assert_servable(path):
     assert not serving.xla_compiled_functions(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["model.export", "tf.saved_model.save"])
 def test_saved_model_serves_without_the_package(exporter, tmp_path):
     model = _model_with_every_activation()
@@ -75,6 +76,7 @@ def test_missing_export_is_a_clear_error(tmp_path):
         serving.saved_model_op_types(str(tmp_path / "nowhere"))
 
 
+@pytest.mark.slow
 def test_serve_without_package_reports_the_subprocess_error(tmp_path):
     module = tf.Module()
     module.f = tf.function(lambda x: {"y": 2 * x},
@@ -87,6 +89,7 @@ def test_serve_without_package_reports_the_subprocess_error(tmp_path):
         serving.serve_without_package(path, {"wrong_name": np.ones(3, "float32")})
 
 
+@pytest.mark.slow
 def test_saved_model_cli_runs_the_export(tmp_path):
     """The command documented in the README for checking an export."""
     model = _model_with_every_activation()

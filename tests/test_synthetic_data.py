@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_smelu.data import synthetic
-from tf_smelu.data.synthetic import (
+from tf_smelu.data.click_model import ClickWorld, zipf_probabilities
+from tf_smelu.data.features import (
     DENSE_FEATURE_NAME,
     CategoricalFeature,
+    CTRExamples,
     FeatureSpec,
-    SyntheticCTRConfig,
-    frequency_bucket_boundaries,
-    frequency_buckets,
-    generate_examples,
-    make_dataset,
 )
+from tf_smelu.data.synthetic import SyntheticCTRConfig, generate_examples, make_dataset
 
 TINY_VOCAB = {
     "user_id": 500,
@@ -50,7 +47,7 @@ def _collect(dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
     return {name: np.concatenate(parts) for name, parts in columns.items()}
 
 
-def _as_columns(examples: synthetic.CTRExamples) -> dict[str, np.ndarray]:
+def _as_columns(examples: CTRExamples) -> dict[str, np.ndarray]:
     return {**examples.features, "label": examples.labels}
 
 
@@ -75,12 +72,12 @@ def _roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def tiny_train() -> synthetic.CTRExamples:
+def tiny_train() -> CTRExamples:
     return generate_examples(TINY)
 
 
 @pytest.fixture(scope="module")
-def large_sample() -> synthetic.CTRExamples:
+def large_sample() -> CTRExamples:
     """Enough rows for statistical checks, still ~0.2 s to generate."""
     return generate_examples(TINY, num_examples=30_000)
 
@@ -134,7 +131,7 @@ def test_different_seeds_and_splits_give_different_data(tiny_train):
 def test_world_seed_pins_the_click_model_while_seed_resamples():
     first = dataclasses.replace(TINY, seed=1, world_seed=5)
     second = dataclasses.replace(TINY, seed=2, world_seed=5)
-    world_a, world_b = synthetic._ClickWorld(first), synthetic._ClickWorld(second)
+    world_a, world_b = ClickWorld(first), ClickWorld(second)
     for table_a, table_b in zip(
         world_a.latent_tables, world_b.latent_tables, strict=True
     ):
@@ -144,7 +141,7 @@ def test_world_seed_pins_the_click_model_while_seed_resamples():
         generate_examples(first).features["user_id"],
         generate_examples(second).features["user_id"],
     )
-    other_world = synthetic._ClickWorld(dataclasses.replace(TINY, seed=1, world_seed=6))
+    other_world = ClickWorld(dataclasses.replace(TINY, seed=1, world_seed=6))
     assert not np.array_equal(world_a.latent_tables[0], other_world.latent_tables[0])
 
 
@@ -217,7 +214,7 @@ def test_ids_follow_a_zipf_law(large_sample):
     # Id == popularity rank: id 0 is the most frequent, far above the median.
     assert counts.argmax() == 0
     assert counts[0] > 20 * max(np.median(counts), 1.0)
-    expected = synthetic.zipf_probabilities(TINY_VOCAB["user_id"], TINY.zipf_exponent)
+    expected = zipf_probabilities(TINY_VOCAB["user_id"], TINY.zipf_exponent)
     np.testing.assert_allclose(counts[:5] / counts.sum(), expected[:5], rtol=0.1)
 
 
@@ -225,31 +222,6 @@ def test_zipf_exponent_zero_is_uniform():
     uniform = dataclasses.replace(TINY, zipf_exponent=0.0)
     counts = np.bincount(generate_examples(uniform).features["device"], minlength=4)
     np.testing.assert_allclose(counts / counts.sum(), 0.25, atol=0.04)
-
-
-def test_frequency_buckets_split_traffic_by_quantiles(large_sample):
-    boundaries = frequency_bucket_boundaries(500, TINY.zipf_exponent, (0.5, 0.9))
-    assert boundaries.dtype == np.int64 and 0 < boundaries[0] < boundaries[1] < 500
-    buckets = frequency_buckets(TINY, "user_id", large_sample.features["user_id"])
-    shares = np.bincount(buckets, minlength=3) / len(buckets)
-    np.testing.assert_allclose(shares, [0.5, 0.4, 0.1], atol=0.05)
-    np.testing.assert_array_equal(
-        frequency_buckets(
-            TINY, "user_id", tf.constant([0, boundaries[0] - 1, boundaries[0], 499])
-        ),
-        [0, 0, 1, 2],
-    )
-
-
-@pytest.mark.parametrize("quantiles", [(0.9, 0.5), (0.0, 0.5), (0.5, 1.0), ()])
-def test_frequency_buckets_reject_bad_quantiles(quantiles):
-    with pytest.raises(ValueError, match="Received: traffic_quantiles="):
-        frequency_bucket_boundaries(100, 1.0, quantiles)
-
-
-def test_frequency_buckets_reject_unknown_field():
-    with pytest.raises(ValueError, match="Received: field='nope'"):
-        frequency_buckets(TINY, "nope", np.array([0]))
 
 
 # -- click model ------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Smooth rectified activations with custom gradients.
 
 The whole module rests on one idea: the RESCU family is ReLU convolved with a
-centred cardinal B-spline of order ``n`` stretched over ``[-beta, beta]``.
+centred cardinal B-spline of order `n` stretched over `[-beta, beta]`.
 SmeLU is order 1 (a box kernel) and takes exactly the same code path;
 generalized SmeLU is an affine combination of an (asymmetric) SmeLU and a
 line, so it reuses that code too.
@@ -15,7 +15,7 @@ SavedModels serve without this package.
 
 Higher derivatives are available: the gradient functions are themselves built
 from differentiable ops, so gradient-of-gradient (Hessian-vector products,
-gradient penalties) works, and the derivatives with respect to ``beta`` (and,
+gradient penalties) works, and the derivatives with respect to `beta` (and,
 for generalized SmeLU, every parameter) are exact.
 """
 
@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Union
 
 import numpy as np
 import tensorflow as tf
 
 from tf_smelu.validation import require_order
 
-TensorLike = Union[tf.Tensor, tf.Variable, np.ndarray, float, list]
-Param = Union[float, tf.Tensor, tf.Variable, np.ndarray]
+TensorLike = tf.Tensor | tf.Variable | np.ndarray | float | list
+Param = float | tf.Tensor | tf.Variable | np.ndarray
 
 # Half-precision inputs are computed in float32: the band polynomial squares
 # and cubes values, which loses too many bits (and can overflow) in float16.

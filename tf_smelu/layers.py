@@ -6,17 +6,18 @@ the `tf_smelu` package so that `.keras` files load with `safe_mode=True`.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import keras
 
 from tf_smelu import activations
+from tf_smelu.common import KERAS_PACKAGE
 from tf_smelu.validation import require_order, require_positive_number
 
-_PACKAGE = "tf_smelu"
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+
+@keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
 class SmeLU(keras.layers.Layer):
     """Smooth ReLU activation layer.
 
@@ -52,7 +53,7 @@ class SmeLU(keras.layers.Layer):
         return {**super().get_config(), "beta": self.beta}
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
 class RESCU(keras.layers.Layer):
     """REctified Smooth Continuous Unit layer (SmeLU is `order=1`).
 
@@ -86,7 +87,7 @@ class RESCU(keras.layers.Layer):
         return {**super().get_config(), "beta": self.beta, "order": self.order}
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
 class MinValue(keras.constraints.Constraint):
     """Constrains weights to be `>= min_value` (keeps band widths positive)."""
 
@@ -104,7 +105,7 @@ _GENERALIZED_PARAMETERS = ("alpha", "beta", "g_minus", "g_plus", "t")
 _BAND_WIDTHS = ("alpha", "beta")
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
 class GeneralizedSmeLU(keras.layers.Layer):
     """Generalized SmeLU with learnable parameters (paper eq. 11).
 
@@ -148,7 +149,7 @@ class GeneralizedSmeLU(keras.layers.Layer):
         g_plus: float = 1.0,
         t: float = 0.0,
         trainable_parameters: Sequence[str] = _GENERALIZED_PARAMETERS,
-        shared_axes: Optional[Union[int, Sequence[int]]] = None,
+        shared_axes: int | Sequence[int] | None = None,
         min_width: float = 1e-3,
         regularizer=None,
         **kwargs,

@@ -1,32 +1,35 @@
 """CTR ranking models (Keras 3) with independently seeded parts.
 
-Two models are provided, both built from a
-:class:`tf_smelu.data.synthetic.FeatureSpec`:
+This module stays whole (about 550 lines): both models share the seeding,
+activation-cloning and serialization helpers at its top.
 
-* :class:`DCNRanker` (``"dcn"``): DLRM/DCN-v2 style.  One embedding per
+Two models are provided, both built from a
+`tf_smelu.data.FeatureSpec`:
+
+* `DCNRanker` (`"dcn"`): DLRM/DCN-v2 style.  One embedding per
   categorical field, the dense features through a small bottom MLP, a stack of
-  :class:`CrossLayer` s on the concatenation, then a top MLP tower and a
+  `CrossLayer` s on the concatenation, then a top MLP tower and a
   single logit.
-* :class:`MLPRanker` (``"mlp"``): embeddings concatenated with the dense
+* `MLPRanker` (`"mlp"`): embeddings concatenated with the dense
   features, then an MLP tower and a single logit.
 
-Inputs are the features dicts of :func:`tf_smelu.data.synthetic.make_dataset`
-(int64 ids of shape ``[batch]`` or ``[batch, 1]`` per field, float32
-``"dense"`` of shape ``[batch, num_dense]``; extra keys are ignored).  The
-output is the **click logit** of shape ``[batch, 1]``, not a probability: train
-with ``keras.losses.BinaryCrossentropy(from_logits=True)`` and apply a sigmoid
+Inputs are the features dicts of `tf_smelu.data.make_dataset`
+(int64 ids of shape `[batch]` or `[batch, 1]` per field, float32
+`"dense"` of shape `[batch, num_dense]`; extra keys are ignored).  The
+output is the **click logit** of shape `[batch, 1]`, not a probability: train
+with `keras.losses.BinaryCrossentropy(from_logits=True)` and apply a sigmoid
 for probabilities.
 
 Randomness of the initial weights comes from two independent seeds:
-``embedding_seed`` for the embedding tables and ``tower_seed`` for every other
+`embedding_seed` for the embedding tables and `tower_seed` for every other
 weight (bottom MLP, cross layers, top MLP, logit layer).  Each layer gets its
 own seed derived from the base seed and the layer's role (e.g. the embedding of
-field ``"user_id"``), so the same seeds give bit-identical initial weights,
-and changing ``tower_seed`` leaves the embeddings untouched (and vice versa).
-``None`` draws fresh seeds from Keras' global generator (see
-``keras.utils.set_random_seed``).
+field `"user_id"`), so the same seeds give bit-identical initial weights,
+and changing `tower_seed` leaves the embeddings untouched (and vice versa).
+`None` draws fresh seeds from Keras' global generator (see
+`keras.utils.set_random_seed`).
 
-All weights are created in the constructor, so ``model.get_weights()`` works
+All weights are created in the constructor, so `model.get_weights()` works
 before the first call.
 """
 
@@ -40,15 +43,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_smelu.common import KERAS_PACKAGE
+from tf_smelu.registry import Activation
 from tf_smelu.validation import is_int, require_non_negative_int, require_positive_int
-from tf_smelu.data.synthetic import (
+from tf_smelu.data.features import (
     DENSE_FEATURE_NAME,
     FeatureSpec,
 )
 
-_PACKAGE = "tf_smelu"
 
-ActivationLike = str | Callable | keras.layers.Layer
+ActivationLike = str | Activation | Callable | keras.layers.Layer
 InitializerLike = str | Mapping[str, Any] | keras.initializers.Initializer
 
 
@@ -60,8 +64,8 @@ InitializerLike = str | Mapping[str, Any] | keras.initializers.Initializer
 def derive_seed(base_seed: int | None, *path: str | int) -> int | None:
     """Deterministic per-layer seed from a base seed and the layer's role.
 
-    Uses a process-independent hash of ``path``, so the seed of one layer does
-    not depend on how many other layers exist.  ``None`` stays ``None``.
+    Uses a process-independent hash of `path`, so the seed of one layer does
+    not depend on how many other layers exist.  `None` stays `None`.
     """
     if base_seed is None:
         return None
@@ -73,9 +77,9 @@ def derive_seed(base_seed: int | None, *path: str | int) -> int | None:
 def _seeded_initializer(
     initializer: InitializerLike, seed: int | None
 ) -> keras.initializers.Initializer:
-    """A fresh copy of ``initializer`` using ``seed`` (if it takes a seed).
+    """A fresh copy of `initializer` using `seed` (if it takes a seed).
 
-    A fresh instance per layer matters even for ``seed=None``: Keras then
+    A fresh instance per layer matters even for `seed=None`: Keras then
     draws a new seed per instance, instead of sharing one between layers.
     """
     template = keras.initializers.get(initializer)
@@ -88,7 +92,7 @@ def _seeded_initializer(
 def _activation_layer(activation: ActivationLike, name: str) -> keras.layers.Layer:
     """A new activation layer; layer instances are cloned, never shared.
 
-    Cloning through ``from_config`` gives each hidden layer its own (unbuilt)
+    Cloning through `from_config` gives each hidden layer its own (unbuilt)
     copy, so trainable activation parameters are per layer.
     """
     if isinstance(activation, keras.layers.Layer):
@@ -96,6 +100,19 @@ def _activation_layer(activation: ActivationLike, name: str) -> keras.layers.Lay
         config["name"] = name
         return activation.__class__.from_config(config)
     return keras.layers.Activation(activation, name=name)
+
+
+def _resolve_activation(activation: ActivationLike) -> str | Callable | keras.layers.Layer:
+    """Specs with parameters (`"smelu:0.2"`, an `Activation`) become their layer.
+
+    Plain names (`"relu"`, `"smelu"`, `"tanh"`) and callables go to Keras as
+    they are: the registry makes the package's names known to Keras.
+    """
+    if isinstance(activation, str) and ":" in activation:
+        activation = Activation.parse(activation)
+    if isinstance(activation, Activation):
+        return activation.to_keras()
+    return activation
 
 
 def _serialize_activation(activation: ActivationLike) -> str | dict:
@@ -144,18 +161,18 @@ def _as_optional_seed(name: str, seed: int | None) -> int | None:
 # --------------------------------------------------------------------------
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
 class CrossLayer(keras.layers.Layer):
-    """DCN-v2 cross layer: ``x_next = x0 * (x @ W + b) + x``.
+    """DCN-v2 cross layer: `x_next = x0 * (x @ W + b) + x`.
 
-    Call as ``layer(x0, x)`` where ``x0`` is the input of the cross stack and
-    ``x`` the output of the previous cross layer (``x0`` for the first one);
-    both have shape ``[batch, dim]`` and ``W`` is a full ``dim x dim`` matrix.
+    Call as `layer(x0, x)` where `x0` is the input of the cross stack and
+    `x` the output of the previous cross layer (`x0` for the first one);
+    both have shape `[batch, dim]` and `W` is a full `dim x dim` matrix.
 
     Args:
-        kernel_initializer: Initializer of ``W``.
-        bias_initializer: Initializer of ``b``.
-        **kwargs: Base layer arguments (``name``, ``dtype``...).
+        kernel_initializer: Initializer of `W`.
+        bias_initializer: Initializer of `b`.
+        **kwargs: Base layer arguments (`name`, `dtype`...).
     """
 
     def __init__(
@@ -204,9 +221,9 @@ class CrossLayer(keras.layers.Layer):
 class _CTRRanker(keras.Model):
     """Shared plumbing: embeddings, seeded MLP stacks, activation, config.
 
-    Subclasses create their tower layers in ``__init__`` (via
-    :meth:`_mlp_layers` / :meth:`_tower_dense`) and implement
-    :meth:`_build_tower` and :meth:`_tower`; this base then builds every weight
+    Subclasses create their tower layers in `__init__` (via
+    `_mlp_layers` / `_tower_dense`) and implement
+    `_build_tower` and `_tower`; this base then builds every weight
     in the constructor.
     """
 
@@ -226,7 +243,7 @@ class _CTRRanker(keras.Model):
         # Bypasses Keras' attribute tracking: the template is only ever
         # cloned, and tracking it would add an unbuilt, unused sublayer.
         object.__setattr__(
-            self, "_activation_template", _deserialize_activation(activation)
+            self, "_activation_template", _resolve_activation(_deserialize_activation(activation))
         )
         self.embedding_dim = require_positive_int("embedding_dim", embedding_dim)
         self.embedding_initializer = keras.initializers.get(embedding_initializer)
@@ -250,7 +267,7 @@ class _CTRRanker(keras.Model):
     # -- helpers for subclasses ----------------------------------------------
 
     def _tower_dense(self, units: int, role: str) -> keras.layers.Dense:
-        """A linear Dense layer seeded from ``tower_seed`` and its role."""
+        """A linear Dense layer seeded from `tower_seed` and its role."""
         return keras.layers.Dense(
             units,
             kernel_initializer=_seeded_initializer(
@@ -262,7 +279,7 @@ class _CTRRanker(keras.Model):
     def _mlp_layers(
         self, prefix: str, units: Sequence[int]
     ) -> list[keras.layers.Layer]:
-        """Hidden layers ``[dense_0, activation_0, dense_1, ...]`` of an MLP.
+        """Hidden layers `[dense_0, activation_0, dense_1, ...]` of an MLP.
 
         A flat list (rather than nested pairs) so that Keras' saving finds
         every sublayer; each hidden layer gets its own activation layer.
@@ -279,7 +296,7 @@ class _CTRRanker(keras.Model):
 
     @staticmethod
     def _build_sequential(layers: Sequence[keras.layers.Layer], width: int) -> int:
-        """Builds layers applied in turn to ``width`` features; returns out width."""
+        """Builds layers applied in turn to `width` features; returns out width."""
         for layer in layers:
             layer.build((None, width))
             width = getattr(layer, "units", width)  # only Dense layers change width
@@ -327,7 +344,7 @@ class _CTRRanker(keras.Model):
         raise NotImplementedError
 
     def call(self, features: Mapping, training: bool | None = None):
-        """Click logits of shape ``[batch, 1]`` for a features dict."""
+        """Click logits of shape `[batch, 1]` for a features dict."""
         return self._tower(self._embed(features), self._dense_input(features))
 
     def _tower(self, embedded: list, dense):
@@ -354,20 +371,20 @@ class _CTRRanker(keras.Model):
         return cls(**config)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
 class DCNRanker(_CTRRanker):
-    """DLRM/DCN-v2 style ranking model producing click logits ``[batch, 1]``.
+    """DLRM/DCN-v2 style ranking model producing click logits `[batch, 1]`.
 
     ``embeddings ++ bottom_mlp(dense) -> num_cross_layers x CrossLayer ->
     top_mlp -> Dense(1)``.
 
     Args:
         feature_spec: Input fields, vocabulary sizes and dense width
-            (a :class:`FeatureSpec` or its config dict).
+            (a `FeatureSpec` or its config dict).
         activation: Hidden activation of both MLPs: a Keras activation name
-            (``"relu"``, ``"gelu"``, ``"swish"``, ``"softplus"``, and after
-            ``import tf_smelu`` also ``"smelu"``, ``"generalized_smelu"``,
-            ``"rescu"``), a callable, or a layer instance (cloned per layer).
+            (`"relu"`, `"gelu"`, `"swish"`, `"softplus"`, and after
+            `import tf_smelu` also `"smelu"`, `"generalized_smelu"`,
+            `"rescu"`), a callable, or a layer instance (cloned per layer).
         embedding_dim: Width of every embedding.
         bottom_units: Hidden widths of the dense-feature MLP.
         num_cross_layers: Number of stacked cross layers (may be 0).
@@ -377,7 +394,7 @@ class DCNRanker(_CTRRanker):
             at zero).
         embedding_seed: Seed of the embedding tables.
         tower_seed: Seed of every non-embedding weight.
-        **kwargs: Base model arguments (``name``, ``dtype``...).
+        **kwargs: Base model arguments (`name`, `dtype`...).
     """
 
     def __init__(
@@ -452,22 +469,22 @@ class DCNRanker(_CTRRanker):
         }
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
 class MLPRanker(_CTRRanker):
-    """Deep MLP CTR model producing click logits ``[batch, 1]``.
+    """Deep MLP CTR model producing click logits `[batch, 1]`.
 
-    ``embeddings ++ dense -> hidden_units MLP -> Dense(1)``.
+    `embeddings ++ dense -> hidden_units MLP -> Dense(1)`.
 
     Args:
         feature_spec: Input fields, vocabulary sizes and dense width.
-        activation: Hidden activation (see :class:`DCNRanker`).
+        activation: Hidden activation (see `DCNRanker`).
         embedding_dim: Width of every embedding.
         hidden_units: Hidden widths of the MLP (at least one).
         embedding_initializer: Initializer of the embedding tables.
         kernel_initializer: Initializer of all other kernels.
         embedding_seed: Seed of the embedding tables.
         tower_seed: Seed of every non-embedding weight.
-        **kwargs: Base model arguments (``name``, ``dtype``...).
+        **kwargs: Base model arguments (`name`, `dtype`...).
     """
 
     def __init__(
@@ -512,7 +529,7 @@ class MLPRanker(_CTRRanker):
 
 
 MODEL_CLASSES: Mapping[str, type[_CTRRanker]] = {"dcn": DCNRanker, "mlp": MLPRanker}
-"""Names accepted by :func:`build_model`."""
+"""Names accepted by `build_model`."""
 
 
 def build_model(
@@ -521,17 +538,17 @@ def build_model(
     activation: ActivationLike = "relu",
     **kwargs,
 ) -> _CTRRanker:
-    """Builds a CTR ranking model by name (``"dcn"`` or ``"mlp"``).
+    """Builds a CTR ranking model by name (`"dcn"` or `"mlp"`).
 
     Args:
-        name: Key of :data:`MODEL_CLASSES`.
-        feature_spec: Input description, e.g. ``config.feature_spec()``.
+        name: Key of `MODEL_CLASSES`.
+        feature_spec: Input description, e.g. `config.feature_spec()`.
         activation: Hidden activation (name, callable or layer instance).
         **kwargs: Further constructor arguments of the model class, e.g.
-            ``embedding_seed``, ``tower_seed``, ``top_units``.
+            `embedding_seed`, `tower_seed`, `top_units`.
 
     Returns:
-        An uncompiled model whose output is the click logit ``[batch, 1]``.
+        An uncompiled model whose output is the click logit `[batch, 1]`.
     """
     if name not in MODEL_CLASSES:
         raise ValueError(

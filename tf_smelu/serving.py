@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from typing import Dict, Iterable, List, Mapping, Set
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def _read_saved_model(export_dir: str):
     return proto
 
 
-def saved_model_op_types(export_dir: str) -> Set[str]:
+def saved_model_op_types(export_dir: str) -> set[str]:
     """Every op type in a SavedModel's graphs and function library."""
     proto = _read_saved_model(export_dir)
     op_types = set()
@@ -73,7 +73,7 @@ def saved_model_op_types(export_dir: str) -> Set[str]:
     return op_types
 
 
-def xla_compiled_functions(export_dir: str) -> List[str]:
+def xla_compiled_functions(export_dir: str) -> list[str]:
     """Functions of a SavedModel marked `jit_compile=True` (serving them needs XLA).
 
     Stock TF Serving builds may lack XLA on some platforms; exports meant for
@@ -89,7 +89,7 @@ def xla_compiled_functions(export_dir: str) -> List[str]:
     ]
 
 
-def non_stock_ops(op_types: Iterable[str]) -> Set[str]:
+def non_stock_ops(op_types: Iterable[str]) -> set[str]:
     """The op types that stock TensorFlow (hence TF Serving) cannot run.
 
     Those are ops missing from TensorFlow's op registry (a custom op library
@@ -111,7 +111,7 @@ def serve_without_package(
     requests: Mapping[str, np.ndarray],
     signature: str = "serving_default",
     timeout: float = 300,
-) -> Dict[str, np.ndarray]:
+) -> dict[str, np.ndarray]:
     """Scores `requests` with the SavedModel in a process without tf_smelu.
 
     Args:
@@ -155,7 +155,7 @@ def saved_model_cli_command(
     requests: Mapping[str, np.ndarray],
     signature: str = "serving_default",
     executable: Iterable[str] = ("saved_model_cli",),
-) -> List[str]:
+) -> list[str]:
     """`saved_model_cli run` arguments scoring `requests` (as a list for subprocess).
 
     Floats are rounded to 4 digits to keep the command short, so its scores

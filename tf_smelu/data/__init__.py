@@ -1,81 +1,79 @@
 """Datasets for tf_smelu experiments.
 
-:mod:`tf_smelu.data.synthetic` generates seeded CTR recommendation data with a
-known click model; :class:`FeatureSpec` describes any CTR dataset's inputs to
-the models in :mod:`tf_smelu.models`.
+`tf_smelu.data.synthetic` generates seeded CTR recommendation data with a
+known click model; the real datasets (MovieLens via TFDS, Criteo and CSV
+files) have the same interface.  `FeatureSpec` (`tf_smelu.data.features`)
+describes any CTR dataset's inputs to the models in `tf_smelu.models`, and
+`load_dataset` loads the dataset named by a `--dataset` spec.
 """
 
-from tf_smelu.data.synthetic import (
-    DEFAULT_TRAFFIC_QUANTILES,
-    DEFAULT_VOCAB_SIZES,
-    DENSE_FEATURE_NAME,
-    SPLITS,
-    CategoricalFeature,
-    CTRExamples,
-    FeatureSpec,
-    SyntheticCTRConfig,
-    frequency_bucket_boundaries,
-    frequency_buckets,
-    generate_examples,
-    make_dataset,
-    zipf_probabilities,
-)
-
-__all__ = [
-    "DEFAULT_TRAFFIC_QUANTILES",
-    "DEFAULT_VOCAB_SIZES",
-    "DENSE_FEATURE_NAME",
-    "SPLITS",
-    "CTRExamples",
-    "CategoricalFeature",
-    "FeatureSpec",
-    "SyntheticCTRConfig",
-    "frequency_bucket_boundaries",
-    "frequency_buckets",
-    "generate_examples",
-    "make_dataset",
-    "zipf_probabilities",
-]
-
-# Real datasets (MovieLens via TFDS, Criteo and CSV files) with the same
-# interface, and the `--dataset` spec selector.
+from tf_smelu.data.click_model import zipf_probabilities
 from tf_smelu.data.criteo import (
     criteo_dataset,
     criteo_feature_spec,
     load_criteo,
     read_criteo_file,
-    write_synthetic_criteo_file,
 )
+from tf_smelu.data.criteo_synthetic import write_synthetic_criteo_file
 from tf_smelu.data.csv_data import load_csv
+from tf_smelu.data.features import (
+    DENSE_FEATURE_NAME,
+    CategoricalFeature,
+    CTRExamples,
+    FeatureSpec,
+)
 from tf_smelu.data.movielens import MovieLensUnavailableError, load_movielens
 from tf_smelu.data.sources import (
+    DATASET_KINDS,
     DATASET_SPEC_HELP,
     DatasetSpec,
     load_dataset,
     parse_dataset_spec,
+    vocab_cap,
+)
+from tf_smelu.data.synthetic import (
+    DEFAULT_VOCAB_SIZES,
+    SPLITS,
+    SyntheticCTRConfig,
+    generate_examples,
+    make_dataset,
 )
 from tf_smelu.data.tabular import (
+    DEFAULT_TRAFFIC_QUANTILES,
     LoadedDataset,
     MalformedRowError,
     SkippedRows,
     popularity_buckets,
 )
 
-__all__ += [
+__all__ = [
+    "DATASET_KINDS",
     "DATASET_SPEC_HELP",
+    "DEFAULT_TRAFFIC_QUANTILES",
+    "DEFAULT_VOCAB_SIZES",
+    "DENSE_FEATURE_NAME",
+    "SPLITS",
+    "CTRExamples",
+    "CategoricalFeature",
     "DatasetSpec",
+    "FeatureSpec",
     "LoadedDataset",
     "MalformedRowError",
     "MovieLensUnavailableError",
     "SkippedRows",
+    "SyntheticCTRConfig",
     "criteo_dataset",
     "criteo_feature_spec",
+    "generate_examples",
     "load_criteo",
     "load_csv",
     "load_dataset",
     "load_movielens",
+    "make_dataset",
     "parse_dataset_spec",
     "popularity_buckets",
     "read_criteo_file",
+    "vocab_cap",
     "write_synthetic_criteo_file",
+    "zipf_probabilities",
 ]

@@ -2,13 +2,13 @@
 
 File format
 -----------
-One example per line, 40 tab-separated columns::
+One example per line, 40 tab-separated columns:
 
     label  I1 ... I13  C1 ... C26
 
-* ``label``: ``0`` or ``1`` (click).
-* ``I1``..``I13``: integer counts, possibly negative, possibly empty.
-* ``C1``..``C26``: categorical values (hashed hex strings in the real data),
+* `label`: `0` or `1` (click).
+* `I1`..`I13`: integer counts, possibly negative, possibly empty.
+* `C1`..`C26`: categorical values (hashed hex strings in the real data),
   possibly empty.
 
 Files may be plain text or gzip; gzip is detected from the magic bytes, not
@@ -16,68 +16,60 @@ the suffix.  Criteo *test* files without the label column are not supported.
 
 Preprocessing
 -------------
-* Integer features become ``log1p(max(x, 0))`` (the usual DLRM transform);
-  an empty field counts as 0.  They form the float32 ``"dense"`` feature
-  ``[n, 13]``, columns in the order ``I1``..``I13``; they are not
+* Integer features become `log1p(max(x, 0))` (the usual DLRM transform);
+  an empty field counts as 0.  They form the float32 `"dense"` feature
+  `[n, 13]`, columns in the order `I1`..`I13`; they are not
   standardised, so that the streaming and in-memory loaders agree.
-* Each categorical field is hashed with ``tf.strings.to_hash_bucket_fast``
-  (stable FarmHash) into ``num_buckets`` ids, per field (default
-  :data:`DEFAULT_NUM_BUCKETS`); the empty string is hashed like any value,
+* Each categorical field is hashed with `tf.strings.to_hash_bucket_fast`
+  (stable FarmHash) into `num_buckets` ids, per field (default
+  `DEFAULT_NUM_BUCKETS`); the empty string is hashed like any value,
   so "missing" has its own (shared) bucket.  No vocabulary is built, so a
   pass over the data is never needed before training.
 * Train/test split: a seeded hash of the line number
-  (:class:`tf_smelu.data.tabular.SplitConfig`), identical in both loaders.
+  (`tf_smelu.data.tabular.SplitConfig`), identical in both loaders.
 
-Malformed rows (wrong number of columns, label not 0/1, non-integer ``I``
-field) raise :class:`~tf_smelu.data.tabular.MalformedRowError` naming the file,
-line and problem, or with ``on_error="skip"`` are skipped and counted
-(``LoadedDataset.skipped_rows``, also logged as a warning).
+Malformed rows (wrong number of columns, label not 0/1, non-integer `I`
+field) raise `MalformedRowError` naming the file, line and problem, or with
+`on_error="skip"` are skipped and counted (`LoadedDataset.skipped_rows`, also
+logged as a warning).
 
 Entry points
 ------------
-* :func:`load_criteo`: train and test :class:`CTRExamples` in memory (about
-  270 bytes per row: 26 int64 ids, 13 float32 and a label; 1M rows take
-  ~270 MB, the full 45M-row Kaggle file ~12 GB, so cap it with
-  ``max_train_examples``/``max_test_examples``, which stops reading early).
-* :func:`criteo_dataset`: streaming ``tf.data.Dataset`` of one split; holds
-  one chunk of ``chunk_rows`` rows at a time.
-* :func:`read_criteo_file`: the parsed chunks themselves, in file order.
-* :func:`write_synthetic_criteo_file`: a valid Criteo-format file from the
-  synthetic click model, for examples and tests without the real data.
+* `load_criteo`: train and test `CTRExamples` in memory (about 270 bytes
+  per row: 26 int64 ids, 13 float32 and a label; 1M rows take ~270 MB, the
+  full 45M-row Kaggle file ~12 GB, so cap it with
+  `max_train_examples`/`max_test_examples`, which stops reading early).
+* `criteo_dataset`: streaming `tf.data.Dataset` of one split; holds one
+  chunk of `chunk_rows` rows at a time.
+* `read_criteo_file`: the parsed chunks themselves, in file order.
+* `tf_smelu.data.criteo_synthetic.write_synthetic_criteo_file`: a
+  valid Criteo-format file from the synthetic click model, for examples and
+  tests without the real data.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip as gzip_module
-import io
 import itertools
 import os
-import zlib
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
 
-from tf_smelu.validation import require_non_negative_int, require_positive_int
-from tf_smelu.data.synthetic import (
+from tf_smelu.data.encoding import EncodedIds, RawColumns, encode_splits, hash_to_buckets
+from tf_smelu.data.features import (
     DENSE_FEATURE_NAME,
     CategoricalFeature,
     FeatureSpec,
-    SyntheticCTRConfig,
-    make_dataset,
 )
 from tf_smelu.data.tabular import (
     DEFAULT_TEST_FRACTION,
-    EncodedIds,
     LoadedDataset,
-    RawColumns,
     RowProblem,
     SkippedRows,
     SplitConfig,
     check_on_error,
-    encode_splits,
-    hash_to_buckets,
     log_skipped,
     parse_binary_label,
     parse_rows,
@@ -85,6 +77,7 @@ from tf_smelu.data.tabular import (
     require_column_count,
     require_file,
 )
+from tf_smelu.validation import require_positive_int
 
 INTEGER_FEATURE_NAMES: tuple[str, ...] = tuple(f"I{index}" for index in range(1, 14))
 CATEGORICAL_FEATURE_NAMES: tuple[str, ...] = tuple(f"C{index}" for index in range(1, 27))
@@ -100,27 +93,16 @@ DEFAULT_CHUNK_ROWS = 16_384
 
 _LAYOUT = "label, 13 integer and 26 categorical features, tab-separated"
 
-# Vocabulary sizes of the synthetic fields C1..C26, loosely following the
-# spread of the real Criteo cardinalities (a few tiny fields, many large ones)
-# at a scale that generates quickly.
-_SYNTHETIC_VOCAB_SIZES = (
-    1000, 500, 10000, 5000, 200, 20, 5000, 500, 3, 10000, 5000, 10000, 3000,
-    30, 5000, 10000, 10, 3000, 2000, 4, 10000, 15, 15, 10000, 100, 10000,
-)  # fmt: skip
-_SYNTHETIC_MISSING_INTEGER_RATE = 0.1
-_SYNTHETIC_MISSING_CATEGORICAL_RATE = 0.05
-_SYNTHETIC_MISSING_STREAM_TAG = 21  # SeedSequence key of the missing-value draws
-
 
 @dataclasses.dataclass(frozen=True)
 class CriteoChunk:
     """Consecutive parsed rows of a Criteo file.
 
     Attributes:
-        line_numbers: int64 ``[n]``, 1-based line of each row in the file.
-        labels: float32 ``[n]`` 0/1 labels.
-        dense: float32 ``[n, 13]``, ``log1p(max(I, 0))`` (missing -> 0).
-        categorical: ``C1``..``C26`` -> int64 ``[n]`` hash-bucket ids.
+        line_numbers: int64 `[n]`, 1-based line of each row in the file.
+        labels: float32 `[n]` 0/1 labels.
+        dense: float32 `[n, 13]`, `log1p(max(I, 0))` (missing -> 0).
+        categorical: `C1`..`C26` -> int64 `[n]` hash-bucket ids.
     """
 
     line_numbers: np.ndarray
@@ -217,20 +199,19 @@ def read_criteo_file(
     skipped: SkippedRows | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Iterator[CriteoChunk]:
-    """Parses a Criteo file into chunks of at most ``chunk_rows`` rows, in file order.
+    """Parses a Criteo file into chunks of at most `chunk_rows` rows, in file order.
 
     Args:
         path: Plain or gzip Criteo file.
         num_buckets: Hash buckets per categorical field: one int for all, or
-            a mapping ``C1``..``C26`` -> int.
-        on_error: ``"raise"``: a malformed row raises
-            :class:`~tf_smelu.data.tabular.MalformedRowError`; ``"skip"``:
-            it is left out and recorded in ``skipped``.
-        skipped: Collects the skipped rows; a fresh one if ``None``.
+            a mapping `C1`..`C26` -> int.
+        on_error: `"raise"`: a malformed row raises `MalformedRowError`;
+            `"skip"`: it is left out and recorded in `skipped`.
+        skipped: Collects the skipped rows; a fresh one if `None`.
         chunk_rows: Rows per chunk.
 
     Raises:
-        FileNotFoundError: At the call, if ``path`` is not a file.
+        FileNotFoundError: At the call, if `path` is not a file.
     """
     path = require_file(path)
     buckets = resolve_num_buckets(num_buckets)
@@ -275,14 +256,14 @@ def load_criteo(
         num_buckets: Hash buckets per categorical field (int or mapping).
         test_fraction: Share of rows in the test split.
         seed: Seed of the split and of the row order.
-        max_train_examples: Cap on training rows; ``None``: all.
-        max_test_examples: Cap on test rows; ``None``: all.
-        on_error: ``"raise"`` or ``"skip"`` malformed rows.
+        max_train_examples: Cap on training rows; `None`: all.
+        max_test_examples: Cap on test rows; `None`: all.
+        on_error: `"raise"` or `"skip"` malformed rows.
         chunk_rows: Rows parsed at a time.
 
     Returns:
-        :class:`~tf_smelu.data.tabular.LoadedDataset` with fields ``C1``..
-        ``C26``, dense ``I1``..``I13`` and the skipped-row count.
+        `LoadedDataset` with fields `C1`..`C26`, dense `I1`..`I13` and the
+        skipped-row count.
     """
     split = SplitConfig(test_fraction, seed, max_train_examples, max_test_examples)
     skipped = SkippedRows(os.fspath(path))
@@ -347,24 +328,23 @@ def criteo_dataset(
     on_error: str = "raise",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> tf.data.Dataset:
-    """Streaming ``(features, label)`` dataset of one split of a Criteo file.
+    """Streaming `(features, label)` dataset of one split of a Criteo file.
 
-    Rows are in file order (shuffle with ``Dataset.shuffle`` if needed) and
-    the split equals that of :func:`load_criteo` with the same
-    ``test_fraction`` and ``seed`` (before its caps).  Each pass re-reads the
-    file; memory holds about one chunk.  A malformed row stops iteration
-    with a ``tf.errors`` exception whose message is the
-    :class:`~tf_smelu.data.tabular.MalformedRowError` text (file and line);
-    with ``on_error="skip"`` a summary is logged after each pass.  Build the
-    model with :func:`criteo_feature_spec` ``(num_buckets)``.
+    Rows are in file order (shuffle with `Dataset.shuffle` if needed) and
+    the split equals that of `load_criteo` with the same `test_fraction` and
+    `seed` (before its caps).  Each pass re-reads the file; memory holds
+    about one chunk.  A malformed row stops iteration with a `tf.errors`
+    exception whose message is the `MalformedRowError` text (file and line);
+    with `on_error="skip"` a summary is logged after each pass.  Build the
+    model with `criteo_feature_spec(num_buckets)`.
 
     Args:
         path: Plain or gzip Criteo file.
-        split: ``"train"`` or ``"test"``.
-        batch_size: Rows per element; ``None``: single examples.
+        split: `"train"` or `"test"`.
+        batch_size: Rows per element; `None`: single examples.
         drop_remainder: Drop a final partial batch.
         num_buckets, test_fraction, seed, on_error, chunk_rows: As in
-            :func:`load_criteo`.
+            `load_criteo`.
     """
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
@@ -398,87 +378,3 @@ def criteo_dataset(
     else:
         dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def write_synthetic_criteo_file(
-    path: str | os.PathLike, num_rows: int, seed: int = 0, gzip: bool = False
-) -> str:
-    """Writes a valid Criteo-format file drawn from the synthetic click model.
-
-    Labels follow :mod:`tf_smelu.data.synthetic` (so a model can learn
-    something, base CTR about 0.2); the 13 dense features become
-    non-negative integer counts ``floor(exp(2 x))``, the 26 categorical ids
-    become 8-digit hex strings, and about 10% of integer and 5% of
-    categorical fields are left empty.  The same ``(num_rows, seed)`` give
-    the same rows, and with ``gzip`` the same bytes.
-
-    Args:
-        path: Output file (overwritten).
-        num_rows: Number of lines.
-        seed: Seed of the examples and of the missing fields.
-        gzip: Write gzip-compressed text (whatever the suffix).
-
-    Returns:
-        ``path`` as a string.
-    """
-    require_positive_int("num_rows", num_rows)
-    require_non_negative_int("seed", seed)
-    path = os.fspath(path)
-    vocab_sizes = dict(zip(CATEGORICAL_FEATURE_NAMES, _SYNTHETIC_VOCAB_SIZES, strict=True))
-    chunk_size = min(num_rows, 16_384)
-    config = SyntheticCTRConfig(
-        num_examples=num_rows,
-        num_eval_examples=1,
-        seed=seed,
-        vocab_sizes=vocab_sizes,
-        num_dense=len(INTEGER_FEATURE_NAMES),
-        chunk_size=chunk_size,
-    )
-    hex_tables = {
-        name: np.array(
-            [format(zlib.crc32(f"{name}={index}".encode()), "08x") for index in range(size)],
-            dtype=object,
-        )
-        for name, size in vocab_sizes.items()
-    }
-    missing_rng = np.random.default_rng(
-        np.random.SeedSequence([seed, _SYNTHETIC_MISSING_STREAM_TAG])
-    )
-    with open(path, "wb") as file:
-        # No timestamp or file name in the gzip header: same rows, same bytes.
-        binary = (
-            gzip_module.GzipFile(filename="", fileobj=file, mode="wb", mtime=0)
-            if gzip
-            else file
-        )
-        with io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
-            _write_synthetic_rows(text, config, hex_tables, missing_rng)
-    return path
-
-
-def _write_synthetic_rows(
-    text: io.TextIOBase,
-    config: SyntheticCTRConfig,
-    hex_tables: Mapping[str, np.ndarray],
-    missing_rng: np.random.Generator,
-) -> None:
-    """Writes the ``train`` rows of ``config`` as Criteo lines, chunk by chunk."""
-    batches = make_dataset(config, "train", batch_size=config.chunk_size)
-    for features, labels in batches.as_numpy_iterator():
-        counts = np.floor(np.exp(2.0 * features[DENSE_FEATURE_NAME])).astype(np.int64)
-        integer_columns = np.where(
-            missing_rng.random(counts.shape) < _SYNTHETIC_MISSING_INTEGER_RATE,
-            "",
-            counts.astype(str).astype(object),
-        )
-        categorical_columns = np.stack(
-            [hex_tables[name][features[name]] for name in CATEGORICAL_FEATURE_NAMES],
-            axis=1,
-        )
-        categorical_columns[
-            missing_rng.random(categorical_columns.shape)
-            < _SYNTHETIC_MISSING_CATEGORICAL_RATE
-        ] = ""
-        label_column = labels.astype(np.int64).astype(str).astype(object).reshape(-1, 1)
-        rows = np.concatenate([label_column, integer_columns, categorical_columns], axis=1)
-        text.writelines("\t".join(row) + "\n" for row in rows.tolist())

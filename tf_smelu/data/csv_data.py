@@ -7,35 +7,33 @@ quotes are honoured.
 
 Columns
 -------
-* Label: ``label_column`` (default ``"label"``).  Its values must be 0 or 1
-  (``"1.0"`` is fine), unless ``label_threshold`` is given: then the label
-  is ``1.0`` where ``value >= label_threshold`` (e.g. ratings, dwell times).
-* Features: if neither ``categorical_columns`` nor ``dense_columns`` is
+* Label: `label_column` (default `"label"`).  Its values must be 0 or 1
+  (`"1.0"` is fine), unless `label_threshold` is given: then the label
+  is `1.0` where `value >= label_threshold` (e.g. ratings, dwell times).
+* Features: if neither `categorical_columns` nor `dense_columns` is
   given, every other column is used and its type inferred from all rows:
   a column whose non-empty values all parse as numbers is dense, any other
   is categorical.  **Numeric id columns (user ids, zip codes) are then taken
-  as dense**: name such columns in ``categorical_columns``.  If either list
-  is given, exactly the listed columns are used (a ``None`` list is empty)
+  as dense**: name such columns in `categorical_columns`.  If either list
+  is given, exactly the listed columns are used (a `None` list is empty)
   and the other columns are ignored.
-* Categorical columns become int64 ids: by default a
-  :class:`~tf_smelu.data.tabular.Vocabulary` of the *training* values
-  (popularity ranks, out-of-vocabulary id ``vocab_size - 1`` for values
-  first seen in the test split); with ``num_hash_buckets`` the stable hash
-  of :class:`~tf_smelu.data.tabular.HashBuckets` instead.  The empty string
-  is a value like any other.
+* Categorical columns become int64 ids: by default a `Vocabulary` of the
+  *training* values (popularity ranks, out-of-vocabulary id
+  `vocab_size - 1` for values first seen in the test split); with
+  `num_hash_buckets` the stable hash of `HashBuckets` instead.  The empty
+  string is a value like any other.
 * Dense columns are standardised with the mean and standard deviation of
   the training split; empty fields count as missing and become 0 (the
   training mean).  A file without dense columns gets one all-zero dense
-  column ``"constant_zero"``, because the models need a dense input.
+  column `"constant_zero"`, because the models need a dense input.
 
-The train/test split hashes the line number with the seed
-(:class:`~tf_smelu.data.tabular.SplitConfig`).
+The train/test split hashes the line number with the seed (`SplitConfig`).
 
-Errors: a missing file raises ``FileNotFoundError``; a missing label or
-feature column a ``ValueError`` listing the available columns; a row with the
+Errors: a missing file raises `FileNotFoundError`; a missing label or
+feature column a `ValueError` listing the available columns; a row with the
 wrong number of fields, a non-numeric value in a dense column or a bad label
-a :class:`~tf_smelu.data.tabular.MalformedRowError` with file and line (or,
-with ``on_error="skip"``, the row is skipped and counted).
+a `MalformedRowError` with file and line (or, with `on_error="skip"`, the
+row is skipped and counted).
 
 The whole file is held in memory as strings while it is parsed, so this
 loader is meant for files of up to a few million rows.
@@ -49,19 +47,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tf_smelu.validation import require_positive_int
-from tf_smelu.data.tabular import (
-    DEFAULT_TEST_FRACTION,
+from tf_smelu.data.encoding import (
     CategoricalEncoder,
     HashBuckets,
-    LoadedDataset,
     RawColumns,
+    Vocabulary,
+    encode_splits,
+)
+from tf_smelu.data.tabular import (
+    DEFAULT_TEST_FRACTION,
+    LoadedDataset,
     RowProblem,
     SkippedRows,
     SplitConfig,
-    Vocabulary,
     check_on_error,
-    encode_splits,
     log_skipped,
     parse_binary_label,
     parse_rows,
@@ -69,13 +68,14 @@ from tf_smelu.data.tabular import (
     require_column_count,
     require_file,
 )
+from tf_smelu.validation import require_positive_int
 
 DEFAULT_LABEL_COLUMN = "label"
 CONSTANT_DENSE_NAME = "constant_zero"
 
 
 def _parse_float(text: str) -> float:
-    """A number from a stripped field; empty (or ``nan``) means missing.
+    """A number from a stripped field; empty (or `nan`) means missing.
 
     Raises:
         ValueError: For text that is not a number, or an infinite one.
@@ -87,7 +87,7 @@ def _parse_float(text: str) -> float:
 
 
 def _float_column(values: np.ndarray) -> np.ndarray | None:
-    """The values as float64, or ``None`` if one is not a number."""
+    """The values as float64, or `None` if one is not a number."""
     try:
         return np.array([_parse_float(text) for text in values.tolist()], dtype=np.float64)
     except ValueError:
@@ -110,7 +110,7 @@ def _explicit_columns(
     categorical_columns: Sequence[str] | None,
     dense_columns: Sequence[str] | None,
 ) -> tuple[list[str], list[str]] | None:
-    """The requested feature columns, checked; ``None`` means "infer"."""
+    """The requested feature columns, checked; `None` means "infer"."""
     if categorical_columns is None and dense_columns is None:
         return None
     for argument, names in (
@@ -176,24 +176,24 @@ def load_csv(
         path: Plain or gzip CSV file with a header row.
         label_column: Name of the label column.
         categorical_columns: Categorical feature columns (see module
-            docstring for the inference when both lists are ``None``).
+            docstring for the inference when both lists are `None`).
         dense_columns: Numeric feature columns.
-        label_threshold: If given, ``label = value >= label_threshold``;
+        label_threshold: If given, `label = value >= label_threshold`;
             otherwise values must be 0 or 1.
         num_hash_buckets: Hash categorical values into this many ids per
             column instead of building training vocabularies.
-        item_column: Categorical column reported as ``item_field`` (for
-            popularity groups); ``None``: none.
-        delimiter: Column separator, e.g. ``"\\t"`` for TSV.
+        item_column: Categorical column reported as `item_field` (for
+            popularity groups); `None`: none.
+        delimiter: Column separator, e.g. `"\\t"` for TSV.
         test_fraction: Share of rows in the test split.
         seed: Seed of the split and of the row order.
-        max_train_examples: Cap on training rows; ``None``: all.
-        max_test_examples: Cap on test rows; ``None``: all.
-        on_error: ``"raise"`` or ``"skip"`` malformed rows.
+        max_train_examples: Cap on training rows; `None`: all.
+        max_test_examples: Cap on test rows; `None`: all.
+        on_error: `"raise"` or `"skip"` malformed rows.
 
     Returns:
-        :class:`~tf_smelu.data.tabular.LoadedDataset`; the categorical fields
-        and dense columns are named after the CSV columns.
+        `LoadedDataset`; the categorical fields and dense columns are named
+        after the CSV columns.
     """
     path = require_file(path)
     split = SplitConfig(test_fraction, seed, max_train_examples, max_test_examples)

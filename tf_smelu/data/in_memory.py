@@ -7,7 +7,7 @@ its own permutation of row indices costs one copy of the data, not R.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -17,7 +17,7 @@ def batched_dataset(
     features: Mapping[str, np.ndarray],
     labels: np.ndarray,
     batch_size: int,
-    order_seed: Optional[int] = None,
+    order_seed: int | None = None,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """`(features, labels)` batches; rows permuted by `order_seed` if given.

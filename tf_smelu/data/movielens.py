@@ -1,48 +1,47 @@
 """MovieLens ratings as CTR-style examples, via TensorFlow Datasets.
 
-Uses the TFDS datasets ``movielens/100k-ratings`` (100,000 ratings, 943
-users, 1,682 movies) and ``movielens/1m-ratings`` (1,000,209 ratings, 6,040
+Uses the TFDS datasets `movielens/100k-ratings` (100,000 ratings, 943
+users, 1,682 movies) and `movielens/1m-ratings` (1,000,209 ratings, 6,040
 users, ~3,900 movies), the two versions with user demographics.
 
 Download
 --------
 On first use TFDS downloads the ratings from https://files.grouplens.org
-(about 5 MB for 100k, 6 MB for 1m) and prepares them under ``data_dir``
-(default ``~/tensorflow_datasets``); later uses read the prepared copy and
+(about 5 MB for 100k, 6 MB for 1m) and prepares them under `data_dir`
+(default `~/tensorflow_datasets`); later uses read the prepared copy and
 need no network.  Without network access the first use fails with a
-:class:`MovieLensUnavailableError` saying so (after TFDS's own download
+`MovieLensUnavailableError` saying so (after TFDS's own download
 retries, which can take a few minutes); prepare the data on a connected
-machine and copy ``data_dir``, or pass ``download=False`` to fail at once
+machine and copy `data_dir`, or pass `download=False` to fail at once
 when the data is not prepared.
 
 Examples
 --------
 One example per rating.  Categorical fields (int64 ids), each encoded with a
-:class:`~tf_smelu.data.tabular.Vocabulary` built from the *training* split:
-ids are popularity ranks (0 = most frequent training value) and values never
-seen in training share the out-of-vocabulary id ``vocab_size - 1``:
+`Vocabulary` built from the *training* split: ids are popularity ranks
+(0 = most frequent training value) and values never seen in training share
+the out-of-vocabulary id `vocab_size - 1`:
 
-* ``user_id``, ``movie_id``;
-* ``movie_genre``: the *first* listed genre of the movie (a movie with no
+* `user_id`, `movie_id`;
+* `movie_genre`: the *first* listed genre of the movie (a movie with no
   genre gets its own value), a deliberately simple stand-in for the
   multi-genre list;
-* ``user_age``: TFDS ``bucketized_user_age`` (1, 18, 25, 35, 45, 50, 56);
-* ``user_occupation``: TFDS ``user_occupation_label`` (22 classes);
-* ``user_gender``.
+* `user_age`: TFDS `bucketized_user_age` (1, 18, 25, 35, 45, 50, 56);
+* `user_occupation`: TFDS `user_occupation_label` (22 classes);
+* `user_gender`.
 
 Dense features (float32, standardised with training mean and std):
-``timestamp`` (seconds since the epoch), ``hour_of_day`` and
-``day_of_week`` (UTC, Monday = 0) of the rating.
+`timestamp` (seconds since the epoch), `hour_of_day` and
+`day_of_week` (UTC, Monday = 0) of the rating.
 
-Labels: ``label="binary"`` (default) gives ``1.0`` for ratings
-``>= positive_rating`` (4 stars) and ``0.0`` otherwise, like a click;
-``label="rating"`` gives the star rating itself as float32, for regression
+Labels: `label="binary"` (default) gives `1.0` for ratings
+`>= positive_rating` (4 stars) and `0.0` otherwise, like a click;
+`label="rating"` gives the star rating itself as float32, for regression
 (not for the binary cross-entropy of the CTR models).
 
 Split: a rating goes to the test split by a seeded hash of
-``user_id/movie_id/timestamp`` (see
-:class:`~tf_smelu.data.tabular.SplitConfig`), so the split does not depend on
-the order in which TFDS yields the ratings.
+`user_id/movie_id/timestamp` (see `SplitConfig`), so the split does not
+depend on the order in which TFDS yields the ratings.
 """
 
 from __future__ import annotations
@@ -52,15 +51,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tf_smelu.data.encoding import RawColumns, Vocabulary, encode_splits
+from tf_smelu.data.tabular import DEFAULT_TEST_FRACTION, LoadedDataset, SplitConfig
 from tf_smelu.validation import require_in_range
-from tf_smelu.data.tabular import (
-    DEFAULT_TEST_FRACTION,
-    LoadedDataset,
-    RawColumns,
-    SplitConfig,
-    Vocabulary,
-    encode_splits,
-)
 
 VARIANTS: dict[str, str] = {
     "100k": "movielens/100k-ratings",
@@ -103,7 +96,7 @@ def _tfds_name(variant: str) -> str:
 
 
 def _load_tfds_ratings(name: str, data_dir: str | None, download: bool) -> tf.data.Dataset:
-    """``tfds.load`` of the single ``train`` split, with a clear offline error."""
+    """`tfds.load` of the single `train` split, with a clear offline error."""
     import tensorflow_datasets as tfds  # deferred: importing TFDS takes seconds
 
     try:
@@ -162,7 +155,7 @@ def _read_columns(dataset: tf.data.Dataset, name: str) -> dict[str, np.ndarray]:
 
 
 def _dense_columns(timestamps: np.ndarray) -> np.ndarray:
-    """``[n, 3]`` float64: timestamp, hour of day and weekday (UTC)."""
+    """`[n, 3]` float64: timestamp, hour of day and weekday (UTC)."""
     timestamps = timestamps.astype(np.int64)
     hour_of_day = (timestamps // _SECONDS_PER_HOUR) % 24
     day_of_week = (timestamps // _SECONDS_PER_DAY + _EPOCH_WEEKDAY) % 7
@@ -187,21 +180,20 @@ def load_movielens(
     the 1M ratings take about 200 MB while reading, 70 MB as examples.
 
     Args:
-        variant: ``"100k"`` or ``"1m"``.
-        label: ``"binary"``: ``rating >= positive_rating`` as 0/1;
-            ``"rating"``: the rating as float32.
+        variant: `"100k"` or `"1m"`.
+        label: `"binary"`: `rating >= positive_rating` as 0/1;
+            `"rating"`: the rating as float32.
         positive_rating: Threshold of the binary label.
         test_fraction: Share of ratings in the test split.
         seed: Seed of the split and of the row order.
         max_train_examples: Cap on training rows (a seeded random subset);
-            ``None``: all.
-        max_test_examples: Cap on test rows; ``None``: all.
-        data_dir: TFDS data directory; ``None``: TFDS's default.
+            `None`: all.
+        max_test_examples: Cap on test rows; `None`: all.
+        data_dir: TFDS data directory; `None`: TFDS's default.
         download: Let TFDS download and prepare the data if missing.
 
     Returns:
-        :class:`~tf_smelu.data.tabular.LoadedDataset`, ``item_field`` =
-        ``"movie_id"``.
+        `LoadedDataset`, `item_field` = `"movie_id"`.
 
     Raises:
         MovieLensUnavailableError: If the data is neither prepared nor

@@ -1,25 +1,26 @@
 """Building blocks shared by the real-data loaders (MovieLens, Criteo, CSV).
 
 Every loader turns raw records into the interface of the synthetic data
-(:mod:`tf_smelu.data.synthetic`): :class:`CTRExamples` blocks whose features
-dict maps each categorical field to int64 ids in ``[0, vocab_size)`` and
-:data:`DENSE_FEATURE_NAME` to float32 ``[n, num_dense]``, plus a
-:class:`FeatureSpec` for the models.  The common recipe is:
+(`tf_smelu.data.synthetic`): `CTRExamples` blocks whose features dict maps
+each categorical field to int64 ids in `[0, vocab_size)` and
+`DENSE_FEATURE_NAME` to float32 `[n, num_dense]`, plus a `FeatureSpec` for
+the models, returned together as a `LoadedDataset`.  The common recipe is:
 
-1. read raw columns (:class:`RawColumns`) and one *split key* per row;
-2. :meth:`SplitConfig.rows` assigns rows to train or test by a seeded hash of
+1. read raw columns (`tf_smelu.data.encoding.RawColumns`) and one *split
+   key* per row;
+2. `SplitConfig.rows` assigns rows to train or test by a seeded hash of
    their key, shuffles each split with the seed and caps its size;
-3. :func:`encode_splits` fits the categorical encoders (:class:`Vocabulary`,
-   :class:`HashBuckets`) and the dense :class:`Standardizer` on the training
-   rows only and applies them to both splits.
+3. `tf_smelu.data.encoding.encode_splits` fits the categorical encoders
+   (`Vocabulary`, `HashBuckets`) and the dense `Standardizer` on the
+   training rows only and applies them to both splits.
 
-Real data has no ground-truth click model, so ``CTRExamples.true_logits`` is
+Real data has no ground-truth click model, so `CTRExamples.true_logits` is
 all NaN for these loaders.
 
-Text files are read with :func:`read_delimited` (plain or gzip, detected from
-the magic bytes) and :func:`parse_rows`, which turns a row parser's
-:class:`RowProblem` into a :class:`MalformedRowError` naming the file and line,
-or skips and counts the row in :class:`SkippedRows`.
+Text files are read with `read_delimited` (plain or gzip, detected from the
+magic bytes) and `parse_rows`, which turns a row parser's `RowProblem` into a
+`MalformedRowError` naming the file and line, or skips and counts the row in
+`SkippedRows`.
 """
 
 from __future__ import annotations
@@ -30,21 +31,14 @@ import gzip
 import logging
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
+from tf_smelu.data.features import CTRExamples, FeatureSpec
 from tf_smelu.validation import require_in_range, require_non_negative_int, require_positive_int
-from tf_smelu.data.synthetic import (
-    DEFAULT_TRAFFIC_QUANTILES,
-    DENSE_FEATURE_NAME,
-    CategoricalFeature,
-    CTRExamples,
-    FeatureSpec,
-)
 
 _logger = logging.getLogger(__name__)
 
@@ -55,7 +49,12 @@ ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "skip")
 """What file loaders do with a malformed row: raise, or skip and count it."""
 
 MAX_REPORTED_ROWS = 5
-"""How many skipped rows :class:`SkippedRows` keeps (line number and reason)."""
+"""How many skipped rows `SkippedRows` keeps (line number and reason)."""
+
+DEFAULT_TRAFFIC_QUANTILES: tuple[float, ...] = (0.5, 0.9)
+"""Default head/torso/tail split of `popularity_buckets`: the most popular ids
+carrying the first 50% of the traffic are the head, the next 40% the torso,
+the last 10% the tail."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # Hash range of the train/test split: fine enough that test_fraction is
@@ -81,13 +80,13 @@ class LoadedDataset:
         train: Training examples (numpy, in a seeded random order).
         test: Held-out examples.
         feature_spec: Categorical fields with vocabulary sizes and
-            ``num_dense``, for :func:`tf_smelu.models.build_model`.
+            `num_dense`, for `tf_smelu.models.build_model`.
         dense_names: Name of each column of the dense feature matrix.
         item_field: Categorical field whose popularity defines head, torso
-            and tail items (see :func:`popularity_buckets`); ``None`` if the
+            and tail items (see `popularity_buckets`); `None` if the
             dataset has no natural item field.
         skipped_rows: Malformed rows skipped while reading a file
-            (``on_error="skip"``); ``None`` for sources that are not files.
+            (`on_error="skip"`); `None` for sources that are not files.
     """
 
     train: CTRExamples
@@ -96,12 +95,6 @@ class LoadedDataset:
     dense_names: tuple[str, ...]
     item_field: str | None = None
     skipped_rows: SkippedRows | None = None
-
-
-def make_examples(features: dict[str, np.ndarray], labels: np.ndarray) -> CTRExamples:
-    """:class:`CTRExamples` of real data: ``true_logits`` are unknown (NaN)."""
-    labels = np.asarray(labels, dtype=np.float32)
-    return CTRExamples(features, labels, np.full(labels.shape, np.nan, np.float32))
 
 
 # --------------------------------------------------------------------------
@@ -138,7 +131,7 @@ class SkippedRows:
 
     @property
     def line_numbers(self) -> list[int]:
-        """Line numbers of the first :data:`MAX_REPORTED_ROWS` skipped rows."""
+        """Line numbers of the first `MAX_REPORTED_ROWS` skipped rows."""
         return [line_number for line_number, _ in self.first]
 
     def summary(self) -> str:
@@ -161,7 +154,7 @@ def check_on_error(on_error: str) -> str:
 
 
 def require_column_count(fields: Sequence[str], expected: int, layout: str) -> None:
-    """Raises :class:`RowProblem` unless the row has ``expected`` columns."""
+    """Raises `RowProblem` unless the row has `expected` columns."""
     if len(fields) != expected:
         raise RowProblem(
             f"expected {expected} columns ({layout}), found {len(fields)}. "
@@ -172,7 +165,7 @@ def require_column_count(fields: Sequence[str], expected: int, layout: str) -> N
 def parse_binary_label(
     text: str, column: str, threshold: float | None = None, hint: str = ""
 ) -> float:
-    """A 0/1 label from text: must be 0 or 1, or ``>= threshold`` if given."""
+    """A 0/1 label from text: must be 0 or 1, or `>= threshold` if given."""
     try:
         value = float(text)
     except ValueError:
@@ -196,7 +189,7 @@ def parse_binary_label(
 
 
 def require_file(path: str | os.PathLike) -> str:
-    """``path`` as a string; raises ``FileNotFoundError`` if it is no file."""
+    """`path` as a string; raises `FileNotFoundError` if it is no file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Data file not found. Received: path={path!r}")
@@ -207,7 +200,7 @@ def open_text(path: str | os.PathLike) -> TextIO:
     """Opens a UTF-8 text file for the csv module, gunzipping if it is gzip.
 
     Gzip is detected from the magic bytes, not the suffix, so a compressed
-    file named ``.txt`` (or a plain one named ``.gz``) still reads correctly.
+    file named `.txt` (or a plain one named `.gz`) still reads correctly.
     """
     path = require_file(path)
     with open(path, "rb") as stream:
@@ -220,17 +213,17 @@ def open_text(path: str | os.PathLike) -> TextIO:
 def read_delimited(
     path: str | os.PathLike, *, delimiter: str, quoted: bool
 ) -> Iterator[tuple[int, list[str]]]:
-    """Yields ``(line_number, fields)`` of the non-blank rows of a file.
+    """Yields `(line_number, fields)` of the non-blank rows of a file.
 
     Args:
         path: Plain or gzip text file.
         delimiter: Column separator.
-        quoted: Honour CSV double quotes; ``False`` takes every character
+        quoted: Honour CSV double quotes; `False` takes every character
             literally (Criteo TSV).
 
     Line numbers are 1-based; for a quoted field spanning several lines it is
     the line where the row ends.  Problems the csv module cannot recover from
-    (e.g. a NUL byte) raise :class:`MalformedRowError` whatever ``on_error``.
+    (e.g. a NUL byte) raise `MalformedRowError` whatever `on_error`.
     """
     path = os.fspath(path)
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
@@ -255,11 +248,11 @@ def parse_rows(
     on_error: str,
     skipped: SkippedRows,
 ) -> Iterator[tuple[int, T]]:
-    """Applies ``parse_row`` to each row; handles its :class:`RowProblem` s.
+    """Applies `parse_row` to each row; handles its `RowProblem`s.
 
-    With ``on_error="raise"`` a problem raises :class:`MalformedRowError`
-    naming the file and line; with ``"skip"`` the row is left out and
-    recorded in ``skipped``.
+    With `on_error="raise"` a problem raises `MalformedRowError`
+    naming the file and line; with `"skip"` the row is left out and
+    recorded in `skipped`.
     """
     for line_number, fields in numbered_rows:
         try:
@@ -287,19 +280,19 @@ class SplitConfig:
     """Seeded, order-independent train/test split of keyed rows.
 
     A row goes to the test split iff a stable hash (FarmHash fingerprint via
-    ``tf.strings.to_hash_bucket_fast``) of ``"{seed}:{key}"`` falls in the
-    first ``test_fraction`` of the hash range.  The assignment of a row
+    `tf.strings.to_hash_bucket_fast`) of `"{seed}:{key}"` falls in the
+    first `test_fraction` of the hash range.  The assignment of a row
     depends only on its key and the seed, not on the other rows, the file
     order or the platform.  Each split is then put in a seeded random order
     (data files are often sorted by user or time, which would make
     consecutive training batches far from i.i.d.) and cut to at most
-    ``max_*_examples`` rows, a random subset.
+    `max_*_examples` rows, a random subset.
 
     Attributes:
         test_fraction: Expected share of rows in the test split, in (0, 1).
         seed: Seed of the split and of the row order.
-        max_train_examples: Cap on the training rows; ``None``: all.
-        max_test_examples: Cap on the test rows; ``None``: all.
+        max_train_examples: Cap on the training rows; `None`: all.
+        max_test_examples: Cap on the test rows; `None`: all.
     """
 
     test_fraction: float = DEFAULT_TEST_FRACTION
@@ -334,10 +327,10 @@ class SplitConfig:
         return buckets < round(self.test_fraction * _SPLIT_HASH_BUCKETS)
 
     def rows(self, keys: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
-        """Shuffled, capped row indices ``(train_rows, test_rows)``.
+        """Shuffled, capped row indices `(train_rows, test_rows)`.
 
         Raises:
-            ValueError: If a split is empty (too few rows in ``source``).
+            ValueError: If a split is empty (too few rows in `source`).
         """
         is_test = self.is_test(keys)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, _ROW_ORDER_STREAM]))
@@ -354,205 +347,6 @@ class SplitConfig:
 
 
 # --------------------------------------------------------------------------
-# Categorical encoders and dense standardisation.
-# --------------------------------------------------------------------------
-
-
-class CategoricalEncoder(Protocol):
-    """Maps raw categorical values to int64 ids in ``[0, vocab_size)``."""
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    def encode(self, values: np.ndarray) -> np.ndarray: ...
-
-
-class Vocabulary:
-    """Exact ids from the training values, most frequent first, OOV last.
-
-    Id ``r`` is the ``r``-th most frequent training value (ties broken by
-    value order, so the mapping is deterministic); values never seen in
-    training, e.g. new users in the test split, share the out-of-vocabulary
-    id ``vocab_size - 1``.  Like the synthetic data, ids are popularity
-    ranks.
-    """
-
-    def __init__(self, values_by_frequency: Sequence) -> None:
-        self._ids = {value: index for index, value in enumerate(values_by_frequency)}
-
-    @classmethod
-    def fit(cls, train_values: np.ndarray) -> Vocabulary:
-        unique, counts = np.unique(np.asarray(train_values), return_counts=True)
-        return cls(unique[np.argsort(-counts, kind="stable")].tolist())
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._ids) + 1
-
-    @property
-    def oov_id(self) -> int:
-        return len(self._ids)
-
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values)
-        oov_id = self.oov_id
-        return np.fromiter(
-            (self._ids.get(value, oov_id) for value in values.tolist()),
-            dtype=np.int64,
-            count=values.size,
-        )
-
-
-def hash_to_buckets(values: np.ndarray | Sequence[str], num_buckets: int) -> np.ndarray:
-    """Stable int64 bucket in ``[0, num_buckets)`` of each string.
-
-    ``tf.strings.to_hash_bucket_fast``: FarmHash Fingerprint64 modulo
-    ``num_buckets``, identical across processes, platforms and TF versions.
-    """
-    values = np.asarray(values, dtype=object)
-    if not values.size:
-        return np.zeros(values.shape, dtype=np.int64)
-    return tf.strings.to_hash_bucket_fast(values, num_buckets).numpy().astype(np.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class HashBuckets:
-    """Ids by stable hashing (:func:`hash_to_buckets`): no vocabulary, collisions.
-
-    Every value, seen in training or not, gets one of ``num_buckets`` ids.
-    """
-
-    num_buckets: int
-
-    def __post_init__(self) -> None:
-        require_positive_int("num_buckets", self.num_buckets)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.num_buckets
-
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        return hash_to_buckets(values, self.num_buckets)
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodedIds:
-    """Encoder of columns that already hold ids in ``[0, vocab_size)``.
-
-    Used when ids are computed while reading (e.g. hashing each chunk of a
-    large file), so the raw strings never need to be held in memory.
-    """
-
-    vocab_size: int
-
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(values, dtype=np.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class Standardizer:
-    """Per-column ``(x - mean) / std`` with statistics of the training rows.
-
-    Missing values (NaN) are ignored by the statistics and become 0, the
-    training mean, after the transform.  Constant columns keep std 1.
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, train_dense: np.ndarray) -> Standardizer:
-        train_dense = np.asarray(train_dense, dtype=np.float64)
-        with warnings.catch_warnings():
-            # An all-missing column has no mean; it is handled just below.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(train_dense, axis=0)
-            std = np.nanstd(train_dense, axis=0)
-        mean = np.where(np.isfinite(mean), mean, 0.0)
-        std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-        return cls(mean, std)
-
-    def transform(self, dense: np.ndarray) -> np.ndarray:
-        standardized = (np.asarray(dense, dtype=np.float64) - self.mean) / self.std
-        return np.nan_to_num(standardized, nan=0.0).astype(np.float32)
-
-
-# --------------------------------------------------------------------------
-# Raw columns -> encoded examples.
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RawColumns:
-    """Columns of a dataset before encoding, one entry per row.
-
-    Attributes:
-        categorical: Field name -> raw values (any hashable dtype, or ids
-            for :class:`EncodedIds`), in feature-spec order.
-        dense: ``[n, num_dense]`` float64, NaN where missing.
-        labels: ``[n]`` float labels.
-    """
-
-    categorical: dict[str, np.ndarray]
-    dense: np.ndarray
-    labels: np.ndarray
-
-    def take(self, rows: np.ndarray) -> RawColumns:
-        return RawColumns(
-            {name: values[rows] for name, values in self.categorical.items()},
-            self.dense[rows],
-            self.labels[rows],
-        )
-
-
-def encode_splits(
-    columns: RawColumns,
-    train_rows: np.ndarray,
-    test_rows: np.ndarray,
-    *,
-    fit_encoder: Callable[[str, np.ndarray], CategoricalEncoder],
-    standardize: bool,
-) -> tuple[CTRExamples, CTRExamples, FeatureSpec]:
-    """Fits encoders (and the standardizer) on the train rows, encodes both.
-
-    Args:
-        columns: Raw columns of all rows.
-        train_rows: Indices of the training rows, in training order.
-        test_rows: Indices of the test rows.
-        fit_encoder: ``(field name, training values) -> encoder``.
-        standardize: Standardise the dense columns with training statistics;
-            otherwise they are only cast to float32 (NaN -> 0).
-
-    Returns:
-        ``(train, test, feature_spec)``.
-    """
-    train, test = columns.take(train_rows), columns.take(test_rows)
-    encoders = {
-        name: fit_encoder(name, values) for name, values in train.categorical.items()
-    }
-    if standardize:
-        transform_dense = Standardizer.fit(train.dense).transform
-    else:
-        def transform_dense(dense: np.ndarray) -> np.ndarray:
-            return np.nan_to_num(dense, nan=0.0).astype(np.float32)
-
-    def encode(split: RawColumns) -> CTRExamples:
-        features = {
-            name: encoders[name].encode(values) for name, values in split.categorical.items()
-        }
-        features[DENSE_FEATURE_NAME] = transform_dense(split.dense)
-        return make_examples(features, split.labels)
-
-    feature_spec = FeatureSpec(
-        categorical=tuple(
-            CategoricalFeature(name, encoder.vocab_size) for name, encoder in encoders.items()
-        ),
-        num_dense=int(columns.dense.shape[1]),
-    )
-    return encode(train), encode(test), feature_spec
-
-
-# --------------------------------------------------------------------------
 # Popularity groups for evaluation.
 # --------------------------------------------------------------------------
 
@@ -564,21 +358,20 @@ def popularity_buckets(
 ) -> np.ndarray:
     """Popularity bucket (0 = head, ..., last = tail) of each id, from counts.
 
-    The empirical counterpart of
-    :func:`tf_smelu.data.synthetic.frequency_buckets`: ids are ranked by
-    their number of occurrences in ``train_ids``; bucket ``k`` is the
-    smallest set of most frequent ids carrying ``traffic_quantiles[k]`` of
-    the training traffic, minus the earlier buckets.  Ids absent from
-    ``train_ids`` fall in the tail.
+    Ids are ranked by their number of occurrences in `train_ids`; bucket
+    `k` is the smallest set of most frequent ids carrying
+    `traffic_quantiles[k]` of the training traffic, minus the earlier
+    buckets.  Ids absent from `train_ids` fall in the tail.  Works for any
+    dataset, synthetic or real, since it needs only the training ids.
 
     Args:
         train_ids: Non-negative int ids of the training examples (one field).
-        ids: Ids to classify, e.g. ``test.features[item_field]``.
+        ids: Ids to classify, e.g. `test.features[item_field]`.
         traffic_quantiles: Strictly increasing cumulative traffic shares in
-            ``(0, 1)``; ``len(traffic_quantiles) + 1`` buckets result.
+            `(0, 1)`; `len(traffic_quantiles) + 1` buckets result.
 
     Returns:
-        int64 array with the shape of ``ids``.
+        int64 array with the shape of `ids`.
     """
     quantiles = np.asarray(traffic_quantiles, dtype=np.float64)
     if (

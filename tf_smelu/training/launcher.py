@@ -34,7 +34,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Deque, List, Mapping, Optional, Sequence, TextIO
+from typing import TextIO
+from collections.abc import Mapping, Sequence
 
 import portpicker
 from absl import app, flags
@@ -59,9 +60,9 @@ class LauncherError(RuntimeError):
     def __init__(
         self,
         message: str,
-        exit_codes: List[Optional[int]],
-        pids: List[int],
-        log_tails: List[List[str]],
+        exit_codes: list[int | None],
+        pids: list[int],
+        log_tails: list[list[str]],
     ):
         super().__init__(message)
         self.exit_codes = exit_codes
@@ -93,7 +94,7 @@ class WorkerTimeoutError(LauncherError):
     """The workers did not all finish within the timeout; all were killed."""
 
 
-def cluster_spec(num_workers: int) -> List[str]:
+def cluster_spec(num_workers: int) -> list[str]:
     """`num_workers` localhost `host:port` addresses on currently unused ports."""
     if num_workers < 1:
         raise ValueError(f"`num_workers` must be >= 1. Received: num_workers={num_workers}")
@@ -113,14 +114,14 @@ class _Worker:
 
     index: int
     process: subprocess.Popen
-    tail: Deque[str] = dataclasses.field(
+    tail: collections.deque[str] = dataclasses.field(
         default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES)
     )
-    exit_code: Optional[int] = None
-    exited_at: Optional[float] = None
+    exit_code: int | None = None
+    exited_at: float | None = None
 
 
-def _stream_output(worker: _Worker, sink: Optional[TextIO], lock: threading.Lock) -> None:
+def _stream_output(worker: _Worker, sink: TextIO | None, lock: threading.Lock) -> None:
     """Copies a worker's output to `sink` line by line, remembering the tail."""
     prefix = f"[worker {worker.index}] "
     for line in worker.process.stdout:
@@ -194,11 +195,11 @@ def launch_workers(
     command: Sequence[str],
     num_workers: int,
     timeout: float,
-    env: Optional[Mapping[str, str]] = None,
-    cwd: Optional[str] = None,
-    output: Optional[TextIO] = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    output: TextIO | None = None,
     quiet: bool = False,
-) -> List[int]:
+) -> list[int]:
     """Runs `command` as `num_workers` localhost workers of one TF cluster.
 
     Args:
@@ -234,8 +235,8 @@ def launch_workers(
     sink = None if quiet else (output or sys.stdout)
     output_lock = threading.Lock()
     changed = threading.Event()
-    workers: List[_Worker] = []
-    threads: List[threading.Thread] = []
+    workers: list[_Worker] = []
+    threads: list[threading.Thread] = []
 
     def stop_and_describe() -> dict:
         _stop_all(workers, threads)  # joins the readers: complete log tails

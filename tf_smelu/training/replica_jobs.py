@@ -18,10 +18,10 @@ those predictions stacked `[R, N]` for the PD metrics
 
 Example (two 2-worker jobs under `stale`, about 30 s):
 
-    training = ClusterTraining(workers=2, steps=40, train_examples=2048,
-                               eval_examples=500, hidden_units=(16,))
+    config = TrainingConfig(steps=40, train_examples=2048, eval_examples=500,
+                            hidden_units=(16,), max_vocab_size=100)
     jobs = [ReplicaJob("smelu:0.4", "stale", r, run_dir="/tmp/jobs") for r in range(2)]
-    result = run_replica_jobs(training, jobs)
+    result = run_replica_jobs(config, jobs, workers=2)
     result.probabilities.shape  # (2, 500)
 """
 
@@ -31,111 +31,22 @@ import dataclasses
 import os
 import sys
 import time
-from typing import List, Optional, Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
 import numpy as np
 import tqdm
 
+from tf_smelu.training.config import TrainingConfig
+from tf_smelu.training.distributed import WorkerJob, worker_args
 from tf_smelu.training.launcher import LauncherError, launch_workers
+from tf_smelu.training.trainer import TrainerOptions
 from tf_smelu.training.updates import UPDATE_MODES
-from tf_smelu.validation import (
-    require_choice,
-    require_non_negative_int,
-    require_positive_int,
-    require_positive_number,
-)
+from tf_smelu.validation import require_choice, require_positive_int, require_positive_number
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 """Directory holding the `tf_smelu` package, put on the workers' PYTHONPATH
 so that a checkout works without installing it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterTraining:
-    """What every worker of every replica job trains (flags of the worker).
-
-    Attributes:
-        workers: Worker processes per job.
-        steps: Training steps per job (`epochs` unset).
-        epochs: Passes over the training rows; when set, each worker derives
-            the steps from the data it loaded (overrides `steps`).
-        per_replica_batch_size: Rows per worker per step.
-        learning_rate: Adam learning rate.
-        model: `"mlp"` or `"dcn"`.
-        hidden_units: MLP widths (the top MLP for `dcn`).
-        embedding_dim: Embedding width.
-        dataset: Dataset spec (`tf_smelu.data.load_dataset`); relative paths
-            are made absolute.
-        max_vocab_size: Synthetic data: caps every field's vocabulary (0: no
-            cap).
-        train_examples: Training rows (a cap for real data).
-        eval_examples: Held-out rows every job's chief predicts.
-        seed: Seed of the data (and the default of the per-job seeds).
-        max_delay: Largest gradient delay in steps (`stale`).
-        local_sgd_period: Steps between weight averages (`local_sgd`).
-        local_sgd_jitter: +- steps of jitter per averaging interval
-            (`local_sgd`): the source of its irreproducibility.
-        timeout: Seconds before a job is killed.
-    """
-
-    workers: int = 2
-    steps: int = 300
-    epochs: Optional[int] = None
-    per_replica_batch_size: int = 128
-    learning_rate: float = 2e-3
-    model: str = "mlp"
-    hidden_units: Sequence[int] = (64, 32)
-    embedding_dim: int = 8
-    dataset: str = "synthetic"
-    max_vocab_size: int = 1000
-    train_examples: int = 65_536
-    eval_examples: int = 20_000
-    seed: int = 0
-    max_delay: int = 4
-    local_sgd_period: int = 16
-    local_sgd_jitter: int = 4
-    timeout: float = 600.0
-
-    def __post_init__(self):
-        for name in ("workers", "steps", "per_replica_batch_size", "embedding_dim",
-                     "train_examples", "eval_examples", "local_sgd_period"):
-            require_positive_int(name, getattr(self, name))
-        if self.epochs is not None:
-            require_positive_int("epochs", self.epochs)
-        for name in ("max_delay", "local_sgd_jitter", "max_vocab_size"):
-            require_non_negative_int(name, getattr(self, name))
-        require_positive_number("learning_rate", self.learning_rate)
-        require_positive_number("timeout", self.timeout)
-        require_choice("model", self.model, ("mlp", "dcn"))
-        if not self.hidden_units:
-            raise ValueError("`hidden_units` must not be empty.")
-        for unit in self.hidden_units:
-            require_positive_int("hidden_units", unit)
-
-    def worker_flags(self) -> List[str]:
-        """The worker flags every job shares (no seeds, outputs or schedule)."""
-        from tf_smelu.data import parse_dataset_spec
-
-        spec = parse_dataset_spec(self.dataset)
-        dataset = f"{spec.kind}:{os.path.abspath(spec.path)}" if spec.path else spec.kind
-        if spec.label_column:
-            dataset += f"#{spec.label_column}"
-        length = [f"--epochs={self.epochs}"] if self.epochs else [f"--steps={self.steps}"]
-        return length + [
-            f"--per_replica_batch_size={self.per_replica_batch_size}",
-            f"--learning_rate={self.learning_rate!r}",
-            f"--model={self.model}",
-            f"--hidden_units={','.join(str(int(u)) for u in self.hidden_units)}",
-            f"--embedding_dim={self.embedding_dim}",
-            f"--dataset={dataset}",
-            f"--max_vocab_size={self.max_vocab_size}",
-            f"--num_examples={self.train_examples}",
-            f"--eval_examples={self.eval_examples}",
-            f"--seed={self.seed}",
-            f"--max_delay={self.max_delay}",
-            f"--local_sgd_period={self.local_sgd_period}",
-            f"--local_sgd_jitter={self.local_sgd_jitter}",
-        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,9 +68,9 @@ class ReplicaJob:
     update_mode: str
     replica: int
     run_dir: str
-    embedding_seed: Optional[int] = None
-    tower_seed: Optional[int] = None
-    order_seed: Optional[int] = None
+    embedding_seed: int | None = None
+    tower_seed: int | None = None
+    order_seed: int | None = None
     tag: str = ""
 
     def __post_init__(self):
@@ -174,29 +85,28 @@ class ReplicaJob:
         """`<run_dir>/<name><suffix>`, e.g. `path(".predictions.npy")`."""
         return os.path.join(self.run_dir, f"{self.name}{suffix}")
 
-    def command(self, training: ClusterTraining) -> List[str]:
+    def command(self, config: TrainingConfig) -> list[str]:
         """The command every worker of this job runs.
 
-        No `--schedule_seed`: each job's chief draws one from OS entropy.
+        The job's update mode replaces `config.update_mode`; the dataset's
+        path is made absolute, since workers may run in another directory.
+        With `config.schedule_seed` unset each job's chief draws one from OS
+        entropy.
         """
-        seeds = [
-            f"--{name}={value}"
-            for name, value in (("embedding_seed", self.embedding_seed),
-                                ("tower_seed", self.tower_seed),
-                                ("order_seed", self.order_seed))
-            if value is not None
-        ]
-        return [
-            sys.executable, "-m", "tf_smelu.training.distributed",
-            f"--activation={self.activation}",
-            f"--update_mode={self.update_mode}",
-            *training.worker_flags(),
-            *seeds,
-            "--log_every=0",
-            f"--output={self.path('.npz')}",
-            f"--predictions_out={self.path('.predictions.npy')}",
-            f"--labels_out={self.path('.labels.npy')}",
-        ]
+        config = dataclasses.replace(
+            config, update_mode=self.update_mode, dataset=config.dataset.absolute()
+        )
+        job = WorkerJob(
+            activation=self.activation,
+            embedding_seed=self.embedding_seed,
+            tower_seed=self.tower_seed,
+            order_seed=self.order_seed,
+            output=self.path(".npz"),
+            predictions_out=self.path(".predictions.npy"),
+            labels_out=self.path(".labels.npy"),
+        )
+        return [sys.executable, "-m", "tf_smelu.training.distributed",
+                *worker_args(config, job, TrainerOptions(log_every=0))]
 
 
 class ReplicaJobError(RuntimeError):
@@ -212,16 +122,20 @@ def worker_environment() -> dict:
 
 
 def run_replica_job(
-    training: ClusterTraining,
+    config: TrainingConfig,
     job: ReplicaJob,
+    workers: int = 2,
+    timeout: float = 3600.0,
     extra_flags: Sequence[str] = (),
-    output: Optional[TextIO] = None,
+    output: TextIO | None = None,
 ) -> float:
     """Runs one replica job to completion; returns its wall time in seconds.
 
     Args:
-        training: What the workers train.
+        config: What the workers train.
         job: The replica.
+        workers: Worker processes of the job.
+        timeout: Seconds before the job is killed.
         extra_flags: More worker flags (e.g. checkpoints, fault injection).
         output: Where the prefixed worker lines go; default the job's log
             file `job.path(".log")`.
@@ -230,14 +144,17 @@ def run_replica_job(
         ReplicaJobError: A worker failed or the job timed out (all workers
             are stopped either way).
     """
+    require_positive_int("workers", workers)
+    require_positive_number("timeout", timeout)
+    config.per_worker_batch_size(workers)  # the global batch must split evenly
     os.makedirs(job.run_dir, exist_ok=True)
     log_path = job.path(".log")
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         try:
             launch_workers(
-                job.command(training) + list(extra_flags), training.workers,
-                timeout=training.timeout, env=worker_environment(), cwd=os.getcwd(),
+                job.command(config) + list(extra_flags), workers,
+                timeout=timeout, env=worker_environment(), cwd=os.getcwd(),
                 output=output or log,
             )
         except LauncherError as error:
@@ -259,20 +176,24 @@ class ReplicaJobsResult:
 
     probabilities: np.ndarray
     labels: np.ndarray
-    seconds: List[float]
+    seconds: list[float]
 
 
 def run_replica_jobs(
-    training: ClusterTraining,
+    config: TrainingConfig,
     jobs: Sequence[ReplicaJob],
+    workers: int = 2,
+    timeout: float = 3600.0,
     progress: bool = True,
     verbose: bool = False,
 ) -> ReplicaJobsResult:
     """Runs `jobs` one after the other; returns their held-out predictions.
 
     Args:
-        training: What every job trains.
+        config: What every job trains.
         jobs: The replicas of one result row (same held-out rows).
+        workers: Worker processes per job.
+        timeout: Seconds before a job is killed.
         progress: Show a progress bar over the jobs.
         verbose: Stream the workers' lines to stdout instead of log files.
     """
@@ -282,7 +203,8 @@ def run_replica_jobs(
     bar = tqdm.tqdm(jobs, desc=f"{jobs[0].activation} {jobs[0].update_mode}", unit="job",
                     disable=not progress, leave=False)
     for job in bar:
-        seconds.append(run_replica_job(training, job, output=sys.stdout if verbose else None))
+        seconds.append(run_replica_job(config, job, workers, timeout,
+                                       output=sys.stdout if verbose else None))
         bar.set_postfix(last=f"{seconds[-1]:.0f}s")
     probabilities = np.stack([np.load(job.path(".predictions.npy")) for job in jobs])
     labels = np.load(jobs[0].path(".labels.npy"))

@@ -12,45 +12,17 @@ model (initial weights), its dataset (data order) and its delay schedule
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Dict, List, Optional, Sequence, Union
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.updates import IN_PROCESS_UPDATE_MODES, DelayedGradients
-from tf_smelu.validation import require_choice, require_positive_number
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How every replica is trained.
-
-    Attributes:
-        epochs: Passes over the training data.
-        learning_rate: Adam learning rate.
-        update_mode: "sync" or "stale" (see `tf_smelu.training.updates`).
-        max_delay: Largest gradient delay in steps for "stale".
-        jit_compile: Compile the step with XLA (faster on CPU; off by default
-            because XLA may reorder floating-point work).
-    """
-
-    epochs: int = 1
-    learning_rate: float = 1e-3
-    update_mode: str = "sync"
-    max_delay: int = 4
-    jit_compile: bool = False
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"`epochs` must be >= 1. Received: epochs={self.epochs}")
-        require_positive_number("learning_rate", self.learning_rate)
-        require_choice("update_mode", self.update_mode, IN_PROCESS_UPDATE_MODES)
-        if self.max_delay < 0:
-            raise ValueError(f"`max_delay` must be >= 0. Received: max_delay={self.max_delay}")
+from tf_smelu.validation import require_choice
 
 
 def _binary_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -58,7 +30,7 @@ def _binary_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
 
-def _zip_replica_batches(datasets: Union[tf.data.Dataset, Sequence[tf.data.Dataset]], replicas: int):
+def _zip_replica_batches(datasets: tf.data.Dataset | Sequence[tf.data.Dataset], replicas: int):
     """One element per step: a tuple of R (features, labels) batches."""
     if isinstance(datasets, tf.data.Dataset):
         # Same data order for every replica: read each batch once.
@@ -76,7 +48,9 @@ class ReplicaTrainer:
 
     Args:
         models: The R replicas, already built (weights created).
-        config: Training settings.
+        config: Training settings: `epochs` (or `steps`), `learning_rate`,
+            `update_mode` ("sync" or "stale"), `max_delay`, `jit_compile`.
+            The data's batch size is the caller's.
         delay_schedules: For "stale", one int array of per-step delays per
             replica (see `updates.delay_schedule`), at least as long as the
             number of steps.
@@ -85,9 +59,10 @@ class ReplicaTrainer:
     def __init__(
         self,
         models: Sequence[keras.Model],
-        config: TrainConfig,
-        delay_schedules: Optional[Sequence[np.ndarray]] = None,
+        config: TrainingConfig,
+        delay_schedules: Sequence[np.ndarray] | None = None,
     ):
+        require_choice("update_mode", config.update_mode, IN_PROCESS_UPDATE_MODES)
         if not models:
             raise ValueError("`models` must hold at least one model.")
         self.models = list(models)
@@ -95,7 +70,7 @@ class ReplicaTrainer:
         self.optimizers = [keras.optimizers.Adam(config.learning_rate) for _ in self.models]
         for model, optimizer in zip(self.models, self.optimizers):
             optimizer.build(model.trainable_variables)
-        self.delayed: Optional[List[DelayedGradients]] = None
+        self.delayed: list[DelayedGradients] | None = None
         self.delay_schedules = None
         if config.update_mode == "stale":
             if delay_schedules is None or len(delay_schedules) != len(self.models):
@@ -124,12 +99,15 @@ class ReplicaTrainer:
 
     def fit(
         self,
-        datasets: Union[tf.data.Dataset, Sequence[tf.data.Dataset]],
-        steps_per_epoch: Optional[int] = None,
+        datasets: tf.data.Dataset | Sequence[tf.data.Dataset],
+        steps_per_epoch: int | None = None,
         progress: bool = True,
         description: str = "train",
-    ) -> Dict[str, object]:
-        """Runs `config.epochs` epochs over batched `(features, labels)` data.
+    ) -> dict[str, object]:
+        """Runs `config.epochs` epochs (or `config.steps` steps) over batched data.
+
+        With `config.steps` set the data repeats as needed and the whole run
+        counts as one epoch.
 
         Args:
             datasets: One dataset (every replica sees the same batches) or one
@@ -147,12 +125,16 @@ class ReplicaTrainer:
         if steps_per_epoch is None:
             cardinality = int(zipped.cardinality())
             steps_per_epoch = cardinality if cardinality > 0 else None
-        total = steps_per_epoch * self.config.epochs if steps_per_epoch else None
+        epochs = self.config.epochs
+        if self.config.steps is not None:
+            zipped = zipped.repeat().take(self.config.steps)
+            steps_per_epoch, epochs = self.config.steps, 1
+        total = steps_per_epoch * epochs if steps_per_epoch else None
         replicas = len(self.models)
         step = 0
         start = time.perf_counter()
         with tqdm(total=total, desc=description, disable=not progress, unit="step") as bar:
-            for _ in range(self.config.epochs):
+            for _ in range(epochs):
                 loss_sum = np.zeros(replicas)
                 epoch_steps = 0
                 for batches in zipped.prefetch(2):

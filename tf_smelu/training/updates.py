@@ -15,7 +15,7 @@ wall-clock races of a real cluster give).
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -29,7 +29,7 @@ IN_PROCESS_UPDATE_MODES = UPDATE_MODES[:2]
 """The modes of the in-process replica harness (`tf_smelu.training.replicas`)."""
 
 
-def delay_schedule(num_steps: int, max_delay: int, schedule_seed: Optional[int]) -> np.ndarray:
+def delay_schedule(num_steps: int, max_delay: int, schedule_seed: int | None) -> np.ndarray:
     """Per-step gradient delays in `[0, max_delay]` (int32, length `num_steps`).
 
     Args:
@@ -41,6 +41,21 @@ def delay_schedule(num_steps: int, max_delay: int, schedule_seed: Optional[int])
         raise ValueError(f"`max_delay` must be >= 0. Received: max_delay={max_delay}")
     rng = np.random.default_rng(schedule_seed)
     return rng.integers(0, max_delay + 1, size=num_steps, dtype=np.int32)
+
+
+def averaging_steps(num_steps: int, period: int, jitter: int, seed: int) -> list[int]:
+    """Step counts after which local SGD averages the weights (ends with `num_steps`).
+
+    Intervals are `period + U{-jitter..jitter}`, at least 1, drawn from
+    `seed`, so every worker computes the same list.
+    """
+    rng = np.random.default_rng(seed)
+    steps, done = [], 0
+    while True:
+        done += max(1, period + int(rng.integers(-jitter, jitter + 1)))
+        if done >= num_steps:
+            return steps + [num_steps]
+        steps.append(done)
 
 
 class DelayedGradients:
@@ -56,7 +71,7 @@ class DelayedGradients:
         if max_delay < 0:
             raise ValueError(f"`max_delay` must be >= 0. Received: max_delay={max_delay}")
         self.num_slots = max_delay + 1
-        self.buffers: List[tf.Variable] = [
+        self.buffers: list[tf.Variable] = [
             tf.Variable(
                 tf.zeros([self.num_slots, *v.shape], v.dtype),
                 trainable=False,
@@ -65,7 +80,7 @@ class DelayedGradients:
             for i, v in enumerate(variables)
         ]
 
-    def push_and_pop(self, grads, step: tf.Tensor, delay: tf.Tensor) -> List[tf.Tensor]:
+    def push_and_pop(self, grads, step: tf.Tensor, delay: tf.Tensor) -> list[tf.Tensor]:
         """Stores `grads` for step `step + delay`; returns what is due at `step`."""
         slot_in = tf.math.floormod(step + tf.cast(delay, step.dtype), self.num_slots)
         slot_out = tf.math.floormod(step, self.num_slots)

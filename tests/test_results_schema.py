@@ -1,0 +1,169 @@
+"""docs/results.schema.json: a valid schema that the committed results match and that has teeth.
+
+Tests that run an experiment check their own results.json with the
+`validate_results` fixture of conftest.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+
+import pytest
+from jsonschema import Draft202012Validator
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+SCHEMA_PATH = DOCS / "results.schema.json"
+COMMITTED = sorted(DOCS.glob("*_results.json"))
+DELETE = object()
+
+
+def _schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _errors(content: dict) -> list[str]:
+    return [error.message for error in Draft202012Validator(_schema()).iter_errors(content)]
+
+
+def _with_row(**changes) -> dict:
+    """The first committed row of docs/default_results.json with `changes` (`DELETE`: drop)."""
+    content = json.loads((DOCS / "default_results.json").read_text(encoding="utf-8"))
+    row = copy.deepcopy(content["results"][0])
+    for key, value in changes.items():
+        if value is DELETE:
+            del row[key]
+        else:
+            row[key] = value
+    content["results"] = [row]
+    return content
+
+
+def test_schema_is_a_valid_draft_2020_12_schema():
+    schema = _schema()
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] and schema["title"] and schema["description"]
+
+
+def test_every_property_is_documented():
+    # The schema is the file's user-facing documentation.
+    undocumented = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for name, child in node.get("properties", {}).items():
+                if "description" not in child:
+                    undocumented.append(f"{where}/{name}")
+            for key, child in node.items():
+                if key not in ("if", "then"):  # conditions restate documented properties
+                    walk(child, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, f"{where}/{index}")
+
+    walk(_schema(), "")
+    assert not undocumented
+
+
+def test_the_committed_results_are_found():
+    # Without this a broken glob would make the parametrized test below vanish.
+    assert len(COMMITTED) >= 3, COMMITTED
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_committed_results_match_the_schema(path, validate_results):
+    validate_results(path)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_committed_row_fields_are_all_documented(path):
+    # Rows may carry undocumented fields (additionalProperties), but the ones
+    # this repository writes should be in the schema.
+    documented = set(_schema()["$defs"]["row"]["properties"])
+    rows = json.loads(path.read_text(encoding="utf-8"))["results"]
+    assert {key for row in rows for key in row} <= documented
+
+
+def test_an_undefined_interval_is_null_for_two_replicas():
+    content = _with_row(replicas=2, rel_pd_ci=[None, None], rel_pd_std=None)
+    assert _errors(content) == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"rel_pd": DELETE},
+        {"abs_pd": -0.01},
+        {"rel_pd": -0.01},
+        {"rel_pd": 2.5},
+        {"replicas": 1},
+        {"replicas": 2.5},
+        {"sources": ["tower"]},
+        {"sources": ["update:async"]},
+        {"sources": ["update:sync", "update:stale"]},
+        {"sources": "tower_init"},
+        {"rel_pd_ci": [0.01, None]},
+        {"rel_pd_ci": [0.01]},
+        {"auc_mean": 1.2},
+        {"activation": "SmeLU"},
+        {"activation": "smelu", "beta": 0.0},
+        {"update_mode": "async"},
+        {"rel_pd_by_group": {"item_head": {"rel_pd": 0.1, "rel_pd_ci": [0.0, 0.2]}}},
+    ],
+    ids=lambda changes: repr(changes).replace(repr(DELETE), "DELETE"),
+)
+def test_schema_rejects_a_bad_row(changes):
+    assert _errors(_with_row(**changes))
+
+
+def test_schema_ties_beta_to_known_activations():
+    assert _errors(_with_row(activation="relu", beta=0.5))
+    content = _with_row(activation="smelu")  # the base row has beta null
+    assert _errors(content)
+    # Unknown (e.g. user-registered) activations may or may not take a beta.
+    assert _errors(_with_row(activation="my_activation", beta=0.5)) == []
+
+
+def test_schema_rejects_a_file_without_environment_or_with_unknown_top_level_keys():
+    content = _with_row()
+    del content["environment"]
+    assert _errors(content)
+    content = _with_row()
+    content["extra"] = 1
+    assert _errors(content)
+
+
+def test_validate_results_reports_the_failing_path(tmp_path, validate_results):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_with_row(abs_pd=-0.5)), encoding="utf-8")
+    with pytest.raises(pytest.fail.Exception, match=r"results/0/abs_pd: -0\.5 is less than"):
+        validate_results(path)
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_rows_the_code_writes_match_the_schema(tmp_path, validate_results, replicas):
+    """`summarize_predictions` + `write_results` without training (fast); R = 2 writes nulls."""
+    import numpy as np
+
+    from tf_smelu import experiment, registry
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(400) < 0.3).astype(np.float64)
+    probabilities = np.clip(0.3 + 0.1 * rng.standard_normal((replicas, 400)), 0.01, 0.99)
+    groups = {"item_head": np.arange(400) < 300, "item_tail": np.arange(400) >= 300}
+    in_process = experiment.summarize_predictions(
+        registry.Activation.parse("smelu:0.4"), ["tower_init"], probabilities, labels,
+        eval_groups=groups,
+    )
+    in_process.update(train_loss=[0.5] * replicas, train_seconds=1.0, steps=10, update_mode="sync")
+    multi_worker = experiment.summarize_predictions(
+        registry.Activation.parse("relu"), ["update:local_sgd"], probabilities, labels,
+    )
+    multi_worker.update(train_seconds=2.0, update_mode="local_sgd", workers=2)
+    path = experiment.write_results(
+        str(tmp_path), {"replicas": replicas, "hidden_units": ["8"]}, [in_process, multi_worker]
+    )
+    rows = validate_results(path)["results"]
+    assert (rows[0]["rel_pd_ci"] == [None, None]) == (replicas == 2)

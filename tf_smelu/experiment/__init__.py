@@ -1,0 +1,61 @@
+"""The replica experiment: accuracy and prediction difference per activation.
+
+For each activation (and beta) and each set of irreproducibility sources, R
+replicas are trained that are identical except for the sources switched on,
+then evaluated on the same held-out examples; each result row holds their
+accuracy next to their prediction difference with a confidence interval
+(`docs/results.schema.json` documents the rows).
+
+Modules, in the order data flows through them:
+
+* `config`: `CTRExperimentConfig`, what to compare and how to train.
+* `seeds`: the sources of irreproducibility and the seeds they vary.
+* `harness`: `run_replicas` for any `model_fn` and data (measure your own
+  model), `summarize_predictions` for predictions made elsewhere.
+* `runner`: `run_ctr_experiment`, the main job's configuration in this
+  process or as one multi-worker job per replica.
+* `report`: `results.json`, the text tables and `tradeoff.png`.
+"""
+
+from tf_smelu.experiment.config import CTRExperimentConfig
+from tf_smelu.experiment.harness import run_replicas, summarize_predictions
+from tf_smelu.experiment.report import (
+    environment,
+    format_group_table,
+    format_table,
+    plot_tradeoff,
+    report,
+    write_results,
+)
+from tf_smelu.experiment.runner import (
+    item_popularity_groups,
+    run_ctr_experiment,
+    run_multiworker_experiment,
+)
+from tf_smelu.experiment.seeds import (
+    SOURCES,
+    ReplicaSeeds,
+    op_determinism,
+    parse_sources,
+    replica_seeds,
+)
+
+__all__ = [
+    "CTRExperimentConfig",
+    "ReplicaSeeds",
+    "SOURCES",
+    "environment",
+    "format_group_table",
+    "format_table",
+    "item_popularity_groups",
+    "op_determinism",
+    "parse_sources",
+    "plot_tradeoff",
+    "replica_seeds",
+    "report",
+    "run_ctr_experiment",
+    "run_multiworker_experiment",
+    "run_replicas",
+    "summarize_predictions",
+    "write_results",
+]

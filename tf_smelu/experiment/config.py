@@ -1,0 +1,155 @@
+"""The replica experiment's configuration: what to compare, and how to train.
+
+`CTRExperimentConfig` holds what the experiment compares (activations,
+source sets, update modes, replicas) and one `TrainingConfig` that every
+replica trains with. The main job's flags are generated from both
+(`tf_smelu.cli`), so a default is written once, in the dataclass field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from tf_smelu.experiment.seeds import IN_PROCESS_ONLY_SOURCES, SOURCES, parse_sources
+from tf_smelu.registry import Activation, activation_help
+from tf_smelu.training.config import TrainingConfig, as_flag_dict, check_fields, option
+from tf_smelu.training.updates import UPDATE_MODES
+
+TRAINING_FIELDS_SET_BY_THE_EXPERIMENT = ("update_mode", "schedule_seed")
+"""`TrainingConfig` fields the experiment sets per row (no flag of their own):
+the update mode comes from the row, the schedule seed from each replica."""
+
+
+def _parse_activations(texts) -> tuple[Activation, ...]:
+    if not texts:
+        raise ValueError("`activations` must name at least one activation.")
+    return tuple(t if isinstance(t, Activation) else Activation.parse(t) for t in texts)
+
+
+def _parse_source_sets(texts) -> tuple[tuple[str, ...], ...]:
+    if not texts:
+        raise ValueError("`sources` must name at least one source set ('none' for the control).")
+    return tuple(parse_sources(text) for text in texts)
+
+
+@dataclasses.dataclass(frozen=True)
+class CTRExperimentConfig:
+    """The main job's experiment: activations, sources, replicas and training.
+
+    Rows: one per (source set, activation) in process; with multi-worker jobs
+    (`workers > 1` or any `update_mode`) one per (source set, update mode,
+    activation), each replica a job of `workers` processes on localhost.
+
+    Build one from flat keyword values with `CTRExperimentConfig.from_dict`
+    (training fields go to `training`).
+
+    Attributes:
+        activations: Specs to compare (parsed into `Activation`s).
+        sources: Source sets, one row each; within a set sources are joined
+            with `+`; `"none"` varies nothing (the control).
+        replicas: Replicas R per row, `>= 2`.
+        update_mode: Update modes of multi-worker rows (empty: in process).
+        workers: Processes per replica job (`> 1`: multi-worker jobs).
+        job_timeout: Seconds before a replica job is killed.
+        progress: Show progress bars.
+        work_dir: Where replica jobs write weights, predictions and logs
+            (`None`: a new temporary directory, kept and logged).
+        training: How every replica is trained.
+    """
+
+    activations: tuple[Activation, ...] = option(
+        ("relu", "smelu:0.2", "smelu:0.4", "smelu:0.6", "gelu"),
+        lambda: f"Activations to compare, comma-separated: {activation_help()}.",
+        check=_parse_activations)
+    sources: tuple[str, ...] = option(
+        ("tower_init",),
+        f"Sets of irreproducibility sources ({', '.join(SOURCES)}), one result row per "
+        "activation and set. Within a set join sources with '+', e.g. init+order; 'none' "
+        "varies nothing (the control).", check=_parse_source_sets)
+    replicas: int = option(8, "Replicas R per row (>= 2).", minimum=2)
+    update_mode: tuple[str, ...] = option(
+        (), f"Update modes, one row each ({', '.join(UPDATE_MODES)}); given, every replica runs "
+        "as a multi-worker job (see --workers) whose schedule comes from OS entropy. Empty: "
+        "the in-process harness (sync with --workers=1).", choices=UPDATE_MODES)
+    workers: int = option(
+        1, "Worker processes per replica: > 1 trains every replica as its own "
+        "MultiWorkerMirroredStrategy job on localhost.", minimum=1)
+    job_timeout: int = option(
+        3600, "Seconds before a multi-worker replica job is killed.", minimum=1)
+    progress: bool = option(True, "Show progress bars.")
+    work_dir: str | None = option(None, "Replica jobs' directory.", flag=False)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+    def __post_init__(self):
+        for name in ("activations", "sources", "update_mode"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                raise ValueError(f"`{name}` must be a sequence. Received: {name}={value!r}")
+            object.__setattr__(self, name, tuple(value))
+        check_fields(self)
+        object.__setattr__(self, "activations", _parse_activations(self.activations))
+        if not isinstance(self.training, TrainingConfig):
+            raise ValueError(f"`training` must be a TrainingConfig. Received: {self.training!r}")
+        if self.multi_worker:
+            self._check_multi_worker()
+        elif self.training.update_mode == "local_sgd":
+            raise ValueError("update_mode=local_sgd needs multi-worker jobs (`update_mode`).")
+
+    def _check_multi_worker(self) -> None:
+        # Any set that names one: every row must be runnable.
+        in_process_only = sorted(set(IN_PROCESS_ONLY_SOURCES) & set().union(*self.source_sets))
+        if in_process_only:
+            raise ValueError(
+                f"Source(s) {in_process_only} exist only in the in-process harness; with "
+                "multi-worker jobs use update_mode=stale, and op determinism is not set "
+                f"there. Received: sources={list(self.sources)}"
+            )
+        self.training.per_worker_batch_size(self.workers)
+        if self.training.jit_compile:
+            raise ValueError("`jit_compile` is not supported with multi-worker jobs.")
+
+    @property
+    def source_sets(self) -> tuple[tuple[str, ...], ...]:
+        """`sources`, parsed: e.g. `(("tower_init",), ("order", "init"))`."""
+        return _parse_source_sets(self.sources)
+
+    @property
+    def multi_worker(self) -> bool:
+        """Whether each replica runs as its own multi-worker job.
+
+        True with `workers > 1` or any `update_mode` (then every row is also
+        per update mode; `workers > 1` alone means `sync`).
+        """
+        return self.workers > 1 or bool(self.update_mode)
+
+    @property
+    def update_modes(self) -> tuple[str, ...]:
+        """The update modes of the rows: `update_mode`, or `("sync",)`."""
+        return self.update_mode or ("sync",)
+
+    def to_dict(self) -> dict[str, object]:
+        """Flat, JSON-ready values of every flag field (the inverse of `from_dict`)."""
+        return {**as_flag_dict(self), "activations": [str(a) for a in self.activations],
+                **as_flag_dict(self.training, exclude=TRAINING_FIELDS_SET_BY_THE_EXPERIMENT)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> CTRExperimentConfig:
+        """Takes the fields it knows from flat `values` (e.g. all of a program's flags).
+
+        Names of `TrainingConfig` fields go to `training`, except those the
+        experiment sets per row; other unknown names (e.g. `output_dir`) are
+        ignored.
+        """
+        own = {f.name for f in dataclasses.fields(cls)} - {"training"}
+        trained = {f.name for f in dataclasses.fields(TrainingConfig)} - set(
+            TRAINING_FIELDS_SET_BY_THE_EXPERIMENT)
+        training = values.get("training") or TrainingConfig(
+            **{k: _as_field_value(v) for k, v in values.items() if k in trained})
+        return cls(**{k: _as_field_value(v) for k, v in values.items() if k in own},
+                   training=training)
+
+
+def _as_field_value(value):
+    """Lists (as flags give them) become tuples (as frozen fields hold them)."""
+    return tuple(value) if isinstance(value, list) else value

@@ -1,0 +1,339 @@
+"""The one training configuration, and absl flags generated from dataclasses.
+
+`TrainingConfig` says how a model is trained, identically in the in-process
+replica harness (`tf_smelu.training.replicas`), in every replica job
+(`tf_smelu.training.replica_jobs`) and in the worker program
+(`tf_smelu.training.distributed`). Its defaults exist only here.
+
+Command lines are generated from dataclasses, so flags cannot drift from the
+fields: `define_flags(TrainingConfig)` defines one flag per field (type,
+default, help, bounds and choices from the field), `from_flags` builds the
+dataclass back from parsed flags, and `to_args` writes the command-line
+arguments that reproduce a value (`from_flags` of `to_args(config)` is
+`config` again; `tests/test_training_config.py` checks every field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+
+from absl import flags
+
+from tf_smelu.data.sources import DATASET_SPEC_HELP, DatasetSpec, parse_dataset_spec, vocab_cap
+from tf_smelu.training.updates import UPDATE_MODES
+from tf_smelu.validation import require_choice
+
+MODELS = ("mlp", "dcn")
+"""Model names of `tf_smelu.models.build_model`."""
+
+
+def option(
+    default,
+    help: str,
+    *,
+    minimum: float | None = None,
+    positive: bool = False,
+    choices: Iterable[str] | None = None,
+    check: Callable[[object], object] | None = None,
+    flag: bool = True,
+):
+    """A dataclass field that carries its flag's help text and checks.
+
+    Args:
+        default: The default (the only place it is written).
+        help: One sentence for `--help`, or a function returning it (for
+            help that lists what is registered when the flag is defined).
+        minimum: Smallest allowed value (numbers).
+        positive: The value must be finite and `> 0` (numbers).
+        choices: Allowed values (strings, or each element of a tuple).
+        check: Called with the whole value; raises ValueError if it is bad.
+        flag: Whether `define_flags` makes a flag of it.
+    """
+    metadata = dict(help=help, minimum=minimum, positive=positive, check=check,
+                    choices=tuple(choices) if choices is not None else None, flag=flag)
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("Use a tuple for sequence defaults: fields are immutable.")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_field(field: dataclasses.Field, value) -> None:
+    """Raises ValueError when `value` breaks the checks of `field`'s `option`."""
+    name, meta = field.name, field.metadata
+    if meta.get("check") is not None and value is not None:
+        meta["check"](value)
+    values = value if isinstance(value, tuple) else (value,)
+    for item in values:
+        if item is None:
+            continue
+        if meta.get("choices") is not None:
+            require_choice(name, item, meta["choices"])
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"`{name}` must be finite. Received: {name}={item!r}")
+            if meta.get("positive") and not item > 0:
+                raise ValueError(f"`{name}` must be > 0. Received: {name}={item!r}")
+            minimum = meta.get("minimum")
+            if minimum is not None and item < minimum:
+                raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={item!r}")
+
+
+def check_fields(instance) -> None:
+    """Runs `check_field` on every field of a dataclass instance."""
+    for field in dataclasses.fields(instance):
+        check_field(field, getattr(instance, field.name))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """How a CTR model is trained: data, model, optimizer and update mode.
+
+    Global batch = `batch_size`; a worker of an N-worker job steps on
+    `batch_size / N` rows. `steps`, when set, replaces `epochs`.
+    """
+
+    # Data.
+    dataset: DatasetSpec = option(
+        "synthetic", f"Data: {DATASET_SPEC_HELP}. synthetic is built in; MovieLens comes from "
+        "TFDS.", check=lambda spec: spec if isinstance(spec, DatasetSpec) else (
+            parse_dataset_spec(spec)))
+    train_examples: int = option(
+        500_000, "Training examples (synthetic: generated; real data: a seeded subset of at "
+        "most this many).", minimum=1)
+    eval_examples: int = option(
+        100_000, "Held-out examples for AUC and PD (at most, for real data).", minimum=1)
+    max_vocab_size: int = option(
+        0, "Synthetic data only: caps every field's vocabulary (small tables keep the dense "
+        "all-reduces of multi-worker jobs cheap); 0: the full sizes.", minimum=0)
+    seed: int = option(0, "Base seed of data, weights, orders and schedules.", minimum=0)
+    # Model.
+    model: str = option("mlp", "Ranking model: MLP tower or DCN-v2 style.", choices=MODELS)
+    hidden_units: tuple[int, ...] = option(
+        (256, 128, 64), "Widths of the MLP tower (the top MLP for dcn).", minimum=1)
+    embedding_dim: int = option(8, "Embedding size per categorical field.", minimum=1)
+    # Optimization.
+    epochs: int = option(1, "Passes over the training data.", minimum=1)
+    steps: int | None = option(
+        None, "Training steps; when set, replaces --epochs (the data repeats as needed).",
+        minimum=1)
+    batch_size: int = option(
+        512, "Global training batch (split over the workers of a multi-worker job).",
+        minimum=1)
+    learning_rate: float = option(1e-3, "Adam learning rate (> 0).", positive=True)
+    # Updates.
+    update_mode: str = option(
+        "sync", "How gradients reach the weights: sync, stale (applied after random delays, "
+        "as with asynchronous workers), local_sgd (workers average their weights "
+        "periodically; multi-worker only).", choices=UPDATE_MODES)
+    max_delay: int = option(4, "stale: largest gradient delay in steps.", minimum=0)
+    local_sgd_period: int = option(16, "local_sgd: steps between weight averages.", minimum=1)
+    local_sgd_jitter: int = option(
+        4, "local_sgd: +- steps of random jitter per averaging interval.", minimum=0)
+    schedule_seed: int | None = option(
+        None, "Seed of the stale delays or local_sgd averaging points. Unset: drawn from OS "
+        "entropy (by a job's chief), so every run differs, as in production.", minimum=0)
+    # Execution.
+    jit_compile: bool = option(
+        False, "Compile the forward and backward pass with XLA (faster; not bit-comparable "
+        "with graph mode).")
+    sparse_gradients: bool = option(
+        False, "Multi-worker: keep embedding gradients sparse (all-gathered rows, sparse Adam); "
+        "default dense, which was 3-4x faster on localhost.")
+
+    def __post_init__(self):
+        if isinstance(self.dataset, str):
+            object.__setattr__(self, "dataset", parse_dataset_spec(self.dataset))
+        if not isinstance(self.dataset, DatasetSpec):
+            raise ValueError(f"`dataset` must be a spec string. Received: {self.dataset!r}")
+        units = self.hidden_units
+        units = units.split(",") if isinstance(units, str) else units
+        try:  # flags give strings
+            units = tuple(int(u) if isinstance(u, str) else u for u in units)
+        except ValueError:
+            raise ValueError(
+                "`hidden_units` must be positive integers, e.g. 256,128,64. "
+                f"Received: hidden_units={self.hidden_units!r}"
+            ) from None
+        object.__setattr__(self, "hidden_units", units)
+        if not self.hidden_units:
+            raise ValueError("`hidden_units` must name at least one layer width.")
+        check_fields(self)
+        vocab_cap(self.dataset, self.max_vocab_size)  # the one rule: synthetic data only
+        if self.jit_compile and self.sparse_gradients:
+            raise ValueError("`jit_compile` needs dense gradients: unset `sparse_gradients`.")
+
+    def per_worker_batch_size(self, num_workers: int) -> int:
+        """Rows per worker and step; the global batch must split evenly."""
+        if self.batch_size % num_workers:
+            raise ValueError(
+                "`batch_size` (the global batch) must be a multiple of the number of workers. "
+                f"Received: batch_size={self.batch_size}, workers={num_workers}"
+            )
+        return self.batch_size // num_workers
+
+    def total_steps(self, train_rows: int) -> int:
+        """`steps`, or the steps of `epochs` passes over `train_rows` rows."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, -(-self.epochs * train_rows // self.batch_size))
+
+
+# --------------------------------------------------------------------------
+# Flags from dataclasses.
+# --------------------------------------------------------------------------
+
+
+def _field_types(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def _kind(annotation) -> tuple[str, bool]:
+    """(`"int"`, `"float"`, `"bool"`, `"str"`, `"spec"`, `"ints"` or `"strs"`, optional)."""
+    optional = False
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(arguments) < len(typing.get_args(annotation))
+        (annotation,) = arguments
+    if typing.get_origin(annotation) is tuple:
+        element = typing.get_args(annotation)[0]
+        return ("ints" if element is int else "strs"), optional
+    if annotation is DatasetSpec:
+        return "spec", optional
+    names = {bool: "bool", int: "int", float: "float", str: "str"}
+    if annotation not in names:
+        raise TypeError(f"No flag type for annotation {annotation!r}.")
+    return names[annotation], optional
+
+
+def flag_fields(cls, exclude: Iterable[str] = ()) -> list[dataclasses.Field]:
+    """The fields of `cls` that are flags, minus `exclude`."""
+    exclude = set(exclude)
+    return [f for f in dataclasses.fields(cls)
+            if f.metadata.get("flag", False) and f.name not in exclude]
+
+
+def define_flags(
+    cls,
+    defaults=None,
+    exclude: Iterable[str] = (),
+    flag_values: flags.FlagValues = flags.FLAGS,
+    module_name: str | None = None,
+) -> list[str]:
+    """Defines one absl flag per `option` field of dataclass `cls`.
+
+    Args:
+        cls: A dataclass whose fields were made with `option`.
+        defaults: An instance whose values become the flags' defaults
+            (default: `cls()`).
+        exclude: Field names to leave out.
+        flag_values: Where to define them.
+        module_name: The module the flags belong to (shown by `--help`).
+
+    Returns:
+        The names of the flags defined.
+    """
+    defaults = cls() if defaults is None else defaults
+    hints = _field_types(cls)
+    names = []
+    for field in flag_fields(cls, exclude):
+        kind, _ = _kind(hints[field.name])
+        value = getattr(defaults, field.name)
+        meta = field.metadata
+        kw = dict(flag_values=flag_values, module_name=module_name)
+        help_text = meta["help"]() if callable(meta["help"]) else meta["help"]
+        if kind == "bool":
+            flags.DEFINE_boolean(field.name, value, help_text, **kw)
+        elif kind == "int":
+            flags.DEFINE_integer(field.name, value, help_text, **kw)
+        elif kind == "float":
+            flags.DEFINE_float(field.name, value, help_text, **kw)
+        elif kind == "str" and meta.get("choices"):
+            flags.DEFINE_enum(field.name, value, list(meta["choices"]), help_text, **kw)
+        elif kind in ("str", "spec"):
+            flags.DEFINE_string(field.name, None if value is None else str(value), help_text, **kw)
+        else:  # a tuple
+            flags.DEFINE_list(field.name, [str(v) for v in value], help_text, **kw)
+        flags.register_validator(
+            field.name, _flag_validator(field, kind), flag_values=flag_values
+        )
+        names.append(field.name)
+    return names
+
+
+def _flag_validator(field: dataclasses.Field, kind: str) -> Callable[[object], bool]:
+    def validate(value) -> bool:
+        try:
+            check_field(field, _from_flag_value(kind, value))
+        except ValueError as error:
+            raise flags.ValidationError(str(error)) from None
+        return True
+
+    return validate
+
+
+def _from_flag_value(kind: str, value):
+    if value is None:
+        return None
+    if kind == "ints":
+        try:
+            return tuple(int(v) for v in value)
+        except ValueError:
+            raise ValueError(f"expected integers separated by commas, got {value!r}") from None
+    if kind == "strs":
+        return tuple(value)
+    return value
+
+
+def from_flags(cls, flag_values: flags.FlagValues | Mapping[str, object], exclude=(), **overrides):
+    """Builds `cls` from parsed flags (or a name -> value mapping).
+
+    Fields that are not flags, or are excluded, keep their defaults unless
+    given in `overrides`.
+    """
+    hints = _field_types(cls)
+    values = {}
+    for field in flag_fields(cls, exclude):
+        if field.name in overrides:
+            continue
+        raw = flag_values[field.name]
+        raw = raw.value if isinstance(raw, flags.Flag) else raw
+        values[field.name] = _from_flag_value(_kind(hints[field.name])[0], raw)
+    return cls(**values, **overrides)
+
+
+def to_args(instance, exclude: Iterable[str] = ()) -> list[str]:
+    """Command-line arguments that `from_flags` turns back into `instance`."""
+    hints = _field_types(type(instance))
+    args = []
+    for field in flag_fields(type(instance), exclude):
+        value = getattr(instance, field.name)
+        kind, _ = _kind(hints[field.name])
+        if value is None:
+            if field.default is not None:
+                raise ValueError(f"`{field.name}` = None cannot be written as a flag.")
+            continue
+        if kind == "bool":
+            args.append(f"--{'' if value else 'no'}{field.name}")
+        elif kind in ("ints", "strs"):
+            args.append(f"--{field.name}={','.join(str(v) for v in value)}")
+        elif kind == "float":
+            args.append(f"--{field.name}={value!r}")
+        else:
+            args.append(f"--{field.name}={value}")
+    return args
+
+
+def as_flag_dict(instance, exclude: Iterable[str] = ()) -> dict[str, object]:
+    """Field name -> JSON-ready value (spec strings, lists) of every flag field."""
+    result = {}
+    for field in flag_fields(type(instance), exclude):
+        value = getattr(instance, field.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, DatasetSpec):
+            value = str(value)
+        result[field.name] = value
+    return result
