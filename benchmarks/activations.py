@@ -48,7 +48,7 @@ ACTIVATIONS: dict[str, Callable] = {
     "softplus": tf.nn.softplus,
 }
 
-# (input width, hidden widths, batch): the CTR tower of DESIGN.md section 5
+# (input width, hidden widths, batch): the main job's CTR tower (MLP 256-128-64, batch 512)
 # (6 embeddings of 8 + 4 dense features) and a wider MLP.
 MLPS = {"ctr_mlp": (52, (256, 128, 64), 512), "wide_mlp": (256, (1024, 1024, 1024), 1024)}
 

@@ -1,4 +1,4 @@
-"""Independent NumPy references, written straight from DESIGN.md's formulas.
+"""Independent NumPy references, written from the formulas in the docstrings.
 
 They share no code with the package: values and derivatives come from the
 textbook piecewise definitions in float64.

@@ -4,7 +4,8 @@ The whole module rests on one idea: the RESCU family is ReLU convolved with a
 centred cardinal B-spline of order `n` stretched over `[-beta, beta]`.
 SmeLU is order 1 (a box kernel) and takes exactly the same code path;
 generalized SmeLU is an affine combination of an (asymmetric) SmeLU and a
-line, so it reuses that code too.
+line, so it reuses that code too. That is why the module stays whole (about
+430 lines): the three public functions share every kernel below.
 
 Kernels are written for speed without XLA: the value and the slope are each a
 handful of element-wise ops on the *clipped* input, and the custom gradient
