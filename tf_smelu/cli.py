@@ -9,11 +9,13 @@ their checks cannot drift from the library.
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from absl import app, flags
 
+from tf_smelu.data import DATA_ERRORS
 from tf_smelu.experiment import CTRExperimentConfig
 from tf_smelu.experiment.config import TRAINING_FIELDS_SET_BY_THE_EXPERIMENT
 from tf_smelu.training import config as config_flags
@@ -74,3 +76,17 @@ def experiment_config(values: Mapping[str, object], work_dir: str | None = None
         return CTRExperimentConfig.from_dict({**values, "work_dir": work_dir})
     except ValueError as error:
         raise app.UsageError(str(error)) from None
+
+
+def reporting_data_errors(main: Callable) -> Callable:
+    """Wraps an absl `main` so that a bad data file ends in one line, exit code 1."""
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except DATA_ERRORS as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapped

@@ -77,3 +77,8 @@ __all__ = [
     "write_synthetic_criteo_file",
     "zipf_probabilities",
 ]
+
+DATA_ERRORS = (MalformedRowError, MovieLensUnavailableError, OSError)
+"""Errors that a user's data (missing, unreadable or damaged files) raises
+while loading: command lines report them in one line, without a traceback."""
+__all__.append("DATA_ERRORS")

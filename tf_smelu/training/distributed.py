@@ -33,7 +33,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from tf_smelu.common import atomic_write
-from tf_smelu.data import CTRExamples, LoadedDataset
+from tf_smelu.data import DATA_ERRORS, CTRExamples, LoadedDataset
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.registry import Activation, activation_help
 from tf_smelu.training import config as config_flags
@@ -219,7 +219,11 @@ def main(argv: Sequence[str]) -> None:
         config, options, job = parse_flags(FLAGS)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
-    run_worker(config, job, options)
+    try:
+        run_worker(config, job, options)
+    except DATA_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
