@@ -42,6 +42,8 @@ setup(
             "import-linter>=2",
             # Every results.json is checked against docs/results.schema.json (draft 2020-12).
             "jsonschema>=4",
+            # Parses examples/kubernetes/*.yaml in tests/test_cluster_managers.py.
+            "pyyaml>=6",
             "nbclient>=0.7",
             "nbformat>=5",
             "ipykernel>=6",

@@ -21,7 +21,7 @@ import os
 
 from absl import app, flags
 
-from tf_smelu import cli, experiment
+from tf_smelu import cli
 from tf_smelu.data import write_synthetic_criteo_file
 
 FLAGS = flags.FLAGS
@@ -45,19 +45,18 @@ def main(argv):
             FLAGS.synthetic_rows, seed=0, gzip=True,
         )
         print(f"Wrote a synthetic Criteo-format file: {path}")
-    elif not os.path.exists(path):
-        raise app.UsageError(f"--path does not exist: {path}")
-    config = cli.experiment_config(dict(
-        dataset=f"criteo:{path}",
-        activations=FLAGS.activations,
-        replicas=FLAGS.replicas,
-        train_examples=FLAGS.train_examples,
-        eval_examples=FLAGS.eval_examples,
-        progress=FLAGS.progress,
-    ))
-    rows = experiment.run_ctr_experiment(config)
-    experiment.report(rows, {**config.to_dict(), "path": path}, FLAGS.output_dir)
+    elif not os.path.isfile(path):
+        raise app.UsageError(f"--path={path}: no such file")
+    cli.run_experiment({
+        "dataset": f"criteo:{path}",
+        "activations": FLAGS.activations,
+        "replicas": FLAGS.replicas,
+        "train_examples": FLAGS.train_examples,
+        "eval_examples": FLAGS.eval_examples,
+        "progress": FLAGS.progress,
+        "path": path,
+    }, FLAGS.output_dir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -32,6 +32,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from tf_smelu import cli
 from tf_smelu.serving import (
     non_stock_ops,
     saved_model_cli_command,
@@ -119,6 +120,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:  # hide TensorFlow's INFO logs of the export
         logging.set_verbosity(logging.WARNING)
+    cli.check_output_dir(FLAGS.export_dir, flag="export_dir")  # before training, not after
     start = time.perf_counter()
     model, data_config, test = train_ctr_model(
         FLAGS.train_examples, FLAGS.steps, FLAGS.batch_size,
@@ -158,4 +160,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from tf_smelu import cli, experiment
+from tf_smelu import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("variant", "100k", ["100k", "1m"], "MovieLens ratings data set.")
@@ -36,18 +36,17 @@ flags.DEFINE_boolean("progress", True, "Show progress bars.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = cli.experiment_config(dict(
-        dataset=f"movielens_{FLAGS.variant}",
-        activations=FLAGS.activations,
-        replicas=FLAGS.replicas,
-        batch_size=FLAGS.batch_size,
-        epochs=FLAGS.epochs,
-        train_examples=10_000_000,  # all ratings
-        eval_examples=10_000_000,
-        progress=FLAGS.progress,
-    ))
-    experiment.report(experiment.run_ctr_experiment(config), config.to_dict(), FLAGS.output_dir)
+    cli.run_experiment({
+        "dataset": f"movielens_{FLAGS.variant}",
+        "activations": FLAGS.activations,
+        "replicas": FLAGS.replicas,
+        "batch_size": FLAGS.batch_size,
+        "epochs": FLAGS.epochs,
+        "train_examples": 10_000_000,  # all ratings
+        "eval_examples": 10_000_000,
+        "progress": FLAGS.progress,
+    }, FLAGS.output_dir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -43,13 +43,12 @@ Examples:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 
 from absl import app, flags
 
-from tf_smelu import cli, experiment
+from tf_smelu import cli
 from tf_smelu.experiment import CTRExperimentConfig
 from tf_smelu.training.config import TrainingConfig
 
@@ -91,14 +90,10 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = cli.resolved_flags(QUICK_PRESET)
-    # Bad flag values fail here, before any work, without a traceback.
-    experiment_config = cli.experiment_config(
-        config, work_dir=os.path.join(config["output_dir"], "runs"))
     start = time.perf_counter()
-    rows = experiment.run_ctr_experiment(experiment_config)
-    experiment.report(rows, config, config["output_dir"])
+    cli.run_experiment(config, config["output_dir"], resume=config["resume"])
     print(f"Done in {time.perf_counter() - start:.0f}s")
 
 
 if __name__ == "__main__":
-    app.run(cli.reporting_data_errors(main))
+    cli.run(main)

@@ -7,7 +7,9 @@ prediction difference (PD) between replicas, with 95% confidence intervals.
 
 Writes to --output_dir:
   results.json   every flag, the environment, one row per activation/beta
-                 and source set (schema: docs/results.schema.json)
+                 and source set (schema: docs/results.schema.json), rewritten
+                 after every finished row: an interrupted run keeps them, and
+                 running the same command again trains only the missing rows
   tradeoff.png   relative PD against AUC, one panel per source set
   runs/          multi-worker jobs only: each job's weights, predictions, logs
 
@@ -36,11 +38,9 @@ control (replicas must agree bit for bit).
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 
-from tf_smelu import cli, experiment
+from tf_smelu import cli
 from tf_smelu.experiment import CTRExperimentConfig
 
 FLAGS = flags.FLAGS
@@ -71,20 +71,12 @@ def resolved_config() -> dict:
     return config
 
 
-def run(config: dict) -> dict:
-    """Runs the experiment described by resolved flag values; returns results.json's content."""
-    experiment_config = cli.experiment_config(
-        config, work_dir=os.path.join(config["output_dir"], "runs"))
-    return {"config": config, "results": experiment.run_ctr_experiment(experiment_config)}
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = resolved_config()
-    cli.experiment_config(config)  # bad flag values fail here, before any work
-    experiment.report(run(config)["results"], config, config["output_dir"])
+    cli.run_experiment(config, config["output_dir"], resume=config["resume"])
 
 
 if __name__ == "__main__":
-    app.run(cli.reporting_data_errors(main))
+    cli.run(main)

@@ -99,7 +99,7 @@ def test_launcher_command_line_reports_the_failing_worker():
     )
     assert completed.returncode == 7, completed.stderr[-2000:]
     assert "[worker 1] up 1" in completed.stdout
-    assert "launcher: worker 1 failed with exit code 7" in completed.stderr
+    assert "error: worker 1 failed with exit code 7" in completed.stderr
 
 
 @pytest.mark.slow

@@ -9,12 +9,14 @@ their checks cannot drift from the library.
 
 from __future__ import annotations
 
-import functools
+import os
 import sys
 from collections.abc import Callable, Mapping
 
 from absl import app, flags
 
+from tf_smelu import experiment
+from tf_smelu.common import run_program
 from tf_smelu.data import DATA_ERRORS
 from tf_smelu.experiment import CTRExperimentConfig
 from tf_smelu.experiment.config import TRAINING_FIELDS_SET_BY_THE_EXPERIMENT
@@ -48,6 +50,11 @@ def define_experiment_flags(
                               exclude=TRAINING_FIELDS_SET_BY_THE_EXPERIMENT,
                               module_name=__name__)
     flags.DEFINE_boolean("quick", False, quick_help, flag_values=flag_values)
+    flags.DEFINE_boolean(
+        "resume", True, "Reuse the finished rows of results.json in --output_dir (written "
+        "after every row) when it holds the same configuration; rows are matched by sources "
+        "and activation, so added rows run and finished ones are kept. --noresume starts over.",
+        flag_values=flag_values)
 
 
 def resolved_flags(preset: Mapping[str, object], preset_flag: str = "quick") -> dict:
@@ -57,7 +64,8 @@ def resolved_flags(preset: Mapping[str, object], preset_flag: str = "quick") -> 
     flag was not given on the command line replaces the flag's default:
     explicit flags always win.
     """
-    own_flags = flags.FLAGS.get_key_flags_for_module(sys.argv[0])
+    own_flags = [flag for flag in flags.FLAGS.get_key_flags_for_module(sys.argv[0])
+                 if flag.name != "debug"]  # how errors show, not what runs
     config = {flag.name: flag.value for flag in own_flags}
     if config.get(preset_flag):
         explicit = {flag.name for flag in own_flags if flag.present}
@@ -78,15 +86,56 @@ def experiment_config(values: Mapping[str, object], work_dir: str | None = None
         raise app.UsageError(str(error)) from None
 
 
-def reporting_data_errors(main: Callable) -> Callable:
-    """Wraps an absl `main` so that a bad data file ends in one line, exit code 1."""
+def check_output_dir(path: str, flag: str = "output_dir") -> None:
+    """Raises `app.UsageError` unless `path` is, or can become, a writable directory.
 
-    @functools.wraps(main)
-    def wrapped(argv):
-        try:
-            return main(argv)
-        except DATA_ERRORS as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
+    Checked before any work, so that results are never computed only to be
+    lost; nothing is created here.
+    """
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing != os.path.abspath(path) and not os.path.isdir(existing):
+        raise app.UsageError(f"--{flag}={path}: {existing} is a file, not a directory")
+    if not os.path.isdir(existing):
+        raise app.UsageError(f"--{flag}={path} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise app.UsageError(f"--{flag}={path}: {existing} is not writable")
 
-    return wrapped
+
+def run_experiment(
+    values: Mapping[str, object], output_dir: str, resume: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Checks, resumes, runs and reports a replica experiment given as flag values.
+
+    Every input is checked before the first training step; each finished
+    row is written to `output_dir/results.json` at once (`"complete":
+    false` until the last), and rows that an earlier run of the same
+    configuration finished there are reused when `resume` is on.
+
+    Returns:
+        All rows, as written to results.json.
+    """
+    config = experiment_config(values, work_dir=os.path.join(output_dir, "runs"))
+    check_output_dir(output_dir)
+    normalized = config.to_dict()
+    record = {**values, **normalized}
+    finished = experiment.finished_rows(output_dir, normalized, resume)
+    if finished:
+        log(f"Resuming: {len(finished)} finished row(s) in "
+            f"{os.path.join(output_dir, 'results.json')} are reused (--noresume starts over).")
+    rows = experiment.run_ctr_experiment(
+        config, log, finished,
+        on_row=lambda rows: experiment.write_results(output_dir, record, rows, complete=False))
+    experiment.report(rows, record, output_dir, log)
+    return rows
+
+
+def run(main: Callable) -> None:
+    """`app.run(main)` in tf_smelu's error style (see `tf_smelu.common.run_program`).
+
+    A bad flag, data file, output directory or results file ends in one
+    `error:` line and exit code 1; `--debug` shows the traceback.
+    """
+    run_program(main, user_errors=(*DATA_ERRORS, experiment.ResultsMismatchError))

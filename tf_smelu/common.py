@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, NoReturn
+
+from absl import app, flags
 
 KERAS_PACKAGE = "tf_smelu"
 """Package name under which tf_smelu's Keras objects are registered for serialization."""
@@ -42,3 +45,65 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
         raise
+
+
+class UserError(Exception):
+    """A mistake in what the user gave (flags, files, directories).
+
+    Command lines run through `run_program` print it as one line, without a
+    Python traceback. Raise a subclass (or mix it into a `ValueError`
+    subclass) for errors whose message names what is wrong and where.
+    """
+
+
+def _fail(message: str, exit_code: int = 1) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(exit_code)
+
+
+def _parse_flags_in_one_line(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _fail(f"{error} (see --help)")
+
+
+def run_program(
+    main: Callable[[list[str]], int | None],
+    user_errors: tuple[type[BaseException], ...] = (),
+    argv: list[str] | None = None,
+) -> None:
+    """Runs an absl `main` in the error style of every tf_smelu command line.
+
+    A user's mistake (a bad flag, `app.UsageError`, `UserError` or one of
+    `user_errors`, e.g. a damaged data file) ends with one line
+    `error: <what and where>` on stderr and exit code 1; Ctrl-C ends with one
+    line and exit code 130. Anything else is a bug and keeps its traceback.
+    `--debug` (defined here) shows the traceback of every error, for bug
+    reports.
+
+    Args:
+        main: The program's `main(argv)`.
+        user_errors: More exception types that mean a user's mistake.
+        argv: The command line (default `sys.argv`).
+    """
+    if "debug" not in flags.FLAGS:
+        # Defined for the main module, so that its --help lists it.
+        flags.DEFINE_boolean(
+            "debug", False, "Show the Python traceback of an error (for bug reports) instead "
+            "of one line.", module_name=sys.argv[0])
+    expected = (app.UsageError, UserError, *user_errors)
+
+    def main_in_one_line(argv: list[str]) -> int | None:
+        try:
+            return main(argv)
+        except expected as error:
+            if flags.FLAGS.debug:
+                raise
+            _fail(str(error) or type(error).__name__)
+        except KeyboardInterrupt:
+            if flags.FLAGS.debug:
+                raise
+            _fail("interrupted (Ctrl-C); what had finished is kept", exit_code=130)
+
+    app.run(main_in_one_line, argv=argv, flags_parser=_parse_flags_in_one_line)

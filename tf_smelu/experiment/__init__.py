@@ -14,17 +14,23 @@ Modules, in the order data flows through them:
   model), `summarize_predictions` for predictions made elsewhere.
 * `runner`: `run_ctr_experiment`, the main job's configuration in this
   process or as one multi-worker job per replica.
-* `report`: `results.json`, the text tables and `tradeoff.png`.
+* `results`: `results.json`, written row by row and read back to resume.
+* `report`: the text tables and `tradeoff.png`.
 """
 
 from tf_smelu.experiment.config import CTRExperimentConfig
 from tf_smelu.experiment.harness import run_replicas, summarize_predictions
 from tf_smelu.experiment.report import (
-    environment,
     format_group_table,
     format_table,
     plot_tradeoff,
     report,
+)
+from tf_smelu.experiment.results import (
+    ResultsMismatchError,
+    environment,
+    finished_rows,
+    row_key,
     write_results,
 )
 from tf_smelu.experiment.runner import (
@@ -41,10 +47,12 @@ from tf_smelu.experiment.seeds import (
 )
 
 __all__ = [
+    "SOURCES",
     "CTRExperimentConfig",
     "ReplicaSeeds",
-    "SOURCES",
+    "ResultsMismatchError",
     "environment",
+    "finished_rows",
     "format_group_table",
     "format_table",
     "item_popularity_groups",
@@ -53,6 +61,7 @@ __all__ = [
     "plot_tradeoff",
     "replica_seeds",
     "report",
+    "row_key",
     "run_ctr_experiment",
     "run_multiworker_experiment",
     "run_replicas",

@@ -1,69 +1,12 @@
-"""The experiment's report: results.json, text tables and the tradeoff plot."""
+"""The experiment's report: text tables, the tradeoff plot and the final results.json."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
 from collections.abc import Callable, Mapping
 
-import keras
-import numpy as np
-import tensorflow as tf
-
-from tf_smelu.common import atomic_write
-
-
-def environment() -> dict[str, str]:
-    """Versions and machine, recorded with every result."""
-    import tf_smelu
-
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "tf_smelu": tf_smelu.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": str(os.cpu_count()),
-    }
-
-
-def write_results(output_dir: str, config: Mapping[str, object], rows: list[dict]) -> str:
-    """Writes `results.json` (`{"config", "environment", "results"}`), atomically.
-
-    The format is documented by `docs/results.schema.json`.
-
-    Undefined numbers (e.g. the interval of a single pair when R = 2) are
-    written as `null`: NaN is not JSON.
-    """
-    path = os.path.join(output_dir, "results.json")
-    with atomic_write(path) as f:  # never leave a half-written file
-        json.dump(
-            _nan_to_none({"config": dict(config), "environment": environment(), "results": rows}),
-            f,
-            indent=2,
-            allow_nan=False,
-            default=_json_default,
-        )
-    return path
-
-
-def _nan_to_none(value):
-    if isinstance(value, dict):
-        return {key: _nan_to_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(item) for item in value]
-    if isinstance(value, (float, np.floating)) and math.isnan(value):
-        return None
-    return value
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"Not JSON serializable: {type(value).__name__}")
+from tf_smelu.experiment.results import write_results
 
 
 def format_table(rows: list[dict]) -> str:

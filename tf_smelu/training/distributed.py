@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tf_smelu.common import atomic_write
+from tf_smelu.common import atomic_write, run_program
 from tf_smelu.data import DATA_ERRORS, CTRExamples, LoadedDataset
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.registry import Activation, activation_help
@@ -219,13 +219,9 @@ def main(argv: Sequence[str]) -> None:
         config, options, job = parse_flags(FLAGS)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
-    try:
-        run_worker(config, job, options)
-    except DATA_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_worker(config, job, options)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main, user_errors=DATA_ERRORS)

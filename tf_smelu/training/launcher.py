@@ -40,6 +40,8 @@ from collections.abc import Mapping, Sequence
 import portpicker
 from absl import app, flags
 
+from tf_smelu.common import run_program
+
 LOCALHOST = "127.0.0.1"
 LOG_TAIL_LINES = 30
 # Time a worker gets between SIGTERM and SIGKILL.
@@ -312,14 +314,14 @@ def main(argv: Sequence[str]) -> int:
     try:
         launch_workers(command, flags.FLAGS.num_workers, flags.FLAGS.timeout)
     except WorkerFailedError as error:
-        print(f"launcher: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return error.exit_code if error.exit_code > 0 else 1
     except WorkerTimeoutError as error:
-        print(f"launcher: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 124
     return 0
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

@@ -1,0 +1,274 @@
+"""Hostile input: every mistake a user can make ends in one clear line, nothing lost.
+
+Fast tests run the library's checks in process; tests marked `slow` run the
+command lines (main job, worker, launcher) as a user would and check the
+exit code, that stderr's last line names the mistake, and that no Python
+traceback is shown (unless `--debug`). Add a case here for every bug found.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from absl import app
+
+from tf_smelu import cli, experiment
+from tf_smelu.common import UserError, run_program
+from tf_smelu.experiment import CTRExperimentConfig, ResultsMismatchError, finished_rows
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN_JOB = os.path.join(REPO, "examples", "recsys_reproducibility.py")
+TINY = ["--quick", "--train_examples=600", "--eval_examples=300", "--replicas=2",
+        "--hidden_units=8", "--noprogress"]
+
+
+# --------------------------------------------------------------------------
+# In process: configuration, output directory, results.json.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"activations": []}, "at least one activation"),
+        ({"activations": ["relu", "smelu:nan"]}, "finite"),
+        ({"activations": ["relu", "smelu:-1"]}, "> 0"),
+        ({"activations": ["relu", "swishy"]}, "swishy"),
+        ({"sources": []}, "at least one source set"),
+        ({"sources": ["tower_init+bogus"]}, "bogus"),
+        ({"replicas": 1}, "replicas"),
+        ({"learning_rate": math.inf}, "learning_rate"),
+        ({"learning_rate": math.nan}, "learning_rate"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"hidden_units": ["64", "x"]}, "hidden_units"),
+        ({"dataset": "nosuchkind"}, "nosuchkind"),
+        ({"dataset": "csv:"}, "path"),
+        ({"workers": 3, "batch_size": 512}, "multiple of the number of workers"),
+        ({"workers": 2, "sources": ["stale"]}, "in-process harness"),
+    ],
+)
+def test_a_bad_configuration_is_one_usage_line(values, message):
+    with pytest.raises(app.UsageError, match=message) as raised:
+        cli.experiment_config(values)
+    assert "\n" not in str(raised.value)
+
+
+def test_output_dir_checks_happen_without_creating_anything(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(app.UsageError, match="is a file"):
+        cli.check_output_dir(str(a_file))
+    with pytest.raises(app.UsageError, match="is a file, not a directory"):
+        cli.check_output_dir(str(a_file / "below"))
+    cli.check_output_dir(str(tmp_path / "new" / "deeper"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_unwritable_output_dir_is_refused(tmp_path, monkeypatch):
+    # Permission bits do not stop root (CI), so the permission check is faked.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(app.UsageError, match="not writable"):
+        cli.check_output_dir(str(tmp_path / "out"))
+
+
+def _row(label="relu", sources=("tower_init",), rel_pd=0.05):
+    return {"activation": label, "beta": None, "label": label, "sources": list(sources),
+            "replicas": 2, "auc_mean": 0.7, "auc_std": math.nan, "logloss_mean": 0.5,
+            "abs_pd": 0.01, "rel_pd": rel_pd, "rel_pd_ci": [math.nan, math.nan],
+            "train_seconds": 1.0}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "cannot be read"),
+        ('{"config": {}, "results": [', "cannot be read"),
+        (b"\xff\xfe\x00garbage", "cannot be read"),
+        ("[1, 2]", "not a tf_smelu results file"),
+        ('{"config": {}, "results": [{"label": "relu"}]}', "not a tf_smelu results file"),
+        ('{"results": []}', "not a tf_smelu results file"),
+    ],
+)
+def test_a_damaged_results_file_is_never_silently_replaced(tmp_path, content, message):
+    path = tmp_path / "results.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ResultsMismatchError, match=message) as raised:
+        finished_rows(str(tmp_path), {"replicas": 2})
+    assert str(path) in str(raised.value) and "--noresume" in str(raised.value)
+    assert finished_rows(str(tmp_path), {"replicas": 2}, resume=False) == []
+    assert path.read_bytes() == (content if isinstance(content, bytes) else content.encode())
+
+
+def test_results_of_another_configuration_name_the_differences(tmp_path):
+    config = CTRExperimentConfig().to_dict()
+    experiment.write_results(str(tmp_path), config, [_row()], complete=False)
+    other = {**config, "replicas": 4, "learning_rate": 0.01}
+    with pytest.raises(ResultsMismatchError) as raised:
+        finished_rows(str(tmp_path), other)
+    message = str(raised.value)
+    assert "replicas: 8 -> 4" in message and "learning_rate: 0.001 -> 0.01" in message
+    # Which rows run is not a mismatch: rows are matched by sources and activation.
+    reused = finished_rows(str(tmp_path), {**config, "activations": ["relu", "gelu"],
+                                           "progress": False})
+    assert [experiment.row_key(r) for r in reused] == [("tower_init", "relu")]
+    assert math.isnan(reused[0]["auc_std"]) and math.isnan(reused[0]["rel_pd_ci"][0])
+    assert reused[0]["beta"] is None
+
+
+def test_run_program_prints_one_line_and_exits_1(capsys):
+    def main(argv):
+        raise UserError("data.csv:3: a bad row")
+
+    with pytest.raises(SystemExit) as exited:
+        run_program(main, argv=["prog"])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: data.csv:3: a bad row"
+
+
+def test_run_program_reports_ctrl_c_with_exit_code_130(capsys):
+    def main(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exited:
+        run_program(main, argv=["prog"])
+    assert exited.value.code == 130 and "interrupted" in capsys.readouterr().err
+
+
+def test_run_program_keeps_the_traceback_of_a_bug():
+    def main(argv):
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        run_program(main, argv=["prog"])
+
+
+# --------------------------------------------------------------------------
+# Command lines, as a user runs them.
+# --------------------------------------------------------------------------
+
+
+def _run(args, timeout=300, **popen):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, **popen)
+
+
+def _assert_one_line_error(result, *fragments):
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.fixture(scope="module")
+def damaged_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "a_file").write_text("not a directory")
+    (root / "binary.csv").write_bytes(b"\x00\xff\x13garbage\x00" * 50)
+    (root / "short_row.csv").write_text("user_id,item_id,label\n1,2,1\n3,4\n")
+    (root / "label_word.csv").write_text("user,item,label\nu1,i1,1\nu2,i2,yes\n")
+    return root
+
+
+MAIN_JOB_CASES = {
+    "unknown flag": (["--replica=3"], ["replica"]),
+    "replicas below 2": (["--replicas=1"], ["replicas"]),
+    "non-finite beta": (["--activations=relu,smelu:inf"], ["smelu:inf"]),
+    "empty activations": (["--activations="], ["activation"]),
+    "unknown activation later in the list": (["--activations=relu,gelu,smeluu"], ["smeluu"]),
+    "nan learning rate": (["--learning_rate=nan"], ["learning_rate"]),
+    "output dir is a file": (["--output_dir={root}/a_file"], ["a_file", "not a directory"]),
+    "output dir below a file": (["--output_dir={root}/a_file/out"], ["a_file"]),
+    "missing data file": (["--dataset=csv:{root}/missing.csv"], ["missing.csv"]),
+    "short csv row": (["--dataset=csv:{root}/short_row.csv"], ["short_row.csv", "3"]),
+    "word where the label should be": (["--dataset=csv:{root}/label_word.csv"],
+                                       ["label_word.csv", "3"]),
+    "stray argument": (["oops"], ["oops"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(MAIN_JOB_CASES))
+def test_main_job_mistakes_end_in_one_line(case, damaged_files, tmp_path):
+    args, fragments = MAIN_JOB_CASES[case]
+    args = [a.format(root=damaged_files) for a in args]
+    if not any(a.startswith("--output_dir") for a in args):
+        args.append(f"--output_dir={tmp_path / 'out'}")
+    result = _run([MAIN_JOB, *TINY, *args])
+    _assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_debug_shows_the_traceback(damaged_files, tmp_path):
+    result = _run([MAIN_JOB, *TINY, f"--dataset=csv:{damaged_files}/missing.csv",
+                   f"--output_dir={tmp_path}", "--debug"])
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_rows_and_a_rerun_trains_only_the_rest(tmp_path, validate_results):
+    args = [MAIN_JOB, *TINY, "--train_examples=40000", "--activations=relu,smelu:0.2",
+            f"--output_dir={tmp_path}"]
+    process = subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        # A background job may inherit an ignored SIGINT; a user's terminal does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        for line in process.stdout:
+            if line.startswith("tower_init") and " relu " in line:
+                process.send_signal(signal.SIGINT)
+                break
+        output = process.communicate(timeout=300)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 130, output[-2000:]
+    assert "Traceback" not in output and "interrupted" in output
+    content = validate_results(tmp_path / "results.json")
+    assert content["complete"] is False
+    assert [r["label"] for r in content["results"]] == ["relu"]
+
+    rerun = _run(args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resuming: 1 finished row" in rerun.stdout
+    content = validate_results(tmp_path / "results.json")
+    assert content["complete"] is True
+    assert [r["label"] for r in content["results"]] == ["relu", "smelu(β=0.2)"]
+    assert content["results"][0] == json.loads(json.dumps(content["results"][0]))
+
+    changed = _run([*args, "--learning_rate=0.01"])
+    _assert_one_line_error(changed, "learning_rate: 0.001 -> 0.01")
+
+
+WORKER_CASES = {
+    "unknown activation": (["--activation=smelux"], ["smelux"]),
+    "non-finite learning rate": (["--learning_rate=inf"], ["learning_rate"]),
+    "missing data file": (["--dataset=csv:/nonexistent/data.csv"], ["data.csv"]),
+    "stray argument": (["oops"], ["oops"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(WORKER_CASES))
+def test_worker_mistakes_end_in_one_line(case, tmp_path):
+    args, fragments = WORKER_CASES[case]
+    result = _run(["-m", "tf_smelu.training.distributed", "--steps=2", "--train_examples=256",
+                   "--eval_examples=64", "--hidden_units=8", f"--output={tmp_path}/w", *args])
+    _assert_one_line_error(result, *fragments)
+
+
+@pytest.mark.slow
+def test_launcher_without_a_command_ends_in_one_line():
+    result = _run(["-m", "tf_smelu.training.launcher", "--num_workers=2"], timeout=120)
+    _assert_one_line_error(result, "command after `--`")

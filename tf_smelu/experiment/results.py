@@ -1,0 +1,215 @@
+"""`results.json`: written row by row, read back to resume an interrupted run.
+
+An experiment writes `results.json` after every finished row (atomically, so
+a reader or a crash never sees half a file), marked `"complete": false` until
+the last row. Run again with the same configuration and output directory,
+it reads the finished rows back (`finished_rows`) and trains only the rest;
+a file written with another configuration is never mixed in: it stops the
+run with one line naming the fields that differ. `docs/results.schema.json`
+documents the format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Iterable, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_smelu.common import UserError, atomic_write
+
+RESULTS_FILE = "results.json"
+
+ROW_KEYED_FIELDS = ("activations", "sources", "update_mode")
+"""Configuration fields that choose *which* rows run, not how: a resumed run
+may add or drop rows with them, and rows are matched by `row_key`."""
+
+NON_RESULT_FIELDS = ("progress", "job_timeout", "output_dir", "quick", "resume", "debug")
+"""Flags that change neither which rows run nor their numbers."""
+
+
+class ResultsMismatchError(UserError, ValueError):
+    """`results.json` in the output directory belongs to another configuration."""
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine, recorded with every result.
+
+    The CPU model and its vector instruction sets are recorded because
+    oneDNN picks kernels by them: ReLU rows (fused MatMul+BiasAdd+ReLU) can
+    differ in the last bits between CPU models while running identically on
+    one machine.
+    """
+    import tf_smelu
+
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf_smelu": tf_smelu.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": str(os.cpu_count()),
+        **_cpu_description(),
+    }
+
+
+_VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+                 "amx_tile", "amx_bf16", "neon", "asimd", "sve")
+
+
+def _cpu_description() -> dict[str, str]:
+    """`cpu_model` and `cpu_vector_extensions` from /proc/cpuinfo (Linux; else unknown)."""
+    model, extensions = platform.processor() or "unknown", "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            info = f.read()
+    except OSError:
+        return {"cpu_model": model, "cpu_vector_extensions": extensions}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "model name" and model in ("unknown", "", platform.machine()):
+            model = value
+        elif key in ("flags", "Features") and extensions == "unknown":
+            present = set(value.split())
+            extensions = " ".join(f for f in _VECTOR_FLAGS if f in present) or "none"
+    return {"cpu_model": model, "cpu_vector_extensions": extensions}
+
+
+def row_key(row: Mapping[str, object]) -> tuple[str, str]:
+    """What identifies a row within one configuration: its sources and activation label."""
+    return "+".join(row["sources"]), str(row["label"])
+
+
+def write_results(
+    output_dir: str, config: Mapping[str, object], rows: list[dict], complete: bool = True
+) -> str:
+    """Writes `results.json` (`{"config", "environment", "complete", "results"}`), atomically.
+
+    Undefined numbers (e.g. the interval of a single pair when R = 2) are
+    written as `null`: NaN is not JSON.
+
+    Args:
+        output_dir: Where `results.json` goes (created if missing).
+        config: The run's flag values.
+        rows: The finished rows.
+        complete: False while rows are still to come.
+
+    Returns:
+        The path written.
+    """
+    path = os.path.join(output_dir, RESULTS_FILE)
+    content = {"config": dict(config), "environment": environment(), "complete": complete,
+               "results": rows}
+    with atomic_write(path) as f:  # never leave a half-written file
+        json.dump(_nan_to_none(content), f, indent=2, allow_nan=False, default=_json_default)
+    return path
+
+
+def read_results(path: str) -> dict:
+    """The content of a `results.json`, checked for the keys a resume needs.
+
+    Raises:
+        ResultsMismatchError: The file is not a results file (damaged,
+            truncated or of another program), naming the file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsMismatchError(
+            f"{path}: cannot be read as results ({error}); move it away or pass --noresume "
+            "to start over") from None
+    if not (isinstance(content, dict) and isinstance(content.get("config"), dict)
+            and isinstance(content.get("results"), list)
+            and all(isinstance(r, dict) and "sources" in r and "label" in r
+                    for r in content["results"])):
+        raise ResultsMismatchError(
+            f"{path}: not a tf_smelu results file (needs 'config' and 'results' rows); move it "
+            "away or pass --noresume to start over")
+    return content
+
+
+def config_differences(
+    old: Mapping[str, object], new: Mapping[str, object], ignore: Iterable[str] = ()
+) -> list[str]:
+    """`name: old -> new` for every field whose value differs (missing counts as differing)."""
+    ignore = set(ignore)
+    return [
+        f"{name}: {old.get(name, '<unset>')!r} -> {new.get(name, '<unset>')!r}"
+        for name in sorted((set(old) | set(new)) - ignore)
+        if old.get(name) != new.get(name)
+    ]
+
+
+def finished_rows(
+    output_dir: str, config: Mapping[str, object], resume: bool = True
+) -> list[dict]:
+    """The rows of an earlier run of the same configuration in `output_dir`.
+
+    Args:
+        output_dir: The run's output directory.
+        config: The run's normalized configuration (e.g.
+            `CTRExperimentConfig.to_dict()`); every field except
+            `ROW_KEYED_FIELDS` and `NON_RESULT_FIELDS` must equal the earlier
+            run's for its rows to be reused.
+        resume: False starts over (the earlier file is replaced when the
+            first row finishes).
+
+    Returns:
+        The earlier rows (empty when there is no earlier file or `resume` is
+        False).
+
+    Raises:
+        ResultsMismatchError: The earlier file is damaged or was written with
+            a different configuration (the message lists the differences).
+    """
+    path = os.path.join(output_dir, RESULTS_FILE)
+    if not resume or not os.path.exists(path):
+        return []
+    content = read_results(path)
+    ignore = (*ROW_KEYED_FIELDS, *NON_RESULT_FIELDS)
+    differences = config_differences(
+        {k: v for k, v in content["config"].items() if k in config}, config, ignore)
+    if differences:
+        raise ResultsMismatchError(
+            f"{path} holds results of another configuration ({'; '.join(differences)}); "
+            "use another --output_dir, or --noresume to replace them")
+    return [_none_to_nan(row) for row in content["results"]]
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(item) for item in value]
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return None
+    return value
+
+
+_NUMBERS_WRITTEN_AS_NULL = ("auc_mean", "auc_std", "logloss_mean", "abs_pd", "rel_pd",
+                            "rel_pd_median", "rel_pd_std", "train_loss")
+
+
+def _none_to_nan(value, key: str | None = None):
+    """Undoes `_nan_to_none` for a row read back (`beta` null stays None: no beta)."""
+    if isinstance(value, dict):
+        return {k: _none_to_nan(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [math.nan if item is None else _none_to_nan(item) for item in value]
+    if value is None and key in _NUMBERS_WRITTEN_AS_NULL:
+        return math.nan
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"Not JSON serializable: {type(value).__name__}")
