@@ -31,6 +31,9 @@ flags.DEFINE_integer("batch_size", 256, "Training batch size.", lower_bound=1)
 flags.DEFINE_integer("epochs", 3, "Passes over the ratings.", lower_bound=1)
 flags.DEFINE_string("output_dir", "runs/movielens_ranking", "Where results.json and tradeoff.png go.")
 flags.DEFINE_boolean("progress", True, "Show progress bars.")
+flags.DEFINE_string(
+    "data_dir", None, "TFDS data directory holding the prepared ratings (offline: a copy "
+    "prepared elsewhere); default $TFDS_DATA_DIR or ~/tensorflow_datasets.")
 
 
 def main(argv):
@@ -45,6 +48,7 @@ def main(argv):
         "train_examples": 10_000_000,  # all ratings
         "eval_examples": 10_000_000,
         "progress": FLAGS.progress,
+        "data_dir": FLAGS.data_dir,
     }, FLAGS.output_dir)
 
 

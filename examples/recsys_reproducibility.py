@@ -22,8 +22,17 @@ asynchronous workers), local_sgd (workers average their weights every
 from OS entropy, so replicas differ by it; --sources then defaults to none.
 Sources stale and op_nondeterminism are in-process only.
 
+Which activation should I use? With --max_auc_loss=0.002 (the AUC you will
+give up against ReLU) the job searches beta for the smooth families in
+--activations (default smelu, with gelu, swish and softplus as reference
+points), spends replicas where the intervals leave the answer open, stops
+within --time_budget (default 420 s) and prints a recommendation with its 95%
+intervals, or "keep relu". results.json then holds the search ("advice"):
+every candidate's AUC and PD change vs relu, each family's Pareto frontier.
+
 Examples:
   python examples/recsys_reproducibility.py                  # default, < 10 min
+  python examples/recsys_reproducibility.py --max_auc_loss=0.002   # a recommendation
   python examples/recsys_reproducibility.py --quick          # smoke test, < 2 min
   python examples/recsys_reproducibility.py \\
       --activations=relu,smelu:0.05,smelu:0.1,smelu:0.2,gelu \\
@@ -58,16 +67,29 @@ QUICK_PRESET = dict(
 )
 
 
+SEARCH_PRESET = {
+    "activations": ["relu", "smelu:0.2", "gelu", "swish", "softplus"],
+    "replicas": 4,
+    "time_budget": 420.0,
+}
+"""--max_auc_loss defaults (flags given explicitly win): the smelu family searched,
+GELU, Swish and Softplus as reference points, R = 4 to start (the search adds
+replicas where intervals leave the answer open), 7 minutes of training."""
+
+
 def resolved_config() -> dict:
     """All flag values of this module; --quick fills in flags not given explicitly.
 
     With multi-worker jobs `--sources` defaults to none: replicas then differ
     only by their update schedule (the in-process default, tower_init, would
-    blur the update mode's own effect).
+    blur the update mode's own effect). With `--max_auc_loss`, `SEARCH_PRESET`
+    fills in flags not given explicitly.
     """
     config = cli.resolved_flags(QUICK_PRESET)
     if (config["update_mode"] or config["workers"] > 1) and not FLAGS["sources"].present:
         config["sources"] = ["none"]
+    if config["max_auc_loss"] is not None:
+        config.update({k: v for k, v in SEARCH_PRESET.items() if not FLAGS[k].present})
     return config
 
 

@@ -253,8 +253,10 @@ def test_two_workers_sync_identical_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_crash_is_reported_then_stale_run_resumes(tmp_path, assert_processes_gone):
-    """Stale mode without a schedule seed: the chief's seed is shared and checkpointed."""
+def test_two_workers_crash_is_reported_then_stale_run_resumes(
+        tmp_path, assert_processes_gone, capsys):
+    """Stale mode without a schedule seed: the chief's seed is shared and checkpointed;
+    then a damaged newest checkpoint, passed over by both workers alike."""
     output, checkpoint_dir = tmp_path / "stale.npz", tmp_path / "ckpt"
     run = dict(steps=40, update_mode="stale", max_delay=3)
     options = TrainerOptions(checkpoint_dir=str(checkpoint_dir), checkpoint_every=10)
@@ -278,6 +280,18 @@ def test_two_workers_crash_is_reported_then_stale_run_resumes(tmp_path, assert_p
         assert (summary["start_step"], summary["final_step"]) == (20, 40)
         assert len(summary["losses"]) == 20 and summary["schedule_seed"] == seed
     assert tf.train.latest_checkpoint(str(checkpoint_dir)).endswith("ckpt-40")
+
+    # A damaged newest checkpoint: every worker reads the same files and
+    # passes over it to the same intact one, with a warning.
+    (data_file,) = checkpoint_dir.glob("ckpt-40.data-*")
+    data_file.write_bytes(data_file.read_bytes()[:-8])
+    capsys.readouterr()
+    assert _launch_training(output, options, **run) == [0, 0]
+    (w0, w1), summaries = _worker_outputs(output)
+    assert _same(w0, w1)
+    assert [s["start_step"] for s in summaries] == [30, 30]
+    log = capsys.readouterr().out
+    assert log.count("Resuming from ckpt-30, the newest intact checkpoint") == 2, log[-3000:]
 
 
 @pytest.mark.slow

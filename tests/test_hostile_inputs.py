@@ -52,6 +52,15 @@ TINY = ["--quick", "--train_examples=600", "--eval_examples=300", "--replicas=2"
         ({"dataset": "csv:"}, "path"),
         ({"workers": 3, "batch_size": 512}, "multiple of the number of workers"),
         ({"workers": 2, "sources": ["stale"]}, "in-process harness"),
+        ({"max_auc_loss": -0.001}, "max_auc_loss"),
+        ({"max_auc_loss": math.nan}, "max_auc_loss"),
+        ({"max_auc_loss": 0.002, "workers": 2}, "in process only"),
+        ({"max_auc_loss": 0.002, "replicas": 3}, "replicas"),
+        ({"max_auc_loss": 0.002, "replicas": 16, "max_replicas": 8}, "max_replicas"),
+        ({"time_budget": 0.0}, "time_budget"),
+        ({"beta_scale": "relative", "workers": 2}, "in process"),
+        ({"beta_scale": "relative", "max_auc_loss": 0.002, "replicas": 4}, "search"),
+        ({"beta_scale": "relatif"}, "beta_scale"),
     ],
 )
 def test_a_bad_configuration_is_one_usage_line(values, message):
@@ -189,6 +198,7 @@ MAIN_JOB_CASES = {
     "output dir is a file": (["--output_dir={root}/a_file"], ["a_file", "not a directory"]),
     "output dir below a file": (["--output_dir={root}/a_file/out"], ["a_file"]),
     "missing data file": (["--dataset=csv:{root}/missing.csv"], ["missing.csv"]),
+    "binary data file": (["--dataset=csv:{root}/binary.csv"], ["binary.csv"]),
     "short csv row": (["--dataset=csv:{root}/short_row.csv"], ["short_row.csv", "3"]),
     "word where the label should be": (["--dataset=csv:{root}/label_word.csv"],
                                        ["label_word.csv", "3"]),

@@ -114,3 +114,41 @@ def test_quick_preset_never_overrides_explicit_flags(tmp_path):
 
     assert config("--replicas=5") == {"quick": False, "replicas": 5, "train_examples": 500}
     assert config("--quick", "--replicas=5") == {"quick": True, "replicas": 5, "train_examples": 20}
+
+
+@pytest.mark.slow
+def test_max_auc_loss_searches_and_recommends(tmp_path, validate_results):
+    result = _run(
+        "--quick", "--train_examples=4000", "--eval_examples=2000", "--hidden_units=16,8",
+        "--activations=relu,smelu:0.1,gelu", "--replicas=4", "--max_replicas=8",
+        "--max_auc_loss=0.005", "--time_budget=40", f"--output_dir={tmp_path}", "--noprogress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    content = validate_results(tmp_path / "results.json")
+    advice = content["advice"]["tower_init"]
+    assert advice["text"] in result.stdout and "Recommendation for sources tower_init" in (
+        result.stdout)
+    assert advice["text"].startswith(("use ", "keep relu"))
+    labels = [r["label"] for r in content["results"]]
+    assert labels[:2] == ["relu", "gelu"] and any(label.startswith("smelu") for label in labels)
+    assert [t["label"] for t in advice["trials"]][:2] == ["relu", "gelu"]
+    for row in content["results"]:  # the advisor's inputs are in every row
+        assert len(row["rel_pd_pairs"]) == row["replicas"] * (row["replicas"] - 1) // 2
+        assert len(row["aucs"]) == row["replicas"]
+    assert {"smelu"} <= set(advice["frontiers"])
+
+
+@pytest.mark.slow
+def test_relative_beta_sets_each_layer_from_its_measured_spread(tmp_path, validate_results):
+    result = _run(
+        "--quick", "--train_examples=4000", "--eval_examples=1000", "--hidden_units=16,8",
+        "--replicas=2", "--activations=relu,smelu:0.5", "--beta_scale=relative",
+        "--preactivation_warmup_steps=5", f"--output_dir={tmp_path}", "--noprogress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Pre-activation std per hidden layer after 5 ReLU steps" in result.stdout
+    relu, smelu = validate_results(tmp_path / "results.json")["results"]
+    assert relu["label"] == "relu" and smelu["label"] == "smelu(β=0.5σ)"
+    assert smelu["k"] == 0.5 and len(smelu["beta_per_layer"]) == 2
+    for key, beta in smelu["beta_per_layer"].items():
+        assert beta == pytest.approx(0.5 * smelu["preactivation_std"][key])

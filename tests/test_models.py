@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_smelu import layers as smelu_layers
 from tf_smelu.data.synthetic import SyntheticCTRConfig, generate_examples, make_dataset
 from tf_smelu.models import (
     CrossLayer,
@@ -15,6 +16,7 @@ from tf_smelu.models import (
     build_model,
     derive_seed,
 )
+from tf_smelu.registry import Activation
 
 CONFIG = SyntheticCTRConfig(
     num_examples=4_096,
@@ -279,7 +281,72 @@ def test_unknown_model_name_and_spec_raise():
         build_model("dcn", ["user_id"])
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_hidden_activation_key_names_the_activation_entry_of_the_config(name):
+    """`tf_smelu.convert_activations` rebuilds the rankers through this entry."""
+    model = _small_model(name, "gelu")
+    assert model.get_config()[type(model).hidden_activation_key] == "gelu"
+
+
 def test_spec_config_dict_is_accepted(batch):
     model = build_model("mlp", SPEC.get_config(), hidden_units=(4,))
     assert model.feature_spec == SPEC
     assert model(batch).shape == (64, 1)
+
+
+# -- one activation per hidden layer ----------------------------------------
+
+PER_LAYER = {
+    "mlp": {"hidden_activation_0": "smelu:0.05", "hidden_activation_1": "rescu:0.2:3"},
+    "dcn": {"bottom_activation_0": "gelu", "top_activation_0": "smelu:0.05",
+            "top_activation_1": smelu_layers.GeneralizedSmeLU(alpha=0.1, beta=0.3)},
+}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_each_hidden_layer_takes_its_own_activation(name, batch):
+    model = _small_model(name, PER_LAYER[name])
+    assert model.hidden_activation_names == tuple(PER_LAYER[name])
+    for layer_name, activation in PER_LAYER[name].items():
+        layer = model.get_layer(layer_name)
+        if activation == "gelu":
+            assert layer.activation is keras.activations.gelu
+            continue
+        expected = (Activation.parse(activation).to_keras() if isinstance(activation, str)
+                    else activation)
+        assert type(layer) is type(expected) and layer is not expected
+        assert {k: v for k, v in layer.get_config().items() if k != "name"} == {
+            k: v for k, v in expected.get_config().items() if k != "name"}
+    assert np.all(np.isfinite(model(batch)))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_per_layer_activations_survive_a_keras_file(name, batch, tmp_path):
+    model = _small_model(name, PER_LAYER[name], embedding_seed=1, tower_seed=2)
+    config = model.get_config()
+    assert set(config["activation"]) == set(PER_LAYER[name])
+    assert type(model).from_config(config).get_config() == config
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config() == config
+    assert loaded.hidden_activation_names == model.hidden_activation_names
+    np.testing.assert_array_equal(loaded(batch), model(batch))
+
+
+@pytest.mark.parametrize(
+    "activation, message",
+    [({"hidden_activation_0": "relu"}, "no activation for hidden layer 'hidden_activation_1'"),
+     ({"hidden_activation_0": "relu", "hidden_activation_1": "relu", "hidden_2": "relu"},
+      r"names layers this model does not have: \['hidden_2'\]")],
+)
+def test_per_layer_activations_must_name_exactly_the_hidden_layers(activation, message):
+    with pytest.raises(ValueError, match=message):
+        _small_model("mlp", activation)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_one_activation_for_all_keeps_its_single_config_entry(name):
+    model = _small_model(name, "smelu:0.2")
+    assert model.get_config()["activation"]["class_name"] == "SmeLU"
+    assert len(model.hidden_activation_names) == sum(map(len, SMALL_TOWERS[name].values()))

@@ -17,7 +17,7 @@ import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_smelu.data import load_dataset, movielens
+from tf_smelu.data import DATA_ERRORS, load_dataset, movielens
 from tf_smelu.data.features import DENSE_FEATURE_NAME
 from tf_smelu.data.movielens import (
     CATEGORICAL_FEATURE_NAMES,
@@ -157,23 +157,107 @@ def test_dense_columns_are_timestamp_hour_and_weekday():
     np.testing.assert_array_equal(dense, [[0, 0, 3], [monday_1pm, 13, 0]])
 
 
-@pytest.mark.parametrize(
-    "raised, download, message",
-    [
-        (requests.exceptions.ConnectionError("Failed to resolve files.grouplens.org"), True,
-         "no network access"),
-        (AssertionError("could not find data"), False, "not prepared"),
-    ],
-)
-def test_unavailable_data_gives_a_clear_error(monkeypatch, raised, download, message):
-    def failing_load(*args, **kwargs):
-        raise raised
+def _no_network(*args, **kwargs):
+    raise requests.exceptions.ConnectionError("Failed to resolve 'files.grouplens.org'")
 
-    monkeypatch.setattr(tfds, "load", failing_load)
-    with pytest.raises(MovieLensUnavailableError, match=message) as error:
-        load_movielens("1m", download=download, data_dir="/tmp/no_such_tfds_dir")
-    assert "movielens/1m-ratings" in str(error.value)
-    assert "/tmp/no_such_tfds_dir" in str(error.value)
+
+class _Response:
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+def _fake_tfds_load(calls: list[bool], on_download=None):
+    """`tfds.load` of data that is not prepared; `on_download` runs for download=True."""
+
+    def load(name, *, download, data_dir=None, **kwargs):
+        calls.append(download)
+        if download and on_download is not None:
+            on_download(data_dir)
+        raise AssertionError(f"Dataset {name}: could not find data in {data_dir}.")
+
+    return load
+
+
+@pytest.mark.parametrize("through_load_dataset", [False, True])
+def test_offline_first_use_fails_fast_and_writes_nothing(monkeypatch, tmp_path,
+                                                          through_load_dataset):
+    calls: list[bool] = []
+    monkeypatch.setattr(tfds, "load", _fake_tfds_load(calls))
+    monkeypatch.setattr(requests, "head", _no_network)
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(MovieLensUnavailableError) as raised:
+        if through_load_dataset:
+            load_dataset("movielens_100k", data_dir=data_dir)
+        else:
+            load_movielens("100k", data_dir=data_dir)
+    assert calls == [False]  # TFDS never started its minutes of download retries
+    assert not data_dir.exists()
+    message = str(raised.value)
+    for part in ("'movielens/100k-ratings'", "ml-100k.zip cannot be reached",
+                 "ConnectionError", "nothing was written", "--data_dir", "TFDS_DATA_DIR",
+                 "tfds.load('movielens/100k-ratings', data_dir='DIR')", str(data_dir)):
+        assert part in message
+    assert isinstance(raised.value, DATA_ERRORS) and "\n" not in message
+
+
+def test_an_error_status_counts_as_unreachable(monkeypatch, tmp_path):
+    calls: list[bool] = []
+    monkeypatch.setattr(tfds, "load", _fake_tfds_load(calls))
+    monkeypatch.setattr(requests, "head", lambda *args, **kwargs: _Response(503))
+    with pytest.raises(MovieLensUnavailableError, match="HTTP status 503"):
+        load_movielens("1m", data_dir=tmp_path)
+    assert calls == [False]
+
+
+@pytest.mark.parametrize("data_dir_existed", [False, True])
+def test_a_failed_download_leaves_nothing_behind(monkeypatch, tmp_path, data_dir_existed):
+    data_dir = tmp_path / "tfds"
+    kept = [data_dir / "downloads" / "other.zip", data_dir / "movielens" / "old" / "x.json"]
+    if data_dir_existed:
+        for path in kept:
+            path.parent.mkdir(parents=True)
+            path.write_text("kept")
+
+    def partial_download(location):
+        # What TFDS leaves after a failed download (seen with TFDS 4.9).
+        for path in ("downloads/movielens/ml-100k.zip.tmp.1f/part",
+                     "movielens/100k-ratings/incomplete.ZE46VK_0.1.1/x",
+                     "movielens/.config/metadata.json"):
+            (data_dir / path).parent.mkdir(parents=True, exist_ok=True)
+            (data_dir / path).write_text("partial")
+        raise requests.exceptions.ConnectionError("connection reset")
+
+    calls: list[bool] = []
+    monkeypatch.setattr(tfds, "load", _fake_tfds_load(calls, partial_download))
+    monkeypatch.setattr(requests, "head", lambda *args, **kwargs: _Response(200))
+    with pytest.raises(MovieLensUnavailableError, match="downloading and preparing it failed"):
+        load_movielens("100k", data_dir=data_dir)
+    assert calls == [False, True]
+    if data_dir_existed:
+        left = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
+        assert left == ["downloads/other.zip", "movielens/old/x.json"]
+    else:
+        assert not data_dir.exists()
+
+
+def test_without_download_nothing_touches_the_network(monkeypatch, tmp_path):
+    calls: list[bool] = []
+    monkeypatch.setattr(tfds, "load", _fake_tfds_load(calls))
+    monkeypatch.setattr(requests, "head", lambda *args, **kwargs: pytest.fail("network used"))
+    with pytest.raises(MovieLensUnavailableError, match="not prepared under data_dir and "
+                       "download=False") as raised:
+        load_movielens("1m", download=False, data_dir=tmp_path / "none")
+    assert calls == [False] and str(tmp_path / "none") in str(raised.value)
+
+
+def test_a_prepared_copy_needs_no_network(mock_movielens, monkeypatch):
+    monkeypatch.setattr(requests, "head", lambda *args, **kwargs: pytest.fail("network used"))
+    loaded = load_dataset("movielens_100k", train_examples=50, eval_examples=10,
+                          label_threshold=0.5)
+    assert len(loaded.train) == 50
+    assert loaded.schema["label_column"] == "user_rating"
+    assert loaded.schema["label_threshold"] == 0.5
+    assert loaded.schema["decisions"]["label_threshold"] == "given"
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from tf_smelu.experiment import CTRExperimentConfig
 from tf_smelu.experiment.config import TRAINING_FIELDS_SET_BY_THE_EXPERIMENT
 from tf_smelu.training import config as config_flags
 from tf_smelu.training.config import TrainingConfig
+from tf_smelu.training.problem import UserModelError
 
 
 def define_experiment_flags(
@@ -125,10 +126,19 @@ def run_experiment(
     if finished:
         log(f"Resuming: {len(finished)} finished row(s) in "
             f"{os.path.join(output_dir, 'results.json')} are reused (--noresume starts over).")
-    rows = experiment.run_ctr_experiment(
-        config, log, finished,
-        on_row=lambda rows: experiment.write_results(output_dir, record, rows, complete=False))
-    experiment.report(rows, record, output_dir, log)
+    data: dict[str, object] = {}
+
+    def write_unfinished(rows: list[dict]) -> None:
+        experiment.write_results(output_dir, record, rows, complete=False, data=data)
+
+    advice = None
+    if config.max_auc_loss is None:
+        rows = experiment.run_ctr_experiment(config, log, finished, on_row=write_unfinished,
+                                             on_data=data.update)
+    else:
+        rows, advice = experiment.advise_ctr_experiment(
+            config, log, finished, on_row=write_unfinished, on_data=data.update)
+    experiment.report(rows, record, output_dir, log, advice=advice, data=data)
     return rows
 
 
@@ -138,4 +148,5 @@ def run(main: Callable) -> None:
     A bad flag, data file, output directory or results file ends in one
     `error:` line and exit code 1; `--debug` shows the traceback.
     """
-    run_program(main, user_errors=(*DATA_ERRORS, experiment.ResultsMismatchError))
+    run_program(main, user_errors=(*DATA_ERRORS, experiment.ResultsMismatchError,
+                                   UserModelError))

@@ -1,7 +1,9 @@
 """CTR ranking models (Keras 3) with independently seeded parts.
 
-This module stays whole (about 550 lines): both models share the seeding,
-activation-cloning and serialization helpers at its top.
+This module stays whole (about 500 lines): both models share the
+serialization helpers at its top and the plumbing of `_CTRRanker`; the
+seeding and activation helpers live in `tf_smelu.conversion`, which rebuilds
+any Keras model the same way.
 
 Two models are provided, both built from a
 `tf_smelu.data.FeatureSpec`:
@@ -35,98 +37,31 @@ before the first call.
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import keras
-import numpy as np
 from keras import ops
 
 from tf_smelu.common import KERAS_PACKAGE
-from tf_smelu.registry import Activation
-from tf_smelu.validation import is_int, require_non_negative_int, require_positive_int
-from tf_smelu.data.features import (
-    DENSE_FEATURE_NAME,
-    FeatureSpec,
+from tf_smelu.conversion import (
+    ActivationLike,
+    InitializerLike,
+    PerLayerActivations,
+    activation_for,
+    activation_layer,
+    derive_seed,
+    is_per_layer,
+    resolve_activation,
+    seeded_initializer,
+    serialize_activation,
 )
-
-
-ActivationLike = str | Activation | Callable | keras.layers.Layer
-InitializerLike = str | Mapping[str, Any] | keras.initializers.Initializer
-
+from tf_smelu.data.features import DENSE_FEATURE_NAME, FeatureSpec
+from tf_smelu.validation import is_int, require_non_negative_int, require_positive_int
 
 # --------------------------------------------------------------------------
-# Seeding, activations and initializers.
+# Serialization helpers.
 # --------------------------------------------------------------------------
-
-
-def derive_seed(base_seed: int | None, *path: str | int) -> int | None:
-    """Deterministic per-layer seed from a base seed and the layer's role.
-
-    Uses a process-independent hash of `path`, so the seed of one layer does
-    not depend on how many other layers exist.  `None` stays `None`.
-    """
-    if base_seed is None:
-        return None
-    path_hash = zlib.crc32("/".join(str(part) for part in path).encode("utf-8"))
-    state = np.random.SeedSequence([int(base_seed), path_hash]).generate_state(1)
-    return int(state[0] & 0x7FFFFFFF)  # initializers want a non-negative int32
-
-
-def _seeded_initializer(
-    initializer: InitializerLike, seed: int | None
-) -> keras.initializers.Initializer:
-    """A fresh copy of `initializer` using `seed` (if it takes a seed).
-
-    A fresh instance per layer matters even for `seed=None`: Keras then
-    draws a new seed per instance, instead of sharing one between layers.
-    """
-    template = keras.initializers.get(initializer)
-    config = template.get_config()
-    if "seed" in config:
-        config["seed"] = seed
-    return template.__class__.from_config(config)
-
-
-def _activation_layer(activation: ActivationLike, name: str) -> keras.layers.Layer:
-    """A new activation layer; layer instances are cloned, never shared.
-
-    Cloning through `from_config` gives each hidden layer its own (unbuilt)
-    copy, so trainable activation parameters are per layer.
-    """
-    if isinstance(activation, keras.layers.Layer):
-        config = activation.get_config()
-        config["name"] = name
-        return activation.__class__.from_config(config)
-    return keras.layers.Activation(activation, name=name)
-
-
-def _resolve_activation(activation: ActivationLike) -> str | Callable | keras.layers.Layer:
-    """Specs with parameters (`"smelu:0.2"`, an `Activation`) become their layer.
-
-    Plain names (`"relu"`, `"smelu"`, `"tanh"`) and callables go to Keras as
-    they are: the registry makes the package's names known to Keras.
-    """
-    if isinstance(activation, str) and ":" in activation:
-        activation = Activation.parse(activation)
-    if isinstance(activation, Activation):
-        return activation.to_keras()
-    return activation
-
-
-def _serialize_activation(activation: ActivationLike) -> str | dict:
-    if isinstance(activation, str):
-        return activation
-    return keras.saving.serialize_keras_object(activation)
-
-
-def _deserialize_activation(
-    activation: str | Mapping | ActivationLike,
-) -> ActivationLike:
-    if isinstance(activation, Mapping):
-        return keras.saving.deserialize_keras_object(dict(activation))
-    return activation
 
 
 def _as_feature_spec(feature_spec: FeatureSpec | Mapping) -> FeatureSpec:
@@ -227,10 +162,13 @@ class _CTRRanker(keras.Model):
     in the constructor.
     """
 
+    hidden_activation_key: ClassVar[str] = "activation"
+    """The config entry `tf_smelu.convert_activations` replaces."""
+
     def __init__(
         self,
         feature_spec: FeatureSpec | Mapping,
-        activation: ActivationLike = "relu",
+        activation: ActivationLike | PerLayerActivations = "relu",
         embedding_dim: int = 8,
         embedding_initializer: InitializerLike = "uniform",
         kernel_initializer: InitializerLike = "glorot_uniform",
@@ -240,11 +178,16 @@ class _CTRRanker(keras.Model):
     ) -> None:
         super().__init__(**kwargs)
         self.feature_spec = _as_feature_spec(feature_spec)
-        # Bypasses Keras' attribute tracking: the template is only ever
-        # cloned, and tracking it would add an unbuilt, unused sublayer.
+        # Bypasses Keras' attribute tracking: templates are only ever cloned,
+        # and tracking them would add unbuilt, unused sublayers. A per-layer
+        # mapping is read one hidden layer at a time, as the layers are made.
         object.__setattr__(
-            self, "_activation_template", _resolve_activation(_deserialize_activation(activation))
+            self,
+            "_activation_argument",
+            activation if is_per_layer(activation) else resolve_activation(activation),
         )
+        # Hidden activation layer name -> its template, filled by `_mlp_layers`.
+        object.__setattr__(self, "_hidden_activations", {})
         self.embedding_dim = require_positive_int("embedding_dim", embedding_dim)
         self.embedding_initializer = keras.initializers.get(embedding_initializer)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -255,7 +198,7 @@ class _CTRRanker(keras.Model):
             keras.layers.Embedding(
                 feature.vocab_size,
                 self.embedding_dim,
-                embeddings_initializer=_seeded_initializer(
+                embeddings_initializer=seeded_initializer(
                     self.embedding_initializer,
                     derive_seed(self.embedding_seed, "embedding", feature.name),
                 ),
@@ -270,7 +213,7 @@ class _CTRRanker(keras.Model):
         """A linear Dense layer seeded from `tower_seed` and its role."""
         return keras.layers.Dense(
             units,
-            kernel_initializer=_seeded_initializer(
+            kernel_initializer=seeded_initializer(
                 self.kernel_initializer, derive_seed(self.tower_seed, role)
             ),
             name=role,
@@ -282,16 +225,16 @@ class _CTRRanker(keras.Model):
         """Hidden layers `[dense_0, activation_0, dense_1, ...]` of an MLP.
 
         A flat list (rather than nested pairs) so that Keras' saving finds
-        every sublayer; each hidden layer gets its own activation layer.
+        every sublayer; each hidden layer gets its own activation layer, named
+        `{prefix}_activation_{index}` (its key among per-layer activations).
         """
         layers = []
         for index, width in enumerate(units):
             layers.append(self._tower_dense(width, f"{prefix}_dense_{index}"))
-            layers.append(
-                _activation_layer(
-                    self._activation_template, f"{prefix}_activation_{index}"
-                )
-            )
+            name = f"{prefix}_activation_{index}"
+            template = activation_for(self._activation_argument, name)
+            self._hidden_activations[name] = template
+            layers.append(activation_layer(template, name))
         return layers
 
     @staticmethod
@@ -309,8 +252,25 @@ class _CTRRanker(keras.Model):
         return x
 
     def _finish_init(self) -> None:
-        """Creates all weights now, so initial weights exist before any call."""
+        """Checks per-layer activations; creates all weights now, before any call."""
+        if is_per_layer(self._activation_argument):
+            unknown = sorted(set(self._activation_argument) - set(self._hidden_activations))
+            if unknown:
+                raise ValueError(
+                    f"`activation` names layers this model does not have: {unknown}. Its "
+                    f"hidden activation layers: {list(self._hidden_activations)}. "
+                    f"Received: activation={dict(self._activation_argument)!r}"
+                )
         self.build(self._input_shapes())
+
+    @property
+    def hidden_activation_names(self) -> tuple[str, ...]:
+        """Names of the hidden activation layers, in the order the data meets them.
+
+        They are the keys of per-layer activations (the `activation`
+        argument as a mapping), e.g. `("hidden_activation_0", ...)`.
+        """
+        return tuple(self._hidden_activations)
 
     def _input_shapes(self) -> dict[str, tuple]:
         shapes = {name: (None,) for name in self.feature_spec.categorical_names}
@@ -356,7 +316,12 @@ class _CTRRanker(keras.Model):
             "trainable": self.trainable,
             "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
             "feature_spec": self.feature_spec.get_config(),
-            "activation": _serialize_activation(self._activation_template),
+            "activation": (
+                {name: serialize_activation(template)
+                 for name, template in self._hidden_activations.items()}
+                if is_per_layer(self._activation_argument)
+                else serialize_activation(self._activation_argument)
+            ),
             "embedding_dim": self.embedding_dim,
             "embedding_initializer": keras.initializers.serialize(
                 self.embedding_initializer
@@ -384,7 +349,11 @@ class DCNRanker(_CTRRanker):
         activation: Hidden activation of both MLPs: a Keras activation name
             (`"relu"`, `"gelu"`, `"swish"`, `"softplus"`, and after
             `import tf_smelu` also `"smelu"`, `"generalized_smelu"`,
-            `"rescu"`), a callable, or a layer instance (cloned per layer).
+            `"rescu"`), a spec such as `"smelu:0.2"`, a callable, or a layer
+            instance (cloned per layer). Or one of these per hidden layer: a
+            mapping from every name of `hidden_activation_names`
+            (`"bottom_activation_0"`, ..., `"top_activation_0"`, ...) to
+            its activation.
         embedding_dim: Width of every embedding.
         bottom_units: Hidden widths of the dense-feature MLP.
         num_cross_layers: Number of stacked cross layers (may be 0).
@@ -400,7 +369,7 @@ class DCNRanker(_CTRRanker):
     def __init__(
         self,
         feature_spec: FeatureSpec | Mapping,
-        activation: ActivationLike = "relu",
+        activation: ActivationLike | PerLayerActivations = "relu",
         embedding_dim: int = 8,
         bottom_units: Sequence[int] = (32, 16),
         num_cross_layers: int = 2,
@@ -429,7 +398,7 @@ class DCNRanker(_CTRRanker):
         self.bottom_layers = self._mlp_layers("bottom", self.bottom_units)
         self.cross_layers = [
             CrossLayer(
-                kernel_initializer=_seeded_initializer(
+                kernel_initializer=seeded_initializer(
                     self.kernel_initializer,
                     derive_seed(self.tower_seed, f"cross_{index}"),
                 ),
@@ -477,7 +446,11 @@ class MLPRanker(_CTRRanker):
 
     Args:
         feature_spec: Input fields, vocabulary sizes and dense width.
-        activation: Hidden activation (see `DCNRanker`).
+        activation: Hidden activation (see `DCNRanker`), or one per hidden
+            layer: a mapping from every name of `hidden_activation_names`
+            (`"hidden_activation_0"`, ...) to its activation, e.g.
+            `{"hidden_activation_0": "smelu:0.05", "hidden_activation_1":
+            "smelu:0.1"}`.
         embedding_dim: Width of every embedding.
         hidden_units: Hidden widths of the MLP (at least one).
         embedding_initializer: Initializer of the embedding tables.
@@ -490,7 +463,7 @@ class MLPRanker(_CTRRanker):
     def __init__(
         self,
         feature_spec: FeatureSpec | Mapping,
-        activation: ActivationLike = "relu",
+        activation: ActivationLike | PerLayerActivations = "relu",
         embedding_dim: int = 8,
         hidden_units: Sequence[int] = (256, 128, 64),
         embedding_initializer: InitializerLike = "uniform",
@@ -535,7 +508,7 @@ MODEL_CLASSES: Mapping[str, type[_CTRRanker]] = {"dcn": DCNRanker, "mlp": MLPRan
 def build_model(
     name: str,
     feature_spec: FeatureSpec | Mapping,
-    activation: ActivationLike = "relu",
+    activation: ActivationLike | PerLayerActivations = "relu",
     **kwargs,
 ) -> _CTRRanker:
     """Builds a CTR ranking model by name (`"dcn"` or `"mlp"`).
@@ -543,7 +516,9 @@ def build_model(
     Args:
         name: Key of `MODEL_CLASSES`.
         feature_spec: Input description, e.g. `config.feature_spec()`.
-        activation: Hidden activation (name, callable or layer instance).
+        activation: Hidden activation (name, spec, callable or layer
+            instance), or a mapping from hidden activation layer name to
+            activation (see `MLPRanker` and `DCNRanker`).
         **kwargs: Further constructor arguments of the model class, e.g.
             `embedding_seed`, `tower_seed`, `top_units`.
 

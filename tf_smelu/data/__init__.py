@@ -1,10 +1,12 @@
 """Datasets for tf_smelu experiments.
 
 `tf_smelu.data.synthetic` generates seeded CTR recommendation data with a
-known click model; the real datasets (MovieLens via TFDS, Criteo and CSV
-files) have the same interface.  `FeatureSpec` (`tf_smelu.data.features`)
-describes any CTR dataset's inputs to the models in `tf_smelu.models`, and
-`load_dataset` loads the dataset named by a `--dataset` spec.
+known click model; the real datasets (MovieLens via TFDS, Criteo, CSV and
+TFRecord files) have the same interface.  `FeatureSpec`
+(`tf_smelu.data.features`) describes any CTR dataset's inputs to the models
+in `tf_smelu.models`, and `load_dataset` loads the dataset named by a
+`--dataset` spec, with the columns of users' files inferred or given
+(`tf_smelu.data.schema`; `describe_schema` prints what was used).
 """
 
 from tf_smelu.data.click_model import zipf_probabilities
@@ -23,10 +25,13 @@ from tf_smelu.data.features import (
     FeatureSpec,
 )
 from tf_smelu.data.movielens import MovieLensUnavailableError, load_movielens
+from tf_smelu.data.schema import describe_schema
 from tf_smelu.data.sources import (
     DATASET_KINDS,
+    DATASET_OPTIONS,
     DATASET_SPEC_HELP,
     DatasetSpec,
+    check_dataset_options,
     load_dataset,
     parse_dataset_spec,
     vocab_cap,
@@ -40,14 +45,17 @@ from tf_smelu.data.synthetic import (
 )
 from tf_smelu.data.tabular import (
     DEFAULT_TRAFFIC_QUANTILES,
+    DataFileError,
     LoadedDataset,
     MalformedRowError,
     SkippedRows,
     popularity_buckets,
 )
+from tf_smelu.data.tfrecord import MalformedRecordError, load_tfrecord
 
 __all__ = [
     "DATASET_KINDS",
+    "DATASET_OPTIONS",
     "DATASET_SPEC_HELP",
     "DEFAULT_TRAFFIC_QUANTILES",
     "DEFAULT_VOCAB_SIZES",
@@ -55,20 +63,25 @@ __all__ = [
     "SPLITS",
     "CTRExamples",
     "CategoricalFeature",
+    "DataFileError",
     "DatasetSpec",
     "FeatureSpec",
     "LoadedDataset",
+    "MalformedRecordError",
     "MalformedRowError",
     "MovieLensUnavailableError",
     "SkippedRows",
     "SyntheticCTRConfig",
+    "check_dataset_options",
     "criteo_dataset",
     "criteo_feature_spec",
+    "describe_schema",
     "generate_examples",
     "load_criteo",
     "load_csv",
     "load_dataset",
     "load_movielens",
+    "load_tfrecord",
     "make_dataset",
     "parse_dataset_spec",
     "popularity_buckets",
@@ -78,7 +91,8 @@ __all__ = [
     "zipf_probabilities",
 ]
 
-DATA_ERRORS = (MalformedRowError, MovieLensUnavailableError, OSError)
-"""Errors that a user's data (missing, unreadable or damaged files) raises
-while loading: command lines report them in one line, without a traceback."""
+DATA_ERRORS = (DataFileError, MovieLensUnavailableError, OSError)
+"""Errors that a user's data (missing, unreadable or damaged files, columns
+that do not fit the schema flags) raises while loading: command lines report
+them in one line, without a traceback."""
 __all__.append("DATA_ERRORS")

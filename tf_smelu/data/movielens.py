@@ -8,12 +8,21 @@ Download
 --------
 On first use TFDS downloads the ratings from https://files.grouplens.org
 (about 5 MB for 100k, 6 MB for 1m) and prepares them under `data_dir`
-(default `~/tensorflow_datasets`); later uses read the prepared copy and
-need no network.  Without network access the first use fails with a
-`MovieLensUnavailableError` saying so (after TFDS's own download
-retries, which can take a few minutes); prepare the data on a connected
-machine and copy `data_dir`, or pass `download=False` to fail at once
-when the data is not prepared.
+(default `$TFDS_DATA_DIR` or `~/tensorflow_datasets`); later uses read the
+prepared copy and need no network.
+
+Offline, this fails fast: the prepared copy is looked for first, without
+network; if it is missing, one request with a `PROBE_TIMEOUT_SECONDS`
+timeout checks that the download server answers before TFDS is asked to
+download (TFDS's own retries would take minutes).  When the server does not
+answer, or the download fails, a `MovieLensUnavailableError` says how to
+point `data_dir` (flag `--data_dir`, or `TFDS_DATA_DIR`) at a prepared
+copy, and anything the failed attempt created under `data_dir` is removed.
+Prepare a copy on a machine with network access with
+
+    python -c "import tensorflow_datasets as tfds; tfds.load('movielens/100k-ratings', data_dir='DIR')"
+
+and copy `DIR`.  `download=False` never uses the network.
 
 Examples
 --------
@@ -47,6 +56,8 @@ depend on the order in which TFDS yields the ratings.
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -61,7 +72,18 @@ VARIANTS: dict[str, str] = {
 }
 """Supported variants -> TFDS dataset names."""
 
+DOWNLOAD_URLS: dict[str, str] = {
+    "100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+    "1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+}
+"""What TFDS downloads for each variant."""
+
+PROBE_TIMEOUT_SECONDS = 5.0
+"""How long the check that the download server answers may take."""
+
 LABEL_KINDS: tuple[str, ...] = ("binary", "rating")
+RATING_FEATURE = "user_rating"
+"""The TFDS feature the labels come from."""
 
 CATEGORICAL_FEATURE_NAMES: tuple[str, ...] = (
     "user_id",
@@ -95,31 +117,92 @@ def _tfds_name(variant: str) -> str:
     return VARIANTS[variant]
 
 
-def _load_tfds_ratings(name: str, data_dir: str | None, download: bool) -> tf.data.Dataset:
-    """`tfds.load` of the single `train` split, with a clear offline error."""
-    import tensorflow_datasets as tfds  # deferred: importing TFDS takes seconds
+def _download_problem(url: str) -> str | None:
+    """Why `url` cannot be downloaded now (one quick request), or `None`."""
+    import requests  # deferred, like TFDS, which depends on it
 
     try:
-        return tfds.load(
-            name, split="train", data_dir=data_dir, download=download, shuffle_files=False
+        response = requests.head(url, timeout=PROBE_TIMEOUT_SECONDS, allow_redirects=True)
+    except requests.RequestException as error:
+        return f"{type(error).__name__}: {error}"
+    if response.status_code >= 400:
+        return f"HTTP status {response.status_code}"
+    return None
+
+
+def _paths_below(roots: Sequence[str]) -> set[str]:
+    """Every file and directory at or below `roots` (those that exist)."""
+    paths = set()
+    for root in roots:
+        if not os.path.lexists(root):
+            continue
+        paths.add(root)
+        for directory, subdirectories, files in os.walk(root):
+            paths.update(os.path.join(directory, name) for name in (*subdirectories, *files))
+    return paths
+
+
+def _remove_new_paths(roots: Sequence[str], before: set[str]) -> None:
+    """Removes what appeared at or below `roots` since `before` was taken."""
+    new = _paths_below(roots) - before
+    for path in sorted(new):
+        if os.path.dirname(path) in new:
+            continue  # removed with its new parent
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def _unavailable(name: str, location: str, reason: str) -> MovieLensUnavailableError:
+    return MovieLensUnavailableError(
+        f"Could not load the MovieLens dataset {name!r} with TensorFlow Datasets: {reason}. "
+        f"Point --data_dir (or TFDS_DATA_DIR) at a TFDS data directory holding it, prepared "
+        "on a machine with network access by: python -c \"import tensorflow_datasets as tfds; "
+        f"tfds.load('{name}', data_dir='DIR')\". Received: data_dir={location!r}"
+    )
+
+
+def _load_tfds_ratings(
+    name: str, variant: str, data_dir: str | None, download: bool
+) -> tf.data.Dataset:
+    """`tfds.load` of the single `train` split; fails fast and cleanly offline."""
+    import tensorflow_datasets as tfds  # deferred: importing TFDS takes seconds
+
+    location = data_dir or tfds.core.constants.DATA_DIR
+    load = dict(split="train", data_dir=data_dir, shuffle_files=False)
+    try:
+        return tfds.load(name, download=False, **load)
+    # AssertionError is how TFDS reports "not prepared"; OSError an
+    # unreadable data_dir.
+    except (AssertionError, OSError) as error:
+        if not download:
+            cause = "" if isinstance(error, AssertionError) else (
+                f" ({type(error).__name__}: {error})")
+            raise _unavailable(
+                name, location, f"it is not prepared under data_dir and download=False{cause}"
+            ) from error
+    url = DOWNLOAD_URLS[variant]
+    problem = _download_problem(url)
+    if problem is not None:
+        raise _unavailable(
+            name, location, f"it is not prepared under data_dir, and {url} cannot be reached "
+            f"to download it ({problem}; no network access?); nothing was written"
         )
-    # OSError covers requests' ConnectionError and unreachable data_dirs;
-    # AssertionError is how TFDS reports "not prepared" when download=False.
+    # TFDS leaves partial downloads and "incomplete" directories behind.
+    roots = [os.path.join(location, "downloads"), os.path.join(location, name.split("/")[0])]
+    existed = os.path.isdir(location)
+    before = _paths_below(roots) if existed else set()
+    try:
+        return tfds.load(name, download=True, **load)
     except (OSError, AssertionError, tfds.download.DownloadError) as error:
-        location = data_dir or "~/tensorflow_datasets"
-        action = (
-            "The first use downloads the ratings from https://files.grouplens.org "
-            f"(a few MB) and prepares them under data_dir={location!r}; this failed, "
-            "most likely because this machine has no network access."
-            if download
-            else f"The data is not prepared under data_dir={location!r} and "
-            "download=False."
-        )
-        raise MovieLensUnavailableError(
-            f"Could not load the MovieLens dataset {name!r} with TensorFlow Datasets. "
-            f"{action} Run once on a machine with network access (or copy a prepared "
-            "data directory) and pass its location as data_dir. "
-            f"Cause: {type(error).__name__}: {error}"
+        if existed:
+            _remove_new_paths(roots, before)
+        else:
+            shutil.rmtree(location, ignore_errors=True)
+        raise _unavailable(
+            name, location, f"downloading and preparing it failed "
+            f"({type(error).__name__}: {error}); the partial files were removed"
         ) from error
 
 
@@ -135,7 +218,7 @@ def _select_columns(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         "user_occupation": example["user_occupation_label"],
         "user_gender": example["user_gender"],
         "timestamp": example["timestamp"],
-        "rating": example["user_rating"],
+        "rating": example[RATING_FEATURE],
         "split_key": tf.strings.join(
             [example["user_id"], example["movie_id"], tf.strings.as_string(example["timestamp"])],
             separator="/",
@@ -206,7 +289,7 @@ def load_movielens(
     split = SplitConfig(test_fraction, seed, max_train_examples, max_test_examples)
     data_dir = None if data_dir is None else os.fspath(data_dir)
 
-    raw = _read_columns(_load_tfds_ratings(name, data_dir, download), name)
+    raw = _read_columns(_load_tfds_ratings(name, variant, data_dir, download), name)
     ratings = raw["rating"].astype(np.float32)
     columns = RawColumns(
         categorical={field: raw[field] for field in CATEGORICAL_FEATURE_NAMES},

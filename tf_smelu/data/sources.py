@@ -4,44 +4,88 @@ Spec syntax:
 
 * `synthetic`: seeded synthetic CTR data (`tf_smelu.data.synthetic`, default
   config), with ground-truth logits.
-* `movielens_100k`: MovieLens 100k ratings via TFDS, label `rating >= 4`
-  (`tf_smelu.data.movielens`; downloads a few MB on first use).
-* `movielens_1m`: MovieLens 1M ratings via TFDS, label `rating >= 4`.
+* `movielens_100k`: MovieLens 100k ratings via TFDS, label
+  `rating >= label_threshold` (default 4) (`tf_smelu.data.movielens`;
+  downloads a few MB on first use; offline, point `data_dir` or
+  `TFDS_DATA_DIR` at a prepared copy).
+* `movielens_1m`: MovieLens 1M ratings via TFDS, the same way.
 * `criteo:PATH`: Criteo-format TSV file, plain or gzip
   (`tf_smelu.data.criteo`).
-* `csv:PATH`: CSV file with a header; the label column is the
-  `label_column` argument (default `"label"`) (`tf_smelu.data.csv_data`).
-* `csv:PATH#COLUMN`: CSV file whose label column is `COLUMN` (overrides
-  `label_column`).  `PATH` must then not contain `#`.
+* `csv:PATH`: CSV file with a header, plain or gzip
+  (`tf_smelu.data.csv_data`).
+* `tfrecord:GLOB`: TFRecord files of `tf.train.Example`s, plain or GZIP,
+  read in one streaming pass (`tf_smelu.data.tfrecord`).
+* `csv:PATH#COLUMN`, `tfrecord:GLOB#COLUMN`: the same, with the label
+  column `COLUMN` (like `label_column`; giving both with different names is
+  an error).  `PATH` must then not contain `#`.
+
+The columns of csv and tfrecord data are inferred (`tf_smelu.data.schema`)
+or given by four arguments of `load_dataset`, flags of the same names:
+
+| argument / flag         | applies to                   | unset                      |
+|-------------------------|------------------------------|----------------------------|
+| `label_column`          | csv, tfrecord                | `label`                    |
+| `categorical_columns`   | csv, tfrecord                | inferred                   |
+| `dense_columns`         | csv, tfrecord                | inferred                   |
+| `label_threshold`       | csv, tfrecord, movielens_*   | labels 0/1 (movielens: 4)  |
+| `data_dir`              | movielens_*                  | TFDS's default data dir    |
+
+Setting one for a dataset it does not apply to is an error
+(`check_dataset_options`), not silently ignored.  Every loaded dataset
+records the schema it used in `LoadedDataset.schema`.
 
 A spec is parsed once, into a `DatasetSpec` (`parse_dataset_spec`), and
 `str(spec)` gives the text back.  `train_examples` and `eval_examples` are the
 exact sizes of the synthetic splits and *caps* for real data (a seeded random
 subset of each split; fewer rows if the data has fewer).  `seed` seeds the
 synthetic data, or the train/test split and row order of real data.
-`vocab_cap` is the one rule for `max_vocab_size`.
+`vocab_cap` is the one rule for `max_vocab_size`.  (Over 400 lines: the
+spec grammar and the rule of which option applies to which kind stay
+together.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
-from tf_smelu.data import criteo, csv_data, movielens
+from tf_smelu.data import criteo, csv_data, movielens, tfrecord
+from tf_smelu.data.schema import (
+    CATEGORICAL,
+    DENSE,
+    check_schema_arguments,
+    column_names,
+    make_schema,
+)
 from tf_smelu.data.synthetic import DEFAULT_VOCAB_SIZES, SyntheticCTRConfig, generate_examples
 from tf_smelu.data.tabular import LoadedDataset
 from tf_smelu.validation import require_non_negative_int
 
 DATASET_SPEC_HELP = (
-    "synthetic, movielens_100k, movielens_1m, criteo:PATH, csv:PATH or "
-    "csv:PATH#LABEL_COLUMN"
+    "synthetic, movielens_100k, movielens_1m, criteo:PATH, csv:PATH[#LABEL_COLUMN] or "
+    "tfrecord:GLOB[#LABEL_COLUMN]"
 )
 """One-line summary of the spec syntax, e.g. for a flag's help text."""
 
 _MOVIELENS_VARIANTS = {"movielens_100k": "100k", "movielens_1m": "1m"}
-_PATH_KINDS = ("criteo", "csv")
+_LABELLED_KINDS = ("csv", "tfrecord")
+_PATH_KINDS = ("criteo", *_LABELLED_KINDS)
 DATASET_KINDS: tuple[str, ...] = ("synthetic", *_MOVIELENS_VARIANTS, *_PATH_KINDS)
 """Every `DatasetSpec.kind`."""
+
+DATASET_OPTIONS: dict[str, tuple[str, ...]] = {
+    "label_column": _LABELLED_KINDS,
+    "categorical_columns": _LABELLED_KINDS,
+    "dense_columns": _LABELLED_KINDS,
+    "label_threshold": (*_LABELLED_KINDS, *_MOVIELENS_VARIANTS),
+    "data_dir": tuple(_MOVIELENS_VARIANTS),
+}
+"""Argument (and flag) of `load_dataset` -> the dataset kinds it applies to."""
+
+# Label of the datasets whose columns the format fixes.
+_FIXED_LABELS = {"synthetic": "click", "criteo": "label", **dict.fromkeys(
+    _MOVIELENS_VARIANTS, movielens.RATING_FEATURE)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +97,11 @@ class DatasetSpec:
 
     Attributes:
         kind: One of `DATASET_KINDS`.
-        path: The file of `criteo` and `csv` specs; `None` for the others.
-        label_column: The label column of a `csv:PATH#COLUMN` spec; `None`
-            leaves it to the `label_column` argument of `load_dataset`.
+        path: The file (or glob pattern) of `criteo`, `csv` and `tfrecord`
+            specs; `None` for the others.
+        label_column: The label column of a `csv:PATH#COLUMN` or
+            `tfrecord:GLOB#COLUMN` spec; `None` leaves it to the
+            `label_column` argument of `load_dataset`.
 
     Raises:
         ValueError: For a combination no spec string describes (e.g. a path
@@ -81,9 +127,9 @@ class DatasetSpec:
                 f"Received: path={self.path!r}"
             )
         if self.label_column is not None:
-            if self.kind != "csv" or not isinstance(self.label_column, str):
+            if self.kind not in _LABELLED_KINDS or not isinstance(self.label_column, str):
                 raise ValueError(
-                    "A label column is given only for csv datasets. "
+                    "A label column is given only for csv and tfrecord datasets. "
                     f"Received: kind={self.kind!r}, label_column={self.label_column!r}"
                 )
             if not self.label_column or "#" in self.label_column:
@@ -91,10 +137,10 @@ class DatasetSpec:
                     "The label column must be non-empty and must not contain '#'. "
                     f"Received: label_column={self.label_column!r}"
                 )
-        elif self.kind == "csv" and "#" in self.path:
+        elif self.kind in _LABELLED_KINDS and "#" in self.path:
             raise ValueError(
-                "A csv path containing '#' needs an explicit label column "
-                f"(csv:PATH#LABEL_COLUMN). Received: path={self.path!r}"
+                f"A {self.kind} path containing '#' needs an explicit label column "
+                f"({self.kind}:PATH#LABEL_COLUMN). Received: path={self.path!r}"
             )
 
     @classmethod
@@ -115,11 +161,11 @@ class DatasetSpec:
                 f"Received: dataset={text!r}"
             )
         label_column = None
-        if kind == "csv" and "#" in path:
+        if kind in _LABELLED_KINDS and "#" in path:
             path, _, label_column = path.rpartition("#")
             if not label_column:
                 raise ValueError(
-                    f"The label column after '#' is empty. Expected csv:PATH#LABEL_COLUMN. "
+                    f"The label column after '#' is empty. Expected {kind}:PATH#LABEL_COLUMN. "
                     f"Received: dataset={text!r}"
                 )
         if not path:
@@ -141,8 +187,11 @@ class DatasetSpec:
         return self.kind == "synthetic"
 
     def absolute(self) -> DatasetSpec:
-        """A copy whose path is absolute, e.g. for a process started elsewhere."""
-        if self.path is None:
+        """A copy whose path is absolute, e.g. for a process started elsewhere.
+
+        URLs (`gs://bucket/part-*`, read by `tf.io.gfile`) are kept as they are.
+        """
+        if self.path is None or "://" in self.path:
             return self
         return dataclasses.replace(self, path=os.path.abspath(self.path))
 
@@ -186,13 +235,66 @@ def vocab_cap(spec: str | DatasetSpec, max_vocab_size: int | None) -> int | None
     return int(max_vocab_size)
 
 
+def check_dataset_options(
+    spec: str | DatasetSpec,
+    *,
+    label_column: str | None = None,
+    categorical_columns: Sequence[str] | None = (),
+    dense_columns: Sequence[str] | None = (),
+    label_threshold: float | None = None,
+    data_dir: str | os.PathLike | None = None,
+) -> None:
+    """Checks the schema and location options of `load_dataset` against `spec`.
+
+    Each option applies only to the kinds listed in `DATASET_OPTIONS`; set
+    (not `None` or empty) for another kind it is an error, as is a label
+    column given both in the spec (`csv:PATH#COLUMN`) and as `label_column`
+    with another name.  Runs as `TrainingConfig` is built, so bad flags fail
+    before any work, and again in `load_dataset`.
+
+    Raises:
+        ValueError: Naming the flag and the dataset.
+    """
+    spec = parse_dataset_spec(spec)
+    values = {
+        "label_column": label_column,
+        "categorical_columns": column_names("categorical_columns", categorical_columns),
+        "dense_columns": column_names("dense_columns", dense_columns),
+        "label_threshold": label_threshold,
+        "data_dir": None if data_dir is None else os.fspath(data_dir),
+    }
+    for name, value in values.items():
+        if value is None or value == ():
+            continue
+        if spec.kind not in DATASET_OPTIONS[name]:
+            raise ValueError(
+                f"--{name} applies to {', '.join(DATASET_OPTIONS[name])} data only. "
+                f"Received: dataset={spec.to_text()!r}, {name}={value!r}"
+            )
+    for name in ("label_column", "data_dir"):
+        if values[name] is not None and (not isinstance(values[name], str) or not values[name]):
+            raise ValueError(f"--{name} must be a non-empty string. Received: "
+                             f"{name}={values[name]!r}")
+    if label_column is not None and spec.label_column not in (None, label_column):
+        raise ValueError(
+            f"The label column is given twice, as {spec.to_text()!r} and as "
+            f"--label_column={label_column}; give it once. Received: dataset="
+            f"{spec.to_text()!r}, label_column={label_column!r}"
+        )
+    check_schema_arguments(spec.label_column or label_column, values["categorical_columns"],
+                           values["dense_columns"], label_threshold)
+
+
 def load_dataset(
     spec: str | DatasetSpec,
     *,
     train_examples: int | None = None,
     eval_examples: int | None = None,
     seed: int = 0,
-    label_column: str = csv_data.DEFAULT_LABEL_COLUMN,
+    label_column: str | None = None,
+    categorical_columns: Sequence[str] | None = (),
+    dense_columns: Sequence[str] | None = (),
+    label_threshold: float | None = None,
     data_dir: str | os.PathLike | None = None,
     on_error: str = "raise",
     max_vocab_size: int | None = None,
@@ -206,33 +308,91 @@ def load_dataset(
             the config default).  Real data: cap on the training split.
         eval_examples: The same for the test split.
         seed: Seed of the synthetic data, or of the split of real data.
-        label_column: Label column of `csv:PATH`.
-        data_dir: TFDS data directory for MovieLens.
-        on_error: `"raise"` or `"skip"` malformed rows of files.
+        label_column: csv/tfrecord: the label column (`None`: the spec's,
+            else `"label"`).
+        categorical_columns: csv/tfrecord: categorical feature columns
+            (empty, with empty `dense_columns`: inferred).
+        dense_columns: csv/tfrecord: numeric feature columns.
+        label_threshold: csv/tfrecord: `label = value >= label_threshold`
+            (`None`: labels are 0/1); MovieLens: the positive rating
+            (`None`: 4).
+        data_dir: MovieLens: TFDS data directory with (or for) the prepared
+            data; `None`: `TFDS_DATA_DIR` or `~/tensorflow_datasets`.
+        on_error: `"raise"` or `"skip"` malformed rows of csv and criteo
+            files (tfrecord data always raises).
         max_vocab_size: Synthetic only: caps every field's vocabulary;
             `None` or `0`: no cap (see `vocab_cap`).
 
     Returns:
         `tf_smelu.data.tabular.LoadedDataset`: `train`, `test`,
-        `feature_spec` (and `item_field`, `skipped_rows`, ...).
+        `feature_spec`, `schema` (and `item_field`, `skipped_rows`, ...).
+
+    Raises:
+        ValueError: For options that do not apply to the dataset or
+            contradict each other (see `check_dataset_options`).
+        DataFileError, OSError, MovieLensUnavailableError: For data that
+            is missing, damaged or does not fit the options
+            (`tf_smelu.data.DATA_ERRORS`).
     """
     spec = parse_dataset_spec(spec)
     cap = vocab_cap(spec, max_vocab_size)
+    check_dataset_options(
+        spec, label_column=label_column, categorical_columns=categorical_columns,
+        dense_columns=dense_columns, label_threshold=label_threshold, data_dir=data_dir,
+    )
     caps = dict(max_train_examples=train_examples, max_test_examples=eval_examples)
-    if spec.is_synthetic:
-        return _load_synthetic(train_examples, eval_examples, seed, cap)
-    if spec.kind in _MOVIELENS_VARIANTS:
-        return movielens.load_movielens(
-            _MOVIELENS_VARIANTS[spec.kind], seed=seed, data_dir=data_dir, **caps
+    if spec.kind in _LABELLED_KINDS:
+        schema_options = dict(
+            label_column=spec.label_column or label_column,
+            categorical_columns=categorical_columns,
+            dense_columns=dense_columns,
+            label_threshold=label_threshold,
+            seed=seed,
+            dataset=spec.to_text(),
+            **caps,
         )
-    if spec.kind == "criteo":
-        return criteo.load_criteo(spec.path, seed=seed, on_error=on_error, **caps)
-    return csv_data.load_csv(
-        spec.path,
-        label_column=spec.label_column or label_column,
-        seed=seed,
-        on_error=on_error,
-        **caps,
+        if spec.kind == "csv":
+            return csv_data.load_csv(spec.path, on_error=on_error, **schema_options)
+        if on_error != "raise":
+            raise ValueError(
+                "TFRecord data is always checked (on_error='raise'). "
+                f"Received: on_error={on_error!r}"
+            )
+        return tfrecord.load_tfrecord(spec.path, **schema_options)
+    threshold_decision, missing_values = "fixed", None
+    if spec.is_synthetic:
+        loaded, missing_values = _load_synthetic(train_examples, eval_examples, seed, cap), {}
+    elif spec.kind in _MOVIELENS_VARIANTS:
+        threshold_decision = "default" if label_threshold is None else "given"
+        if label_threshold is None:
+            label_threshold = movielens.DEFAULT_POSITIVE_RATING
+        loaded = movielens.load_movielens(
+            _MOVIELENS_VARIANTS[spec.kind], positive_rating=label_threshold, seed=seed,
+            data_dir=data_dir, **caps,
+        )
+    else:
+        loaded = criteo.load_criteo(spec.path, seed=seed, on_error=on_error, **caps)
+    return dataclasses.replace(
+        loaded,
+        schema=_fixed_schema(spec, loaded, label_threshold, threshold_decision, missing_values),
+    )
+
+
+def _fixed_schema(spec: DatasetSpec, loaded: LoadedDataset, label_threshold: float | None,
+                  threshold_decision: str, missing_values: dict | None) -> dict:
+    """The schema of a dataset whose columns its format fixes."""
+    choices = {name: (CATEGORICAL, "fixed") for name in loaded.feature_spec.categorical_names}
+    choices.update({name: (DENSE, "fixed") for name in loaded.dense_names})
+    return make_schema(
+        spec.to_text(),
+        label_column=_FIXED_LABELS[spec.kind],
+        label_threshold=label_threshold,
+        choices=choices,
+        label_decision="fixed",
+        threshold_decision=None if label_threshold is None else threshold_decision,
+        item_column=loaded.item_field,
+        item_decision="fixed",
+        missing_values=missing_values,
     )
 
 

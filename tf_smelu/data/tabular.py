@@ -87,6 +87,9 @@ class LoadedDataset:
             dataset has no natural item field.
         skipped_rows: Malformed rows skipped while reading a file
             (`on_error="skip"`); `None` for sources that are not files.
+        schema: The columns actually used and how each was decided, as
+            JSON-ready data (keys in `tf_smelu.data.schema`; print it with
+            `describe_schema`); `load_dataset` fills it for every kind.
     """
 
     train: CTRExamples
@@ -95,6 +98,7 @@ class LoadedDataset:
     dense_names: tuple[str, ...]
     item_field: str | None = None
     skipped_rows: SkippedRows | None = None
+    schema: dict | None = None
 
 
 # --------------------------------------------------------------------------
@@ -106,7 +110,15 @@ class RowProblem(Exception):
     """Raised by a row parser: what is wrong with the row (no location)."""
 
 
-class MalformedRowError(ValueError):
+class DataFileError(ValueError):
+    """A data file's content does not fit the loader: missing columns, no rows...
+
+    Its message is one line naming the file (and the flag that fixes it, if
+    any); command lines print it without a traceback (`DATA_ERRORS`).
+    """
+
+
+class MalformedRowError(DataFileError):
     """A row of a data file cannot be parsed; names the file and line."""
 
     def __init__(self, path: str, line_number: int, problem: str) -> None:
@@ -210,6 +222,20 @@ def open_text(path: str | os.PathLike) -> TextIO:
     return open(path, encoding="utf-8", newline="")
 
 
+def _first_undecodable_line(path: str) -> int:
+    """1-based number of the first line that is not UTF-8 (text is decoded in
+    chunks, so the csv reader's line count does not say where it failed)."""
+    with open(path, "rb") as stream:
+        is_gzip = stream.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+    with (gzip.open(path, "rb") if is_gzip else open(path, "rb")) as stream:
+        for line_number, line in enumerate(stream, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return line_number
+    return 1  # only reached if the file changed meanwhile
+
+
 def read_delimited(
     path: str | os.PathLike, *, delimiter: str, quoted: bool
 ) -> Iterator[tuple[int, list[str]]]:
@@ -223,7 +249,8 @@ def read_delimited(
 
     Line numbers are 1-based; for a quoted field spanning several lines it is
     the line where the row ends.  Problems the csv module cannot recover from
-    (e.g. a NUL byte) raise `MalformedRowError` whatever `on_error`.
+    (e.g. a NUL byte), text that is not UTF-8 and truncated gzip data raise
+    `MalformedRowError` whatever `on_error`.
     """
     path = os.fspath(path)
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
@@ -236,6 +263,15 @@ def read_delimited(
                 return
             except csv.Error as error:
                 raise MalformedRowError(path, reader.line_num, str(error)) from None
+            except UnicodeDecodeError as error:
+                raise MalformedRowError(
+                    path, _first_undecodable_line(path),
+                    f"not UTF-8 text (a binary file?): {error.reason}"
+                ) from None
+            except EOFError as error:  # gzip cut short
+                raise MalformedRowError(
+                    path, reader.line_num + 1, f"the gzip data is truncated: {error}"
+                ) from None
             if fields:  # blank lines, e.g. a trailing empty line, carry no row
                 yield reader.line_num, fields
 
@@ -330,20 +366,28 @@ class SplitConfig:
         """Shuffled, capped row indices `(train_rows, test_rows)`.
 
         Raises:
-            ValueError: If a split is empty (too few rows in `source`).
+            DataFileError: If a split is empty (too few rows in `source`).
         """
         is_test = self.is_test(keys)
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _ROW_ORDER_STREAM]))
+        rng = self.row_order_rng()
         train_rows = rng.permutation(np.flatnonzero(~is_test))[: self.max_train_examples]
         test_rows = rng.permutation(np.flatnonzero(is_test))[: self.max_test_examples]
-        for split, rows in (("train", train_rows), ("test", test_rows)):
-            if not rows.size:
-                raise ValueError(
+        self.require_rows(len(train_rows), len(test_rows), len(is_test), source)
+        return train_rows, test_rows
+
+    def row_order_rng(self) -> np.random.Generator:
+        """The seeded generator of the row order (never shared with the split)."""
+        return np.random.default_rng(np.random.SeedSequence([self.seed, _ROW_ORDER_STREAM]))
+
+    def require_rows(self, num_train: int, num_test: int, num_rows: int, source: str) -> None:
+        """Raises `DataFileError` if a split of `source` is empty."""
+        for split, size in (("train", num_train), ("test", num_test)):
+            if not size:
+                raise DataFileError(
                     f"The {split} split of {source} is empty: too few rows for "
                     f"test_fraction={self.test_fraction}. Received: "
-                    f"num_rows={len(is_test)}, test_fraction={self.test_fraction}"
+                    f"num_rows={num_rows}, test_fraction={self.test_fraction}"
                 )
-        return train_rows, test_rows
 
 
 # --------------------------------------------------------------------------

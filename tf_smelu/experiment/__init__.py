@@ -12,6 +12,8 @@ Modules, in the order data flows through them:
 * `seeds`: the sources of irreproducibility and the seeds they vary.
 * `harness`: `run_replicas` for any `model_fn` and data (measure your own
   model), `summarize_predictions` for predictions made elsewhere.
+* `advisor`: the `--max_auc_loss` search and recommendation (pure logic
+  over rows).
 * `runner`: `run_ctr_experiment`, the main job's configuration in this
   process or as one multi-worker job per replica.
 * `results`: `results.json`, written row by row and read back to resume.
@@ -34,6 +36,7 @@ from tf_smelu.experiment.results import (
     write_results,
 )
 from tf_smelu.experiment.runner import (
+    advise_ctr_experiment,
     item_popularity_groups,
     run_ctr_experiment,
     run_multiworker_experiment,
@@ -51,6 +54,7 @@ __all__ = [
     "CTRExperimentConfig",
     "ReplicaSeeds",
     "ResultsMismatchError",
+    "advise_ctr_experiment",
     "environment",
     "finished_rows",
     "format_group_table",

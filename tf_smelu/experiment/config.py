@@ -77,6 +77,26 @@ class CTRExperimentConfig:
         "MultiWorkerMirroredStrategy job on localhost.", minimum=1)
     job_timeout: int = option(
         3600, "Seconds before a multi-worker replica job is killed.", minimum=1)
+    max_auc_loss: float | None = option(
+        None, "AUC you are willing to give up against relu, e.g. 0.002. Given, the job "
+        "searches beta for each family in --activations with a beta (smelu:0.2 stands for "
+        "the smelu family) for the largest relative-PD reduction within that budget, trains "
+        "the others as reference points, adds replicas where intervals leave the answer "
+        "open, and ends with a recommendation and its 95% intervals (in process only).",
+        minimum=0)
+    time_budget: float | None = option(
+        None, "Seconds the --max_auc_loss search may spend training (shared by the source "
+        "sets); unset: until the search is decided.", positive=True)
+    max_replicas: int = option(
+        32, "--max_auc_loss: most replicas the search gives one row.", minimum=4)
+    beta_scale: str = option(
+        "absolute", "absolute: the number in a spec (smelu:0.2) is beta itself; relative: it "
+        "is k, and each hidden layer l gets beta_l = k x sigma_l, its pre-activation std "
+        "measured once on a ReLU copy of the model after --preactivation_warmup_steps "
+        "(in process only).", choices=("absolute", "relative"))
+    preactivation_warmup_steps: int = option(
+        200, "--beta_scale=relative: seeded ReLU training steps before sigma is measured "
+        "(0: at init, where the deeper layers' spread is 2-4x smaller).", minimum=0)
     progress: bool = option(True, "Show progress bars.")
     work_dir: str | None = option(None, "Replica jobs' directory.", flag=False)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
@@ -91,10 +111,27 @@ class CTRExperimentConfig:
         object.__setattr__(self, "activations", _parse_activations(self.activations))
         if not isinstance(self.training, TrainingConfig):
             raise ValueError(f"`training` must be a TrainingConfig. Received: {self.training!r}")
+        if self.max_auc_loss is not None:
+            self._check_search()
+        if self.beta_scale == "relative" and (self.multi_worker or self.max_auc_loss is not None):
+            raise ValueError(
+                "`beta_scale=relative` runs in process without the search for now: workers build "
+                "their models from spec strings, and the search's labels are absolute betas. "
+                f"Received: workers={self.workers}, update_mode={list(self.update_mode)}, "
+                f"max_auc_loss={self.max_auc_loss}")
         if self.multi_worker:
             self._check_multi_worker()
         elif self.training.update_mode == "local_sgd":
             raise ValueError("update_mode=local_sgd needs multi-worker jobs (`update_mode`).")
+
+    def _check_search(self) -> None:
+        if self.multi_worker:
+            raise ValueError("`max_auc_loss` (the search) runs in process only: unset "
+                             "`workers` and `update_mode`.")
+        if self.replicas < 4 or self.max_replicas < self.replicas:
+            raise ValueError(
+                "The search needs 4 <= replicas <= max_replicas. Received: "
+                f"replicas={self.replicas}, max_replicas={self.max_replicas}")
 
     def _check_multi_worker(self) -> None:
         # Any set that names one: every row must be runnable.

@@ -34,10 +34,14 @@ DataFn = Callable[[int | None], tf.data.Dataset]
 
 def _train_and_predict(
     model_fn, train_data_fn, eval_data, activation, sources, replicas, train_config,
-    seed, steps_per_epoch, progress,
+    seed, steps_per_epoch, progress, first_replica=0,
 ):
-    """Builds, trains and evaluates the replicas: (probabilities, labels, fit, config)."""
-    seeds = replica_seeds(sources, replicas, seed)
+    """Builds, trains and evaluates replicas `first_replica..replicas-1`.
+
+    Returns:
+        `(probabilities, labels, fit, config)`.
+    """
+    seeds = replica_seeds(sources, replicas, seed)[first_replica:]
     keras_activation = activation.to_keras()
     models = [
         model_fn(keras_activation, embedding_seed=s.embedding_seed, tower_seed=s.tower_seed)
@@ -78,6 +82,8 @@ def run_replicas(
     steps_per_epoch: int | None = None,
     progress: bool = True,
     eval_groups: Mapping[str, np.ndarray] | None = None,
+    previous: np.ndarray | None = None,
+    on_predictions: Callable[[np.ndarray], None] | None = None,
 ) -> dict[str, object]:
     """Trains and evaluates R replicas; returns one result row.
 
@@ -102,6 +108,13 @@ def run_replicas(
         eval_groups: Optional name -> boolean mask over the evaluation
             examples (e.g. head/torso/tail ids); the row then holds the
             relative PD within each group under `rel_pd_by_group`.
+        previous: `[R0, N]` held-out probabilities of this row's first R0
+            replicas, trained earlier with the same arguments: only
+            replicas R0..R-1 are trained (replica seeds depend only on the
+            replica's index), and the row summarizes all R. The row's
+            `train_seconds` and `train_loss` are the new replicas'.
+        on_predictions: Called with all R replicas' `[R, N]` probabilities
+            (e.g. kept for a later `previous`; rows do not hold them).
 
     Returns:
         A row of `results.json` (see `docs/results.schema.json`): accuracy,
@@ -113,11 +126,16 @@ def run_replicas(
         activation = Activation.parse(activation)
     if replicas < 2:
         raise ValueError(f"`replicas` must be >= 2. Received: replicas={replicas}")
+    first = 0 if previous is None else len(previous)
+    if first >= replicas:
+        raise ValueError(f"`previous` holds {first} replicas; nothing left of replicas={replicas}.")
     with op_determinism("op_nondeterminism" not in sources):
         probabilities, labels, fit, train_config = _train_and_predict(
             model_fn, train_data_fn, eval_data, activation, sources, replicas,
-            train_config, seed, steps_per_epoch, progress,
+            train_config, seed, steps_per_epoch, progress, first_replica=first,
         )
+    if previous is not None:
+        probabilities = np.concatenate([np.asarray(previous), probabilities])
     row = summarize_predictions(
         activation, sources, probabilities, labels, seed=seed, eval_groups=eval_groups
     )
@@ -127,6 +145,8 @@ def run_replicas(
         steps=fit["steps"],
         update_mode=train_config.update_mode,
     )
+    if on_predictions is not None:
+        on_predictions(probabilities)
     return row
 
 
@@ -175,6 +195,7 @@ def summarize_predictions(
         "activation": activation.name,
         "beta": activation.beta,
         "label": activation.label,
+        "spec": str(activation),
         "replicas": int(probabilities.shape[0]),
         "sources": list(sources),
         "auc_mean": float(np.mean(aucs)),
@@ -188,5 +209,6 @@ def summarize_predictions(
         "outlier_replicas": list(relative.outliers),
         "identical_replicas": bool(all(np.array_equal(probabilities[0], p) for p in probabilities)),
         "aucs": aucs,
+        "rel_pd_pairs": [relative.pair_values[pair] for pair in zip(*np.triu_indices(len(aucs), 1))],
         "rel_pd_by_group": by_group,
     }

@@ -45,8 +45,13 @@ def format_group_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_tradeoff(rows: list[dict], path: str) -> str:
-    """Relative PD against AUC, one point per activation/beta, one panel per source set."""
+def plot_tradeoff(rows: list[dict], path: str, advice: Mapping[str, dict] | None = None) -> str:
+    """Relative PD against AUC, one point per activation/beta, one panel per source set.
+
+    With `advice` (the `--max_auc_loss` search's result per source set), each
+    panel also shows every family's Pareto frontier (dashed), the AUC budget
+    (dotted) and the recommended row (a star).
+    """
     # A bare Figure draws off-screen without switching pyplot's backend, so
     # notebooks that show their own plots keep working.
     from matplotlib.figure import Figure
@@ -64,7 +69,10 @@ def plot_tradeoff(rows: list[dict], path: str) -> str:
                 r["auc_mean"], r["rel_pd"], xerr=r["auc_std"], yerr=yerr,
                 fmt="o", capsize=4, label=r["label"],
             )
-        ax.set_title(f"sources: {'+'.join(sources) or 'none'} (R={group[0]['replicas']})")
+        _draw_advice(ax, (advice or {}).get("+".join(sources)))
+        replicas = sorted({r["replicas"] for r in group})
+        ax.set_title(f"sources: {'+'.join(sources) or 'none'} "
+                     f"(R={'-'.join(str(r) for r in replicas[::max(1, len(replicas) - 1)])})")
         ax.set_xlabel("AUC (mean ± sd over replicas)")
         ax.set_ylabel("relative PD (mean over pairs, 95% CI)")
         ax.grid(alpha=0.3)
@@ -75,11 +83,27 @@ def plot_tradeoff(rows: list[dict], path: str) -> str:
     return path
 
 
+def _draw_advice(ax, advice: Mapping[str, object] | None) -> None:
+    if not advice:
+        return
+    for family, points in advice["frontiers"].items():
+        ax.plot([p["auc_mean"] for p in points], [p["rel_pd"] for p in points], "--",
+                alpha=0.6, label=f"{family} frontier")
+    if advice.get("baseline"):
+        ax.axvline(advice["baseline"]["auc_mean"] - advice["max_auc_loss"], ls=":",
+                   color="gray", label=f"AUC budget ({advice['max_auc_loss']:g})")
+    chosen = [c for c in advice["candidates"] if c["spec"] == advice.get("choice")]
+    for choice in chosen:
+        ax.plot(choice["auc_mean"], choice["rel_pd"], "*", markersize=16, color="gold",
+                markeredgecolor="black", label=f"recommended: {choice['label']}")
+
+
 def report(
     rows: list[dict], config: Mapping[str, object], output_dir: str,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, advice: Mapping[str, dict] | None = None,
+    data: Mapping[str, object] | None = None,
 ) -> tuple:
-    """Prints the tables and writes results.json and tradeoff.png.
+    """Prints the tables (and the recommendation) and writes results.json and tradeoff.png.
 
     Returns:
         The paths `(results_json, tradeoff_png)`.
@@ -89,7 +113,13 @@ def report(
     if group_table:
         log("\nRelative PD by item popularity "
             "(share of traffic: head 50%, torso 40%, tail 10%)\n" + group_table)
-    path = write_results(output_dir, dict(config), rows)
-    plot = plot_tradeoff(rows, os.path.join(output_dir, "tradeoff.png"))
+    for sources, result in (advice or {}).items():
+        log(f"\nRecommendation for sources {sources or 'none'} ({result['stopped']}):\n"
+            f"{result['text']}")
+    if data and data.get("skipped_rows"):
+        log(f"\nSkipped {data['skipped_rows']} malformed data row(s) (--on_error=skip); "
+            "the first are listed in results.json under data.skipped_examples.")
+    path = write_results(output_dir, dict(config), rows, advice=advice, data=data)
+    plot = plot_tradeoff(rows, os.path.join(output_dir, "tradeoff.png"), advice)
     log(f"\nWrote {path} and {plot}")
     return path, plot

@@ -88,7 +88,9 @@ def row_key(row: Mapping[str, object]) -> tuple[str, str]:
 
 
 def write_results(
-    output_dir: str, config: Mapping[str, object], rows: list[dict], complete: bool = True
+    output_dir: str, config: Mapping[str, object], rows: list[dict], complete: bool = True,
+    advice: Mapping[str, object] | None = None,
+    data: Mapping[str, object] | None = None,
 ) -> str:
     """Writes `results.json` (`{"config", "environment", "complete", "results"}`), atomically.
 
@@ -100,13 +102,17 @@ def write_results(
         config: The run's flag values.
         rows: The finished rows.
         complete: False while rows are still to come.
+        advice: The `--max_auc_loss` search's result per source set, if any.
+        data: How the data was read (`tf_smelu.experiment.runner.data_details`:
+            the schema, the malformed rows skipped), if known.
 
     Returns:
         The path written.
     """
     path = os.path.join(output_dir, RESULTS_FILE)
     content = {"config": dict(config), "environment": environment(), "complete": complete,
-               "results": rows}
+               "results": rows, **({"advice": dict(advice)} if advice else {}),
+               **({"data": dict(data)} if data else {})}
     with atomic_write(path) as f:  # never leave a half-written file
         json.dump(_nan_to_none(content), f, indent=2, allow_nan=False, default=_json_default)
     return path

@@ -15,13 +15,21 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tf_smelu.data import LoadedDataset, popularity_buckets
+from tf_smelu.data import LoadedDataset, describe_schema, popularity_buckets
 from tf_smelu.data.in_memory import batched_dataset
+from tf_smelu.experiment import advisor
 from tf_smelu.experiment.config import CTRExperimentConfig
 from tf_smelu.experiment.harness import run_replicas, summarize_predictions
 from tf_smelu.experiment.report import format_table
 from tf_smelu.experiment.results import row_key
-from tf_smelu.experiment.seeds import replica_seeds
+from tf_smelu.experiment.seeds import op_determinism, replica_seeds
+from tf_smelu.registry import Activation
+from tf_smelu.training.preactivation import (
+    RelativeModelFn,
+    measure_preactivation_std,
+    relative_label,
+    relative_model_fn,
+)
 from tf_smelu.training.problem import load_training_data, model_builder
 from tf_smelu.training.replica_jobs import ReplicaJob, run_replica_jobs
 
@@ -44,17 +52,41 @@ def item_popularity_groups(data: LoadedDataset) -> dict[str, np.ndarray] | None:
 
 
 RowsCallback = Callable[[list[dict]], None]
+DataCallback = Callable[[dict], None]
+
+
+def data_details(data: LoadedDataset) -> dict[str, object]:
+    """JSON-ready: the schema the data was read with and the malformed rows skipped."""
+    skipped = data.skipped_rows
+    return {
+        "schema": data.schema,
+        "skipped_rows": 0 if skipped is None else skipped.count,
+        "skipped_examples": [] if skipped is None else [
+            {"line": line, "problem": problem} for line, problem in skipped.first],
+    }
 
 
 class _RunRows:
     """The rows of one run: earlier finished rows reused, new rows reported as they finish."""
 
     def __init__(self, finished: Sequence[dict], on_row: RowsCallback | None,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], on_data: DataCallback | None = None):
         self._finished = {row_key(row): row for row in finished}
         self._on_row = on_row
+        self._on_data = on_data
         self._log = log
         self.rows: list[dict] = []
+
+    def log(self, message: str) -> None:
+        self._log(message)
+
+    def loaded(self, data: LoadedDataset) -> None:
+        """Says which schema the data was read with, and what was skipped."""
+        details = data_details(data)
+        if data.schema:  # (skipped rows are logged by the loader)
+            self._log(describe_schema(data.schema))
+        if self._on_data is not None:
+            self._on_data(details)
 
     def reuse(self, key: tuple[str, str]) -> bool:
         """Takes the earlier row of `key`, if there is one."""
@@ -68,7 +100,12 @@ class _RunRows:
         return all(key in self._finished for key in keys)
 
     def add(self, row: dict) -> None:
-        self.rows.append(row)
+        """A finished row; it replaces this run's row of the same key (more replicas)."""
+        keys = [row_key(r) for r in self.rows]
+        if row_key(row) in keys:
+            self.rows[keys.index(row_key(row))] = row
+        else:
+            self.rows.append(row)
         if self._on_row is not None:  # saved first: the line tells the user it is safe
             self._on_row(self.all())
         self._log(format_table([row]).splitlines()[-1])
@@ -79,10 +116,15 @@ class _RunRows:
         return self.rows + [row for key, row in self._finished.items() if key not in keys]
 
 
+def row_label(config: CTRExperimentConfig, activation: Activation) -> str:
+    """A row's label: `smelu(β=0.2)`, or with relative β `smelu(β=1.2σ)`."""
+    return relative_label(activation) if config.beta_scale == "relative" else activation.label
+
+
 def planned_rows(config: CTRExperimentConfig) -> list[tuple[str, str]]:
     """The `row_key` of every row `config` runs, in order."""
     return [
-        ("+".join(sources), activation.label)
+        ("+".join(sources), row_label(config, activation))
         for sources in config.source_sets for activation in config.activations
     ] if not config.multi_worker else [
         ("+".join([*sources, f"update:{mode}"]), activation.label)
@@ -96,6 +138,7 @@ def run_ctr_experiment(
     log: Callable[[str], None] = print,
     finished: Sequence[dict] = (),
     on_row: RowsCallback | None = None,
+    on_data: DataCallback | None = None,
 ) -> list[dict]:
     """Loads the data, then runs every row of `config`.
 
@@ -107,46 +150,135 @@ def run_ctr_experiment(
             `row_key` are reused, not trained again.
         on_row: Called with all rows so far (finished earlier ones
             included) whenever a row finishes, e.g. to write results.json.
+        on_data: Called once the data is loaded, with `data_details`.
 
     Returns:
         The result rows, in order (sources outer, activations inner; with
         multi-worker jobs: sources, update modes, activations), then any
         rows of `finished` that `config` does not plan.
     """
-    run = _RunRows(finished, on_row, log)
+    run = _RunRows(finished, on_row, log, on_data)
     if run.finished_all(planned_rows(config)):
         for key in planned_rows(config):
             run.reuse(key)
         return run.all()  # nothing left to train: do not even load the data
     if config.multi_worker:
         return run_multiworker_experiment(config, log, run)
-    training = config.training
-    start = time.perf_counter()
-    data = load_training_data(training)
-    train, test = data.train, data.test
-    log(f"Loaded {training.dataset}: {len(train):,} train and {len(test):,} test examples "
-        f"in {time.perf_counter() - start:.0f}s (positive rate {train.labels.mean():.3f}).")
-
-    def train_data_fn(order_seed):
-        return batched_dataset(train.features, train.labels, training.batch_size, order_seed)
-
-    eval_data = batched_dataset(test.features, test.labels, EVAL_BATCH_SIZE)
-    eval_groups = item_popularity_groups(data)
-    model_fn = model_builder(training, data.feature_spec)
-    steps_per_epoch = -(-len(train) // training.batch_size)
+    problem = _InProcessProblem(config, run)
     for sources in config.source_sets:
         for activation in config.activations:
-            if run.reuse(("+".join(sources), activation.label)):
+            if run.reuse(("+".join(sources), row_label(config, activation))):
                 continue
-            run.add(
-                run_replicas(
-                    model_fn, train_data_fn, eval_data, activation, sources,
-                    config.replicas, training, seed=training.seed,
-                    steps_per_epoch=steps_per_epoch, progress=config.progress,
-                    eval_groups=eval_groups,
-                )
-            )
+            run.add(problem.row(activation, sources, config.replicas))
     return run.all()
+
+
+class _InProcessProblem:
+    """The loaded data and model builder of an in-process run; trains rows."""
+
+    def __init__(self, config: CTRExperimentConfig, run: _RunRows):
+        training = config.training
+        start = time.perf_counter()
+        data = load_training_data(training)
+        train, test = data.train, data.test
+        run.log(f"Loaded {training.dataset}: {len(train):,} train and {len(test):,} test examples "
+            f"in {time.perf_counter() - start:.0f}s (positive rate {train.labels.mean():.3f}).")
+        run.loaded(data)
+        self._config = config
+        self._train = train
+        self._eval_data = batched_dataset(test.features, test.labels, EVAL_BATCH_SIZE)
+        self._eval_groups = item_popularity_groups(data)
+        self._model_fn = model_builder(training, data.feature_spec)
+        self._steps_per_epoch = -(-len(train) // training.batch_size)
+        self._relative: RelativeModelFn | None = None
+        if config.beta_scale == "relative":
+            with op_determinism(True):  # the same sigma, so the same betas, on every run
+                std = measure_preactivation_std(
+                    self._model_fn, self._train_data(None), self._eval_data, training,
+                    warmup_steps=config.preactivation_warmup_steps, seed=training.seed)
+            run.log(f"Pre-activation std per hidden layer after {std.warmup_steps} ReLU steps "
+                    f"({std.rows:,} held-out rows): "
+                    + ", ".join(f"{key} {value:.3f}" for key, value in std.std.items()))
+            self._model_fn = self._relative = relative_model_fn(self._model_fn, std)
+
+    def _train_data(self, order_seed: int | None):
+        return batched_dataset(self._train.features, self._train.labels,
+                               self._config.training.batch_size, order_seed)
+
+    def row(self, activation: Activation, sources: Sequence[str], replicas: int,
+            previous: np.ndarray | None = None,
+            on_predictions: Callable[[np.ndarray], None] | None = None) -> dict:
+        """Trains one row (replicas after `previous`'s, if given); see `run_replicas`."""
+        training = self._config.training
+        row = run_replicas(
+            self._model_fn, self._train_data, self._eval_data, activation, sources,
+            replicas, training, seed=training.seed, steps_per_epoch=self._steps_per_epoch,
+            progress=self._config.progress, eval_groups=self._eval_groups, previous=previous,
+            on_predictions=on_predictions,
+        )
+        if self._relative is not None:
+            row.update(label=relative_label(activation),
+                       **self._relative.describe(activation.to_keras()))
+        return row
+
+
+def advise_ctr_experiment(
+    config: CTRExperimentConfig,
+    log: Callable[[str], None] = print,
+    finished: Sequence[dict] = (),
+    on_row: RowsCallback | None = None,
+    on_data: DataCallback | None = None,
+) -> tuple[list[dict], dict[str, dict]]:
+    """Searches, per source set, the activation and β to use within `config.max_auc_loss`.
+
+    The advisor (`tf_smelu.experiment.advisor`) decides which rows to train
+    and with how many replicas: each smooth family among `config.activations`
+    (an activation with β stands for its family) is searched over β, the
+    others are reference points, ReLU is the baseline. A row that gets more
+    replicas trains only the new ones. The search stops when it is decided
+    or when `config.time_budget` seconds are spent (shared equally by the
+    source sets still to search); `finished` rows continue it. `log`,
+    `on_row` and `on_data` as in `run_ctr_experiment`.
+
+    Returns:
+        `(rows, advice)`: every row trained (and reused), and per source set
+        (`"+".join(sources)`) the search's result (`SearchResult.to_json()`:
+        the recommendation and its text, the frontiers, the trials).
+    """
+    run = _RunRows(finished, on_row, log, on_data)
+    problem: _InProcessProblem | None = None
+    advice: dict[str, dict] = {}
+    start = time.monotonic()
+    for index, sources in enumerate(config.source_sets):
+        tag = "+".join(sources)
+        budget = None
+        if config.time_budget is not None:
+            left = config.time_budget - (time.monotonic() - start)
+            budget = max(left, 1e-3) / (len(config.source_sets) - index)
+        settings = advisor.SearchSettings.from_activations(
+            config.activations, config.max_auc_loss, replicas=config.replicas,
+            max_replicas=config.max_replicas, time_budget=budget, seed=config.training.seed)
+        earlier = [r for r in finished if "+".join(r["sources"]) == tag]
+        predictions: dict[str, np.ndarray] = {}
+
+        def run_trial(trial: advisor.Trial, existing: dict | None, sources=sources,
+                      predictions=predictions) -> dict:
+            nonlocal problem
+            if problem is None:
+                problem = _InProcessProblem(config, run)
+            previous = predictions.get(trial.label) if existing is not None else None
+            row = problem.row(
+                trial.activation, sources, trial.replicas, previous=previous,
+                on_predictions=lambda p, label=trial.label: predictions.__setitem__(label, p))
+            run.add(row)
+            return row
+
+        result = advisor.search(run_trial, settings, earlier, log=log)
+        for row in result.rows:
+            if row_key(row) not in {row_key(r) for r in run.rows}:
+                run.reuse(row_key(row))
+        advice[tag] = result.to_json()
+    return run.all(), advice
 
 
 def run_multiworker_experiment(
@@ -163,6 +295,7 @@ def run_multiworker_experiment(
     run = run if run is not None else _RunRows((), None, log)
     training = config.training
     data = load_training_data(training)
+    run.loaded(data)
     eval_groups = item_popularity_groups(data)
     work_dir = config.work_dir or tempfile.mkdtemp(prefix="tf_smelu_jobs_")
     log(f"{config.workers}-worker jobs on localhost, update modes {list(config.update_modes)}; "

@@ -17,18 +17,58 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 
 from absl import flags
 
-from tf_smelu.data.sources import DATASET_SPEC_HELP, DatasetSpec, parse_dataset_spec, vocab_cap
+from tf_smelu.data.schema import column_names
+from tf_smelu.data.sources import (
+    DATASET_SPEC_HELP,
+    DatasetSpec,
+    check_dataset_options,
+    parse_dataset_spec,
+    vocab_cap,
+)
 from tf_smelu.training.updates import UPDATE_MODES
 from tf_smelu.validation import require_choice
 
 MODELS = ("mlp", "dcn")
-"""Model names of `tf_smelu.models.build_model`."""
+"""Model names of `tf_smelu.models.build_model`; `model` also takes your own (`check_model`)."""
+
+MODEL_HELP = (
+    "Ranking model: mlp, dcn, or your own Keras model: PATH.keras (a saved Functional or "
+    "Sequential model, rebuilt for every replica with seeded weights and its hidden ReLUs "
+    "replaced by the activation under test) or package.module:function (importable; "
+    "function(feature_spec) returns such a model, or function(feature_spec, activation, "
+    "embedding_seed, tower_seed) builds each replica). Inputs named as the data's features: "
+    "int64 ids [batch] per categorical field, float32 'dense' [batch, num_dense]; output a "
+    "click logit [batch, 1] or [batch] (a sigmoid output is removed). --hidden_units and "
+    "--embedding_dim apply to mlp and dcn only."
+)
+
+
+def check_model(model: str) -> str:
+    """`model` names a built-in model, a `.keras` file that exists, or `module:function`.
+
+    Loading the file or module, and matching the model to the data, happen in
+    `tf_smelu.training.problem.model_builder`, before any training.
+    """
+    if model in MODELS:
+        return model
+    if model.endswith(".keras"):
+        if not os.path.isfile(model):
+            raise ValueError(f"`model` file not found. Received: model={model!r}")
+        return model
+    module, colon, function = model.partition(":")
+    if colon and function.isidentifier() and all(p.isidentifier() for p in module.split(".")):
+        return model
+    raise ValueError(
+        f"`model` must be one of {MODELS}, a saved Keras model PATH.keras or "
+        f"package.module:function. Received: model={model!r}"
+    )
 
 
 def option(
@@ -98,8 +138,10 @@ class TrainingConfig:
     # Data.
     dataset: DatasetSpec = option(
         "synthetic", f"Data: {DATASET_SPEC_HELP}. synthetic is built in; MovieLens comes from "
-        "TFDS.", check=lambda spec: spec if isinstance(spec, DatasetSpec) else (
-            parse_dataset_spec(spec)))
+        "TFDS (see --data_dir); GLOB matches plain or GZIP TFRecord files. The columns of csv "
+        "and tfrecord data are inferred unless set with --label_column, --categorical_columns, "
+        "--dense_columns and --label_threshold.",
+        check=lambda spec: spec if isinstance(spec, DatasetSpec) else parse_dataset_spec(spec))
     train_examples: int = option(
         500_000, "Training examples (synthetic: generated; real data: a seeded subset of at "
         "most this many).", minimum=1)
@@ -108,9 +150,31 @@ class TrainingConfig:
     max_vocab_size: int = option(
         0, "Synthetic data only: caps every field's vocabulary (small tables keep the dense "
         "all-reduces of multi-worker jobs cheap); 0: the full sizes.", minimum=0)
+    label_column: str | None = option(
+        None, "csv/tfrecord data: the label column (or feature); unset: the one of "
+        "csv:PATH#LABEL_COLUMN, else 'label'.")
+    categorical_columns: tuple[str, ...] = option(
+        (), "csv/tfrecord data: categorical feature columns, e.g. user,item (each gets an "
+        "embedding). Naming any feature column (here or in --dense_columns) uses exactly the "
+        "named ones; empty: inferred (ids, text, repeating whole numbers).",
+        check=lambda names: column_names("categorical_columns", names))
+    dense_columns: tuple[str, ...] = option(
+        (), "csv/tfrecord data: numeric feature columns (standardised; missing values become "
+        "the training mean); empty: inferred.",
+        check=lambda names: column_names("dense_columns", names))
+    label_threshold: float | None = option(
+        None, "csv/tfrecord/movielens data: label = value >= this, e.g. 4 for 1-5 star "
+        "ratings; unset: labels must be 0 or 1 (movielens: 4).")
+    data_dir: str | None = option(
+        None, "movielens data: TFDS data directory holding (or receiving) the prepared data; "
+        "unset: $TFDS_DATA_DIR or ~/tensorflow_datasets. Offline, point it at a copy.")
+    on_error: str = option(
+        "raise", "csv/criteo data: a malformed row stops the run with its file and line "
+        "(raise), or is skipped and counted (skip; the count is printed and recorded in "
+        "results.json).", choices=("raise", "skip"))
     seed: int = option(0, "Base seed of data, weights, orders and schedules.", minimum=0)
     # Model.
-    model: str = option("mlp", "Ranking model: MLP tower or DCN-v2 style.", choices=MODELS)
+    model: str = option("mlp", MODEL_HELP, check=check_model)
     hidden_units: tuple[int, ...] = option(
         (256, 128, 64), "Widths of the MLP tower (the top MLP for dcn).", minimum=1)
     embedding_dim: int = option(8, "Embedding size per categorical field.", minimum=1)
@@ -162,6 +226,11 @@ class TrainingConfig:
             raise ValueError("`hidden_units` must name at least one layer width.")
         check_fields(self)
         vocab_cap(self.dataset, self.max_vocab_size)  # the one rule: synthetic data only
+        for name in ("categorical_columns", "dense_columns"):  # callers may pass lists
+            object.__setattr__(self, name, column_names(name, getattr(self, name)))
+        check_dataset_options(self.dataset, **{name: getattr(self, name) for name in (
+            "label_column", "categorical_columns", "dense_columns", "label_threshold",
+            "data_dir")})
         if self.jit_compile and self.sparse_gradients:
             raise ValueError("`jit_compile` needs dense gradients: unset `sparse_gradients`.")
 

@@ -37,9 +37,10 @@ from tf_smelu.data import DATA_ERRORS, CTRExamples, LoadedDataset
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.registry import Activation, activation_help
 from tf_smelu.training import config as config_flags
+from tf_smelu.training.checkpoints import examples_digest
 from tf_smelu.training.cluster import create_strategy, in_memory_dataset_fn
 from tf_smelu.training.config import TrainingConfig, check_fields, option
-from tf_smelu.training.problem import load_training_data, model_builder
+from tf_smelu.training.problem import UserModelError, load_training_data, model_builder
 from tf_smelu.training.replicas import predict_probabilities
 from tf_smelu.training.trainer import DistributedTrainer, TrainerOptions, TrainResult
 
@@ -161,17 +162,26 @@ def build_trainer(
     options: TrainerOptions = TrainerOptions(),
     strategy: tf.distribute.Strategy | None = None,
 ) -> DistributedTrainer:
-    """A trainer of `job`'s model on `data.train`, `config.steps` resolved from epochs."""
+    """A trainer of `job`'s model on `data.train`, `config.steps` resolved from epochs.
+
+    Its checkpoints record, besides `config`, the activation, the three seeds
+    and a digest of the training rows: a checkpoint written with other ones
+    is refused (`tf_smelu.training.checkpoints`).
+    """
     embedding_seed, tower_seed, order_seed = job.seeds(config.seed)
     build = model_builder(config, data.feature_spec)
     activation = Activation.parse(job.activation)
     config = dataclasses.replace(config, steps=config.total_steps(len(data.train)))
+    identity = dict(activation=str(activation), embedding_seed=embedding_seed,
+                    tower_seed=tower_seed, order_seed=order_seed,
+                    train_data=examples_digest(data.train))
     return DistributedTrainer(
         lambda: build(activation, embedding_seed=embedding_seed, tower_seed=tower_seed),
         in_memory_dataset_fn(data.train, order_seed=order_seed),
         config,
         strategy,
         options,
+        identity,
     )
 
 
@@ -224,4 +234,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    run_program(main, user_errors=DATA_ERRORS)
+    run_program(main, user_errors=(*DATA_ERRORS, UserModelError))

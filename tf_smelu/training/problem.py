@@ -3,20 +3,62 @@
 The in-process harness, the worker program and the experiment's checks of
 the workers' outputs all load data and build models here, so that they train
 the same thing for the same configuration.
+
+`TrainingConfig.model` is `mlp` or `dcn` (`tf_smelu.models`), or your own
+Keras model (`UserModelBuilder`):
+
+* `PATH.keras`: a saved Functional or Sequential model (nested models
+  included). Every replica is a fresh copy of its architecture
+  (`tf_smelu.conversion.rebuild`): embedding tables (`embeddings_initializer`)
+  seeded from the replica's embedding seed, every other initializer (and
+  layer `seed`, e.g. Dropout) from its tower seed, so the `embedding_init`
+  and `tower_init` sources keep their meaning; hidden ReLUs replaced by the
+  activation under test; a sigmoid on the output removed (the trainers apply
+  the sigmoid in the loss). Custom layers must be registered Keras
+  serializables importable before loading; use the function form otherwise.
+* `package.module:function`, importable (installed or on `PYTHONPATH`):
+  `function(feature_spec)` returns a model used like a saved one, or
+  `function(feature_spec, activation, embedding_seed, tower_seed)` builds
+  each replica itself: it must put `activation` (a Keras activation name or a
+  layer instance; `tf_smelu.conversion.activation_layer` makes one layer per
+  use) in its hidden layers and seed its initializers from the two seeds.
+
+The model takes the data's features dict: one int64 id tensor of shape
+`[batch]` per categorical field (`FeatureSpec.categorical_names`, ids in
+`[0, vocab_size)`) and the float32 `"dense"` tensor `[batch, num_dense]`.
+Its inputs must be named exactly so (ids may be declared `[batch, 1]` or as
+float32, which Keras converts); it returns one click logit per example,
+`[batch, 1]` or `[batch]`. Everything is checked when the builder is made,
+before any training.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable
 
 import keras
+import numpy as np
 
-from tf_smelu.data import FeatureSpec, LoadedDataset, load_dataset
+from tf_smelu.conversion import ConversionReport, rebuild
+from tf_smelu.data import DENSE_FEATURE_NAME, FeatureSpec, LoadedDataset, load_dataset
 from tf_smelu.models import ActivationLike, build_model
-from tf_smelu.training.config import TrainingConfig
+from tf_smelu.training.config import MODELS, TrainingConfig
 
 ModelBuilder = Callable[..., keras.Model]
 """`builder(activation, embedding_seed=..., tower_seed=...)` -> a built model."""
+
+_REPLICA_ARGUMENTS = ("activation", "embedding_seed", "tower_seed")
+# Largest vocabulary whose ids a float input of that dtype holds exactly.
+_EXACT_FLOAT_IDS = {"float16": 2**11, "bfloat16": 2**8, "float32": 2**24, "float64": 2**53}
+
+
+class UserModelError(ValueError):
+    """Your own model (`--model`) cannot be loaded or does not fit the data.
+
+    Command lines report it in one line, without a traceback.
+    """
 
 
 def load_training_data(config: TrainingConfig) -> LoadedDataset:
@@ -27,6 +69,12 @@ def load_training_data(config: TrainingConfig) -> LoadedDataset:
         eval_examples=config.eval_examples,
         seed=config.seed,
         max_vocab_size=config.max_vocab_size,
+        label_column=config.label_column,
+        categorical_columns=config.categorical_columns,
+        dense_columns=config.dense_columns,
+        label_threshold=config.label_threshold,
+        data_dir=config.data_dir,
+        on_error=config.on_error,
     )
 
 
@@ -34,8 +82,14 @@ def model_builder(config: TrainingConfig, feature_spec: FeatureSpec) -> ModelBui
     """Builds `config.model` for `feature_spec` with any activation and seeds.
 
     The tower widths `config.hidden_units` are the MLP's hidden layers, or
-    the top MLP of DCN.
+    the top MLP of DCN. Any other `config.model` is your own model
+    (`UserModelBuilder`), checked here against the data.
+
+    Raises:
+        UserModelError: Your own model cannot be used (see `UserModelBuilder`).
     """
+    if config.model not in MODELS:
+        return UserModelBuilder(config.model, feature_spec)
     units_argument = "hidden_units" if config.model == "mlp" else "top_units"
 
     def build(
@@ -52,3 +106,191 @@ def model_builder(config: TrainingConfig, feature_spec: FeatureSpec) -> ModelBui
         )
 
     return build
+
+
+class UserModelBuilder:
+    """Replicas of your own Keras model, checked against the data when made.
+
+    Call it as `builder(activation, embedding_seed=..., tower_seed=...)`,
+    like every model builder of the replica harness.
+
+    Args:
+        model: `PATH.keras` or `package.module:function` (see the module
+            docstring for what each must provide).
+        feature_spec: The data's features.
+
+    Attributes:
+        report: What a build replaces (a `ConversionReport`: hidden ReLUs
+            replaced, other activations kept, output layers); `None` for a
+            function that applies the activation itself.
+
+    Raises:
+        UserModelError: The file or function cannot be loaded; the model's
+            inputs are not the data's features; it fails on a batch shaped
+            like the data; its output is not one logit per example; its
+            initial weights do not follow the seeds; or it has no hidden
+            ReLU for the activation under test to replace.
+    """
+
+    def __init__(self, model: str, feature_spec: FeatureSpec) -> None:
+        self.model = model
+        self.feature_spec = feature_spec
+        self._function: Callable | None = None
+        self._template: keras.Model | None = None
+        try:
+            if model.endswith(".keras"):
+                self._template = _load_keras_file(model)
+            else:
+                function = _import_function(model)
+                if _takes_replica_arguments(function):
+                    self._function = function
+                else:
+                    self._template = function(feature_spec)
+            self.report = self._check()
+        except ValueError as error:
+            raise UserModelError(f"Cannot use model={model!r}: {error}") from error
+
+    def __call__(
+        self,
+        activation: ActivationLike,
+        embedding_seed: int | None = None,
+        tower_seed: int | None = None,
+    ) -> keras.Model:
+        if self._function is not None:
+            return self._function(self.feature_spec, activation=activation,
+                                  embedding_seed=embedding_seed, tower_seed=tower_seed)
+        return self._rebuild(activation, embedding_seed, tower_seed)[0]
+
+    def _rebuild(self, activation, embedding_seed, tower_seed
+                 ) -> tuple[keras.Model, ConversionReport]:
+        return rebuild(self._template, activation, seeds=(embedding_seed, tower_seed),
+                       logit_output=True)
+
+    # -- checks -------------------------------------------------------------
+
+    def _check(self) -> ConversionReport | None:
+        if self._template is None:
+            first, report = self("relu", 0, 0), None
+            if not isinstance(first, keras.Model):
+                raise ValueError(f"the function must return a Keras model. Received: {first!r}")
+        else:
+            first, report = self._rebuild("relu", 0, 0)
+            if not report.replaced:
+                raise ValueError(
+                    "it has no hidden ReLU for the activation under test to replace, so every "
+                    f"activation would train the same model (hidden activations: "
+                    f"{dict(report.kept) or 'none'}; output layers: {list(report.outputs)})."
+                )
+        self._check_inputs(first)
+        self._check_output(first)
+        self._check_seeds(first)
+        return report
+
+    def _feature_names(self) -> list[str]:
+        return [*self.feature_spec.categorical_names, DENSE_FEATURE_NAME]
+
+    def _check_inputs(self, model: keras.Model) -> None:
+        try:
+            structure = model.input
+        except (AttributeError, ValueError):  # subclassed: the probe batch checks it
+            return
+        if isinstance(structure, dict):
+            inputs = dict(structure)
+        else:
+            inputs = {tensor.name: tensor for tensor in keras.tree.flatten(structure)}
+        expected = self._feature_names()
+        if set(inputs) != set(expected):
+            raise ValueError(
+                "the model's inputs do not match the data's features. "
+                f"Model inputs: {sorted(inputs)}; data features: {expected}; missing from the "
+                f"data: {sorted(set(inputs) - set(expected))}; not taken by the model: "
+                f"{sorted(set(expected) - set(inputs))}. Name every keras.Input after a feature."
+            )
+        for name, vocab_size in self.feature_spec.vocab_sizes.items():
+            dtype = keras.backend.standardize_dtype(inputs[name].dtype)
+            exact = _EXACT_FLOAT_IDS.get(dtype)
+            if not ("int" in dtype or (exact is not None and vocab_size <= exact)):
+                raise ValueError(
+                    f"input {name!r} takes ids in [0, {vocab_size}), which {dtype} cannot hold "
+                    f"exactly. Declare it keras.Input(shape=(), dtype='int64', name={name!r})."
+                )
+
+    def _check_output(self, model: keras.Model) -> None:
+        batch = {name: np.array([0, size - 1], np.int64)
+                 for name, size in self.feature_spec.vocab_sizes.items()}
+        batch[DENSE_FEATURE_NAME] = np.zeros((2, self.feature_spec.num_dense), np.float32)
+        try:
+            output = model(batch, training=False)
+        except Exception as error:  # Keras and TF raise many kinds; all mean a misfit
+            layout = ", ".join(
+                [f"{name}: int64 [batch] in [0, {size})"
+                 for name, size in self.feature_spec.vocab_sizes.items()]
+                + [f"{DENSE_FEATURE_NAME}: float32 [batch, {self.feature_spec.num_dense}]"])
+            raise ValueError(
+                f"the model fails on a batch shaped like the data ({layout}): {error}"
+            ) from error
+        if not keras.tree.is_nested(output) and tuple(output.shape) in ((2,), (2, 1)):
+            if np.all(np.isfinite(keras.ops.convert_to_numpy(output))):
+                return
+            raise ValueError("the model's output on a batch of the data is not finite.")
+        shapes = keras.tree.map_structure(lambda t: tuple(t.shape), output)
+        raise ValueError(
+            "the model must return one click logit per example, of shape [batch, 1] or "
+            f"[batch]. Received: output shape(s) {shapes} for a batch of 2"
+        )
+
+    def _check_seeds(self, first: keras.Model) -> None:
+        same = _differing_weights(first, self("relu", 0, 0))
+        if same:
+            raise ValueError(
+                "two builds with the same seeds differ in weights "
+                f"{same}: their initializers do not follow embedding_seed and tower_seed "
+                "(e.g. a custom layer whose get_config() lacks its initializer)."
+            )
+        if self._function is not None and not _differing_weights(first, self("relu", 1, 1)):
+            raise ValueError(
+                "the function's models do not depend on embedding_seed or tower_seed: "
+                "replicas would not differ by their initial weights."
+            )
+
+
+def _load_keras_file(path: str) -> keras.Model:
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # a damaged file or unknown layer: Keras raises many kinds
+        raise ValueError(f"cannot load the Keras file: {error}") from error
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"the file holds a {type(model).__name__}, not a Keras model.")
+    return model
+
+
+def _import_function(reference: str) -> Callable:
+    module_name, _, function_name = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(
+            f"cannot import module {module_name!r} (is it installed or on PYTHONPATH?): {error}"
+        ) from error
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ValueError(f"module {module_name!r} has no function {function_name!r}.")
+    return function
+
+
+def _takes_replica_arguments(function: Callable) -> bool:
+    """Whether `function` builds replicas itself: `(feature_spec, activation, seeds...)`."""
+    parameters = inspect.signature(function).parameters
+    named = [name for name in _REPLICA_ARGUMENTS if name in parameters]
+    if named and len(named) < len(_REPLICA_ARGUMENTS):
+        raise ValueError(
+            "a model function takes either (feature_spec) or (feature_spec, activation, "
+            f"embedding_seed, tower_seed). Received parameters: {list(parameters)}"
+        )
+    return bool(named)
+
+
+def _differing_weights(first: keras.Model, second: keras.Model) -> list[str]:
+    """Paths of weights that differ between two builds of one architecture."""
+    return [a.path for a, b in zip(first.weights, second.weights, strict=True)
+            if not np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))]

@@ -94,7 +94,8 @@ class ReplicaJob:
         entropy.
         """
         config = dataclasses.replace(
-            config, update_mode=self.update_mode, dataset=config.dataset.absolute()
+            config, update_mode=self.update_mode, dataset=config.dataset.absolute(),
+            data_dir=config.data_dir and os.path.abspath(config.data_dir),
         )
         job = WorkerJob(
             activation=self.activation,

@@ -67,12 +67,16 @@ Update modes
 
 Checkpoints
 -----------
-A `tf.train.Checkpoint` of model, optimizer, step counter, schedule seed and
-(stale) the pending gradients, every `checkpoint_every` steps and at the end.
-All workers take part in a save (as MWMS requires); only the chief writes to
-`checkpoint_dir` through a `tf.train.CheckpointManager`, the others write to a
+A `tf.train.Checkpoint` of model, optimizer, step counter, schedule seed,
+(stale) the pending gradients and the run's fingerprint, every
+`checkpoint_every` steps and at the end. All workers take part in a save (as
+MWMS requires); only the chief writes to `checkpoint_dir`
+(`tf_smelu.training.checkpoints.CheckpointDirectory`), the others write to a
 temporary directory that is deleted at once (the MWMS recipe of the TF docs).
-On start every worker restores `latest_checkpoint(checkpoint_dir)`, so the
+On start every worker picks the same checkpoint by the same rule (the newest
+intact one, damaged ones named in a warning) and refuses one written with
+another configuration (`CheckpointMismatchError`; see
+`tf_smelu.training.checkpoints` for what the fingerprint holds), so the
 directory must be shared by the workers (any path on one host; on several
 hosts a shared file system or bucket), and the workers check through an
 all-gather that they all restored the same step. The run then continues to
@@ -80,11 +84,11 @@ all-gather that they all restored the same step. The run then continues to
 
 * Atomicity (checked in TF 2.21's sources): the saver writes the data to
   `<prefix>_temp/part-*` and `MergeV2Checkpoints` moves the finished files to
-  `ckpt-N.index`/`ckpt-N.data-*`; only then does the manager rewrite the
-  `checkpoint` state file, with `atomic_write_string_to_file` (write a temp
-  file, rename). `latest_checkpoint` thus never names a half-written
-  checkpoint after a crash, on file systems with atomic rename (local disks;
-  not GCS, where TF writes the state file in place).
+  `ckpt-N.index`/`ckpt-N.data-*`; only then is the `checkpoint` state file
+  rewritten (written aside, renamed). The state file thus never names a
+  half-written checkpoint after a crash, on file systems with atomic rename
+  (local disks; not GCS, where a rename is a copy), and a checkpoint damaged
+  later is detected by its checksums on start.
 * Stale: the pending gradients are spread over the workers' buffers; before a
   save they are all-reduced onto the chief's buffer (the others are zeroed),
   which leaves their sum, i.e. the training, unchanged up to float rounding
@@ -112,14 +116,21 @@ import dataclasses
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_smelu.training.checkpoints import (
+    FINGERPRINT_NAME,
+    CheckpointDirectory,
+    encode_fingerprint,
+    run_fingerprint,
+)
 from tf_smelu.training.cluster import (
     DatasetFn,
     WorkerInfo,
@@ -213,6 +224,16 @@ class DistributedTrainer:
             rows.
         strategy: Default: `create_strategy()`.
         options: Checkpoints, logging and fault injection.
+        identity: What else a checkpoint must match to be resumed, besides
+            `config` and the cluster's size (JSON values, e.g. the
+            activation and seeds `model_fn` uses and a digest of the data;
+            see `tf_smelu.training.checkpoints.run_fingerprint`).
+
+    Raises:
+        ValueError: `config.steps` is unset, or the update mode needs one
+            replica per worker.
+        CheckpointError: `options.checkpoint_dir` is a file, or the chief
+            cannot write to it.
     """
 
     def __init__(
@@ -222,6 +243,7 @@ class DistributedTrainer:
         config: TrainingConfig,
         strategy: tf.distribute.Strategy | None = None,
         options: TrainerOptions = TrainerOptions(),
+        identity: Mapping[str, object] | None = None,
     ):
         if config.steps is None:
             raise ValueError(
@@ -272,12 +294,21 @@ class DistributedTrainer:
         )
         if self.delayed is not None:
             trackables["pending_gradients"] = list(self.delayed.buffers)
+        self.fingerprint = run_fingerprint(
+            config, self.worker.num_workers, num_replicas, **(identity or {}))
+        trackables[FINGERPRINT_NAME] = tf.Variable(
+            encode_fingerprint(self.fingerprint), dtype=tf.string, trainable=False,
+            name=FINGERPRINT_NAME)
         self.checkpoint = tf.train.Checkpoint(**trackables)
-        self.manager = None
-        if options.checkpoint_dir and self.worker.is_chief:
-            self.manager = tf.train.CheckpointManager(
-                self.checkpoint, options.checkpoint_dir, max_to_keep=options.max_checkpoints_to_keep
-            )
+        # `restore` creates the lazy save counter, which `write` would not
+        # save: created now, every checkpoint has it and restores match.
+        _ = self.checkpoint.save_counter
+        self.checkpoints = (
+            CheckpointDirectory(options.checkpoint_dir, options.max_checkpoints_to_keep,
+                                writer=self.worker.is_chief)
+            if options.checkpoint_dir
+            else None
+        )
         # Only the forward and backward pass is compiled: the collectives of
         # the update stay outside XLA.
         self._compute_gradients = (
@@ -357,14 +388,21 @@ class DistributedTrainer:
     # -- checkpoints ----------------------------------------------------------
 
     def _restore(self) -> int:
-        """Restores the latest checkpoint if any; returns the step to start at."""
-        latest = (
-            tf.train.latest_checkpoint(self.options.checkpoint_dir)
-            if self.options.checkpoint_dir
+        """Restores the newest intact checkpoint if any; returns the step to start at.
+
+        Raises:
+            CheckpointError: The directory has traces of a run but no intact
+                checkpoint, or one without a fingerprint.
+            CheckpointMismatchError: The checkpoint was written with another
+                configuration, or does not fit this run's model.
+        """
+        found = (
+            self.checkpoints.find_resumable(self.fingerprint, self.config.steps, self._warn)
+            if self.checkpoints is not None
             else None
         )
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        if found:
+            self.checkpoints.restore(self.checkpoint, found)
             if self.delayed is not None and not self.worker.is_chief:
                 # The chief's buffer already holds every worker's pending sum.
                 for buffer in self.delayed.buffers:
@@ -377,16 +415,18 @@ class DistributedTrainer:
                     f"Workers restored different steps {restored}: `checkpoint_dir` "
                     f"({self.options.checkpoint_dir!r}) must be one directory shared by all workers."
                 )
-        if latest:
-            self._log(f"resumed from {latest} at step {start_step}")
+        if found:
+            self._log(f"resumed from {found.prefix} at step {start_step}")
+        elif self.checkpoints is not None:
+            self._log(f"no checkpoint in {self.checkpoints.directory} yet: training from step 0")
         return start_step
 
     def _save(self, done: int) -> None:
         self.step.assign(done)
         if self.delayed is not None:
             self._consolidate()
-        if self.manager is not None:
-            self.manager.save(checkpoint_number=done)
+        if self.checkpoints is not None and self.checkpoints.writer:
+            self.checkpoints.save(self.checkpoint, done)
             return
         # Non-chief workers must take part in the save, but their copy is
         # redundant: write it aside and drop it.
@@ -494,6 +534,9 @@ class DistributedTrainer:
 
     def _log(self, message: str) -> None:
         print(f"worker {self.worker.index}: {message}", flush=True)
+
+    def _warn(self, message: str) -> None:
+        print(f"worker {self.worker.index}: warning: {message}", file=sys.stderr, flush=True)
 
     def weights(self) -> list[np.ndarray]:
         """This worker's current model weights, in `model.weights` order."""

@@ -1,0 +1,457 @@
+"""The advisor: intervals against ReLU, the frontier, the decision and the search plan.
+
+Rows are made by hand (exact means, known spread) or by a simulated experiment
+whose truth is known: nothing trains here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pathlib
+import zlib
+
+import numpy as np
+import pytest
+
+from tf_smelu.experiment import advisor
+from tf_smelu.registry import Activation
+
+BUDGET = 0.002
+
+
+def _standard(rng: np.random.Generator, size: int) -> np.ndarray:
+    """`size` numbers with mean exactly 0 and sd exactly 1, so row means are exact."""
+    x = rng.standard_normal(size)
+    return (x - x.mean()) / x.std()
+
+
+def make_row(spec, auc, pd, *, replicas=8, auc_sd=0.0002, pd_sd=0.05, sources=("tower_init",)):
+    """A result row whose mean AUC is `auc` and mean relative PD `pd`, exactly."""
+    activation = Activation.parse(spec)
+    rng = np.random.default_rng(zlib.crc32(spec.encode()))
+    aucs = auc + auc_sd * _standard(rng, replicas)
+    weights = np.exp(pd_sd * _standard(rng, replicas * (replicas - 1) // 2))
+    pairs = pd * weights / weights.mean()
+    return {"activation": activation.name, "beta": activation.beta, "label": activation.label,
+            "spec": str(activation), "replicas": replicas, "sources": list(sources),
+            "aucs": aucs.tolist(), "auc_mean": float(aucs.mean()),
+            "rel_pd_pairs": pairs.tolist(), "rel_pd": float(pairs.mean())}
+
+
+RELU = make_row("relu", 0.7200, 0.050)
+
+
+def simulated_row(spec: str, replicas: int) -> dict:
+    """A replica experiment with known truth: AUC loss 0.005 β, PD x exp(-β).
+
+    Replica i's numbers depend only on (spec, i), as replica seeds depend only
+    on the index: a row extended to more replicas keeps its first ones.
+    """
+    activation = Activation.parse(spec)
+    references = {"gelu": (0.0015, 0.85), "swish": (0.001, 0.9), "softplus": (0.004, 0.8)}
+    beta = advisor.scale_of(activation) or 0.0
+    loss, factor = references.get(activation.name, (0.005 * beta, np.exp(-beta)))
+    aucs, effects = [], []
+    for i in range(replicas):
+        rng = np.random.default_rng([zlib.crc32(spec.encode()), i])
+        aucs.append(0.72 - loss + 0.0004 * rng.standard_normal())
+        effects.append(rng.standard_normal())
+    pairs = [0.05 * factor * np.exp(0.1 * (effects[i] + effects[j]))
+             for i, j in zip(*np.triu_indices(replicas, 1))]
+    return {"activation": activation.name, "beta": activation.beta, "label": activation.label,
+            "spec": str(activation), "replicas": replicas, "sources": ["tower_init"],
+            "aucs": aucs, "auc_mean": float(np.mean(aucs)),
+            "rel_pd_pairs": pairs, "rel_pd": float(np.mean(pairs))}
+
+
+def run_simulated(trial, row):
+    return simulated_row(str(trial.activation), trial.replicas)
+
+
+class FakeClock:
+    """Advances `seconds_per_replica` per replica trained by `run_trial`."""
+
+    def __init__(self, seconds_per_replica=10.0):
+        self.now, self.rate = 0.0, seconds_per_replica
+
+    def __call__(self):
+        return self.now
+
+    def run_trial(self, trial, row):
+        self.now += self.rate * trial.extra_replicas
+        return run_simulated(trial, row)
+
+
+# --- intervals against the baseline -------------------------------------------------------
+
+
+def test_changes_against_relu_are_exact_point_estimates_inside_their_intervals():
+    analysis = advisor.analyze([RELU, make_row("smelu:0.2", 0.7195, 0.040)])
+    (smelu,) = analysis.candidates
+    assert smelu.auc_change.estimate == pytest.approx(-0.0005)
+    assert smelu.rel_pd_change.estimate == pytest.approx(-0.2)
+    for interval in (smelu.auc_change, smelu.rel_pd_change):
+        assert interval.low < interval.estimate < interval.high
+    # Spread 0.0002 per replica, 8 replicas each: the AUC interval is about +-0.0002.
+    assert 0.00005 < smelu.auc_change.high - smelu.auc_change.low < 0.0006
+    assert analysis.baseline.auc_change == advisor.Interval(0.0, 0.0, 0.0)
+
+
+def test_intervals_widen_with_the_replicas_spread():
+    def width(auc_sd):
+        analysis = advisor.analyze([RELU, make_row("smelu:0.2", 0.7195, 0.04, auc_sd=auc_sd)])
+        change = analysis.candidates[0].auc_change
+        return change.high - change.low
+
+    assert width(0.002) > 3 * width(0.0002)
+
+
+def test_intervals_are_deterministic_and_independent_of_row_order():
+    rows = [RELU, make_row("smelu:0.2", 0.7195, 0.04), make_row("gelu", 0.719, 0.045)]
+    forward, backward = advisor.analyze(rows), advisor.analyze(rows[::-1])
+    assert forward.candidates == backward.candidates[::-1]
+    assert forward.candidates == advisor.analyze(rows).candidates
+    assert forward.candidates != advisor.analyze(rows, seed=1).candidates
+
+
+def test_rows_are_resampled_independently():
+    # A copy of ReLU's replicas under another name: resampled in step with
+    # ReLU's, its change would be exactly 0 in every resample.
+    copy = {**RELU, "activation": "gelu", "label": "gelu", "spec": "gelu"}
+    (gelu,) = advisor.analyze([RELU, copy]).candidates
+    assert gelu.auc_change.estimate == 0 and gelu.rel_pd_change.estimate == 0
+    assert gelu.auc_change.low < 0 < gelu.auc_change.high
+    assert gelu.rel_pd_change.low < 0 < gelu.rel_pd_change.high
+
+
+def test_pd_difference_between_candidates():
+    analysis = advisor.analyze(
+        [RELU, make_row("smelu:0.2", 0.7195, 0.040), make_row("smelu:0.4", 0.719, 0.030)])
+    small, large = analysis.candidates
+    difference = analysis.pd_difference(large, small)
+    assert difference.estimate == pytest.approx(-0.01)
+    assert difference.high < 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.pop("rel_pd_pairs"), "rel_pd_pairs"),
+        (lambda r: r.pop("aucs"), "aucs"),
+        (lambda r: r.update(rel_pd_pairs=r["rel_pd_pairs"][:-1]), "rel_pd_pairs"),
+        (lambda r: r.update(aucs=[*r["aucs"][:-1], float("nan")]), "aucs"),
+        (lambda r: r.update(rel_pd=0.3), "rel_pd"),
+        (lambda r: r.update(auc_mean=0.5), "auc_mean"),
+        (lambda r: r.update(label="smelu(β=0.3)"), "smelu(β=0.3)"),
+    ],
+)
+def test_a_damaged_row_is_named(change, message):
+    row = make_row("smelu:0.2", 0.7195, 0.04)
+    change(row)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        advisor.analyze([RELU, row])
+
+
+def test_rows_of_a_results_file_without_pair_pds_get_one_clear_error():
+    path = pathlib.Path(__file__).resolve().parent.parent / "docs" / "default_results.json"
+    rows = [{k: v for k, v in row.items() if k != "rel_pd_pairs"}
+            for row in json.loads(path.read_text(encoding="utf-8"))["results"]]
+    with pytest.raises(ValueError, match=r"lacks \['rel_pd_pairs'\].*every replica pair"):
+        advisor.recommend(rows, BUDGET)
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([], "at least the baseline"),
+        ([make_row("smelu:0.2", 0.7195, 0.04)], "No 'relu' row"),
+        ([RELU, make_row("gelu", 0.719, 0.04, sources=("order",))], "share their sources"),
+        ([RELU, RELU], "several rows of"),
+        ([RELU, make_row("gelu", 0.719, 0.04, replicas=3)], "needs >= 4 replicas"),
+    ],
+)
+def test_rows_that_cannot_be_compared_are_refused(rows, message):
+    with pytest.raises(ValueError, match=message):
+        advisor.analyze(rows)
+
+
+def test_rescu_rows_need_their_spec_for_the_order():
+    row = make_row("rescu:0.2:3", 0.7195, 0.04)
+    assert advisor.analyze([RELU, row]).candidates[0].activation.order == 3
+    del row["spec"]
+    with pytest.raises(ValueError, match="need `spec`"):
+        advisor.analyze([RELU, row])
+
+
+# --- the Pareto frontier -------------------------------------------------------------------
+
+
+def test_pareto_frontier_of_hand_made_points():
+    rel_pd = [0.050, 0.040, 0.045, 0.030, 0.030, 0.060]
+    auc = [0.720, 0.719, 0.718, 0.715, 0.715, 0.721]
+    # 2 is beaten by 1 (less PD, more AUC); 3 and 4 are equal: both stay.
+    assert advisor.pareto_frontier(rel_pd, auc) == [5, 0, 1, 3, 4]
+
+
+@pytest.mark.parametrize("rel_pd, auc", [([0.1, 0.2], [0.7]), ([0.1, float("nan")], [0.7, 0.7])])
+def test_pareto_frontier_refuses_bad_points(rel_pd, auc):
+    with pytest.raises(ValueError, match="finite numbers"):
+        advisor.pareto_frontier(rel_pd, auc)
+
+
+def test_family_frontiers_start_at_relu_and_drop_dominated_betas():
+    rows = [RELU, make_row("smelu:0.1", 0.7199, 0.045), make_row("smelu:0.2", 0.7190, 0.046),
+            make_row("smelu:0.4", 0.7180, 0.030), make_row("gelu", 0.7195, 0.044)]
+    frontiers = advisor.family_frontiers(advisor.analyze(rows))
+    assert list(frontiers) == ["smelu"]
+    assert [c.label for c in frontiers["smelu"]] == ["relu", "smelu(β=0.1)", "smelu(β=0.4)"]
+
+
+# --- the recommendation ----------------------------------------------------------------------
+
+
+def recommend(*rows, budget=BUDGET):
+    return advisor.recommend([RELU, *rows], budget)
+
+
+def test_clear_winner():
+    advice = recommend(make_row("smelu:0.2", 0.7195, 0.040), make_row("smelu:0.4", 0.7150, 0.030),
+                       make_row("gelu", 0.7190, 0.049))
+    assert advice.choice.spec == "smelu:0.2"
+    assert advice.text.startswith("use smelu(β=0.2) (smelu:0.2): relative PD -20% [")
+    assert "at AUC -0.0005 [" in advice.text and "vs relu (R=8 vs R=8" in advice.text
+    assert "Reference points: gelu: relative PD -2%" in advice.text
+    assert advice.best_per_family["smelu"] is advice.choice
+
+
+def test_nothing_within_budget_keeps_relu():
+    advice = recommend(make_row("smelu:0.4", 0.7150, 0.030))
+    assert advice.choice is None
+    assert advice.text.startswith("keep relu: nothing reduces relative PD significantly")
+    assert "Best beyond budget: smelu(β=0.4): relative PD -40%" in advice.text
+    assert "over budget" in advice.text
+
+
+def test_insignificant_pd_reduction_keeps_relu():
+    advice = recommend(make_row("smelu:0.1", 0.7199, 0.048, pd_sd=0.5))
+    change = advice.analysis.candidates[0].rel_pd_change
+    assert change.estimate < 0 < change.high
+    assert advice.choice is None
+    assert "Closest within budget: smelu(β=0.1)" in advice.text
+    assert "PD reduction not significant" in advice.text
+
+
+def test_the_budget_binds_on_the_upper_end_of_the_auc_loss():
+    # Point loss 0.0019 is within 0.002, but its interval reaches beyond.
+    edge = make_row("smelu:0.4", 0.7181, 0.030)
+    assert -advisor.analyze([RELU, edge]).candidates[0].auc_change.low > BUDGET
+    advice = recommend(edge, make_row("smelu:0.2", 0.7195, 0.040))
+    assert advice.choice.spec == "smelu:0.2"
+    assert advice.analysis.get("smelu(β=0.4)").budget_status(BUDGET) == advisor.STRADDLES
+    assert recommend(edge, budget=0.003).choice.spec == "smelu:0.4"
+
+
+def test_indistinguishable_betas_are_named():
+    advice = recommend(make_row("smelu:0.3", 0.7190, 0.040), make_row("smelu:0.4", 0.7186, 0.039))
+    assert advice.choice.spec == "smelu:0.4"
+    assert [c.spec for c in advice.indistinguishable] == ["smelu:0.3"]
+    assert "smelu(β=0.4) and smelu(β=0.3) are indistinguishable in PD at R=8/8" in advice.text
+    distinct = recommend(make_row("smelu:0.3", 0.7190, 0.045), make_row("smelu:0.4", 0.7186, 0.035))
+    assert distinct.indistinguishable == () and "indistinguishable" not in distinct.text
+
+
+def test_a_reference_activation_can_be_the_answer():
+    advice = recommend(make_row("smelu:0.2", 0.7195, 0.045), make_row("gelu", 0.7192, 0.035))
+    assert advice.choice.spec == "gelu"
+    assert advice.text.startswith("use gelu (gelu): relative PD -30%")
+    assert "Best of each family within budget: smelu(β=0.2): relative PD -10%" in advice.text
+
+
+def test_identical_relu_replicas_leave_nothing_to_reduce():
+    identical = make_row("relu", 0.72, 0.0)
+    advice = advisor.recommend([identical, make_row("smelu:0.2", 0.7195, 0.04)], BUDGET)
+    assert advice.choice is None and advice.analysis is None
+    assert "predict identically" in advice.text
+    with pytest.raises(ValueError, match="predict identically"):
+        advisor.analyze([identical])
+
+
+def test_recommendation_is_json_ready():
+    advice = recommend(make_row("smelu:0.2", 0.7195, 0.040), make_row("gelu", 0.7190, 0.049))
+    content = json.loads(json.dumps(advice.to_json(), allow_nan=False))
+    assert content["choice"] == "smelu:0.2"
+    assert [c["spec"] for c in content["candidates"]] == ["smelu:0.2", "gelu"]
+    assert content["candidates"][0]["budget"] == "within" and content["candidates"][0]["pd_reduced"]
+    assert [p["label"] for p in content["frontiers"]["smelu"]] == ["relu", "smelu(β=0.2)"]
+
+
+@pytest.mark.parametrize("budget", [-0.001, float("nan"), "0.002"])
+def test_bad_budget(budget):
+    with pytest.raises(ValueError, match="max_auc_loss"):
+        recommend(budget=budget)
+
+
+# --- the search plan --------------------------------------------------------------------------
+
+
+SETTINGS = advisor.SearchSettings(BUDGET, families=("smelu",), references=("gelu",),
+                                  n_resamples=500)
+
+
+def smelu_steps(*rows, **settings):
+    settings = advisor.SearchSettings(BUDGET, families=("smelu",), references=(), **settings)
+    return [(str(t.activation), t.replicas, t.extra_replicas)
+            for t in advisor.next_candidates("smelu", [RELU, *rows], settings)]
+
+
+def test_first_plan_trains_the_baseline_references_and_the_first_grid_beta():
+    trials = advisor.plan([], SETTINGS)
+    assert [(str(t.activation), t.replicas) for t in trials] == [
+        ("relu", 8), ("gelu", 8), ("smelu:0.05", 8)]
+    default = advisor.plan([], advisor.SearchSettings(BUDGET))
+    assert [t.label for t in default] == [
+        "relu", "gelu", "swish", "softplus", "smelu(β=0.05)", "rescu(β=0.05, n=2)",
+        "generalized_smelu(β=0.05)"]
+
+
+def test_the_grid_is_climbed_while_betas_are_within_budget():
+    assert smelu_steps(make_row("smelu:0.05", 0.7199, 0.048)) == [("smelu:0.1", 8, 8)]
+    assert smelu_steps(*(make_row(f"smelu:{b}", 0.7199, 0.048) for b in (0.05, 0.1, 0.2, 0.4,
+                                                                          0.8))) == []
+
+
+def test_a_beta_straddling_the_budget_gets_twice_the_replicas_up_to_the_maximum():
+    straddling = make_row("smelu:0.4", 0.7181, 0.03)
+    within = make_row("smelu:0.2", 0.7195, 0.04)
+    assert smelu_steps(within, straddling) == [("smelu:0.4", 16, 8)]
+    assert smelu_steps(within, straddling, max_replicas=12) == [("smelu:0.4", 12, 4)]
+    # At the maximum it counts as over budget: the bracket is bisected below it.
+    assert smelu_steps(within, straddling, max_replicas=8) == [("smelu:0.28", 8, 8)]
+
+
+def test_bisection_between_within_and_over_budget():
+    within, over = make_row("smelu:0.2", 0.7195, 0.04), make_row("smelu:0.4", 0.7150, 0.03)
+    assert smelu_steps(within, over) == [("smelu:0.28", 8, 8)]
+    assert smelu_steps(within, over, make_row("smelu:0.28", 0.7190, 0.035)) == [
+        ("smelu:0.33", 8, 8)]
+    close = make_row("smelu:0.24", 0.7150, 0.03)
+    assert smelu_steps(within, close) == []  # 0.24 / 0.2 <= 1 + resolution
+    assert smelu_steps(within, close, resolution=0.1) == [("smelu:0.22", 8, 8)]
+
+
+def test_halving_when_the_first_beta_is_over_budget():
+    assert smelu_steps(make_row("smelu:0.05", 0.7150, 0.03)) == [("smelu:0.025", 8, 8)]
+    assert smelu_steps(make_row("smelu:0.0125", 0.7150, 0.03)) == []  # below a quarter of 0.05
+
+
+def test_replicas_go_to_a_reference_tied_with_the_choice_but_not_to_tied_betas():
+    tied_betas = [RELU, make_row("smelu:0.3", 0.7190, 0.040), make_row("smelu:0.4", 0.7186, 0.039)]
+    settings = advisor.SearchSettings(BUDGET, families=(), references=())
+    assert advisor.plan(tied_betas, settings) == []
+    with_gelu = [*tied_betas, make_row("gelu", 0.7192, 0.0395)]
+    assert {(t.label, t.replicas) for t in advisor.plan(with_gelu, settings)} == {
+        ("gelu", 16), ("smelu(β=0.4)", 16)}
+
+
+def test_replicas_go_to_a_promising_insignificant_candidate_and_to_relu():
+    rows = [RELU, make_row("gelu", 0.7199, 0.045, pd_sd=0.5)]
+    settings = advisor.SearchSettings(BUDGET, families=(), references=())
+    assert [(t.label, t.replicas) for t in advisor.plan(rows, settings)] == [
+        ("gelu", 16), ("relu", 16)]
+
+
+def test_search_finds_the_largest_beta_within_budget_and_ends():
+    result = advisor.search(run_simulated, SETTINGS, log=lambda _: None)
+    assert result.stopped == "search finished"
+    # True AUC loss 0.005 β: the budget 0.002 allows β < 0.4; bisection brackets it.
+    assert result.recommendation.choice.spec in ("smelu:0.28", "smelu:0.33")
+    assert advisor.plan(result.rows, SETTINGS) == []
+    labels = [t.label for t in result.trials]
+    assert labels[:3] == ["relu", "gelu", "smelu(β=0.05)"]
+    assert all(t.replicas <= SETTINGS.max_replicas for t in result.trials)
+
+
+def test_search_is_deterministic_and_resumes_from_its_rows():
+    first = advisor.search(run_simulated, SETTINGS, log=lambda _: None)
+    again = advisor.search(run_simulated, SETTINGS, log=lambda _: None)
+    assert first.trials == again.trials and first.rows == again.rows
+    half = len(first.trials) // 2
+    rows = {}
+    for trial in first.trials[:half]:
+        rows[trial.label] = run_simulated(trial, None)
+    resumed = advisor.search(run_simulated, SETTINGS, list(rows.values()), log=lambda _: None)
+    assert resumed.trials == first.trials[half:]
+    assert resumed.recommendation.text == first.recommendation.text
+
+
+def test_time_budget_stops_at_the_first_trial_that_does_not_fit():
+    unlimited = advisor.search(run_simulated, SETTINGS, log=lambda _: None).trials
+    total = sum(10.0 * t.extra_replicas for t in unlimited)
+    for budget in (50.0, total / 2, total - 1.0):
+        clock = FakeClock(seconds_per_replica=10.0)
+        settings = advisor.SearchSettings(BUDGET, families=("smelu",), references=("gelu",),
+                                          n_resamples=500, time_budget=budget)
+        result = advisor.search(clock.run_trial, settings, clock=clock, log=lambda _: None)
+        assert result.trials == unlimited[:len(result.trials)]  # a prefix of the same search
+        assert result.stopped.startswith("time budget: ")
+        assert clock.now <= max(budget, 80.0)  # the first trial (8 replicas) always runs
+        spent = sum(10.0 * t.extra_replicas for t in unlimited[:len(result.trials) + 1])
+        assert spent > budget  # the next trial would not have fit
+    assert len(result.trials) < len(unlimited)
+
+
+def test_search_refuses_a_row_of_the_wrong_size():
+    with pytest.raises(ValueError, match="with 8 replicas"):
+        advisor.search(lambda trial, row: simulated_row(str(trial.activation), 4), SETTINGS,
+                       log=lambda _: None)
+
+
+def test_search_result_is_json_ready():
+    result = advisor.search(run_simulated, SETTINGS, log=lambda _: None)
+    content = json.loads(json.dumps(result.to_json(), allow_nan=False))
+    assert content["stopped"] == "search finished"
+    assert content["trials"][0] == {"spec": "relu", "label": "relu", "replicas": 8,
+                                    "extra_replicas": 8, "reason": "the baseline"}
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_settings_from_the_activations_flag():
+    settings = advisor.SearchSettings.from_activations(
+        ["relu", "smelu:0.2", "smelu:0.4", "rescu:0.3:3", "gelu", "swish"], BUDGET, replicas=6)
+    assert [advisor.family_name(f) for f in settings.families] == ["smelu", "rescu(order=3)"]
+    assert [str(r) for r in settings.references] == ["gelu", "swish"]
+    assert settings.baseline == Activation("relu") and settings.replicas == 6
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"families": ("gelu",)}, "scale parameter"),
+        ({"references": ("smelu:0.2",)}, "scale parameter"),
+        ({"families": ("smelu", "smelu:0.3")}, "family twice"),
+        ({"scale_grid": (0.2, 0.1)}, "scale_grid"),
+        ({"scale_grid": ()}, "scale_grid"),
+        ({"replicas": 3}, "replicas"),
+        ({"replicas": 16, "max_replicas": 8}, "max_replicas"),
+        ({"resolution": 0.0}, "resolution"),
+        ({"time_budget": -1.0}, "time_budget"),
+        ({"confidence": 1.0}, "confidence"),
+    ],
+)
+def test_bad_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        advisor.SearchSettings(BUDGET, **settings)
+
+
+def test_every_trial_of_the_default_search_is_a_valid_spec():
+    settings = advisor.SearchSettings(BUDGET, n_resamples=300)
+    trials = advisor.search(run_simulated, settings, log=lambda _: None).trials
+    for trial in trials:
+        assert Activation.parse(str(trial.activation)) == trial.activation
+    per_label = {label: [t.replicas for t in group]
+                 for label, group in itertools.groupby(sorted(trials, key=lambda t: t.label),
+                                                       key=lambda t: t.label)}
+    assert all(r == sorted(set(r)) for r in per_label.values())  # replicas only grow

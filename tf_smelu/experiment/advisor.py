@@ -1,0 +1,984 @@
+"""The advisor: which activation, at which β, at what AUC cost, and how sure.
+
+Given result rows of one source set (`docs/results.schema.json`), the
+advisor answers "should I switch from ReLU, and to what?" for an AUC budget
+`max_auc_loss` the user is willing to give up, and plans which rows to train
+next to answer it with as few replicas as possible. Everything here is a pure
+function of the rows (NumPy only, nothing trains): the runner trains what
+`plan` asks for and calls it again, so a resumed run continues where it
+stopped.
+
+Rows it needs. Besides `label`, `activation`, `beta` and `replicas`, each row
+carries every replica's AUC (`aucs`, R numbers) and every replica pair's
+relative PD (`rel_pd_pairs`, R (R - 1) / 2 numbers in `numpy.triu_indices(R,
+1)` order). Rows of activations with parameters besides β (RESCU's order)
+also need `spec`, e.g. `"rescu:0.3:3"`. Rows need at least `MIN_REPLICAS`.
+
+Intervals (`analyze`). A row's replicas are resampled with replacement
+(`n_resamples` times, at least two distinct replicas per resample): its mean
+AUC and its mean relative PD over the pairs of distinct resampled replicas
+move together, since both come from the same replicas. Each row is resampled
+independently, with a stream seeded by `seed` and the row's label, so the
+intervals do not depend on row order. Against the baseline (ReLU):
+
+    AUC change          = AUC_row - AUC_relu                 (negative: a loss)
+    relative PD change  = relPD_row / relPD_relu - 1         (negative: fewer flips)
+
+with percentile intervals at level `confidence` (95%). Rows share replica
+seeds by index, but pairing them would need equal R in both rows, which the
+adaptive search breaks, and the AUC correlations between rows measured in
+`docs/default_results.json` ranged from -0.2 to 0.66: independent resampling
+is the conservative choice. Percentile intervals from few replicas are too
+narrow (about 0.8 of a t interval's width at R = 8), one reason the decision
+rule below uses the unfavourable end of every interval.
+
+Decision rule (`recommend`), for budget L:
+
+* within budget: the upper end of the AUC-loss interval is <= L (the lower
+  end of the AUC-change interval is >= -L). Point estimates would accept,
+  half of the time, a β that costs more than L, and the search pushes β to
+  exactly that edge;
+* PD reduced: the upper end of the relative-PD-change interval is < 0;
+* the choice is the candidate that is both, with the largest PD reduction
+  (point estimate); ties go to the higher AUC, then the label. Reference
+  activations (GELU, Swish, Softplus) are candidates too: "use gelu" is a
+  valid answer;
+* other such candidates whose PD is indistinguishable from the choice's (the
+  interval of the difference of their relative PDs contains 0) are named;
+* no such candidate: keep ReLU, naming the closest miss within budget and
+  the best candidate over it.
+
+The choice is the best of several candidates, so its PD reduction is
+somewhat optimistic (the winner's curse); the intervals are not corrected
+for that selection.
+
+Search (`plan`), per family (an activation with a scale parameter β, e.g.
+SmeLU; RESCU of each order is its own family). It assumes that AUC loss and
+PD reduction both grow with β and looks for the largest β within budget. A
+row's status is *within* or *over* budget (the whole AUC-loss interval on one
+side of L) or *open* (the interval straddles L and R < `max_replicas`); an
+interval still straddling L at `max_replicas` counts as over.
+
+1. Baseline, reference points and the first β of the coarse grid
+   (`scale_grid`) are trained with `replicas` replicas.
+2. Open rows between the family's bracket (the largest β within budget below
+   the smallest β over it) get more replicas: R doubles up to
+   `max_replicas`.
+3. Otherwise, while no β is over budget, the next grid β is trained; after
+   that, the bracket is bisected at its geometric mean rounded to two
+   significant digits, until its ends are within a factor `1 + resolution`
+   (or, with no β within budget, β is halved down to a quarter of the grid's
+   first value).
+4. When no family has a step left, replicas go where the decision is
+   uncertain: reference rows whose AUC-loss interval straddles the budget
+   and whose PD could beat the choice; candidates within budget whose PD
+   point beats the choice but whose reduction is not yet significant (and
+   the baseline with them); the best of another family (or a reference)
+   whose PD is indistinguishable from the choice's (and the choice with
+   it). Replicas decide between families; bisection decides β within one.
+5. Nothing left: done. Every step adds a β (finitely many: bisection stops)
+   or replicas (bounded by `max_replicas`), so the search ends.
+
+Time budget (`search`). Seconds per replica are measured over the trials run
+so far; before each trial, its estimated time (seconds per replica x its new
+replicas) is compared with the time left, and the search stops at the first
+trial that does not fit. The first trial always runs (nothing is measured
+before it). The trials are a deterministic sequence for fixed seeds and
+rows, so a larger budget runs the same trials and more.
+
+Example, with `rows` of one source set:
+
+    advice = recommend(rows, max_auc_loss=0.002)
+    print(advice.text)   # use smelu(β=0.3) (smelu:0.3): relative PD -18% [-23%, -13%] ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from tf_smelu.registry import ACTIVATIONS, Activation
+from tf_smelu.validation import is_int, require_in_range, require_positive_int
+
+BASELINE = "relu"
+"""What every candidate is compared with."""
+
+DEFAULT_REFERENCES = ("gelu", "swish", "softplus")
+"""Smooth activations without a scale parameter: the usual alternatives to SmeLU."""
+
+DEFAULT_SCALE_GRID = (0.05, 0.1, 0.2, 0.4, 0.8)
+"""Coarse grid of β: beyond about 0.5 smooth activations reach a near-linear plateau."""
+
+MIN_REPLICAS = 4
+"""Fewest replicas per row: 3 replicas give at most 10 distinct resamples."""
+
+WITHIN, OVER, STRADDLES = "within", "over", "straddles"
+"""Where a row's AUC-loss interval lies relative to the budget."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A point estimate and its confidence interval `[low, high]`."""
+
+    estimate: float
+    low: float
+    high: float
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One row against the baseline.
+
+    Attributes:
+        label: The row's label, e.g. `smelu(β=0.3)`.
+        activation: The row's activation.
+        replicas: The row's R.
+        auc_mean: Mean AUC over the replicas.
+        rel_pd: Mean relative PD over the replica pairs.
+        auc_change: AUC minus the baseline's (negative: a loss).
+        rel_pd_change: Relative PD over the baseline's, minus 1.
+    """
+
+    label: str
+    activation: Activation
+    replicas: int
+    auc_mean: float
+    rel_pd: float
+    auc_change: Interval
+    rel_pd_change: Interval
+
+    @property
+    def spec(self) -> str:
+        """The activation spec, e.g. `smelu:0.3`."""
+        return str(self.activation)
+
+    @property
+    def family(self) -> str:
+        return family_name(self.activation)
+
+    @property
+    def scale(self) -> float | None:
+        """The family's scale parameter β, `None` for activations without one."""
+        return scale_of(self.activation)
+
+    def budget_status(self, max_auc_loss: float) -> str:
+        """`WITHIN`, `OVER` or `STRADDLES` the AUC budget (see the module docstring)."""
+        if -self.auc_change.low <= max_auc_loss:
+            return WITHIN
+        if -self.auc_change.high > max_auc_loss:
+            return OVER
+        return STRADDLES
+
+    @property
+    def pd_reduced(self) -> bool:
+        """Whether the whole relative-PD-change interval is below 0."""
+        return self.rel_pd_change.high < 0
+
+    def to_json(self, max_auc_loss: float) -> dict[str, object]:
+        return {
+            "label": self.label, "spec": self.spec, "family": self.family, "beta": self.scale,
+            "replicas": self.replicas, "auc_mean": self.auc_mean, "rel_pd": self.rel_pd,
+            "auc_change": self.auc_change.estimate,
+            "auc_change_ci": [self.auc_change.low, self.auc_change.high],
+            "rel_pd_change": self.rel_pd_change.estimate,
+            "rel_pd_change_ci": [self.rel_pd_change.low, self.rel_pd_change.high],
+            "budget": self.budget_status(max_auc_loss), "pd_reduced": self.pd_reduced,
+        }
+
+
+def scale_of(activation: Activation) -> float | None:
+    """The family's scale parameter (β today; a relative β would change only this)."""
+    return activation.beta if "beta" in activation.entry.parameters else None
+
+
+def with_scale(activation: Activation, scale: float) -> Activation:
+    """`activation` with its scale parameter set to `scale`."""
+    return dataclasses.replace(activation, beta=scale)
+
+
+def family_name(activation: Activation) -> str:
+    """The activation without its scale: `smelu`, `rescu(order=2)`, `gelu`."""
+    fixed = [p for p in activation.entry.parameters if p != "beta"]
+    if not fixed:
+        return activation.name
+    return f"{activation.name}({', '.join(f'{p}={getattr(activation, p)}' for p in fixed)})"
+
+
+def row_activation(row: Mapping[str, object]) -> Activation:
+    """The activation of a result row, checked against the row's label.
+
+    Raises:
+        ValueError: The row's activation fields do not give its label (e.g.
+            a RESCU row without `spec`).
+    """
+    label = row.get("label")
+    if "spec" in row:
+        activation = Activation.parse(row["spec"])
+    else:
+        activation = Activation(row.get("activation"), beta=row.get("beta"))
+    if activation.label != label:
+        raise ValueError(
+            f"Result row {label!r} describes activation {activation.label!r}; rows of "
+            "activations with parameters besides beta need `spec` (e.g. 'rescu:0.3:3'). "
+            f"Received: spec={row.get('spec')!r}, activation={row.get('activation')!r}, "
+            f"beta={row.get('beta')!r}"
+        )
+    return activation
+
+
+def _checked_array(row, field, size, label) -> np.ndarray:
+    values = np.asarray(row[field], np.float64)
+    if values.shape != (size,) or not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(
+            f"Result row {label!r}: `{field}` must hold {size} finite numbers >= 0 for "
+            f"replicas={row['replicas']}. Received: {field} of shape {values.shape}"
+        )
+    return values
+
+
+def _check_mean(row, field, values, label) -> None:
+    if field in row and not math.isclose(float(np.mean(values)), row[field],
+                                         rel_tol=1e-6, abs_tol=1e-12):
+        raise ValueError(
+            f"Result row {label!r}: the mean of its per-replica values is "
+            f"{np.mean(values)!r}, not its `{field}`. Received: {field}={row[field]!r}"
+        )
+
+
+def _replica_data(row: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray]:
+    """A row's per-replica AUCs `[R]` and pair relative PDs as an `[R, R]` matrix."""
+    label = row.get("label")
+    missing = [f for f in ("replicas", "aucs", "rel_pd_pairs") if f not in row]
+    if missing:
+        raise ValueError(
+            f"Result row {label!r} lacks {missing}: the advisor needs every replica's AUC "
+            "(`aucs`) and every replica pair's relative PD (`rel_pd_pairs`)."
+        )
+    replicas = row["replicas"]
+    if not is_int(replicas) or replicas < MIN_REPLICAS:
+        raise ValueError(
+            f"The advisor needs >= {MIN_REPLICAS} replicas per row for its intervals. "
+            f"Received: replicas={replicas!r} in row {label!r}"
+        )
+    aucs = _checked_array(row, "aucs", replicas, label)
+    pairs = _checked_array(row, "rel_pd_pairs", replicas * (replicas - 1) // 2, label)
+    _check_mean(row, "auc_mean", aucs, label)
+    _check_mean(row, "rel_pd", pairs, label)
+    distances = np.zeros((replicas, replicas))
+    rows, cols = np.triu_indices(replicas, k=1)
+    distances[rows, cols] = distances[cols, rows] = pairs
+    return aucs, distances
+
+
+def _bootstrap(aucs, distances, n_resamples, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Mean AUC and mean pair PD of `n_resamples` resamples of a row's replicas.
+
+    A resample holds replica i `c_i` times; its mean PD over pairs of distinct
+    replicas is `(c^T D c) / (R^2 - sum c_i^2)` (as in
+    `tf_smelu.metrics.pairwise_pd`). Resamples of a single replica have no
+    pair and are drawn again.
+    """
+    r = len(aucs)
+    kept = []
+    while sum(len(k) for k in kept) < n_resamples:
+        counts = rng.multinomial(r, np.full(r, 1.0 / r), size=n_resamples).astype(np.float64)
+        kept.append(counts[np.count_nonzero(counts, axis=1) >= 2])
+    counts = np.concatenate(kept)[:n_resamples]
+    pair_weights = r * r - np.sum(counts * counts, axis=1)
+    pds = np.einsum("bi,ij,bj->b", counts, distances, counts) / pair_weights
+    return counts @ aucs / r, pds
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """Every row of one source set against the baseline (see `analyze`).
+
+    Attributes:
+        baseline: The baseline row (its changes are exactly 0).
+        candidates: Every other row, in row order.
+        confidence: Level of the intervals.
+        pd_draws: Each row's bootstrap draws of its mean relative PD, by
+            label (for intervals of differences between rows).
+    """
+
+    baseline: Comparison
+    candidates: tuple[Comparison, ...]
+    confidence: float
+    pd_draws: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)
+
+    def get(self, label: str) -> Comparison | None:
+        """The comparison of the row labelled `label` (the baseline included)."""
+        return next((c for c in (self.baseline, *self.candidates) if c.label == label), None)
+
+    def pd_difference(self, a: Comparison, b: Comparison) -> Interval:
+        """Relative PD of `a` minus that of `b`, with its interval."""
+        return _interval(a.rel_pd - b.rel_pd, self.pd_draws[a.label] - self.pd_draws[b.label],
+                         self.confidence)
+
+
+def _interval(estimate, draws, confidence) -> Interval:
+    low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return Interval(float(estimate), float(low), float(high))
+
+
+def _check_rows(rows: Sequence[Mapping[str, object]]) -> list[Mapping[str, object]]:
+    rows = list(rows)
+    if not rows:
+        raise ValueError("`rows` must hold at least the baseline's result row.")
+    source_sets = sorted({"+".join(r.get("sources", ())) or "none" for r in rows})
+    if len(source_sets) > 1:
+        raise ValueError(
+            "Rows compared with each other must share their sources; advise on each source "
+            f"set separately. Received: sources sets {source_sets}"
+        )
+    labels = [r.get("label") for r in rows]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"Each activation needs one row. Received: several rows of {duplicates}")
+    return rows
+
+
+def _require_settings(confidence, n_resamples) -> None:
+    require_in_range("confidence", confidence, low=0, high=1,
+                     low_inclusive=False, high_inclusive=False)
+    require_positive_int("n_resamples", n_resamples)
+
+
+def baseline_has_pd(rows: Sequence[Mapping[str, object]], baseline: str = BASELINE) -> bool:
+    """Whether the baseline's replicas disagree at all (else there is nothing to reduce)."""
+    return bool(np.any(_replica_data(_baseline_row(_check_rows(rows), baseline))[1]))
+
+
+def _baseline_row(rows, baseline):
+    label = Activation.parse(baseline).label
+    row = next((r for r in rows if r.get("label") == label), None)
+    if row is None:
+        raise ValueError(
+            f"No {label!r} row among the rows: changes are measured against it. "
+            f"Received: rows {[r.get('label') for r in rows]}"
+        )
+    return row
+
+
+def analyze(
+    rows: Sequence[Mapping[str, object]],
+    *,
+    baseline: str = BASELINE,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Analysis:
+    """Compares every row of one source set with the baseline, with intervals.
+
+    Args:
+        rows: Result rows sharing their `sources`, one per activation, with
+            the fields the module docstring lists.
+        baseline: Spec of the baseline activation.
+        confidence: Level of the intervals, in (0, 1).
+        n_resamples: Bootstrap resamples per row.
+        seed: Seed of the resampling; the same rows and seed give the same
+            intervals.
+
+    Returns:
+        An `Analysis`.
+
+    Raises:
+        ValueError: Rows lack fields or replicas, mix source sets, repeat an
+            activation, miss the baseline, or the baseline's replicas agree
+            (exactly, on every pair or on the pairs of a resample): then its
+            relative PD is 0 and a change relative to it is undefined.
+    """
+    _require_settings(confidence, n_resamples)
+    rows = _check_rows(rows)
+    baseline_label = _baseline_row(rows, baseline)["label"]
+    draws, means = {}, {}
+    for row in rows:
+        aucs, distances = _replica_data(row)
+        rng = np.random.default_rng([seed, zlib.crc32(row["label"].encode("utf-8"))])
+        draws[row["label"]] = _bootstrap(aucs, distances, n_resamples, rng)
+        means[row["label"]] = float(np.mean(aucs)), float(np.mean(
+            distances[np.triu_indices(len(aucs), k=1)]))
+    base_auc, base_pd = draws[baseline_label]
+    if not np.all(base_pd > 0):
+        raise ValueError(
+            f"The baseline {baseline_label!r} has replicas that predict identically, so a "
+            "relative change of its PD is undefined; use more replicas or other sources."
+        )
+    base_auc_mean, base_rel_pd = means[baseline_label]
+    results = {}
+    for row in rows:
+        label = row["label"]
+        (auc_mean, rel_pd), (auc_draws, pd_draws) = means[label], draws[label]
+        results[label] = Comparison(
+            label, row_activation(row), row["replicas"], auc_mean, rel_pd,
+            _interval(auc_mean - base_auc_mean, auc_draws - base_auc, confidence),
+            _interval(rel_pd / base_rel_pd - 1, pd_draws / base_pd - 1, confidence),
+        )
+    zero = Interval(0.0, 0.0, 0.0)
+    return Analysis(
+        baseline=dataclasses.replace(results.pop(baseline_label), auc_change=zero,
+                                     rel_pd_change=zero),
+        candidates=tuple(results.values()),
+        confidence=confidence,
+        pd_draws={label: pds for label, (_, pds) in draws.items()},
+    )
+
+
+def pareto_frontier(rel_pd: Sequence[float], auc: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both relative PD and AUC.
+
+    Point j dominates point i when `rel_pd[j] <= rel_pd[i]` and
+    `auc[j] >= auc[i]`, one of them strictly; equal points are all kept.
+
+    Args:
+        rel_pd: Relative PD of each point (lower is better).
+        auc: AUC of each point (higher is better), as many as `rel_pd`.
+
+    Returns:
+        The non-dominated indices, by decreasing AUC (then increasing PD).
+
+    Raises:
+        ValueError: The sequences differ in length or hold non-finite numbers.
+    """
+    pd, auc = np.asarray(rel_pd, np.float64), np.asarray(auc, np.float64)
+    if pd.shape != auc.shape or pd.ndim != 1 or not np.all(np.isfinite(pd) & np.isfinite(auc)):
+        raise ValueError(
+            "`rel_pd` and `auc` must be equally long sequences of finite numbers. "
+            f"Received: rel_pd={rel_pd!r}, auc={auc!r}"
+        )
+    dominated = (pd[None, :] <= pd[:, None]) & (auc[None, :] >= auc[:, None]) & (
+        (pd[None, :] < pd[:, None]) | (auc[None, :] > auc[:, None]))
+    keep = np.flatnonzero(~dominated.any(axis=1))
+    return sorted(keep.tolist(), key=lambda i: (-auc[i], pd[i], i))
+
+
+def family_frontiers(analysis: Analysis) -> dict[str, tuple[Comparison, ...]]:
+    """Each family's Pareto frontier (point estimates), the baseline included.
+
+    Families are the activations with a scale parameter (β), in row order;
+    the baseline is β -> 0's end of every family, so it is on the frontier
+    unless a β beats it on both PD and AUC.
+    """
+    families: dict[str, list[Comparison]] = {}
+    for c in analysis.candidates:
+        if c.scale is not None:
+            families.setdefault(c.family, [analysis.baseline]).append(c)
+    return {
+        family: tuple(members[i] for i in pareto_frontier(
+            [m.rel_pd for m in members], [m.auc_mean for m in members]))
+        for family, members in families.items()
+    }
+
+
+def _percent(i: Interval) -> str:
+    return f"{i.estimate:+.0%} [{i.low:+.0%}, {i.high:+.0%}]"
+
+
+def _auc(i: Interval) -> str:
+    return f"{i.estimate:+.4f} [{i.low:+.4f}, {i.high:+.4f}]"
+
+
+def _describe(c: Comparison, max_auc_loss: float | None = None) -> str:
+    text = f"{c.label}: relative PD {_percent(c.rel_pd_change)} at AUC {_auc(c.auc_change)}"
+    text += f" (R={c.replicas}"
+    if max_auc_loss is not None:
+        status = c.budget_status(max_auc_loss)
+        text += {WITHIN: ", within budget", OVER: ", over budget",
+                 STRADDLES: ", may exceed the budget"}[status]
+        if status == WITHIN and not c.pd_reduced:
+            text += ", PD reduction not significant"
+    return text + ")"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    """What to use for one source set, why, and how sure (see `recommend`).
+
+    Attributes:
+        choice: The recommended candidate; `None`: keep the baseline.
+        max_auc_loss: The AUC budget.
+        text: The recommendation in plain words, several lines.
+        analysis: All rows against the baseline; `None` when the baseline's
+            replicas agree exactly (nothing to reduce).
+        indistinguishable: Other candidates within budget whose PD cannot be
+            told apart from the choice's.
+        best_per_family: Per family (and reference), its candidate with the
+            largest significant PD reduction within budget, or `None`.
+    """
+
+    choice: Comparison | None
+    max_auc_loss: float
+    text: str
+    analysis: Analysis | None
+    indistinguishable: tuple[Comparison, ...] = ()
+    best_per_family: Mapping[str, Comparison | None] = dataclasses.field(default_factory=dict)
+
+    @property
+    def frontiers(self) -> dict[str, tuple[Comparison, ...]]:
+        """`family_frontiers` of the analysis (empty without one)."""
+        return family_frontiers(self.analysis) if self.analysis else {}
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready: the choice, the text, every candidate and the frontiers."""
+        budget = self.max_auc_loss
+        analysis = self.analysis
+        return {
+            "max_auc_loss": budget,
+            "confidence": analysis.confidence if analysis else None,
+            "baseline": analysis.baseline.to_json(budget) if analysis else None,
+            "choice": self.choice.spec if self.choice else None,
+            "indistinguishable": [c.spec for c in self.indistinguishable],
+            "text": self.text,
+            "candidates": [c.to_json(budget) for c in analysis.candidates] if analysis else [],
+            "frontiers": {
+                family: [{"label": c.label, "spec": c.spec, "auc_mean": c.auc_mean,
+                          "rel_pd": c.rel_pd} for c in members]
+                for family, members in self.frontiers.items()
+            },
+        }
+
+
+def _preference(c: Comparison) -> tuple:
+    """Largest PD reduction first, then higher AUC, then the label (for determinism)."""
+    return c.rel_pd_change.estimate, -c.auc_change.estimate, c.label
+
+
+def _decide(analysis: Analysis, max_auc_loss: float):
+    """The choice (or None), the candidates indistinguishable from it, each family's best."""
+    eligible = [c for c in analysis.candidates
+                if c.budget_status(max_auc_loss) == WITHIN and c.pd_reduced]
+    best_per_family: dict[str, Comparison | None] = dict.fromkeys(
+        c.family for c in analysis.candidates)
+    for c in sorted(eligible, key=_preference):
+        best_per_family[c.family] = best_per_family[c.family] or c
+    choice = min(eligible, key=_preference, default=None)
+    ties = tuple(c for c in eligible
+                 if c is not choice and analysis.pd_difference(c, choice).contains(0.0))
+    return choice, ties, best_per_family
+
+
+def recommend(
+    rows: Sequence[Mapping[str, object]],
+    max_auc_loss: float,
+    *,
+    baseline: str = BASELINE,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Recommendation:
+    """Recommends an activation for one source set, or keeping the baseline.
+
+    The decision rule is the module docstring's: the largest significant PD
+    reduction among candidates whose whole AUC-loss interval is within
+    `max_auc_loss`.
+
+    Args:
+        rows: Result rows of one source set (see `analyze`).
+        max_auc_loss: AUC the user will give up against the baseline, >= 0.
+        baseline: Spec of the baseline activation.
+        confidence: Level of every interval, in (0, 1).
+        n_resamples: Bootstrap resamples per row.
+        seed: Seed of the resampling.
+
+    Returns:
+        A `Recommendation`.
+
+    Raises:
+        ValueError: As `analyze`, except that a baseline whose replicas all
+            agree gives "keep" (there is nothing to reduce).
+    """
+    require_in_range("max_auc_loss", max_auc_loss, low=0)
+    _require_settings(confidence, n_resamples)
+    base_label = Activation.parse(baseline).label
+    if not baseline_has_pd(rows, baseline):
+        return Recommendation(
+            None, max_auc_loss, f"keep {base_label}: its replicas predict identically under "
+            "these sources (relative PD 0); there is nothing to reduce.", None)
+    analysis = analyze(rows, baseline=baseline, confidence=confidence,
+                       n_resamples=n_resamples, seed=seed)
+    choice, ties, best_per_family = _decide(analysis, max_auc_loss)
+    level = f"{confidence:.0%} intervals"
+    lines = []
+    if choice is not None:
+        lines.append(
+            f"use {choice.label} ({choice.spec}): relative PD {_percent(choice.rel_pd_change)} "
+            f"at AUC {_auc(choice.auc_change)} vs {base_label} (R={choice.replicas} vs "
+            f"R={analysis.baseline.replicas}; budget: AUC loss <= {max_auc_loss:g}, {level})."
+        )
+        if ties:
+            lines.append(
+                f"{', '.join(c.label for c in (choice, *ties[:-1]))} and {ties[-1].label} are "
+                f"indistinguishable in PD at R={'/'.join(str(c.replicas) for c in (choice, *ties))}"
+                f": " + "; ".join(_describe(c) for c in ties) + "."
+            )
+    else:
+        lines.append(
+            f"keep {base_label}: nothing reduces relative PD significantly within the AUC budget "
+            f"of {max_auc_loss:g} (R={analysis.baseline.replicas} for {base_label}, {level})."
+        )
+        within = [c for c in analysis.candidates if c.budget_status(max_auc_loss) == WITHIN]
+        if within:
+            closest = min(within, key=lambda c: (c.rel_pd_change.estimate, c.label))
+            lines.append(f"Closest within budget: {_describe(closest, max_auc_loss)}.")
+        beyond = [c for c in analysis.candidates if c.budget_status(max_auc_loss) != WITHIN]
+        if beyond:
+            best = min(beyond, key=lambda c: (c.rel_pd_change.estimate, c.label))
+            lines.append(f"Best beyond budget: {_describe(best, max_auc_loss)}.")
+    families = [f for f in best_per_family
+                if any(c.family == f and c.scale is not None for c in analysis.candidates)]
+    if families:
+        lines.append("Best of each family within budget: " + "; ".join(
+            _describe(best_per_family[f]) if best_per_family[f] else f"{f}: none"
+            for f in families) + ".")
+    references = [c for c in analysis.candidates if c.scale is None]
+    if references:
+        lines.append("Reference points: " + "; ".join(
+            _describe(c, max_auc_loss) for c in references) + ".")
+    return Recommendation(choice, max_auc_loss, "\n".join(lines), analysis, ties,
+                          best_per_family)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One step of the search: train the row of `activation` up to `replicas`.
+
+    Attributes:
+        activation: What to train.
+        replicas: The row's R after the trial.
+        extra_replicas: Replicas to train now (the row's first
+            `replicas - extra_replicas` replicas exist already: replica seeds
+            depend only on the replica's index, so the runner may train only
+            the new ones and summarize all predictions together).
+        reason: Why, in plain words.
+    """
+
+    activation: Activation
+    replicas: int
+    extra_replicas: int
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return self.activation.label
+
+    def to_json(self) -> dict[str, object]:
+        return {"spec": str(self.activation), "label": self.label, "replicas": self.replicas,
+                "extra_replicas": self.extra_replicas, "reason": self.reason}
+
+
+def _as_activation(value: Activation | str) -> Activation:
+    return value if isinstance(value, Activation) else Activation.parse(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """What the search looks for and what it may spend (see the module docstring).
+
+    Attributes:
+        max_auc_loss: AUC the user will give up against the baseline, >= 0.
+        families: Activations with a scale parameter to search (their own β
+            is ignored), one per family; specs or `Activation`s.
+        references: Activations without one, trained once as reference
+            points (and as candidates).
+        baseline: What every row is compared with.
+        scale_grid: The coarse grid of β, increasing.
+        replicas: R of every new row, >= `MIN_REPLICAS`.
+        max_replicas: Most replicas any row gets.
+        resolution: Bisection stops when the bracket's ends are within a
+            factor `1 + resolution`.
+        time_budget: Seconds the search may take (`None`: no limit).
+        confidence: Level of every interval.
+        n_resamples: Bootstrap resamples per row.
+        seed: Seed of the resampling.
+    """
+
+    max_auc_loss: float
+    families: tuple[Activation, ...] = tuple(
+        e.name for e in ACTIVATIONS.values() if "beta" in e.parameters)
+    references: tuple[Activation, ...] = DEFAULT_REFERENCES
+    baseline: Activation = BASELINE
+    scale_grid: tuple[float, ...] = DEFAULT_SCALE_GRID
+    replicas: int = 8
+    max_replicas: int = 32
+    resolution: float = 0.25
+    time_budget: float | None = None
+    confidence: float = 0.95
+    n_resamples: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        require_in_range("max_auc_loss", self.max_auc_loss, low=0)
+        object.__setattr__(self, "baseline", _as_activation(self.baseline))
+        for name in ("families", "references"):
+            object.__setattr__(self, name, tuple(_as_activation(a) for a in getattr(self, name)))
+        unscaled = [str(a) for a in self.families if scale_of(a) is None]
+        scaled = [str(a) for a in self.references if scale_of(a) is not None]
+        if unscaled or scaled:
+            raise ValueError(
+                "`families` must have a scale parameter (beta) and `references` none. "
+                f"Received: families {unscaled} without, references {scaled} with one")
+        names = [family_name(a) for a in self.families]
+        if len(set(names)) < len(names):
+            raise ValueError(f"`families` names a family twice. Received: families={names}")
+        grid = tuple(float(b) for b in self.scale_grid)
+        if not grid or any(not (math.isfinite(b) and b > 0) for b in grid) or list(grid) != sorted(
+                set(grid)):
+            raise ValueError(
+                "`scale_grid` must be increasing finite numbers > 0. "
+                f"Received: scale_grid={self.scale_grid!r}")
+        object.__setattr__(self, "scale_grid", grid)
+        require_positive_int("replicas", self.replicas)
+        if self.replicas < MIN_REPLICAS or self.max_replicas < self.replicas:
+            raise ValueError(
+                f"Need {MIN_REPLICAS} <= replicas <= max_replicas. Received: "
+                f"replicas={self.replicas!r}, max_replicas={self.max_replicas!r}")
+        require_positive_int("max_replicas", self.max_replicas)
+        require_in_range("resolution", self.resolution, low=0, low_inclusive=False)
+        if self.time_budget is not None:
+            require_in_range("time_budget", self.time_budget, low=0, low_inclusive=False)
+        _require_settings(self.confidence, self.n_resamples)
+
+    @classmethod
+    def from_activations(
+        cls, activations: Sequence[Activation | str], max_auc_loss: float, **settings
+    ) -> SearchSettings:
+        """Settings whose families and references are those among `activations`.
+
+        An activation with β stands for its family (its β is ignored); one
+        without is a reference point; the baseline is always trained.
+        """
+        parsed = [_as_activation(a) for a in activations]
+        baseline = _as_activation(settings.pop("baseline", BASELINE))
+        families = {family_name(a): a for a in parsed if scale_of(a) is not None}
+        references = [a for a in dict.fromkeys(parsed) if scale_of(a) is None and a != baseline]
+        return cls(max_auc_loss, tuple(families.values()), tuple(references), baseline,
+                   **settings)
+
+
+def _round(value: float) -> float:
+    """Two significant digits: β values people can read, and a finite set to visit."""
+    return float(f"{value:.2g}")
+
+
+def _new(activation: Activation, settings: SearchSettings, reason: str) -> Trial:
+    return Trial(activation, settings.replicas, settings.replicas, reason)
+
+
+def _more(c: Comparison, settings: SearchSettings, reason: str) -> Trial | None:
+    target = min(2 * c.replicas, settings.max_replicas)
+    return Trial(c.activation, target, target - c.replicas, reason) if target > c.replicas \
+        else None
+
+
+def _family_step(family: Activation, analysis: Analysis, settings: SearchSettings) -> list[Trial]:
+    """The next trials of one family's search (steps 2 and 3 of the module docstring)."""
+    budget = settings.max_auc_loss
+    members = sorted((c for c in analysis.candidates if c.family == family_name(family)),
+                     key=lambda c: c.scale)
+    grid = settings.scale_grid
+
+    def status(c):
+        s = c.budget_status(budget)
+        return OVER if s == STRADDLES and c.replicas >= settings.max_replicas else s
+
+    over = [c.scale for c in members if status(c) == OVER]
+    upper = min(over, default=None)
+    lower = max((c.scale for c in members if status(c) == WITHIN
+                 and (upper is None or c.scale < upper)), default=None)
+    open_rows = [c for c in members if status(c) == STRADDLES
+                 and (lower is None or c.scale > lower) and (upper is None or c.scale < upper)]
+    if open_rows:
+        return [_more(c, settings, f"its AUC-loss interval [{-c.auc_change.high:.4f}, "
+                      f"{-c.auc_change.low:.4f}] straddles the budget {budget:g}")
+                for c in open_rows]
+    evaluated = {c.scale for c in members}
+    if upper is None:
+        top = max(evaluated, default=0.0)
+        step = next((b for b in grid if b > top), None)
+        return [] if step is None else [
+            _new(with_scale(family, step), settings, "coarse grid of β")]
+    if lower is None:
+        step = _round(upper / 2)
+        if step < grid[0] / 4 or step in evaluated:
+            return []
+        reason = f"β={upper:g} is over budget: halving"
+    else:
+        if upper / lower <= 1 + settings.resolution:
+            return []
+        step = _round(math.sqrt(lower * upper))
+        if not lower < step < upper or step in evaluated:
+            return []
+        reason = f"bisection between β={lower:g} (within budget) and β={upper:g} (over)"
+    return [_new(with_scale(family, step), settings, reason)]
+
+
+def _refinements(analysis: Analysis, settings: SearchSettings) -> list[Trial]:
+    """Replicas where the decision is uncertain (step 4 of the module docstring)."""
+    budget = settings.max_auc_loss
+    choice, ties, best_per_family = _decide(analysis, budget)
+    best = choice.rel_pd_change.estimate if choice else 0.0
+    searched = {family_name(f) for f in settings.families}
+    wanted: list[tuple[Comparison, str]] = []
+    for c in analysis.candidates:
+        status = c.budget_status(budget)
+        if status == STRADDLES and c.family not in searched and c.rel_pd_change.estimate < best:
+            reason = (f"its AUC-loss interval straddles the budget {budget:g} and its PD could "
+                      "beat the choice")
+            wanted.append((c, reason))
+        elif status == WITHIN and not c.pd_reduced and c.rel_pd_change.estimate < best:
+            reason = f"its PD change {_percent(c.rel_pd_change)} is not significant yet"
+            wanted += [(c, reason), (analysis.baseline, f"{c.label}: {reason}")]
+    # Replicas decide between families; bisection, not replicas, decides β within one.
+    for c in (c for c in ties if c.family != choice.family and best_per_family[c.family] is c):
+        reason = f"PD indistinguishable between {choice.label} and {c.label}"
+        wanted += [(c, reason), (choice, reason)]
+    trials: dict[str, Trial] = {}
+    for c, reason in wanted:
+        trial = _more(c, settings, reason)
+        if trial is not None:
+            trials.setdefault(c.label, trial)
+    return list(trials.values())
+
+
+def next_candidates(
+    family: Activation | str, rows: Sequence[Mapping[str, object]], settings: SearchSettings
+) -> list[Trial]:
+    """The next trials of one family's search (the baseline must have a row).
+
+    Args:
+        family: The family, e.g. `"smelu"` (its β is ignored).
+        rows: Result rows of one source set, the baseline's included.
+        settings: The search's settings.
+
+    Returns:
+        New β rows or more replicas for open rows; empty when the family's
+        search has ended.
+    """
+    family = _as_activation(family)
+    if scale_of(family) is None:
+        raise ValueError(f"`family` must have a scale parameter (beta). Received: {family}")
+    analysis = analyze(rows, baseline=str(settings.baseline), confidence=settings.confidence,
+                       n_resamples=settings.n_resamples, seed=settings.seed)
+    if not any(c.family == family_name(family) for c in analysis.candidates):
+        return [_new(with_scale(family, settings.scale_grid[0]), settings, "coarse grid of β")]
+    return _family_step(family, analysis, settings)
+
+
+def plan(rows: Sequence[Mapping[str, object]], settings: SearchSettings) -> list[Trial]:
+    """The next trials of the search, in order (see the module docstring).
+
+    Args:
+        rows: Result rows of one source set so far (possibly none).
+        settings: The search's settings.
+
+    Returns:
+        The trials to run next, most important first; empty when the search
+        has ended.
+    """
+    rows = list(rows)
+    done = {row_activation(r).label for r in rows}
+    trials = [_new(a, settings, reason) for a, reason in (
+        (settings.baseline, "the baseline"),
+        *((r, "reference point") for r in settings.references)) if a.label not in done]
+    unsearched = [f for f in settings.families
+                  if not any(family_name(row_activation(r)) == family_name(f) for r in rows)]
+    trials += [_new(with_scale(f, settings.scale_grid[0]), settings, "coarse grid of β")
+               for f in unsearched]
+    if settings.baseline.label not in done:
+        return trials
+    if not baseline_has_pd(rows, str(settings.baseline)):
+        return []
+    analysis = analyze(rows, baseline=str(settings.baseline), confidence=settings.confidence,
+                       n_resamples=settings.n_resamples, seed=settings.seed)
+    for family in settings.families:
+        if family not in unsearched:
+            trials += _family_step(family, analysis, settings)
+    return trials or _refinements(analysis, settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """The rows a search ended with, the trials it ran, why it stopped, its advice."""
+
+    rows: tuple[dict, ...]
+    trials: tuple[Trial, ...]
+    stopped: str
+    recommendation: Recommendation
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready: the recommendation's, plus the trials and why the search stopped."""
+        return {**self.recommendation.to_json(), "stopped": self.stopped,
+                "trials": [t.to_json() for t in self.trials]}
+
+
+RunTrial = Callable[[Trial, Mapping[str, object] | None], dict]
+"""`run_trial(trial, row)` trains `trial` (extending `row`, the activation's
+current row or `None`) and returns its new row with `trial.replicas` replicas."""
+
+
+def search(
+    run_trial: RunTrial,
+    settings: SearchSettings,
+    rows: Sequence[Mapping[str, object]] = (),
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
+    """Runs `plan`'s trials until the search ends or the time budget is spent.
+
+    Args:
+        run_trial: Trains one trial and returns the new row (see `RunTrial`).
+        settings: The search's settings.
+        rows: Rows of the same source set from before (e.g. a resumed run).
+        clock: Seconds, for the time budget.
+        log: Where to say what runs and why.
+
+    Returns:
+        A `SearchResult` whose recommendation covers all rows.
+
+    Raises:
+        ValueError: `run_trial` returned a row of another activation or R.
+    """
+    rows = [dict(r) for r in rows]
+    start, spent, trained, ran = clock(), 0.0, 0, []
+    stopped = None
+    while stopped is None:
+        trials = plan(rows, settings)
+        if not trials:
+            stopped = "search finished"
+        for trial in trials:
+            if settings.time_budget is not None and trained:
+                needed = spent / trained * trial.extra_replicas
+                left = settings.time_budget - (clock() - start)
+                if needed > left:
+                    stopped = (f"time budget: {trial.label} (+{trial.extra_replicas} replicas) "
+                               f"needs about {needed:.0f}s, {max(left, 0):.0f}s left")
+                    break
+            log(f"advisor: {trial.label} to R={trial.replicas}: {trial.reason}")
+            index = next((i for i, r in enumerate(rows) if r["label"] == trial.label), None)
+            began = clock()
+            row = run_trial(trial, None if index is None else rows[index])
+            spent, trained = spent + clock() - began, trained + trial.extra_replicas
+            if row.get("label") != trial.label or row.get("replicas") != trial.replicas:
+                raise ValueError(
+                    f"`run_trial` must return the row of {trial.label!r} with "
+                    f"{trial.replicas} replicas. Received: label={row.get('label')!r}, "
+                    f"replicas={row.get('replicas')!r}")
+            if index is None:
+                rows.append(row)
+            else:
+                rows[index] = row
+            ran.append(trial)
+    recommendation = recommend(
+        rows, settings.max_auc_loss, baseline=str(settings.baseline),
+        confidence=settings.confidence, n_resamples=settings.n_resamples, seed=settings.seed)
+    log(f"advisor ({stopped}):\n{recommendation.text}")
+    return SearchResult(tuple(rows), tuple(ran), stopped, recommendation)
