@@ -1,4 +1,9 @@
-"""Installs tf_smelu: `pip install -e .` (add `[test]` or `[examples]` extras)."""
+"""Installs tf_smelu: `pip install -e .` (add `[test]` or `[examples]` extras).
+
+The distribution is `tf-smelu-repro`; the import package is `tf_smelu`. PyPI's
+unrelated `tf-SmeLU` distribution installs an import package of the same name,
+so the two cannot be installed side by side.
+"""
 
 import pathlib
 
@@ -7,7 +12,8 @@ from setuptools import find_packages, setup
 HERE = pathlib.Path(__file__).parent
 
 setup(
-    name="tf_smelu",
+    # Not "tf_smelu": that normalizes to PyPI's unrelated `tf-SmeLU`.
+    name="tf-smelu-repro",
     version="0.1.0",
     description=(
         "Smooth activations (SmeLU, generalized SmeLU, RESCU) for Keras/"
@@ -33,10 +39,17 @@ setup(
         "portpicker>=1.5",
     ],
     extras_require={
-        # tf-keras: the registry must also work for Keras 2 users.
         "test": [
             "pytest>=7",
+            # tf-keras: the registry must also work for Keras 2 users.
             "tf-keras>=2.16,<2.22",
+            # tests/test_backends.py runs the activations under Keras' JAX
+            # backend (CPU build). PyTorch is not listed: PyPI's Linux wheels
+            # are CUDA builds of several GB, and the CPU build needs PyTorch's
+            # own index, which setup.py cannot name; the PyTorch tests run
+            # when torch is installed and are skipped, with the reason, when
+            # it is not.
+            'jax[cpu]>=0.10; python_version >= "3.11"',
             "psutil>=5",  # checks that no worker process is left behind
             # Enforces the import layers of `.importlinter` (tests/test_architecture.py).
             "import-linter>=2",

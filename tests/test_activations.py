@@ -1,11 +1,15 @@
 """Values, gradients, dtypes and errors of the activation functions."""
 
+from fractions import Fraction
+from math import comb, factorial
+
 import numpy as np
 import pytest
 import references
 import tensorflow as tf
 
 import tf_smelu
+from tf_smelu.activations import MAX_RESCU_ORDER
 
 FLOAT_DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 # Tolerances per dtype, loosened for half precision (as TF Addons does).
@@ -149,6 +153,71 @@ def test_nan_and_inf_propagate_like_relu(fn):
     assert np.isnan(grad[0])
 
 
+# --- accuracy at every order, against exact rational arithmetic -------------
+
+# Machine epsilon of each dtype.
+EPS = {tf.float16: 2.0**-10, tf.bfloat16: 2.0**-7, tf.float32: 2.0**-23, tf.float64: 2.0**-52}
+
+
+def _exact_rescu(x: float, beta: float, order: int, k: int = 0) -> float:
+    """k-th derivative (k = 0, 1, 2) of RESCU at `x`, exact, rounded once to float.
+
+    The alternating truncated-power sum of the definition cancels
+    catastrophically in floating point (even float64 loses everything by
+    order 30); in rational arithmetic it is exact.
+    """
+    x, beta = Fraction(x), Fraction(beta)
+    if x <= -beta:
+        return 0.0
+    if x >= beta:
+        return (float(x), 1.0, 0.0)[k]
+    h = 2 * beta / order
+    u = (x + beta) / h
+    power = order + 1 - k
+    total = sum((-1) ** j * comb(order, j) * (u - j) ** power for j in range(order + 1) if u > j)
+    return float(total * h ** (1 - k) / factorial(power))
+
+
+def _accuracy_tolerance(dtype, order: int) -> float:
+    # float32/64: a few ulps per order (the Cox-de Boor sums have ~order
+    # terms). Half precision is computed in float32 and rounded once, so
+    # half an ulp of the result.
+    return EPS[dtype] if dtype in (tf.float16, tf.bfloat16) else 2 * (order + 2) * EPS[dtype]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("order", range(1, MAX_RESCU_ORDER + 1))
+def test_rescu_is_accurate_at_every_order(dtype, order):
+    beta = 0.7
+    x = tf.constant(np.concatenate([np.linspace(-1.2, 1.2, 37) * beta, _points(beta, order)[200:]]),
+                    dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf_smelu.rescu(x, beta=beta, order=order)
+    grad = tape.gradient(y, x)
+    assert y.dtype == grad.dtype == dtype
+    x_rounded = tf.cast(x, tf.float64).numpy()
+    # The function computes with beta rounded to its compute dtype, as x is.
+    beta_rounded = float((np.float64 if dtype == tf.float64 else np.float32)(beta))
+    tol = _accuracy_tolerance(dtype, order)
+    # Below ~1e-3 beta the absolute tolerance takes over (float16 subnormals).
+    for actual, k, scale in ((y, 0, beta), (grad, 1, 1.0)):
+        expected = [_exact_rescu(v, beta_rounded, order, k) for v in x_rounded]
+        np.testing.assert_allclose(
+            tf.cast(actual, tf.float64).numpy(), expected, rtol=tol, atol=1e-3 * tol * scale,
+            err_msg=f"derivative {k}",
+        )
+
+
+@pytest.mark.parametrize("order", [3, 5, 12, MAX_RESCU_ORDER])
+def test_high_order_second_derivative_is_exact(order):
+    beta = 0.9
+    x = tf.constant(_points(beta, order)[:200], tf.float64)  # random points only
+    _, _, second = _derivatives(lambda v: tf_smelu.rescu(v, beta=beta, order=order), x, 2)
+    expected = [_exact_rescu(v, beta, order, 2) for v in x.numpy()]
+    np.testing.assert_allclose(second, expected, rtol=1e-11, atol=1e-11)
+
+
 # --- first-order gradients -------------------------------------------------
 
 
@@ -223,7 +292,7 @@ def test_generalized_smelu_gradient_matches_reference(params):
 # --- parameter gradients ---------------------------------------------------
 
 
-@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("order", [1, 2, 3, 8])
 def test_rescu_beta_gradient_matches_finite_differences(order):
     x = tf.constant(_points(0.8, order)[::5], tf.float64)
     theoretical, numerical = tf.test.compute_gradient(
@@ -349,10 +418,61 @@ def test_non_positive_alpha_is_rejected():
         tf_smelu.generalized_smelu(tf.constant([1.0]), alpha=0.0)
 
 
-@pytest.mark.parametrize("order", [0, -2, 1.5, "2", True])
+@pytest.mark.parametrize("order", [0, -2, 1.5, "2", True, MAX_RESCU_ORDER + 1])
 def test_bad_order_is_rejected(order):
     with pytest.raises(ValueError, match="order"):
         tf_smelu.rescu(tf.constant([1.0]), order=order)
+
+
+def test_order_limit_is_named():
+    with pytest.raises(ValueError, match=f"must be <= {MAX_RESCU_ORDER} .*order=40"):
+        tf_smelu.rescu(tf.constant([1.0]), order=40)
+
+
+PARAMETERS = [
+    (tf_smelu.smelu, "beta"),
+    (tf_smelu.rescu, "beta"),
+    *((tf_smelu.generalized_smelu, name) for name in ("alpha", "beta", "g_minus", "g_plus", "t")),
+]
+PARAMETER_IDS = ["smelu-beta", "rescu-beta"] + [
+    f"generalized-{name}" for name in ("alpha", "beta", "g_minus", "g_plus", "t")
+]
+AS = {
+    "python": float,
+    "numpy": np.float32,
+    "tensor": lambda v: tf.constant(v, tf.float32),
+    "variable": lambda v: tf.Variable([v, 1.0], dtype=tf.float64),
+}
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("form", list(AS))
+@pytest.mark.parametrize("fn, name", PARAMETERS, ids=PARAMETER_IDS)
+def test_non_finite_parameters_are_rejected(fn, name, form, value):
+    with pytest.raises(ValueError, match=f"`{name}` must be .*finite.* Received: {name}="):
+        fn(tf.constant([1.0, -1.0]), **{name: AS[form](value)})
+
+
+@pytest.mark.parametrize("fn, name", PARAMETERS, ids=PARAMETER_IDS)
+def test_non_finite_traced_parameter_fails_when_the_graph_runs(fn, name):
+    @tf.function(input_signature=[tf.TensorSpec([], tf.float32)])
+    def traced(value):
+        return fn(tf.constant([1.0, -1.0]), **{name: value})
+
+    assert np.all(np.isfinite(traced(tf.constant(0.5))))
+    for value in (np.inf, np.nan):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"`{name}` must be"):
+            traced(tf.constant(value, tf.float32))
+
+
+def test_invalid_parameter_under_xla_gives_nan_not_a_wrong_number():
+    # XLA drops TensorFlow assertions; the parameter is poisoned instead.
+    traced = tf.function(
+        lambda beta: tf_smelu.smelu(tf.constant([1.0, -0.2, 3.0]), beta=beta), jit_compile=True
+    )
+    np.testing.assert_allclose(traced(tf.constant(1.0)), references.smelu([1.0, -0.2, 3.0]))
+    assert np.all(np.isnan(traced(tf.constant(-1.0))))
+    assert np.all(np.isnan(traced(tf.constant(np.inf))))
 
 
 @pytest.mark.parametrize("dtype", [tf.int32, tf.int64, tf.complex64, tf.bool])

@@ -351,7 +351,17 @@ def test_replicas_go_to_a_reference_tied_with_the_choice_but_not_to_tied_betas()
     assert advisor.plan(tied_betas, settings) == []
     with_gelu = [*tied_betas, make_row("gelu", 0.7192, 0.0395)]
     assert {(t.label, t.replicas) for t in advisor.plan(with_gelu, settings)} == {
-        ("gelu", 16), ("smelu(β=0.4)", 16)}
+        ("relu", 16), ("gelu", 16), ("smelu(β=0.4)", 16)}
+
+
+def test_the_baseline_keeps_up_with_the_replicas_of_the_candidates():
+    straddling = make_row("smelu:0.4", 0.7181, 0.03)
+    rows = [RELU, make_row("smelu:0.2", 0.7195, 0.04), straddling]
+    settings = advisor.SearchSettings(BUDGET, families=("smelu",), references=())
+    trials = advisor.plan(rows, settings)
+    assert [(t.label, t.replicas, t.extra_replicas) for t in trials] == [
+        ("relu", 16, 8), ("smelu(β=0.4)", 16, 8)]
+    assert "baseline keeps up" in trials[0].reason
 
 
 def test_replicas_go_to_a_promising_insignificant_candidate_and_to_relu():

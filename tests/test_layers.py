@@ -127,6 +127,15 @@ def test_generalized_smelu_band_stays_positive_when_trained():
         (layers.RESCU, dict(beta=-1.0), "beta"),
         (layers.RESCU, dict(order=0), "order"),
         (layers.RESCU, dict(order=2.5), "order"),
+        (layers.RESCU, dict(order=33), "order"),
+        (layers.SmeLU, dict(beta=float("inf")), "beta"),
+        (layers.RESCU, dict(beta=float("nan")), "beta"),
+        (layers.GeneralizedSmeLU, dict(alpha=float("inf")), "alpha"),
+        (layers.GeneralizedSmeLU, dict(g_minus=float("nan")), "g_minus"),
+        (layers.GeneralizedSmeLU, dict(g_plus=float("-inf")), "g_plus"),
+        (layers.GeneralizedSmeLU, dict(t=float("inf")), "t"),
+        (layers.GeneralizedSmeLU, dict(min_width=float("nan")), "min_width"),
+        (layers.MinValue, dict(min_value=float("nan")), "min_value"),
         (layers.GeneralizedSmeLU, dict(alpha=0.0), "alpha"),
         (layers.GeneralizedSmeLU, dict(beta=1e-4), "min_width"),
         (layers.GeneralizedSmeLU, dict(trainable_parameters=["gamma"]), "trainable_parameters"),
@@ -136,6 +145,19 @@ def test_generalized_smelu_band_stays_positive_when_trained():
 def test_bad_arguments(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("name, value", [("g_minus", np.nan), ("beta", np.inf), ("alpha", -1.0)])
+def test_generalized_smelu_weight_gone_bad_is_reported(name, value):
+    """A weight that training made invalid fails the next call, eager or in a graph."""
+    layer = layers.GeneralizedSmeLU(shared_axes=[1])
+    layer.build((None, 3))
+    getattr(layer, name).assign([value])
+    x = np.ones((2, 3), "float32")
+    with pytest.raises(ValueError, match=f"`{name}` must be"):
+        layer(x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"`{name}` must be"):
+        tf.function(layer)(x)
 
 
 def test_bad_shared_axes():

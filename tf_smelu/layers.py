@@ -2,6 +2,10 @@
 
 One layer per concept, each with a complete `get_config` and registered under
 the `tf_smelu` package so that `.keras` files load with `safe_mode=True`.
+The layers run on every Keras 3 backend (TensorFlow, JAX, PyTorch), as the
+functions they call do, and a `.keras` file saved under one backend loads
+under another. Parameters are checked when a layer is built from them: each
+must be a finite Python number (band widths and orders also in range).
 """
 
 from __future__ import annotations
@@ -11,10 +15,8 @@ from collections.abc import Sequence
 import keras
 
 from tf_smelu import activations
+from tf_smelu.activations import require_parameter, require_rescu_order
 from tf_smelu.common import KERAS_PACKAGE
-from tf_smelu.validation import require_order, require_positive_number
-
-
 
 
 @keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
@@ -34,13 +36,16 @@ class SmeLU(keras.layers.Layer):
     <tf.Tensor: ... numpy=array([0.   , 0.125, 1.   ], dtype=float32)>
 
     Args:
-        beta: Half-width of the quadratic band, `> 0`.
+        beta: Half-width of the quadratic band, finite and `> 0`.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Raises:
+        ValueError: if `beta` is not a finite number `> 0`.
     """
 
     def __init__(self, beta: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        self.beta = require_positive_number("beta", beta)
+        self.beta = require_parameter("beta", beta, positive=True)
         self.supports_masking = True
 
     def call(self, inputs):
@@ -66,15 +71,20 @@ class RESCU(keras.layers.Layer):
     <tf.Tensor: ... numpy=array([0.16666667], dtype=float32)>
 
     Args:
-        beta: Half-width of the smooth band, `> 0`.
-        order: Smoothness order, an integer `>= 1`.
+        beta: Half-width of the smooth band, finite and `> 0`.
+        order: Smoothness order, an integer with
+            `1 <= order <= tf_smelu.activations.MAX_RESCU_ORDER` (32).
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Raises:
+        ValueError: if `beta` is not a finite number `> 0`, or `order` is not
+            an integer in `[1, 32]`.
     """
 
     def __init__(self, beta: float = 1.0, order: int = 2, **kwargs):
         super().__init__(**kwargs)
-        self.beta = require_positive_number("beta", beta)
-        self.order = require_order(order)
+        self.beta = require_parameter("beta", beta, positive=True)
+        self.order = require_rescu_order(order)
         self.supports_masking = True
 
     def call(self, inputs):
@@ -92,7 +102,7 @@ class MinValue(keras.constraints.Constraint):
     """Constrains weights to be `>= min_value` (keeps band widths positive)."""
 
     def __init__(self, min_value: float = 1e-3):
-        self.min_value = float(min_value)
+        self.min_value = require_parameter("min_value", min_value, positive=False)
 
     def __call__(self, w):
         return keras.ops.maximum(w, keras.ops.cast(self.min_value, w.dtype))
@@ -118,6 +128,14 @@ class GeneralizedSmeLU(keras.layers.Layer):
     layer; for images `(batch, h, w, c)` use `shared_axes=[1, 2]` for one value
     per channel.
 
+    The weights are checked at every call, as the function checks tensor
+    parameters: a weight that became non-finite (or a band width that is not
+    `> 0`) raises `ValueError` in eager calls (TensorFlow eager, PyTorch) and
+    `tf.errors.InvalidArgumentError` in TensorFlow graphs (`model.fit`), and
+    turns the output into NaN where no check can run (the JAX backend's
+    compiled steps, XLA). Training usually meets such weights after a
+    diverging step; `keras.callbacks.TerminateOnNaN` stops it there.
+
     Example:
 
     >>> layer = tf_smelu.layers.GeneralizedSmeLU(g_minus=0.1, shared_axes=[1])
@@ -125,11 +143,11 @@ class GeneralizedSmeLU(keras.layers.Layer):
     <tf.Tensor: ... numpy=array([[-0.2  ,  0.325,  3.1  ]], dtype=float32)>
 
     Args:
-        alpha: Initial left half-width of the band, `> 0`.
-        beta: Initial right half-width of the band, `> 0`.
-        g_minus: Initial slope left of the band.
-        g_plus: Initial slope right of the band.
-        t: Initial value at `x = -alpha`.
+        alpha: Initial left half-width of the band, finite and `> 0`.
+        beta: Initial right half-width of the band, finite and `> 0`.
+        g_minus: Initial slope left of the band, finite.
+        g_plus: Initial slope right of the band, finite.
+        t: Initial value at `x = -alpha`, finite.
         trainable_parameters: Names of the parameters to learn (subset of
             `("alpha", "beta", "g_minus", "g_plus", "t")`); the others are
             fixed weights. Default: all of them.
@@ -139,6 +157,11 @@ class GeneralizedSmeLU(keras.layers.Layer):
             collapses, `> 0`.
         regularizer: Optional regularizer applied to every parameter.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Raises:
+        ValueError: if a parameter is not a finite number, a band width is
+            not `> 0` or below `min_width`, or `trainable_parameters` names an
+            unknown parameter.
     """
 
     def __init__(
@@ -155,13 +178,13 @@ class GeneralizedSmeLU(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.min_width = require_positive_number("min_width", min_width)
+        self.min_width = require_parameter("min_width", min_width, positive=True)
         self.initial_values = {
-            "alpha": require_positive_number("alpha", alpha),
-            "beta": require_positive_number("beta", beta),
-            "g_minus": float(g_minus),
-            "g_plus": float(g_plus),
-            "t": float(t),
+            "alpha": require_parameter("alpha", alpha, positive=True),
+            "beta": require_parameter("beta", beta, positive=True),
+            "g_minus": require_parameter("g_minus", g_minus, positive=False),
+            "g_plus": require_parameter("g_plus", g_plus, positive=False),
+            "t": require_parameter("t", t, positive=False),
         }
         for name in _BAND_WIDTHS:
             if self.initial_values[name] < self.min_width:

@@ -31,7 +31,6 @@ import keras
 
 from tf_smelu import activations, layers
 from tf_smelu.common import KERAS_PACKAGE
-from tf_smelu.validation import require_order
 
 PARAMETER_DEFAULTS = {"beta": 1.0, "order": 2}
 """The parameters a text spec can carry, with their defaults."""
@@ -158,7 +157,7 @@ class Activation:
                 )
             object.__setattr__(self, "beta", beta)
         if self.order is not None:
-            object.__setattr__(self, "order", require_order(self.order))
+            object.__setattr__(self, "order", activations.require_rescu_order(self.order))
 
     @property
     def entry(self) -> ActivationEntry:

@@ -74,18 +74,21 @@ def saved_model_op_types(export_dir: str) -> set[str]:
 
 
 def xla_compiled_functions(export_dir: str) -> list[str]:
-    """Functions of a SavedModel marked `jit_compile=True` (serving them needs XLA).
+    """Functions of a SavedModel that need XLA to serve.
 
-    Stock TF Serving builds may lack XLA on some platforms; exports meant for
-    serving should have none.
+    Those marked `jit_compile=True`, and those calling `XlaCallModule` (how
+    models exported from the JAX backend carry their computation). Stock TF
+    Serving builds may lack XLA on some platforms; exports meant for serving
+    should have none.
     """
     proto = _read_saved_model(export_dir)
     return [
         function.signature.name
         for meta_graph in proto.meta_graphs
         for function in meta_graph.graph_def.library.function
-        if function.attr.get("_XlaMustCompile") is not None
-        and function.attr["_XlaMustCompile"].b
+        if (function.attr.get("_XlaMustCompile") is not None
+            and function.attr["_XlaMustCompile"].b)
+        or any(node.op == "XlaCallModule" for node in function.node_def)
     ]
 
 

@@ -69,6 +69,9 @@ interval still straddling L at `max_replicas` counts as over.
    significant digits, until its ends are within a factor `1 + resolution`
    (or, with no β within budget, β is halved down to a quarter of the grid's
    first value).
+   Whenever a step gives a row more replicas than the baseline has, the
+   baseline is brought to the same R first (a change vs ReLU is only as
+   sure as both rows).
 4. When no family has a step left, replicas go where the decision is
    uncertain: reference rows whose AUC-loss interval straddles the budget
    and whose PD could beat the choice; candidates within budget whose PD
@@ -901,7 +904,24 @@ def plan(rows: Sequence[Mapping[str, object]], settings: SearchSettings) -> list
     for family in settings.families:
         if family not in unsearched:
             trials += _family_step(family, analysis, settings)
-    return trials or _refinements(analysis, settings)
+    return _baseline_keeps_up(trials or _refinements(analysis, settings), analysis, settings)
+
+
+def _baseline_keeps_up(trials: list[Trial], analysis: Analysis, settings: SearchSettings
+                       ) -> list[Trial]:
+    """Puts the baseline first, at the largest R of `trials`, when it has fewer.
+
+    Every decision is about a difference to the baseline, which is only as
+    sure as both rows: replicas spent on a candidate alone would leave the
+    interval of its PD change as wide as the baseline's R makes it.
+    """
+    baseline = analysis.baseline
+    target = max((t.replicas for t in trials), default=0)
+    if target <= baseline.replicas or any(t.label == baseline.label for t in trials):
+        return trials
+    return [Trial(settings.baseline, target, target - baseline.replicas,
+                  f"the baseline keeps up with R={target}: a change vs {baseline.label} is "
+                  "only as sure as both rows"), *trials]
 
 
 @dataclasses.dataclass(frozen=True)
