@@ -47,9 +47,11 @@ control (replicas must agree bit for bit).
 
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
 
-from tf_smelu import cli
+from tf_smelu import cli, experiment
 from tf_smelu.experiment import CTRExperimentConfig
 
 FLAGS = flags.FLAGS
@@ -91,6 +93,17 @@ def resolved_config() -> dict:
     if config["max_auc_loss"] is not None:
         config.update({k: v for k, v in SEARCH_PRESET.items() if not FLAGS[k].present})
     return config
+
+
+def run(config: dict) -> dict:
+    """Runs resolved flag values as the main job does, writing nothing; returns results.json's content.
+
+    For notebooks and scripts that want the rows in memory; `main` also checks
+    the output directory, writes every finished row and resumes.
+    """
+    experiment_config = cli.experiment_config(
+        config, work_dir=os.path.join(config["output_dir"], "runs"))
+    return {"config": config, "results": experiment.run_ctr_experiment(experiment_config)}
 
 
 def main(argv):
