@@ -280,7 +280,7 @@ def test_run_without_command_prints_and_on_error_says_one_line(capsys):
     assert json.loads(capsys.readouterr().out)["task"] == {"type": "worker", "index": 1}
     assert cluster_managers.run(["true"], "slurm", environ=POD) == 2
     err = capsys.readouterr().err
-    assert err.startswith("cluster_managers: error: SLURM_PROCID, ") and err.count("\n") == 1
+    assert err.startswith("error: cluster_managers: SLURM_PROCID, ") and err.count("\n") == 1
     assert cluster_managers.run(["/nonexistent/program"], "kubernetes", environ=POD) == 127
     assert "cannot run '/nonexistent/program'" in capsys.readouterr().err
 

@@ -56,7 +56,9 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 
-from absl import app, flags
+from absl import flags
+
+from tf_smelu.common import run_program
 
 from tf_smelu.training.launcher import tf_config as workers_tf_config
 
@@ -418,7 +420,7 @@ def run(
     try:
         placement = resolve_placement(cluster_manager, environ, port)
     except ClusterEnvironmentError as error:
-        print(f"cluster_managers: error: {error}", file=sys.stderr)
+        print(f"error: cluster_managers: {error}", file=sys.stderr)
         return 2
     if not command:
         print(placement.tf_config)
@@ -428,7 +430,7 @@ def run(
     try:
         os.execvpe(command[0], list(command), {**environ, "TF_CONFIG": placement.tf_config})
     except OSError as error:
-        print(f"cluster_managers: error: cannot run {command[0]!r}: {error.strerror}",
+        print(f"error: cluster_managers: cannot run {command[0]!r}: {error.strerror}",
               file=sys.stderr)
     return 127
 
@@ -440,4 +442,4 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)
