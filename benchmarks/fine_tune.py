@@ -34,7 +34,7 @@ import os
 
 from absl import app, flags
 
-from tf_smelu import convert_activations, experiment, metrics
+from tf_smelu import cli, convert_activations, experiment, metrics
 from tf_smelu.common import atomic_write
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.experiment.runner import EVAL_BATCH_SIZE
@@ -160,4 +160,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # the command-line error style: one line for bad data or models
