@@ -16,6 +16,7 @@ import pytest
 
 from tf_smelu.experiment import advisor
 from tf_smelu.registry import Activation
+from tf_smelu.training.preactivation import relative_label
 
 BUDGET = 0.002
 
@@ -409,6 +410,29 @@ def test_time_budget_stops_at_the_first_trial_that_does_not_fit():
         spent = sum(10.0 * t.extra_replicas for t in unlimited[:len(result.trials) + 1])
         assert spent > budget  # the next trial would not have fit
     assert len(result.trials) < len(unlimited)
+
+
+def test_search_with_relative_beta_labels_its_rows_in_sigma_and_climbs_the_k_grid():
+    def run_relative(trial, row):
+        new = simulated_row(str(trial.activation), trial.replicas)
+        if advisor.scale_of(trial.activation) is not None:
+            new.update(label=relative_label(trial.activation), beta_scale="relative",
+                       beta_per_layer={"hidden_activation_0": 0.5 * trial.activation.beta,
+                                       "hidden_activation_1": 2 * trial.activation.beta})
+        return new
+
+    settings = advisor.SearchSettings(BUDGET, families=("smelu",), references=("gelu",),
+                                      n_resamples=500, relative=True)
+    assert settings.scale_grid == advisor.RELATIVE_SCALE_GRID
+    result = advisor.search(run_relative, settings, log=lambda _: None)
+    assert result.stopped == "search finished"
+    labels = [t.label for t in result.trials]
+    assert labels[:4] == ["relu", "gelu", "smelu(β=0.125σ)", "smelu(β=0.25σ)"]
+    # True AUC loss 0.005 k: within the budget 0.002 below k = 0.4, bracketed by 0.25 and 0.5.
+    choice = result.recommendation.choice
+    assert 0.25 <= choice.scale < 0.5 and choice.label == f"smelu(β={choice.scale:g}σ)"
+    assert (f"(smelu:{choice.scale:g} with --beta_scale=relative, β per hidden layer "
+            f"{0.5 * choice.scale:.3g}, {2 * choice.scale:.3g})") in result.recommendation.text
 
 
 def test_search_refuses_a_row_of_the_wrong_size():

@@ -159,7 +159,7 @@ def _flip_labels(data):
      (WorkerJob(), dict(update_mode="stale"), False,
       "update_mode=sync, this run has update_mode=stale; no max_delay, this run has max_delay=4"),
      (WorkerJob(), dict(hidden_units=(32,)), False, "hidden_units=16, this run has hidden_units=32"),
-     (WorkerJob(), dict(learning_rate=0.01), False, "learning_rate=0.001, this run has "),
+     (WorkerJob(), dict(learning_rate=0.003), False, "learning_rate=0.01, this run has "),
      (WorkerJob(), dict(batch_size=32), False, "batch_size=16, this run has batch_size=32"),
      (WorkerJob(), dict(sparse_gradients=True), False, "sparse_gradients=False, this run has "),
      (WorkerJob(tower_seed=5), {}, False, "tower_seed=1, this run has tower_seed=5"),

@@ -152,3 +152,26 @@ def test_relative_beta_sets_each_layer_from_its_measured_spread(tmp_path, valida
     assert smelu["k"] == 0.5 and len(smelu["beta_per_layer"]) == 2
     for key, beta in smelu["beta_per_layer"].items():
         assert beta == pytest.approx(0.5 * smelu["preactivation_std"][key])
+
+
+@pytest.mark.slow
+def test_the_search_with_relative_beta_climbs_k_and_names_each_layers_beta(tmp_path,
+                                                                          validate_results):
+    result = _run(
+        "--quick", "--train_examples=4000", "--eval_examples=1000", "--hidden_units=16,8",
+        "--activations=relu,smelu:1", "--replicas=4", "--max_replicas=4", "--beta_scale=relative",
+        "--preactivation_warmup_steps=5", "--max_auc_loss=0.01", "--time_budget=25",
+        f"--output_dir={tmp_path}", "--noprogress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    content = validate_results(tmp_path / "results.json")
+    labels = [r["label"] for r in content["results"]]
+    assert labels[:2] == ["relu", "smelu(β=0.125σ)"]  # the k grid, not smelu:1's own k
+    for row in content["results"][1:]:
+        assert row["beta_scale"] == "relative" and row["k"] == row["beta"]
+        for key, beta in row["beta_per_layer"].items():
+            assert beta == pytest.approx(row["k"] * row["preactivation_std"][key])
+    advice = content["advice"]["tower_init"]
+    assert [t["label"] for t in advice["trials"]][:2] == labels[:2]
+    if advice["choice"] is not None:
+        assert "with --beta_scale=relative, β per hidden layer" in advice["text"]

@@ -173,6 +173,20 @@ def test_measurement_is_deterministic_and_warm_up_changes_it(tiny):
     assert _measure(tiny, warmup_steps=5, seed=2).std != first.std
 
 
+def test_by_default_sigma_is_measured_after_the_whole_training_schedule(tiny):
+    model_fn, train_data, eval_data = tiny
+    batches = int(train_data.cardinality())
+    for config, steps in ((TrainingConfig(learning_rate=0.01, epochs=2), 2 * batches),
+                          (TrainingConfig(learning_rate=0.01, steps=3), 3)):
+        measured = measure_preactivation_std(model_fn, train_data, eval_data, config)
+        assert measured.warmup_steps == steps
+        assert measured == measure_preactivation_std(model_fn, train_data, eval_data, config,
+                                                     warmup_steps=steps)
+    endless = train_data.repeat()
+    with pytest.raises(ValueError, match="length is unknown and `train_config.steps` is unset"):
+        measure_preactivation_std(model_fn, endless, eval_data, TrainingConfig())
+
+
 def test_every_replica_of_a_row_gets_the_same_per_layer_beta(tiny):
     model_fn, train_data, eval_data = tiny
     std = _measure(tiny, warmup_steps=2)

@@ -6,13 +6,33 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, NoReturn
 
 from absl import app, flags
 
 KERAS_PACKAGE = "tf_smelu"
 """Package name under which tf_smelu's Keras objects are registered for serialization."""
+
+MISSING = object()
+"""Stands for a field one side of `field_differences` does not have."""
+
+
+def field_differences(
+    old: Mapping[str, object], new: Mapping[str, object], ignore: Iterable[str] = ()
+) -> list[tuple[str, object, object]]:
+    """`(name, old value, new value)` for every field whose value differs.
+
+    A field on one side only differs, with `MISSING` on the other. Fields of
+    `new` come first, in its order, then those only `old` has; `ignore`d
+    names are left out. Used wherever a run must match what an earlier run
+    wrote (results files, checkpoints), so that the message names every
+    field that stops it.
+    """
+    ignore = set(ignore)
+    names = [*new, *(name for name in old if name not in new)]
+    return [(name, old.get(name, MISSING), new.get(name, MISSING)) for name in names
+            if name not in ignore and old.get(name, MISSING) != new.get(name, MISSING)]
 
 
 @contextlib.contextmanager

@@ -106,6 +106,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from tf_smelu.registry import ACTIVATIONS, Activation
+from tf_smelu.training.preactivation import relative_label
 from tf_smelu.validation import is_int, require_in_range, require_positive_int
 
 BASELINE = "relu"
@@ -115,7 +116,12 @@ DEFAULT_REFERENCES = ("gelu", "swish", "softplus")
 """Smooth activations without a scale parameter: the usual alternatives to SmeLU."""
 
 DEFAULT_SCALE_GRID = (0.05, 0.1, 0.2, 0.4, 0.8)
-"""Coarse grid of β: beyond about 0.5 smooth activations reach a near-linear plateau."""
+"""Coarse grid of β: beyond about 0.5 smooth activations reach a near-linear plateau
+(at the pre-activation spread of the default data with learning rate 1e-3)."""
+
+RELATIVE_SCALE_GRID = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+"""Coarse grid of k with relative β (β_l = k σ_l): from a band an eighth of the
+pre-activation spread wide to one wider than most pre-activations (near-linear)."""
 
 MIN_REPLICAS = 4
 """Fewest replicas per row: 3 replicas give at most 10 distinct resamples."""
@@ -218,6 +224,9 @@ def family_name(activation: Activation) -> str:
 def row_activation(row: Mapping[str, object]) -> Activation:
     """The activation of a result row, checked against the row's label.
 
+    Rows of `--beta_scale=relative` (`"beta_scale": "relative"`) are labelled
+    `smelu(β=1.2σ)`: their activation's β is then k.
+
     Raises:
         ValueError: The row's activation fields do not give its label (e.g.
             a RESCU row without `spec`).
@@ -227,9 +236,11 @@ def row_activation(row: Mapping[str, object]) -> Activation:
         activation = Activation.parse(row["spec"])
     else:
         activation = Activation(row.get("activation"), beta=row.get("beta"))
-    if activation.label != label:
+    expected = relative_label(activation) if row.get("beta_scale") == "relative" \
+        else activation.label
+    if expected != label:
         raise ValueError(
-            f"Result row {label!r} describes activation {activation.label!r}; rows of "
+            f"Result row {label!r} describes activation {expected!r}; rows of "
             "activations with parameters besides beta need `spec` (e.g. 'rescu:0.3:3'). "
             f"Received: spec={row.get('spec')!r}, activation={row.get('activation')!r}, "
             f"beta={row.get('beta')!r}"
@@ -611,8 +622,12 @@ def recommend(
     level = f"{confidence:.0%} intervals"
     lines = []
     if choice is not None:
+        chosen = next(r for r in rows if r["label"] == choice.label)
+        spec = choice.spec if not chosen.get("beta_per_layer") else (
+            f"{choice.spec} with --beta_scale=relative, β per hidden layer "
+            + ", ".join(f"{b:.3g}" for b in chosen["beta_per_layer"].values()))
         lines.append(
-            f"use {choice.label} ({choice.spec}): relative PD {_percent(choice.rel_pd_change)} "
+            f"use {choice.label} ({spec}): relative PD {_percent(choice.rel_pd_change)} "
             f"at AUC {_auc(choice.auc_change)} vs {base_label} (R={choice.replicas} vs "
             f"R={analysis.baseline.replicas}; budget: AUC loss <= {max_auc_loss:g}, {level})."
         )
@@ -661,16 +676,20 @@ class Trial:
             depend only on the replica's index, so the runner may train only
             the new ones and summarize all predictions together).
         reason: Why, in plain words.
+        relative: β is k, a multiple of each layer's pre-activation σ
+            (`--beta_scale=relative`): the row is labelled `smelu(β=1σ)`.
     """
 
     activation: Activation
     replicas: int
     extra_replicas: int
     reason: str
+    relative: bool = False
 
     @property
     def label(self) -> str:
-        return self.activation.label
+        """The label of the row this trial trains."""
+        return relative_label(self.activation) if self.relative else self.activation.label
 
     def to_json(self) -> dict[str, object]:
         return {"spec": str(self.activation), "label": self.label, "replicas": self.replicas,
@@ -692,7 +711,8 @@ class SearchSettings:
         references: Activations without one, trained once as reference
             points (and as candidates).
         baseline: What every row is compared with.
-        scale_grid: The coarse grid of β, increasing.
+        scale_grid: The coarse grid of β, increasing (default
+            `DEFAULT_SCALE_GRID`, or `RELATIVE_SCALE_GRID` with `relative`).
         replicas: R of every new row, >= `MIN_REPLICAS`.
         max_replicas: Most replicas any row gets.
         resolution: Bisection stops when the bracket's ends are within a
@@ -701,6 +721,9 @@ class SearchSettings:
         confidence: Level of every interval.
         n_resamples: Bootstrap resamples per row.
         seed: Seed of the resampling.
+        relative: β is k, a multiple of each layer's pre-activation σ
+            (trials are labelled `smelu(β=1σ)`); `scale_grid` is then in k
+            (default `RELATIVE_SCALE_GRID`).
     """
 
     max_auc_loss: float
@@ -708,7 +731,7 @@ class SearchSettings:
         e.name for e in ACTIVATIONS.values() if "beta" in e.parameters)
     references: tuple[Activation, ...] = DEFAULT_REFERENCES
     baseline: Activation = BASELINE
-    scale_grid: tuple[float, ...] = DEFAULT_SCALE_GRID
+    scale_grid: tuple[float, ...] | None = None
     replicas: int = 8
     max_replicas: int = 32
     resolution: float = 0.25
@@ -716,9 +739,13 @@ class SearchSettings:
     confidence: float = 0.95
     n_resamples: int = 2000
     seed: int = 0
+    relative: bool = False
 
     def __post_init__(self):
         require_in_range("max_auc_loss", self.max_auc_loss, low=0)
+        if self.scale_grid is None:
+            object.__setattr__(self, "scale_grid",
+                               RELATIVE_SCALE_GRID if self.relative else DEFAULT_SCALE_GRID)
         object.__setattr__(self, "baseline", _as_activation(self.baseline))
         for name in ("families", "references"):
             object.__setattr__(self, name, tuple(_as_activation(a) for a in getattr(self, name)))
@@ -772,12 +799,14 @@ def _round(value: float) -> float:
 
 
 def _new(activation: Activation, settings: SearchSettings, reason: str) -> Trial:
-    return Trial(activation, settings.replicas, settings.replicas, reason)
+    return Trial(activation, settings.replicas, settings.replicas, reason,
+                 relative=settings.relative)
 
 
 def _more(c: Comparison, settings: SearchSettings, reason: str) -> Trial | None:
     target = min(2 * c.replicas, settings.max_replicas)
-    return Trial(c.activation, target, target - c.replicas, reason) if target > c.replicas \
+    return Trial(c.activation, target, target - c.replicas, reason,
+                 relative=settings.relative) if target > c.replicas \
         else None
 
 
@@ -919,9 +948,10 @@ def _baseline_keeps_up(trials: list[Trial], analysis: Analysis, settings: Search
     target = max((t.replicas for t in trials), default=0)
     if target <= baseline.replicas or any(t.label == baseline.label for t in trials):
         return trials
-    return [Trial(settings.baseline, target, target - baseline.replicas,
-                  f"the baseline keeps up with R={target}: a change vs {baseline.label} is "
-                  "only as sure as both rows"), *trials]
+    reason = (f"the baseline keeps up with R={target}: a change vs {baseline.label} is only as "
+              "sure as both rows")
+    return [Trial(settings.baseline, target, target - baseline.replicas, reason,
+                  relative=settings.relative), *trials]
 
 
 @dataclasses.dataclass(frozen=True)

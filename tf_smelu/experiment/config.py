@@ -94,9 +94,11 @@ class CTRExperimentConfig:
         "is k, and each hidden layer l gets beta_l = k x sigma_l, its pre-activation std "
         "measured once on a ReLU copy of the model after --preactivation_warmup_steps "
         "(in process only).", choices=("absolute", "relative"))
-    preactivation_warmup_steps: int = option(
-        200, "--beta_scale=relative: seeded ReLU training steps before sigma is measured "
-        "(0: at init, where the deeper layers' spread is 2-4x smaller).", minimum=0)
+    preactivation_warmup_steps: int | None = option(
+        None, "--beta_scale=relative: seeded ReLU training steps before sigma is measured; "
+        "unset: one replica's whole schedule (--epochs or --steps), so sigma is the spread at "
+        "the end of training, which keeps growing all epoch at learning rate 1e-2; 0: at init, "
+        "where it is 3-10x smaller.", minimum=0)
     progress: bool = option(True, "Show progress bars.")
     work_dir: str | None = option(None, "Replica jobs' directory.", flag=False)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
@@ -113,12 +115,11 @@ class CTRExperimentConfig:
             raise ValueError(f"`training` must be a TrainingConfig. Received: {self.training!r}")
         if self.max_auc_loss is not None:
             self._check_search()
-        if self.beta_scale == "relative" and (self.multi_worker or self.max_auc_loss is not None):
+        if self.beta_scale == "relative" and self.multi_worker:
             raise ValueError(
-                "`beta_scale=relative` runs in process without the search for now: workers build "
-                "their models from spec strings, and the search's labels are absolute betas. "
-                f"Received: workers={self.workers}, update_mode={list(self.update_mode)}, "
-                f"max_auc_loss={self.max_auc_loss}")
+                "`beta_scale=relative` runs in process only: workers build their models from "
+                f"spec strings. Received: workers={self.workers}, "
+                f"update_mode={list(self.update_mode)}")
         if self.multi_worker:
             self._check_multi_worker()
         elif self.training.update_mode == "local_sgd":

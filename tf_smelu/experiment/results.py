@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_smelu.common import UserError, atomic_write
+from tf_smelu.common import MISSING, UserError, atomic_write, field_differences
 
 RESULTS_FILE = "results.json"
 
@@ -146,12 +146,11 @@ def config_differences(
     old: Mapping[str, object], new: Mapping[str, object], ignore: Iterable[str] = ()
 ) -> list[str]:
     """`name: old -> new` for every field whose value differs (missing counts as differing)."""
-    ignore = set(ignore)
-    return [
-        f"{name}: {old.get(name, '<unset>')!r} -> {new.get(name, '<unset>')!r}"
-        for name in sorted((set(old) | set(new)) - ignore)
-        if old.get(name) != new.get(name)
-    ]
+    def text(value):
+        return "'<unset>'" if value is MISSING else repr(value)
+
+    return [f"{name}: {text(before)} -> {text(after)}"
+            for name, before, after in sorted(field_differences(old, new, ignore))]
 
 
 def finished_rows(

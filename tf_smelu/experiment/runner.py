@@ -257,7 +257,8 @@ def advise_ctr_experiment(
             budget = max(left, 1e-3) / (len(config.source_sets) - index)
         settings = advisor.SearchSettings.from_activations(
             config.activations, config.max_auc_loss, replicas=config.replicas,
-            max_replicas=config.max_replicas, time_budget=budget, seed=config.training.seed)
+            max_replicas=config.max_replicas, time_budget=budget, seed=config.training.seed,
+            relative=config.beta_scale == "relative")
         earlier = [r for r in finished if "+".join(r["sources"]) == tag]
         predictions: dict[str, np.ndarray] = {}
 

@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from tf_smelu.common import UserError
+from tf_smelu.common import MISSING, UserError, field_differences
 from tf_smelu.data.features import CTRExamples
 from tf_smelu.training.config import TrainingConfig, as_flag_dict
 
@@ -172,9 +172,6 @@ def decode_fingerprint(text: str | bytes) -> dict[str, object]:
     return content["fields"]
 
 
-_MISSING = object()
-
-
 def _flag_text(value: object) -> str:
     if isinstance(value, list):
         return ",".join(str(item) for item in value)
@@ -189,16 +186,11 @@ def fingerprint_differences(
     Fields in the current fingerprint come first, in its order; a field on
     one side only is named as missing on the other.
     """
-    names = [*current, *(name for name in written if name not in current)]
-    differences = []
-    for name in names:
-        old, new = written.get(name, _MISSING), current.get(name, _MISSING)
-        if old == new:
-            continue
-        old_text = f"no {name}" if old is _MISSING else f"{name}={_flag_text(old)}"
-        new_text = f"no {name}" if new is _MISSING else f"{name}={_flag_text(new)}"
-        differences.append(f"{old_text}, this run has {new_text}")
-    return differences
+    def text(name, value):
+        return f"no {name}" if value is MISSING else f"{name}={_flag_text(value)}"
+
+    return [f"{text(name, old)}, this run has {text(name, new)}"
+            for name, old, new in field_differences(written, current)]
 
 
 # --------------------------------------------------------------------------

@@ -186,7 +186,11 @@ class TrainingConfig:
     batch_size: int = option(
         512, "Global training batch (split over the workers of a multi-worker job).",
         minimum=1)
-    learning_rate: float = option(1e-3, "Adam learning rate (> 0).", positive=True)
+    # 1e-2: on the default data every activation compared reached its best (or
+    # within 0.003 of it) there after one epoch; at 1e-3 ReLU was 0.017 AUC below.
+    learning_rate: float = option(
+        1e-2, "Adam learning rate (> 0); the default is where ReLU, SmeLU and GELU reached "
+        "their best AUC on the default data in one epoch.", positive=True)
     # Updates.
     update_mode: str = option(
         "sync", "How gradients reach the weights: sync, stale (applied after random delays, "

@@ -21,19 +21,22 @@ values its band sees, including how far units' means lie apart; the mean of
 per-unit standard deviations leaves that out (after one epoch on the default
 data it was 13%, 42% and 52% smaller than σ_l in the three layers).
 
-When: after a short, seeded ReLU warm-up (`warmup_steps`, default 200), not
-at initialization. On the default synthetic data (500k rows, MLP 256-128-64,
-batch 512, Adam 1e-3; σ over 10,000 held-out rows; two seeds):
+When: by default after one seeded ReLU model's whole training schedule
+(`warmup_steps=None`), not at initialization and not after a short warm-up.
+On the default synthetic data (500k rows, MLP 256-128-64, batch 512; σ over
+10,000 held-out rows; σ of the three hidden layers):
 
-    steps      0 (init)          100               200               977 (1 epoch)
-    seed 0     0.160/0.130/0.111 0.163/0.249/0.310 0.165/0.257/0.322 0.174/0.310/0.365
-    seed 1     0.163/0.130/0.117 0.169/0.282/0.403 0.171/0.290/0.418 0.184/0.330/0.458
+    Adam 1e-3   steps  0 (init)          100               200               977 (1 epoch)
+    seed 0             0.160/0.130/0.111 0.163/0.249/0.310 0.165/0.257/0.322 0.174/0.310/0.365
+    seed 1             0.163/0.130/0.117 0.169/0.282/0.403 0.171/0.290/0.418 0.184/0.330/0.458
+    Adam 1e-2   seed 0                                     0.354/1.108/0.967 1.012/2.462/1.623
 
-The second and third layers' spread doubles or triples in the first ~50 steps
-and then grows slowly, so σ at init would set their β 2.4-3.9x too small for
-the regime training spends its time in. After 200 steps σ is 5-17% below its
-value at the end of the epoch, a gap of the size of the difference between
-two seeds (6-25%), for ~5 s of one model's training, once per data set and
+At the learning rate the replica experiment runs at (1e-2, where every
+activation reached its best AUC) the spread keeps growing all epoch: after 200
+steps it is 1.7-2.9x below its end-of-epoch value (at 1e-3 the same warm-up
+came within 5-17%, about the spread between two seeds). At initialization it
+is 3-10x too small. So σ is measured where training spends its last and
+decisive steps, at the cost of one replica's training, once per data set and
 model. 10,000 held-out rows give σ within 0.5% of 100,000 rows.
 
 `measure_preactivation_std` does the measurement once per data set and model;
@@ -192,17 +195,25 @@ class PreactivationStd:
                 "preactivation_rows": self.rows}
 
 
+def _known_length(dataset: tf.data.Dataset) -> int:
+    batches = int(dataset.cardinality())
+    if batches < 0:
+        raise ValueError("Cannot train a whole schedule before measuring: `train_data`'s length "
+                         "is unknown and `train_config.steps` is unset; give `warmup_steps`.")
+    return batches
+
+
 def measure_preactivation_std(
     model_fn: ModelFn,
     train_data: tf.data.Dataset,
     eval_data: tf.data.Dataset,
     train_config: TrainingConfig | None = None,
     *,
-    warmup_steps: int = 200,
+    warmup_steps: int | None = None,
     seed: int = 0,
     max_rows: int = 10_000,
 ) -> PreactivationStd:
-    """σ of each hidden layer's pre-activation, after a short ReLU warm-up.
+    """σ of each hidden layer's pre-activation, after ReLU training.
 
     One ReLU model (`embedding_seed = tower_seed = seed`) trains
     `warmup_steps` steps of `train_config` (synchronous updates) on
@@ -221,7 +232,10 @@ def measure_preactivation_std(
         eval_data: Batched held-out `(features, labels)` (or features).
         train_config: Learning rate and `jit_compile` of the warm-up
             (default: `TrainingConfig()`'s).
-        warmup_steps: Training steps before measuring; 0 measures at init.
+        warmup_steps: Training steps before measuring; 0 measures at init;
+            `None`: the whole schedule of `train_config` (its `steps`, or
+            `epochs` passes over `train_data`), so that σ is the spread at
+            the end of training.
         seed: Seed of the model's initial weights.
         max_rows: Held-out rows to measure on.
 
@@ -230,9 +244,13 @@ def measure_preactivation_std(
 
     Raises:
         ValueError: `model_fn` cannot take per-layer activations or uses none,
-            `eval_data` is empty, or a layer's pre-activations are not
+            `eval_data` is empty, `warmup_steps` is `None` but neither
+            `train_config.steps` nor `train_data`'s length is known, or a layer's pre-activations are not
             finite or all equal (σ = 0).
     """
+    train_config = train_config or TrainingConfig()
+    if warmup_steps is None:
+        warmup_steps = train_config.steps or train_config.epochs * _known_length(train_data)
     warmup_steps = require_non_negative_int("warmup_steps", warmup_steps)
     max_rows = require_positive_int("max_rows", max_rows)
     probes = _Probes()
@@ -253,7 +271,7 @@ def measure_preactivation_std(
             f"found {sorted(found)})."
         )
     if warmup_steps:
-        config = dataclasses.replace(train_config or TrainingConfig(), steps=warmup_steps,
+        config = dataclasses.replace(train_config, steps=warmup_steps,
                                      epochs=1, update_mode="sync")
         ReplicaTrainer([model], config).fit(train_data, progress=False)
     for probe in found.values():
