@@ -86,16 +86,9 @@ def compare(rows: list[dict], seed: int) -> list[dict]:
             raise UserError(f"sources {tag}: {error}") from None
         for comparison in (analysis.baseline, *analysis.candidates):
             row = next(r for r in same if r["label"] == comparison.label)
-            entries.append({
-                "sources": tag, "label": comparison.label, "spec": comparison.spec,
-                "family": comparison.family, "beta_scale": scale_kind(row),
-                "beta_per_layer": row.get("beta_per_layer"), "replicas": comparison.replicas,
-                "auc_mean": comparison.auc_mean, "rel_pd": comparison.rel_pd,
-                "auc_change": comparison.auc_change.estimate,
-                "auc_change_ci": [comparison.auc_change.low, comparison.auc_change.high],
-                "rel_pd_change": comparison.rel_pd_change.estimate,
-                "rel_pd_change_ci": [comparison.rel_pd_change.low, comparison.rel_pd_change.high],
-            })
+            entries.append({"sources": tag, **comparison.to_json(),
+                            "beta_scale": scale_kind(row),
+                            "beta_per_layer": row.get("beta_per_layer")})
     return entries
 
 
@@ -154,14 +147,12 @@ def verdicts(entries: list[dict]) -> list[str]:
 
 
 def format_entries(entries: list[dict]) -> str:
-    lines = [f"{'sources':<12} {'β scale':<9} {'activation':<18} {'R':>3} {'AUC':>7} "
-             f"{'ΔAUC vs relu [95% CI]':>31} {'ΔrelPD vs relu [95% CI]':>24}"]
+    """A plain-text table of every row against relu."""
+    lines = [f"{'sources':<12} {'β scale':<9} {'activation':<18} {'R':>3} {'AUC':>6} "
+             f"{'ΔAUC vs relu [95% CI]':>26}  {'ΔrelPD [95% CI]':>18}"]
     for e in entries:
-        lines.append(
-            f"{e['sources']:<12} {e['beta_scale']:<9} {e['label']:<18} {e['replicas']:>3} "
-            f"{e['auc_mean']:.4f} {e['auc_change']:+.4f} [{e['auc_change_ci'][0]:+.4f}, "
-            f"{e['auc_change_ci'][1]:+.4f}] {e['rel_pd_change']:+6.0%} "
-            f"[{e['rel_pd_change_ci'][0]:+.0%}, {e['rel_pd_change_ci'][1]:+.0%}]")
+        lines.append(f"{e['sources']:<12} {e['beta_scale']:<9} {e['label']:<18} "
+                     f"{e['replicas']:>3} {e['auc_mean']:.4f} " + advisor.format_changes(e))
     return "\n".join(lines)
 
 

@@ -71,31 +71,22 @@ def summarize_point(rows: list[dict], learning_rate: float, epochs: int, seed: i
         analysis = advisor.analyze(same, seed=seed)
         for comparison in (analysis.baseline, *analysis.candidates):
             row = next(r for r in same if r["label"] == comparison.label)
-            summary.append({
-                "learning_rate": learning_rate, "epochs": epochs, "sources": tag,
-                "label": comparison.label, "spec": comparison.spec, "replicas": row["replicas"],
-                "auc_mean": row["auc_mean"], "auc_std": row["auc_std"],
-                "rel_pd": row["rel_pd"], "rel_pd_ci": row["rel_pd_ci"],
-                "auc_change": comparison.auc_change.estimate,
-                "auc_change_ci": [comparison.auc_change.low, comparison.auc_change.high],
-                "rel_pd_change": comparison.rel_pd_change.estimate,
-                "rel_pd_change_ci": [comparison.rel_pd_change.low, comparison.rel_pd_change.high],
-            })
+            summary.append({"learning_rate": learning_rate, "epochs": epochs, "sources": tag,
+                            **comparison.to_json(), "auc_std": row["auc_std"],
+                            "rel_pd_ci": row["rel_pd_ci"]})
     return summary
 
 
 def format_summary(points: list[dict]) -> str:
     """A plain-text table of every point, ReLU first within each."""
-    lines = [f"{'lr':>7} {'epochs':>6} {'activation':<16} {'AUC':>15} {'relPD [95% CI]':>25} "
-             f"{'ΔAUC vs relu [95% CI]':>30} {'ΔrelPD vs relu [95% CI]':>24}"]
+    lines = [f"{'lr':>7} {'epochs':>6} {'activation':<16} {'AUC':>13} {'relPD [95% CI]':>23} "
+             f"{'ΔAUC vs relu [95% CI]':>26}  {'ΔrelPD [95% CI]':>18}"]
     for p in points:
         lines.append(
             f"{p['learning_rate']:>7g} {p['epochs']:>6} {p['label']:<16} "
             f"{p['auc_mean']:.4f}±{p['auc_std']:.4f} "
             f"{p['rel_pd']:.4f} [{p['rel_pd_ci'][0]:.4f},{p['rel_pd_ci'][1]:.4f}] "
-            f"{p['auc_change']:+.4f} [{p['auc_change_ci'][0]:+.4f},{p['auc_change_ci'][1]:+.4f}] "
-            f"{p['rel_pd_change']:+7.0%} [{p['rel_pd_change_ci'][0]:+.0%},"
-            f"{p['rel_pd_change_ci'][1]:+.0%}]")
+            + advisor.format_changes(p))
     return "\n".join(lines)
 
 

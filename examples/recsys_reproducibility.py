@@ -24,9 +24,9 @@ Sources stale and op_nondeterminism are in-process only.
 
 Which activation should I use? With --max_auc_loss=0.002 (the AUC you will
 give up against ReLU) the job searches beta for the smooth families in
---activations (default smelu, with gelu, swish and softplus as reference
-points), spends replicas where the intervals leave the answer open, stops
-within --time_budget (default 420 s) and prints a recommendation with its 95%
+--activations (default smelu, rescu and generalized_smelu, with gelu, swish
+and softplus as reference points), spends replicas where the intervals leave the answer open, stops
+within --time_budget (default 480 s) and prints a recommendation with its 95%
 intervals, or "keep relu". results.json then holds the search ("advice"):
 every candidate's AUC and PD change vs relu, each family's Pareto frontier.
 
@@ -35,7 +35,7 @@ Examples:
   python examples/recsys_reproducibility.py --max_auc_loss=0.002   # a recommendation
   python examples/recsys_reproducibility.py --quick          # smoke test, < 2 min
   python examples/recsys_reproducibility.py \\
-      --activations=relu,smelu:0.05,smelu:0.1,smelu:0.2,gelu \\
+      --activations=relu,smelu:0.25,smelu:0.5,smelu:1,gelu \\
       --sources=tower_init,init+order,stale --replicas=8
   python examples/recsys_reproducibility.py --quick --workers=2 \\
       --update_mode=stale,local_sgd --max_vocab_size=1000  # replicas as 2-worker jobs
@@ -65,18 +65,20 @@ flags.adopt_module_key_flags(cli)
 
 
 QUICK_PRESET = dict(
-    train_examples=20_000, eval_examples=5_000, replicas=3, activations=["relu", "smelu:0.2"]
+    train_examples=20_000, eval_examples=5_000, replicas=3, activations=["relu", "smelu:1"]
 )
 
 
 SEARCH_PRESET = {
-    "activations": ["relu", "smelu:0.2", "gelu", "swish", "softplus"],
+    "activations": ["relu", "smelu:0.2", "rescu:0.2", "generalized_smelu:0.2", "gelu", "swish",
+                    "softplus"],
     "replicas": 4,
-    "time_budget": 420.0,
+    "time_budget": 480.0,
 }
-"""--max_auc_loss defaults (flags given explicitly win): the smelu family searched,
-GELU, Swish and Softplus as reference points, R = 4 to start (the search adds
-replicas where intervals leave the answer open), 7 minutes of training."""
+"""--max_auc_loss defaults (flags given explicitly win): the smelu, rescu (order 2)
+and generalized_smelu families searched, GELU, Swish and Softplus as reference
+points, R = 4 to start (the search adds replicas where intervals leave the
+answer open), 8 minutes of training."""
 
 
 def resolved_config() -> dict:

@@ -322,13 +322,24 @@ def test_the_grid_is_climbed_while_betas_are_within_budget():
                                                                           0.8))) == []
 
 
+def test_the_grid_is_climbed_before_a_straddling_beta_gets_replicas():
+    straddling = make_row("smelu:0.4", 0.7181, 0.03)
+    within = make_row("smelu:0.2", 0.7195, 0.04)
+    assert smelu_steps(within, straddling) == [("smelu:0.8", 8, 8)]
+    everything_straddles = [make_row(f"smelu:{b}", 0.7181, 0.03) for b in (0.05, 0.1, 0.2, 0.4,
+                                                                            0.8)]
+    assert smelu_steps(*everything_straddles) == [  # grid done: the open rows get replicas
+        (f"smelu:{b}", 16, 8) for b in (0.05, 0.1, 0.2, 0.4, 0.8)]
+
+
 def test_a_beta_straddling_the_budget_gets_twice_the_replicas_up_to_the_maximum():
     straddling = make_row("smelu:0.4", 0.7181, 0.03)
     within = make_row("smelu:0.2", 0.7195, 0.04)
-    assert smelu_steps(within, straddling) == [("smelu:0.4", 16, 8)]
-    assert smelu_steps(within, straddling, max_replicas=12) == [("smelu:0.4", 12, 4)]
+    over = make_row("smelu:0.8", 0.7150, 0.02)
+    assert smelu_steps(within, straddling, over) == [("smelu:0.4", 16, 8)]
+    assert smelu_steps(within, straddling, over, max_replicas=12) == [("smelu:0.4", 12, 4)]
     # At the maximum it counts as over budget: the bracket is bisected below it.
-    assert smelu_steps(within, straddling, max_replicas=8) == [("smelu:0.28", 8, 8)]
+    assert smelu_steps(within, straddling, over, max_replicas=8) == [("smelu:0.28", 8, 8)]
 
 
 def test_bisection_between_within_and_over_budget():
@@ -357,7 +368,8 @@ def test_replicas_go_to_a_reference_tied_with_the_choice_but_not_to_tied_betas()
 
 def test_the_baseline_keeps_up_with_the_replicas_of_the_candidates():
     straddling = make_row("smelu:0.4", 0.7181, 0.03)
-    rows = [RELU, make_row("smelu:0.2", 0.7195, 0.04), straddling]
+    rows = [RELU, make_row("smelu:0.2", 0.7195, 0.04), straddling,
+            make_row("smelu:0.8", 0.7150, 0.02)]
     settings = advisor.SearchSettings(BUDGET, families=("smelu",), references=())
     trials = advisor.plan(rows, settings)
     assert [(t.label, t.replicas, t.extra_replicas) for t in trials] == [

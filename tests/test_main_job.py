@@ -41,7 +41,7 @@ def test_quick_run_writes_results_and_plot(tmp_path, validate_results):
         assert 0.5 < row["auc_mean"] < 1.0 and row["rel_pd"] > 0
         lo, hi = row["rel_pd_ci"]
         assert lo <= row["rel_pd"] <= hi
-    assert rows[0]["beta"] is None and rows[1]["beta"] == 0.2
+    assert rows[0]["beta"] is None and rows[1]["beta"] == 1.0  # the --quick preset
 
     import matplotlib.image
 

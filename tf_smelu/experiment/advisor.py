@@ -61,12 +61,14 @@ interval still straddling L at `max_replicas` counts as over.
 
 1. Baseline, reference points and the first β of the coarse grid
    (`scale_grid`) are trained with `replicas` replicas.
-2. Open rows between the family's bracket (the largest β within budget below
+2. While no β is over budget, the next grid β is trained (rows straddling
+   the budget wait: with noisy AUCs nearly every row straddles it at first,
+   and the frontier over the whole grid is worth more than one β's R).
+3. Open rows between the family's bracket (the largest β within budget below
    the smallest β over it) get more replicas: R doubles up to
-   `max_replicas`.
-3. Otherwise, while no β is over budget, the next grid β is trained; after
-   that, the bracket is bisected at its geometric mean rounded to two
-   significant digits, until its ends are within a factor `1 + resolution`
+   `max_replicas`. Otherwise the bracket is bisected at its geometric mean
+   rounded to two significant digits, until its ends are within a factor
+   `1 + resolution`
    (or, with no β within budget, β is halved down to a quarter of the grid's
    first value).
    Whenever a step gives a row more replicas than the baseline has, the
@@ -191,16 +193,20 @@ class Comparison:
         """Whether the whole relative-PD-change interval is below 0."""
         return self.rel_pd_change.high < 0
 
-    def to_json(self, max_auc_loss: float) -> dict[str, object]:
-        return {
+    def to_json(self, max_auc_loss: float | None = None) -> dict[str, object]:
+        """JSON-ready: the row, its changes vs the baseline with their intervals, and, given
+        `max_auc_loss`, its budget status and whether its PD reduction is significant."""
+        content = {
             "label": self.label, "spec": self.spec, "family": self.family, "beta": self.scale,
             "replicas": self.replicas, "auc_mean": self.auc_mean, "rel_pd": self.rel_pd,
             "auc_change": self.auc_change.estimate,
             "auc_change_ci": [self.auc_change.low, self.auc_change.high],
             "rel_pd_change": self.rel_pd_change.estimate,
             "rel_pd_change_ci": [self.rel_pd_change.low, self.rel_pd_change.high],
-            "budget": self.budget_status(max_auc_loss), "pd_reduced": self.pd_reduced,
         }
+        if max_auc_loss is not None:
+            content.update(budget=self.budget_status(max_auc_loss), pd_reduced=self.pd_reduced)
+        return content
 
 
 def scale_of(activation: Activation) -> float | None:
@@ -498,6 +504,13 @@ def _percent(i: Interval) -> str:
 
 def _auc(i: Interval) -> str:
     return f"{i.estimate:+.4f} [{i.low:+.4f}, {i.high:+.4f}]"
+
+
+def format_changes(comparison: Mapping[str, object]) -> str:
+    """`ΔAUC [interval]  ΔrelPD [interval]` of a `Comparison.to_json()`, for tables."""
+    auc = Interval(comparison["auc_change"], *comparison["auc_change_ci"])
+    pd = Interval(comparison["rel_pd_change"], *comparison["rel_pd_change_ci"])
+    return f"{_auc(auc):>26}  {_percent(pd):>18}"
 
 
 def _describe(c: Comparison, max_auc_loss: float | None = None) -> str:
@@ -827,16 +840,20 @@ def _family_step(family: Activation, analysis: Analysis, settings: SearchSetting
                  and (upper is None or c.scale < upper)), default=None)
     open_rows = [c for c in members if status(c) == STRADDLES
                  and (lower is None or c.scale > lower) and (upper is None or c.scale < upper)]
+    evaluated = {c.scale for c in members}
+    # Climb the grid before adding replicas: with noisy AUCs every row straddles the budget at
+    # first, and a search that doubled R there would spend its time on one β instead of
+    # mapping the family's frontier.
+    climb = next((b for b in grid if b > max(evaluated, default=0.0)), None) \
+        if upper is None else None
+    if climb is not None:
+        return [_new(with_scale(family, climb), settings, "coarse grid of β")]
     if open_rows:
         return [_more(c, settings, f"its AUC-loss interval [{-c.auc_change.high:.4f}, "
                       f"{-c.auc_change.low:.4f}] straddles the budget {budget:g}")
                 for c in open_rows]
-    evaluated = {c.scale for c in members}
     if upper is None:
-        top = max(evaluated, default=0.0)
-        step = next((b for b in grid if b > top), None)
-        return [] if step is None else [
-            _new(with_scale(family, step), settings, "coarse grid of β")]
+        return []
     if lower is None:
         step = _round(upper / 2)
         if step < grid[0] / 4 or step in evaluated:

@@ -59,7 +59,9 @@ class CTRExperimentConfig:
     """
 
     activations: tuple[Activation, ...] = option(
-        ("relu", "smelu:0.2", "smelu:0.4", "smelu:0.6", "gelu"),
+        # β spans the tradeoff at the default learning rate (1e-2), where hidden
+        # pre-activations spread over σ ≈ 1-2.5: smaller β hardly changes ReLU.
+        ("relu", "smelu:0.5", "smelu:1", "smelu:2", "gelu", "swish", "softplus"),
         lambda: f"Activations to compare, comma-separated: {activation_help()}.",
         check=_parse_activations)
     sources: tuple[str, ...] = option(
@@ -92,8 +94,9 @@ class CTRExperimentConfig:
     beta_scale: str = option(
         "absolute", "absolute: the number in a spec (smelu:0.2) is beta itself; relative: it "
         "is k, and each hidden layer l gets beta_l = k x sigma_l, its pre-activation std "
-        "measured once on a ReLU copy of the model after --preactivation_warmup_steps "
-        "(in process only).", choices=("absolute", "relative"))
+        "measured once on a ReLU copy of the model (see --preactivation_warmup_steps); with "
+        "--max_auc_loss the search's grid is in k (in process only).",
+        choices=("absolute", "relative"))
     preactivation_warmup_steps: int | None = option(
         None, "--beta_scale=relative: seeded ReLU training steps before sigma is measured; "
         "unset: one replica's whole schedule (--epochs or --steps), so sigma is the spread at "
