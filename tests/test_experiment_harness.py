@@ -110,3 +110,19 @@ def test_pd_by_evaluation_group(tiny_problem):
             model_fn, train_data_fn, eval_data, "relu", (), 2,
             steps_per_epoch=steps, progress=False, eval_groups={"bad": np.ones(3, bool)},
         )
+
+
+def test_predicting_new_models_row_after_row_logs_no_retracing_warning(caplog):
+    import keras
+    import tensorflow as tf
+
+    from tf_smelu.training.replicas import predict_probabilities
+
+    features = np.ones((8, 3), np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((features, np.ones(8, np.float32))).batch(4)
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        for _ in range(8):  # TF warns after 5 traces: each call traces its new models once
+            model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+            probabilities, labels = predict_probabilities([model], dataset)
+    assert probabilities.shape == (1, 8) and labels.shape == (8,)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]

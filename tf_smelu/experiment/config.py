@@ -101,7 +101,7 @@ class CTRExperimentConfig:
         None, "--beta_scale=relative: seeded ReLU training steps before sigma is measured; "
         "unset: one replica's whole schedule (--epochs or --steps), so sigma is the spread at "
         "the end of training, which keeps growing all epoch at learning rate 1e-2; 0: at init, "
-        "where it is 3-10x smaller.", minimum=0)
+        "where it is up to 19x smaller.", minimum=0)
     progress: bool = option(True, "Show progress bars.")
     work_dir: str | None = option(None, "Replica jobs' directory.", flag=False)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)

@@ -59,15 +59,20 @@ def plot_tradeoff(rows: list[dict], path: str, advice: Mapping[str, dict] | None
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r["sources"]), []).append(r)
-    fig = Figure(figsize=(6 * len(groups), 4.8))
+    # Legends go beside the panels (a search has a dozen rows or more), and a 20-colour map
+    # keeps rows apart where the default cycle of 10 would repeat.
+    from matplotlib import colormaps
+
+    colours = colormaps["tab20" if max(map(len, groups.values())) > 10 else "tab10"].colors
+    fig = Figure(figsize=(8.5 * len(groups), 4.8))
     axes = fig.subplots(1, len(groups), squeeze=False)
     for ax, (sources, group) in zip(axes[0], groups.items()):
-        for r in group:
+        for index, r in enumerate(group):
             lo, hi = r["rel_pd_ci"]
             yerr = None if math.isnan(lo) else [[r["rel_pd"] - lo], [hi - r["rel_pd"]]]
             ax.errorbar(
                 r["auc_mean"], r["rel_pd"], xerr=r["auc_std"], yerr=yerr,
-                fmt="o", capsize=4, label=r["label"],
+                fmt="o", capsize=4, label=r["label"], color=colours[index % len(colours)],
             )
         _draw_advice(ax, (advice or {}).get("+".join(sources)))
         replicas = sorted({r["replicas"] for r in group})
@@ -76,7 +81,7 @@ def plot_tradeoff(rows: list[dict], path: str, advice: Mapping[str, dict] | None
         ax.set_xlabel("AUC (mean ± sd over replicas)")
         ax.set_ylabel("relative PD (mean over pairs, 95% CI)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle("Accuracy–reproducibility tradeoff: lower right is better")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

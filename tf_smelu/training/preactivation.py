@@ -35,7 +35,7 @@ At the learning rate the replica experiment runs at (1e-2, where every
 activation reached its best AUC) the spread keeps growing all epoch: after 200
 steps it is 1.7-2.9x below its end-of-epoch value (at 1e-3 the same warm-up
 came within 5-17%, about the spread between two seeds). At initialization it
-is 3-10x too small. So σ is measured where training spends its last and
+is 6-19x too small. So σ is measured where training spends its last and
 decisive steps, at the cost of one replica's training, once per data set and
 model. 10,000 held-out rows give σ within 0.5% of 100,000 rows.
 

@@ -12,8 +12,10 @@ model (initial weights), its dataset (data order) and its delay schedule
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import keras
 import numpy as np
@@ -161,6 +163,22 @@ class ReplicaTrainer:
         }
 
 
+class _DropRetracingWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _expected_retracing() -> Iterator[None]:
+    """Silences TF's retracing warning: each call traces new models once, by design."""
+    quiet = _DropRetracingWarnings()
+    tf.get_logger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        tf.get_logger().removeFilter(quiet)
+
+
 def predict_probabilities(
     models: Sequence[keras.Model], dataset: tf.data.Dataset
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -177,9 +195,10 @@ def predict_probabilities(
         )
 
     probabilities, labels = [], []
-    for features, batch_labels in dataset:
-        probabilities.append(predict(features).numpy())
-        labels.append(np.reshape(batch_labels.numpy(), [-1]))
+    with _expected_retracing():
+        for features, batch_labels in dataset:
+            probabilities.append(predict(features).numpy())
+            labels.append(np.reshape(batch_labels.numpy(), [-1]))
     return (
         np.concatenate(probabilities, axis=1).astype(np.float64),
         np.concatenate(labels).astype(np.float64),
