@@ -158,12 +158,12 @@ def format_entries(entries: list[dict]) -> str:
 
 def plot(entries: list[dict], fronts: dict[str, list[dict]], path: str) -> None:
     """Every row with both intervals; each frontier as a line."""
-    import matplotlib
+    # Off-screen, as tf_smelu.experiment.report draws: pyplot's backend stays untouched.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7.5, 5))
+    figure = Figure(figsize=(7.5, 5))
+    axes = figure.subplots()
     for key, members in fronts.items():
         own = [e for e in entries if f"{e['sources']}/{e['family']} ({e['beta_scale']} β)" == key]
         line = axes.plot([-m["auc_change"] for m in members],
@@ -183,13 +183,12 @@ def plot(entries: list[dict], fronts: dict[str, list[dict]], path: str) -> None:
     axes.axvline(0, color="grey", lw=0.8)
     axes.set_xlabel("AUC loss vs relu (95% CI)")
     axes.set_ylabel("relative PD change vs relu (95% CI)")
-    axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     axes.set_title("Absolute β vs β = k·σ per layer")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def main(argv):

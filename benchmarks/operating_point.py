@@ -92,12 +92,11 @@ def format_summary(points: list[dict]) -> str:
 
 def plot(points: list[dict], path: str) -> None:
     """AUC (mean ± sd) and relative PD (95% CI) against the learning rate."""
-    import matplotlib
+    # Off-screen, as tf_smelu.experiment.report draws: pyplot's backend stays untouched.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (auc_axes, pd_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure = Figure(figsize=(11, 4.2))
+    auc_axes, pd_axes = figure.subplots(1, 2)
     series = dict.fromkeys((p["sources"], p["label"], p["epochs"]) for p in points)
     for sources, label, epochs in series:
         own = sorted((p for p in points if (p["sources"], p["label"], p["epochs"])
@@ -123,7 +122,6 @@ def plot(points: list[dict], path: str) -> None:
     figure.suptitle("Operating point: accuracy and replica disagreement vs learning rate")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def main(argv):
