@@ -13,15 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tf_smelu.data.features import DENSE_FEATURE_NAME, CTRExamples
+from tf_smelu.data.synthetic_config import SyntheticCTRConfig
 from tf_smelu.validation import require_in_range, require_positive_int
-
-if TYPE_CHECKING:
-    from tf_smelu.data.synthetic import SyntheticCTRConfig
 
 # SeedSequence "spawn keys" separating the independent random streams of the
 # synthetic data.  The values are arbitrary but must never change, or the
