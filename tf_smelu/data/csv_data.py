@@ -32,6 +32,11 @@ Columns (the rules are those of `tf_smelu.data.schema`)
   column `"constant_zero"`, because the models need a dense input.
 * `item_column` (popularity groups of the PD report): given, or inferred as
   a categorical column named `item_id` or `item` (any case).
+* Names: any header text is a column name (a UTF-8 byte-order mark, as
+  spreadsheets write, is not part of it).  Categorical columns are keyed in
+  the features dict (and named as model inputs) by `feature_keys`, e.g.
+  `user name` -> `user_name`; messages and the schema use the header's
+  names, and the schema's `feature_keys` maps one to the other.
 
 The train/test split hashes the line number with the seed (`SplitConfig`).
 
@@ -286,13 +291,14 @@ def load_csv(
         item_decision=item_decision,
         missing_values={name: int(np.isnan(numbers[name]).sum()) for name in dense},
         rows_read=len(labels) + skipped.count,
+        feature_keys=feature_spec.columns,
     )
     return LoadedDataset(
         train,
         test,
         feature_spec,
         dense_names=dense_names,
-        item_field=item_column,
+        item_field=feature_spec.columns.get(item_column),
         skipped_rows=skipped,
         schema=schema,
     )

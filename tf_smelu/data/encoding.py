@@ -22,6 +22,7 @@ from tf_smelu.data.features import (
     CategoricalFeature,
     CTRExamples,
     FeatureSpec,
+    feature_keys,
 )
 from tf_smelu.validation import require_positive_int
 
@@ -160,8 +161,9 @@ class RawColumns:
     """Columns of a dataset before encoding, one entry per row.
 
     Attributes:
-        categorical: Field name -> raw values (any hashable dtype, or ids
-            for `EncodedIds`), in feature-spec order.
+        categorical: Column name (any text; `encode_splits` derives the
+            feature keys) -> raw values (any hashable dtype, or ids for
+            `EncodedIds`), in feature-spec order.
         dense: `[n, num_dense]` float64, NaN where missing.
         labels: `[n]` float labels.
     """
@@ -203,8 +205,11 @@ def encode_splits(
             otherwise they are only cast to float32 (NaN -> 0).
 
     Returns:
-        `(train, test, feature_spec)`.
+        `(train, test, feature_spec)`: the features dicts and the spec name
+        each field by its key (`feature_keys` of the column names), the spec
+        keeps the column names (`FeatureSpec.columns`).
     """
+    keys = feature_keys(columns.categorical)
     train, test = columns.take(train_rows), columns.take(test_rows)
     encoders = {
         name: fit_encoder(name, values) for name, values in train.categorical.items()
@@ -217,14 +222,16 @@ def encode_splits(
 
     def encode(split: RawColumns) -> CTRExamples:
         features = {
-            name: encoders[name].encode(values) for name, values in split.categorical.items()
+            keys[name]: encoders[name].encode(values)
+            for name, values in split.categorical.items()
         }
         features[DENSE_FEATURE_NAME] = transform_dense(split.dense)
         return make_examples(features, split.labels)
 
     feature_spec = FeatureSpec(
         categorical=tuple(
-            CategoricalFeature(name, encoder.vocab_size) for name, encoder in encoders.items()
+            CategoricalFeature(keys[name], encoder.vocab_size, column=name)
+            for name, encoder in encoders.items()
         ),
         num_dense=int(columns.dense.shape[1]),
     )

@@ -4,12 +4,24 @@
 `CTRExamples` holds a materialised block of examples.  A features dict maps
 every categorical field name to int64 ids and `DENSE_FEATURE_NAME` to the
 float32 dense feature matrix.
+
+Feature names
+-------------
+A field's `name` is its key in the features dict and the name of its Keras
+input and layers, so it must be a *feature key*: an ASCII identifier
+(`is_feature_key`) other than `DENSE_FEATURE_NAME`.  Users' files may name
+their columns anything (`user name`, `price (€)`, `usuário`):
+`feature_keys` derives the keys from the column names by one rule, and the
+column name stays with the field (`CategoricalFeature.column`) for whatever
+a user reads (the printed schema, messages, results.json).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -18,20 +30,104 @@ from tf_smelu.validation import require_positive_int
 DENSE_FEATURE_NAME = "dense"
 """Key of the dense feature tensor in every features dict."""
 
+_FEATURE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NOT_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9]+")
+
+
+def is_feature_key(name: object) -> bool:
+    """Whether `name` can be a features-dict key, Keras input and layer name.
+
+    That is an ASCII identifier (`user_id`, `C1`, `_x`) other than
+    `DENSE_FEATURE_NAME`: Keras name scopes refuse spaces and most
+    punctuation, and TF signatures want identifiers.
+    """
+    return (isinstance(name, str) and _FEATURE_KEY.fullmatch(name) is not None
+            and name != DENSE_FEATURE_NAME)
+
+
+def _key_from(column: str) -> str:
+    """`column` reduced to an identifier: accents dropped, other runs -> `_`."""
+    ascii_text = unicodedata.normalize("NFKD", column).encode("ascii", "ignore").decode()
+    key = _NOT_KEY_CHARACTERS.sub("_", ascii_text).strip("_") or "feature"
+    return f"f_{key}" if key[0].isdigit() else key
+
+
+def feature_keys(columns: Iterable[str]) -> dict[str, str]:
+    """The feature key of every column name: the one rule for feature names.
+
+    A column whose name is already a feature key (`is_feature_key`) keeps
+    it.  Every other name is reduced to an ASCII identifier (accents
+    dropped, any other run of characters that are not letters or digits
+    replaced by `_`, `f_` before a leading digit, `feature` if nothing is
+    left) and, if that key is taken, suffixed `_2`, `_3`, ...  Keys depend
+    only on the names and their order, so every run derives the same ones.
+
+    Example: `user name, price (€), usuário, 2nd, dense, user_name` ->
+    `user_name_2, price, usuario, f_2nd, dense_2, user_name`.
+
+    Args:
+        columns: Unique column names, in feature order.
+
+    Returns:
+        Column name -> key, in the order of `columns`; keys are unique.
+    """
+    columns = list(columns)
+    taken = {DENSE_FEATURE_NAME, *(name for name in columns if is_feature_key(name))}
+    keys = {}
+    for column in columns:
+        if is_feature_key(column):
+            keys[column] = column
+            continue
+        key = base = _key_from(column)
+        suffix = 1
+        while key in taken:
+            suffix += 1
+            key = f"{base}_{suffix}"
+        taken.add(key)
+        keys[column] = key
+    return keys
+
 
 @dataclasses.dataclass(frozen=True)
 class CategoricalFeature:
-    """One categorical input field: its features-dict key and vocabulary size."""
+    """One categorical input field: its features-dict key and vocabulary size.
+
+    Attributes:
+        name: The feature key (`is_feature_key`): features-dict key, Keras
+            input name and part of layer names.
+        vocab_size: Ids are in `[0, vocab_size)`.
+        column: The data's name for the field when it differs from `name`
+            (a CSV header such as `"user name"`; see `feature_keys`); `None`
+            when they are the same.
+    """
 
     name: str
     vocab_size: int
+    column: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
+        if not is_feature_key(self.name):
             raise ValueError(
-                f"`name` must be a non-empty string. Received: name={self.name!r}"
+                "`name` must be an ASCII identifier (letters, digits, `_`; not "
+                f"{DENSE_FEATURE_NAME!r}); tf_smelu.data.feature_keys derives one from any "
+                f"column name. Received: name={self.name!r}"
             )
         require_positive_int("vocab_size", self.vocab_size)
+        if self.column == self.name:
+            object.__setattr__(self, "column", None)
+        elif self.column is not None and (not isinstance(self.column, str) or not self.column):
+            raise ValueError(
+                f"`column` must be a non-empty string or None. Received: column={self.column!r}"
+            )
+
+    @property
+    def display_name(self) -> str:
+        """The name a user knows the field by: `column`, else `name`."""
+        return self.column or self.name
+
+    def describe(self) -> str:
+        """`name`, with the column name when it differs: `user_name ('user name')`."""
+        return self.name if self.column is None else f"{self.name} ({self.column!r})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +151,20 @@ class FeatureSpec:
                 f"Received: categorical={self.categorical!r}"
             )
         names = self.categorical_names
-        if len(set(names)) != len(names) or DENSE_FEATURE_NAME in names:
+        if len(set(names)) != len(names):
             raise ValueError(
-                "Categorical field names must be unique and must not be "
-                f"{DENSE_FEATURE_NAME!r}. Received: categorical_names={names!r}"
+                f"Categorical field names must be unique. Received: categorical_names={names!r}"
             )
         require_positive_int("num_dense", self.num_dense)
 
     @property
     def categorical_names(self) -> tuple[str, ...]:
         return tuple(feature.name for feature in self.categorical)
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Data column name (`CategoricalFeature.display_name`) -> feature key."""
+        return {feature.display_name: feature.name for feature in self.categorical}
 
     @property
     def vocab_sizes(self) -> dict[str, int]:
@@ -74,7 +174,8 @@ class FeatureSpec:
         """JSON-compatible form, used inside Keras model configs."""
         return {
             "categorical": [
-                {"name": feature.name, "vocab_size": feature.vocab_size}
+                {"name": feature.name, "vocab_size": feature.vocab_size,
+                 **({} if feature.column is None else {"column": feature.column})}
                 for feature in self.categorical
             ],
             "num_dense": self.num_dense,

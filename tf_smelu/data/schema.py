@@ -60,6 +60,9 @@ was built with, as JSON-ready data (`LoadedDataset.schema`), with the keys:
   in feature order;
 * `item_column`: the categorical column whose popularity groups the PD
   report uses, or `None`;
+* `feature_keys`: categorical column -> its key in the features dict, the
+  name of the model input that takes it (`tf_smelu.data.feature_keys`:
+  `user name` -> `user_name`; most names are their own key);
 * `missing_values`: dense column -> count of missing values in the rows
   read (`None` where the loader does not count them);
 * `decisions`: how each choice was made, a string starting with
@@ -421,6 +424,7 @@ def make_schema(
     item_decision: str = "given",
     missing_values: Mapping[str, int] | None = None,
     rows_read: int | None = None,
+    feature_keys: Mapping[str, str] | None = None,
 ) -> dict:
     """The JSON-ready schema record (keys in the module docstring).
 
@@ -436,6 +440,8 @@ def make_schema(
         item_decision: How `item_column` was chosen.
         missing_values: Dense column -> missing count; `None`: not counted.
         rows_read: Rows or records read; `None`: not counted.
+        feature_keys: Categorical column -> features-dict key
+            (`FeatureSpec.columns`); `None`: every column is its own key.
     """
     if threshold_decision is None:
         threshold_decision = "none" if label_threshold is None else "given"
@@ -457,6 +463,7 @@ def make_schema(
                       **({"item_column": item_decision} if item_column else {}),
                       "columns": {name: reason for name, (_, reason) in choices.items()}},
         "rows_read": None if rows_read is None else int(rows_read),
+        "feature_keys": {name: (feature_keys or {}).get(name, name) for name in names(CATEGORICAL)},
     }
     missing = {name: count for name, count in (schema["missing_values"] or {}).items() if count}
     if missing:
@@ -473,7 +480,7 @@ def describe_schema(schema: Mapping) -> str:
     ```
     Data csv:/data/ratings.csv (1,000 rows read)
       label: rating >= 4.0 (label_column given, label_threshold given)
-      categorical (2): user_id (inferred: whole numbers, id-like name), item_id (...)
+      categorical (2): user name (input user_name; inferred: text, e.g. 'ann' at line 2), item_id (...)
       dense (1): timestamp (inferred: whole numbers, time-like name)
       missing values (dense, replaced by the training mean): timestamp 3
     ```
@@ -488,10 +495,16 @@ def describe_schema(schema: Mapping) -> str:
         f"  label: {label} (label_column {decisions.get('label_column', '?')}, "
         f"label_threshold {decisions.get('label_threshold', '?')})"
     )
+    keys = schema.get("feature_keys") or {}
+
+    def described(name: str) -> str:
+        key = keys.get(name, name)
+        return f"{name} ({'' if key == name else f'input {key}; '}{reasons.get(name, '?')})"
+
     for kind in (CATEGORICAL, DENSE, IGNORED):
         names = schema.get(f"{kind}_columns") or []
         if names:
-            listed = ", ".join(f"{name} ({reasons.get(name, '?')})" for name in names)
+            listed = ", ".join(described(name) for name in names)
             lines.append(f"  {kind} ({len(names)}): {listed}")
     if schema.get("item_column"):
         lines.append(f"  item column (popularity groups): {schema['item_column']}")

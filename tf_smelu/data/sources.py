@@ -393,6 +393,7 @@ def _fixed_schema(spec: DatasetSpec, loaded: LoadedDataset, label_threshold: flo
         item_column=loaded.item_field,
         item_decision="fixed",
         missing_values=missing_values,
+        feature_keys=loaded.feature_spec.columns,
     )
 
 

@@ -213,13 +213,15 @@ def open_text(path: str | os.PathLike) -> TextIO:
 
     Gzip is detected from the magic bytes, not the suffix, so a compressed
     file named `.txt` (or a plain one named `.gz`) still reads correctly.
+    A leading UTF-8 byte-order mark (spreadsheets write one) is dropped, so
+    that it does not become part of the first column's name.
     """
     path = require_file(path)
     with open(path, "rb") as stream:
         is_gzip = stream.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
     if is_gzip:
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def _first_undecodable_line(path: str) -> int:

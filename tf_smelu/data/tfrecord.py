@@ -530,12 +530,13 @@ def load_tfrecord(
         item_decision="inferred: name",
         missing_values=dict(zip(dense, missing.tolist(), strict=True)),
         rows_read=rows_read,
+        feature_keys=feature_spec.columns,
     )
     return LoadedDataset(
         train,
         test,
         feature_spec,
         dense_names=tuple(dense) if dense else (CONSTANT_DENSE_NAME,),
-        item_field=item_column,
+        item_field=feature_spec.columns.get(item_column),
         schema=schema,
     )
