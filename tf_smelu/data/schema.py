@@ -177,10 +177,13 @@ def check_schema_arguments(
     categorical_columns: Sequence[str],
     dense_columns: Sequence[str],
     label_threshold: float | None = None,
+    label_is_default: bool = False,
 ) -> None:
     """Raises ValueError if a column is both categorical and dense, or the label.
 
     Also if `label_threshold` is given and not a finite number.
+    `label_is_default` says that `label_column` was not given (the message
+    then names the flag that changes it).
     """
     if label_threshold is not None and (
         isinstance(label_threshold, bool) or not isinstance(label_threshold, (int, float))
@@ -198,8 +201,9 @@ def check_schema_arguments(
             f"dense_columns={list(dense_columns)!r}"
         )
     if label_column is not None and label_column in (*categorical_columns, *dense_columns):
+        default = " (the default label; set --label_column to another)" if label_is_default else ""
         raise ValueError(
-            f"The label column {label_column!r} cannot also be a feature column. "
+            f"The label column {label_column!r}{default} cannot also be a feature column. "
             f"Received: label_column={label_column!r}, categorical_columns="
             f"{list(categorical_columns)!r}, dense_columns={list(dense_columns)!r}"
         )
@@ -382,7 +386,8 @@ class SchemaOptions:
         categorical = column_names("categorical_columns", categorical_columns)
         dense = column_names("dense_columns", dense_columns)
         label = DEFAULT_LABEL_COLUMN if label_column is None else label_column
-        check_schema_arguments(label, categorical, dense, label_threshold)
+        check_schema_arguments(label, categorical, dense, label_threshold,
+                               label_is_default=label_column is None)
         decision = "default" if label_column is None else "given"
         return cls(label, decision, categorical, dense, label_threshold)
 

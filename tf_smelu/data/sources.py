@@ -53,6 +53,7 @@ from collections.abc import Sequence
 from tf_smelu.data import criteo, csv_data, movielens, tfrecord
 from tf_smelu.data.schema import (
     CATEGORICAL,
+    DEFAULT_LABEL_COLUMN,
     DENSE,
     check_schema_arguments,
     column_names,
@@ -281,8 +282,12 @@ def check_dataset_options(
             f"--label_column={label_column}; give it once. Received: dataset="
             f"{spec.to_text()!r}, label_column={label_column!r}"
         )
-    check_schema_arguments(spec.label_column or label_column, values["categorical_columns"],
-                           values["dense_columns"], label_threshold)
+    label = spec.label_column or label_column
+    if label is None and spec.kind in _LABELLED_KINDS:
+        label = DEFAULT_LABEL_COLUMN  # the loaders' default: a feature of that name is the label
+    check_schema_arguments(label, values["categorical_columns"], values["dense_columns"],
+                           label_threshold, label_is_default=label_column is None
+                           and spec.label_column is None)
 
 
 def load_dataset(

@@ -26,16 +26,20 @@ Keras model (`UserModelBuilder`):
 The model takes the data's features dict: one int64 id tensor of shape
 `[batch]` per categorical field (`FeatureSpec.categorical_names`, ids in
 `[0, vocab_size)`) and the float32 `"dense"` tensor `[batch, num_dense]`.
-Its inputs must be named exactly so (ids may be declared `[batch, 1]` or as
-float32, which Keras converts); it returns one click logit per example,
-`[batch, 1]` or `[batch]`. Everything is checked when the builder is made,
-before any training.
+Its inputs must be named so (a column whose name is no identifier has a
+derived key, `user name` -> `user_name`, printed with the data's schema; ids
+may be declared `[batch, 1]` or as float32, which Keras converts). It may
+take only some of the features (e.g. only the id columns): the others are
+listed in one logged line and never given to it. It returns one click logit
+per example, `[batch, 1]` or `[batch]`. Everything is checked when the
+builder is made, before any training.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Callable
 
 import keras
@@ -48,6 +52,8 @@ from tf_smelu.training.config import MODELS, TrainingConfig
 
 ModelBuilder = Callable[..., keras.Model]
 """`builder(activation, embedding_seed=..., tower_seed=...)` -> a built model."""
+
+_logger = logging.getLogger(__name__)
 
 _REPLICA_ARGUMENTS = ("activation", "embedding_seed", "tower_seed")
 # Largest vocabulary whose ids a float input of that dtype holds exactly.
@@ -123,18 +129,21 @@ class UserModelBuilder:
         report: What a build replaces (a `ConversionReport`: hidden ReLUs
             replaced, other activations kept, output layers); `None` for a
             function that applies the activation itself.
+        ignored_features: The data's features the model does not take
+            (never given to it; logged once).
 
     Raises:
-        UserModelError: The file or function cannot be loaded; the model's
-            inputs are not the data's features; it fails on a batch shaped
-            like the data; its output is not one logit per example; its
-            initial weights do not follow the seeds; or it has no hidden
-            ReLU for the activation under test to replace.
+        UserModelError: The file or function cannot be loaded; the model
+            takes an input that is not a feature of the data; it fails on a
+            batch shaped like the data; its output is not one logit per
+            example; its initial weights do not follow the seeds; or it has
+            no hidden ReLU for the activation under test to replace.
     """
 
     def __init__(self, model: str, feature_spec: FeatureSpec) -> None:
         self.model = model
         self.feature_spec = feature_spec
+        self.ignored_features: tuple[str, ...] = ()
         self._function: Callable | None = None
         self._template: keras.Model | None = None
         try:
@@ -149,6 +158,13 @@ class UserModelBuilder:
             self.report = self._check()
         except ValueError as error:
             raise UserModelError(f"Cannot use model={model!r}: {error}") from error
+        if self.ignored_features:
+            described = {feature.name: feature.describe() for feature in feature_spec.categorical}
+            _logger.warning(
+                "Your model %s takes %d of the data's %d features; it ignores %s.", model,
+                len(self._feature_names()) - len(self.ignored_features),
+                len(self._feature_names()),
+                ", ".join(described.get(name, name) for name in self.ignored_features))
 
     def __call__(
         self,
@@ -157,20 +173,44 @@ class UserModelBuilder:
         tower_seed: int | None = None,
     ) -> keras.Model:
         if self._function is not None:
-            return self._function(self.feature_spec, activation=activation,
-                                  embedding_seed=embedding_seed, tower_seed=tower_seed)
-        return self._rebuild(activation, embedding_seed, tower_seed)[0]
+            model = self._function(self.feature_spec, activation=activation,
+                                   embedding_seed=embedding_seed, tower_seed=tower_seed)
+        else:
+            model = self._rebuild(activation, embedding_seed, tower_seed)[0]
+        return self._taking_every_feature(model)
 
     def _rebuild(self, activation, embedding_seed, tower_seed
                  ) -> tuple[keras.Model, ConversionReport]:
         return rebuild(self._template, activation, seeds=(embedding_seed, tower_seed),
                        logit_output=True)
 
+    def _taking_every_feature(self, model: keras.Model) -> keras.Model:
+        """`model`, or if it ignores features, a model of every feature that calls it.
+
+        Keras would match a features dict with extra keys to a dict of inputs
+        by position, feeding features to the wrong inputs: the wrapper hands
+        the model exactly the inputs it declares.
+        """
+        if not self.ignored_features:
+            return model
+        spec = self.feature_spec
+        inputs = {name: keras.Input(shape=(), dtype="int64", name=name)
+                  for name in spec.categorical_names}
+        inputs[DENSE_FEATURE_NAME] = keras.Input(shape=(spec.num_dense,), dtype="float32",
+                                                 name=DENSE_FEATURE_NAME)
+        structure = model.input
+        if isinstance(structure, dict):
+            taken = {key: inputs[key] for key in structure}
+        else:
+            taken = keras.tree.map_structure(lambda tensor: inputs[tensor.name], structure)
+        return keras.Model(inputs, model(taken), name=f"{model.name}_of_the_data")
+
     # -- checks -------------------------------------------------------------
 
     def _check(self) -> ConversionReport | None:
         if self._template is None:
-            first, report = self("relu", 0, 0), None
+            first, report = self._function(self.feature_spec, activation="relu",
+                                           embedding_seed=0, tower_seed=0), None
             if not isinstance(first, keras.Model):
                 raise ValueError(f"the function must return a Keras model. Received: {first!r}")
         else:
@@ -182,6 +222,7 @@ class UserModelBuilder:
                     f"{dict(report.kept) or 'none'}; output layers: {list(report.outputs)})."
                 )
         self._check_inputs(first)
+        first = self._taking_every_feature(first)
         self._check_output(first)
         self._check_seeds(first)
         return report
@@ -190,6 +231,7 @@ class UserModelBuilder:
         return [*self.feature_spec.categorical_names, DENSE_FEATURE_NAME]
 
     def _check_inputs(self, model: keras.Model) -> None:
+        """Checks the inputs' names and id dtypes; sets `ignored_features`."""
         try:
             structure = model.input
         except (AttributeError, ValueError):  # subclassed: the probe batch checks it
@@ -199,14 +241,22 @@ class UserModelBuilder:
         else:
             inputs = {tensor.name: tensor for tensor in keras.tree.flatten(structure)}
         expected = self._feature_names()
-        if set(inputs) != set(expected):
+        unknown = sorted(set(inputs) - set(expected))
+        if unknown:
+            renamed = {column: key for column, key in self.feature_spec.columns.items()
+                       if column != key}
             raise ValueError(
                 "the model's inputs do not match the data's features. "
-                f"Model inputs: {sorted(inputs)}; data features: {expected}; missing from the "
-                f"data: {sorted(set(inputs) - set(expected))}; not taken by the model: "
-                f"{sorted(set(expected) - set(inputs))}. Name every keras.Input after a feature."
+                f"Model inputs: {sorted(inputs)}; data features: {expected}"
+                + (f" (from the columns {renamed})" if renamed else "")
+                + f"; missing from the data: {unknown}; not taken by the model: "
+                f"{sorted(set(expected) - set(inputs))}. Name every keras.Input after a feature "
+                "(a model may leave features out)."
             )
+        self.ignored_features = tuple(name for name in expected if name not in inputs)
         for name, vocab_size in self.feature_spec.vocab_sizes.items():
+            if name not in inputs:
+                continue
             dtype = keras.backend.standardize_dtype(inputs[name].dtype)
             exact = _EXACT_FLOAT_IDS.get(dtype)
             if not ("int" in dtype or (exact is not None and vocab_size <= exact)):
