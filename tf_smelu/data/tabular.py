@@ -208,6 +208,58 @@ def require_file(path: str | os.PathLike) -> str:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class FileVersion:
+    """Size and modification time of a data file when its reading started.
+
+    A file that a running job writes, copies or cuts while it is read would
+    otherwise be used as read: part old, part new, or cut short.  Take the
+    version before reading and call `require_unchanged` after the last
+    byte.
+
+    Attributes:
+        path: The file (local, or a URL `tf.io.gfile` reads).
+        size: Bytes.
+        mtime_ns: Modification time, nanoseconds (whole seconds for URLs).
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> FileVersion:
+        """The file's version now.
+
+        Raises:
+            DataFileError: If the file is gone (e.g. removed while read).
+        """
+        path = os.fspath(path)
+        try:
+            if "://" in path:  # only tf.io.gfile reads URLs; it gives whole seconds
+                stat = tf.io.gfile.stat(path)
+                return cls(path, int(stat.length), int(stat.mtime_nsec))
+            stat = os.stat(path)
+            return cls(path, stat.st_size, stat.st_mtime_ns)
+        except (OSError, tf.errors.OpError) as error:
+            raise DataFileError(f"Cannot read the size of {path}: {error}") from None
+
+    def require_unchanged(self) -> None:
+        """Raises `DataFileError` if the file changed since this version.
+
+        Raises:
+            DataFileError: Naming the file and what changed.
+        """
+        now = FileVersion.of(self.path)
+        if now != self:
+            change = (f"{self.size:,} -> {now.size:,} bytes" if now.size != self.size
+                      else "modified")
+            raise DataFileError(
+                f"{self.path} changed while it was read ({change}): is something still writing "
+                "or copying it? Run again when it is complete."
+            )
+
+
 def open_text(path: str | os.PathLike) -> TextIO:
     """Opens a UTF-8 text file for the csv module, gunzipping if it is gzip.
 
@@ -252,16 +304,19 @@ def read_delimited(
     Line numbers are 1-based; for a quoted field spanning several lines it is
     the line where the row ends.  Problems the csv module cannot recover from
     (e.g. a NUL byte), text that is not UTF-8 and truncated gzip data raise
-    `MalformedRowError` whatever `on_error`.
+    `MalformedRowError` whatever `on_error`; a file that changes while it is
+    read (`FileVersion`), a `DataFileError` after its last row.
     """
     path = os.fspath(path)
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
+    version = FileVersion.of(require_file(path))
     with open_text(path) as stream:
         reader = csv.reader(stream, delimiter=delimiter, quoting=quoting)
         while True:
             try:
                 fields = next(reader)
             except StopIteration:
+                version.require_unchanged()
                 return
             except csv.Error as error:
                 raise MalformedRowError(path, reader.line_num, str(error)) from None

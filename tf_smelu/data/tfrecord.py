@@ -49,13 +49,17 @@ rows than fit in memory is not supported; the caps choose which rows train.
 
 Errors
 ------
-Damaged files (truncated, corrupted, bad GZIP data), records that are not
-`tf.train.Example`s, a feature whose type changes between records, a list
-where one value is expected, and a missing or bad label raise
+Damaged files (truncated anywhere, even inside a record's header, which
+TF's reader takes for the end of the file; corrupted; bad GZIP data),
+records that are not `tf.train.Example`s, a feature whose type changes
+between records, a list where one value is expected, and a missing or bad
+label raise
 `MalformedRecordError` (a `MalformedRowError`): one line naming the file and,
 when known, the record index (0-based).  A pattern matching no file raises
 `FileNotFoundError`; a label or feature that the inspected records lack, a
-`DataFileError` naming the flag to set.
+`DataFileError` naming the flag to set; a file that changes while it is read
+(its size or modification time, `tf_smelu.data.tabular.FileVersion`), a
+`DataFileError` naming the file.
 
 This module stays whole (about 500 lines, a fifth of them this docstring):
 the survey, the batch parser and the error locators share the file and
@@ -92,6 +96,7 @@ from tf_smelu.data.schema import (
 from tf_smelu.data.tabular import (
     DEFAULT_TEST_FRACTION,
     DataFileError,
+    FileVersion,
     LoadedDataset,
     MalformedRowError,
     SplitConfig,
@@ -104,6 +109,8 @@ READ_BATCH_RECORDS = 4096
 """Records read and parsed at a time."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# A record is framed by its length (8 bytes) and two CRCs (4 bytes each).
+_RECORD_FRAMING_BYTES = 16
 _DTYPES = {"int64_list": tf.int64, "float_list": tf.float32, "bytes_list": tf.string}
 _TYPE_NAMES = {"int64_list": "int64", "float_list": "float", "bytes_list": "bytes"}
 # SeedSequence spawn key of the reservoir samples (the split and the row
@@ -158,7 +165,9 @@ def compression_type(path: str) -> str:
 
 def _tf_problem(error: tf.errors.OpError) -> str:
     """The message of a TF error without its op and function decorations."""
-    return _TF_ERROR_NOISE.sub("", error.message).strip() or type(error).__name__
+    # TF's record reader says "truncated record at 980' failed with Read less bytes...".
+    message = _TF_ERROR_NOISE.sub("", error.message).replace("' failed with ", ": ").strip()
+    return message or type(error).__name__
 
 
 def _damaged(path: str, compression: str, start: int, error: tf.errors.OpError
@@ -193,8 +202,6 @@ def _record_batches(path: str, compression: str, batch_size: int,
         try:
             batch = next(iterator)
         except StopIteration:
-            if compression == "GZIP" and limit is None:
-                _check_gzip_stream_ends(path, start)
             return
         except tf.errors.OpError as error:
             raise _damaged(path, compression, start, error) from None
@@ -202,21 +209,51 @@ def _record_batches(path: str, compression: str, batch_size: int,
         start += len(batch)
 
 
-def _check_gzip_stream_ends(path: str, records_read: int) -> None:
-    """Raises unless the GZIP stream of `path` is complete.
+def _every_record_batch(path: str, compression: str, version: FileVersion
+                        ) -> Iterator[tuple[int, np.ndarray]]:
+    """`_record_batches` of a whole file, then checks that nothing was left out.
 
-    TF's GZIP record reader was seen to end a truncated file as if it were
-    complete (in some processes, not in others), which would silently drop
-    rows; zlib reports a missing end-of-stream marker reliably. It costs one
-    more decompression of the file.
+    TF's reader stops without an error where a plain file ends inside the
+    12-byte header of a record (and its GZIP reader was seen to end a
+    truncated stream as if it were complete), which would silently drop the
+    rest: the records' bytes must add up to the file's (decompressed) length.
+
+    Raises:
+        DataFileError: If the file changed since `version` was taken.
+        MalformedRecordError: If the file is cut short, naming the record and
+            its byte offset.
     """
+    records = consumed = 0
+    for start, batch in _record_batches(path, compression, READ_BATCH_RECORDS):
+        yield start, batch
+        records += len(batch)
+        consumed += sum(map(len, batch)) + _RECORD_FRAMING_BYTES * len(batch)
+    version.require_unchanged()
+    length = _gzip_content_length(path, records) if compression else version.size
+    if length != consumed:
+        kind = "GZIP" if compression else "plain"
+        raise MalformedRecordError(
+            path, records, f"the file is truncated ({kind} TFRecord): it ends inside the header "
+            f"of the record at byte offset {consumed:,}{' (uncompressed)' if compression else ''}, "
+            f"after {length - consumed} of its 12 bytes"
+        )
+
+
+def _gzip_content_length(path: str, records_read: int) -> int:
+    """The decompressed length of a GZIP file; raises unless its stream is complete.
+
+    zlib reports a missing end-of-stream marker reliably. It costs one more
+    decompression of the file.
+    """
+    length = 0
     try:
         with tf.io.gfile.GFile(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as stream:
-            while stream.read(1 << 20):
-                pass
+            while chunk := stream.read(1 << 20):
+                length += len(chunk)
     except (EOFError, OSError, zlib.error) as error:
         raise MalformedRecordError(
             path, records_read, f"the file is damaged (GZIP TFRecord): {error}") from None
+    return length
 
 
 def _example(path: str, index: int, serialized: bytes) -> tf.train.Example:
@@ -477,6 +514,7 @@ def load_tfrecord(
     dataset = dataset or f"tfrecord:{pattern}"
 
     files = tfrecord_files(pattern)
+    versions = {path: FileVersion.of(path) for path in files}  # before reading any byte
     compressions = {path: compression_type(path) for path in files}
     survey = _survey(files, compressions)
     if not survey.records:
@@ -495,7 +533,7 @@ def load_tfrecord(
     rows_read = positives = 0
     for path in files:
         file_name = os.path.basename(path)
-        for start, serialized in _record_batches(path, compressions[path], READ_BATCH_RECORDS):
+        for start, serialized in _every_record_batch(path, compressions[path], versions[path]):
             rows = parser.parse(path, start, serialized)
             missing += np.isnan(rows["dense"]).sum(axis=0)
             positives += int(rows["label"].sum())
