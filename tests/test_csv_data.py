@@ -243,6 +243,7 @@ def test_an_interaction_log_with_integer_ids_needs_no_flags(tmp_path):
             },
         },
         "rows_read": 300,
+        "feature_keys": {"user_id": "user_id", "item_id": "item_id"},
     }
     assert json.loads(json.dumps(schema)) == schema  # ready for results.json
     text = describe_schema(schema)

@@ -23,6 +23,8 @@ from tf_smelu.data.features import (
     CategoricalFeature,
     CTRExamples,
     FeatureSpec,
+    feature_keys,
+    is_feature_key,
 )
 from tf_smelu.data.movielens import MovieLensUnavailableError, load_movielens
 from tf_smelu.data.schema import describe_schema
@@ -76,7 +78,9 @@ __all__ = [
     "criteo_dataset",
     "criteo_feature_spec",
     "describe_schema",
+    "feature_keys",
     "generate_examples",
+    "is_feature_key",
     "load_criteo",
     "load_csv",
     "load_dataset",

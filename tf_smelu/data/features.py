@@ -35,14 +35,14 @@ _NOT_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9]+")
 
 
 def is_feature_key(name: object) -> bool:
-    """Whether `name` can be a features-dict key, Keras input and layer name.
+    """Whether `name` can be a field's features-dict key, Keras input and layer name.
 
-    That is an ASCII identifier (`user_id`, `C1`, `_x`) other than
-    `DENSE_FEATURE_NAME`: Keras name scopes refuse spaces and most
-    punctuation, and TF signatures want identifiers.
+    That is an ASCII identifier (`user_id`, `C1`, `_x`): Keras name scopes
+    refuse spaces and most punctuation, and TF signatures want identifiers.
+    (A field may not be called `DENSE_FEATURE_NAME` either; `FeatureSpec`
+    checks that.)
     """
-    return (isinstance(name, str) and _FEATURE_KEY.fullmatch(name) is not None
-            and name != DENSE_FEATURE_NAME)
+    return isinstance(name, str) and _FEATURE_KEY.fullmatch(name) is not None
 
 
 def _key_from(column: str) -> str:
@@ -55,8 +55,8 @@ def _key_from(column: str) -> str:
 def feature_keys(columns: Iterable[str]) -> dict[str, str]:
     """The feature key of every column name: the one rule for feature names.
 
-    A column whose name is already a feature key (`is_feature_key`) keeps
-    it.  Every other name is reduced to an ASCII identifier (accents
+    A column whose name is already a feature key (`is_feature_key`) other
+    than `DENSE_FEATURE_NAME` keeps it.  Every other name is reduced to an ASCII identifier (accents
     dropped, any other run of characters that are not letters or digits
     replaced by `_`, `f_` before a leading digit, `feature` if nothing is
     left) and, if that key is taken, suffixed `_2`, `_3`, ...  Keys depend
@@ -72,10 +72,11 @@ def feature_keys(columns: Iterable[str]) -> dict[str, str]:
         Column name -> key, in the order of `columns`; keys are unique.
     """
     columns = list(columns)
-    taken = {DENSE_FEATURE_NAME, *(name for name in columns if is_feature_key(name))}
+    kept = [name for name in columns if is_feature_key(name) and name != DENSE_FEATURE_NAME]
+    taken = {DENSE_FEATURE_NAME, *kept}
     keys = {}
     for column in columns:
-        if is_feature_key(column):
+        if column in kept:
             keys[column] = column
             continue
         key = base = _key_from(column)
@@ -108,9 +109,9 @@ class CategoricalFeature:
     def __post_init__(self) -> None:
         if not is_feature_key(self.name):
             raise ValueError(
-                "`name` must be an ASCII identifier (letters, digits, `_`; not "
-                f"{DENSE_FEATURE_NAME!r}); tf_smelu.data.feature_keys derives one from any "
-                f"column name. Received: name={self.name!r}"
+                "`name` must be an ASCII identifier (letters, digits, `_`); "
+                "tf_smelu.data.feature_keys derives one from any column name. "
+                f"Received: name={self.name!r}"
             )
         require_positive_int("vocab_size", self.vocab_size)
         if self.column == self.name:
@@ -151,9 +152,10 @@ class FeatureSpec:
                 f"Received: categorical={self.categorical!r}"
             )
         names = self.categorical_names
-        if len(set(names)) != len(names):
+        if len(set(names)) != len(names) or DENSE_FEATURE_NAME in names:
             raise ValueError(
-                f"Categorical field names must be unique. Received: categorical_names={names!r}"
+                "Categorical field names must be unique and must not be "
+                f"{DENSE_FEATURE_NAME!r}. Received: categorical_names={names!r}"
             )
         require_positive_int("num_dense", self.num_dense)
 

@@ -234,7 +234,7 @@ def _every_record_batch(path: str, compression: str, version: FileVersion
         kind = "GZIP" if compression else "plain"
         raise MalformedRecordError(
             path, records, f"the file is truncated ({kind} TFRecord): it ends inside the header "
-            f"of the record at byte offset {consumed:,}{' (uncompressed)' if compression else ''}, "
+            f"of the record at byte offset {consumed}{' (uncompressed)' if compression else ''}, "
             f"after {length - consumed} of its 12 bytes"
         )
 
