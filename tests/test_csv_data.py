@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 
 import numpy as np
@@ -14,18 +15,23 @@ from tf_smelu.data import (
     DATA_ERRORS,
     DATASET_KINDS,
     DENSE_FEATURE_NAME,
+    CategoricalFeature,
     DatasetSpec,
     check_dataset_options,
     describe_schema,
+    feature_keys,
+    is_feature_key,
     load_dataset,
     parse_dataset_spec,
     popularity_buckets,
     vocab_cap,
 )
 from tf_smelu.data import schema as schema_lib
+from tf_smelu.data import tabular
 from tf_smelu.data.csv_data import CONSTANT_DENSE_NAME, load_csv
 from tf_smelu.data.encoding import Vocabulary
 from tf_smelu.data.tabular import DataFileError, MalformedRowError, SplitConfig
+from tf_smelu.models import build_model
 from tf_smelu.training import config as config_flags
 from tf_smelu.training.config import TrainingConfig
 
@@ -199,9 +205,90 @@ def test_binary_and_truncated_files_are_data_errors(tmp_path, content, message):
         load_csv(path)
 
 
+@pytest.mark.parametrize("change", ["append", "truncate", "touch"])
+def test_a_file_that_changes_while_it_is_read_is_an_error(tmp_path, monkeypatch, change):
+    """Another program appends to, cuts or rewrites the file after reading began."""
+    path = _write_csv(tmp_path, [HEADER, *_data_lines()])
+    open_text = tabular.open_text
+
+    def open_while_another_program_writes(name):
+        stream = open_text(name)
+        if change == "append":
+            with open(name, "a", encoding="utf-8") as writer:
+                writer.write("u1,rome,2.0,21,1\n")
+        elif change == "truncate":
+            os.truncate(name, os.path.getsize(name) // 2)
+        else:  # same size, new content
+            os.utime(name, ns=(0, os.stat(name).st_mtime_ns + 1_000_000_000))
+        return stream
+
+    monkeypatch.setattr(tabular, "open_text", open_while_another_program_writes)
+    with pytest.raises(DataFileError, match=f"{re.escape(str(path))} changed while it was read"
+                       ) as raised:
+        load_csv(path)
+    assert isinstance(raised.value, DATA_ERRORS) and "\n" not in str(raised.value)
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here.csv"):
         load_csv(tmp_path / "nothing_here.csv")
+
+
+# --------------------------------------------------------------------------
+# Column names.
+# --------------------------------------------------------------------------
+
+
+def test_feature_keys_keep_identifiers_and_derive_the_rest_deterministically():
+    columns = ["user name", "price (€)", "usuário", "2nd", "dense", "user_name", "日本", "ß"]
+    keys = feature_keys(columns)
+    assert keys == {"user name": "user_name_2", "price (€)": "price", "usuário": "usuario",
+                    "2nd": "f_2nd", "dense": "dense_2", "user_name": "user_name",
+                    "日本": "feature", "ß": "feature_2"}
+    assert all(is_feature_key(key) and key != DENSE_FEATURE_NAME for key in keys.values())
+    assert len(set(keys.values())) == len(keys)
+    assert feature_keys(list(columns)) == keys  # the same names, the same keys
+    assert feature_keys(["user_id", "C1", "_x"]) == {"user_id": "user_id", "C1": "C1", "_x": "_x"}
+    with pytest.raises(ValueError, match="ASCII identifier.*Received: name='user name'"):
+        CategoricalFeature("user name", 3)
+
+
+def test_any_header_text_is_a_column_name(tmp_path):
+    """Spreadsheet exports: a byte-order mark, spaces, symbols and accents in the names."""
+    header = "\ufeffuser name,price (€),usuário,dense,label"
+    rows = [f"ana {i % 7},{i * 0.5},x{i % 4},d{i % 3},{i % 2}" for i in range(80)]
+    path = tmp_path / "export.csv"
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    loaded = load_dataset(f"csv:{path}")
+    spec = loaded.feature_spec
+    assert spec.categorical_names == ("user_name", "usuario", "dense_2")
+    assert spec.columns == {"user name": "user_name", "usuário": "usuario", "dense": "dense_2"}
+    assert set(loaded.train.features) == {"user_name", "usuario", "dense_2", DENSE_FEATURE_NAME}
+    assert loaded.dense_names == ("price (€)",)
+    schema = loaded.schema
+    assert schema["categorical_columns"] == ["user name", "usuário", "dense"]
+    assert schema["feature_keys"] == spec.columns
+    assert schema["dense_columns"] == ["price (€)"] and schema["missing_values"] == {
+        "price (€)": 0}
+    text = describe_schema(schema)
+    assert "user name (input user_name; inferred: text" in text
+    assert "usuário (input usuario; inferred: text" in text
+    assert "price (€) (inferred: numbers)" in text
+    for name in ("mlp", "dcn"):  # Keras accepts the keys as input and layer names
+        model = build_model(name, spec, hidden_units=[4], embedding_dim=2) if name == "mlp" \
+            else build_model(name, spec, top_units=[4], bottom_units=[2], embedding_dim=2)
+        assert model(loaded.test.features).shape == (len(loaded.test), 1)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_label_column(tmp_path):
+    lines = ["label,user,item", *[f"{i % 2},u{i % 5},i{i % 3}" for i in range(40)]]
+    for compress in (False, True):
+        path = tmp_path / f"bom{compress}.csv"
+        data = ("\n".join(lines) + "\n").encode("utf-8-sig")
+        path.write_bytes(gzip.compress(data) if compress else data)
+        loaded = load_csv(path)
+        assert loaded.schema["label_column"] == "label"
+        assert loaded.feature_spec.categorical_names == ("user", "item")
 
 
 # --------------------------------------------------------------------------
@@ -368,6 +455,9 @@ def test_a_file_without_categorical_columns_names_the_flag(tmp_path):
         ("csv:/x.csv", dict(categorical_columns=["a"], dense_columns=["a", "b"]),
          r"\['a'\] are named in both --categorical_columns and --dense_columns"),
         ("csv:/x.csv#y", dict(dense_columns=["y"]), "label column 'y' cannot also be a feature"),
+        ("csv:/x.csv", dict(categorical_columns=["user", "label"]),
+         r"label column 'label' \(the default label; set --label_column to another\) cannot"),
+        ("tfrecord:/x/*", dict(dense_columns=["label"]), "'label' \\(the default label"),
         ("csv:/x.csv", dict(categorical_columns="user"), "not a string"),
         ("csv:/x.csv", dict(dense_columns=["a", "a"]), "unique, non-empty column names"),
         ("csv:/x.csv", dict(label_threshold=float("nan")), "finite number"),

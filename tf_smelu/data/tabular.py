@@ -31,7 +31,7 @@ import gzip
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TextIO, TypeVar
 
 import numpy as np
@@ -318,19 +318,26 @@ def read_delimited(
             except StopIteration:
                 version.require_unchanged()
                 return
-            except csv.Error as error:
-                raise MalformedRowError(path, reader.line_num, str(error)) from None
-            except UnicodeDecodeError as error:
-                raise MalformedRowError(
-                    path, _first_undecodable_line(path),
-                    f"not UTF-8 text (a binary file?): {error.reason}"
-                ) from None
-            except EOFError as error:  # gzip cut short
-                raise MalformedRowError(
-                    path, reader.line_num + 1, f"the gzip data is truncated: {error}"
-                ) from None
-            if fields:  # blank lines, e.g. a trailing empty line, carry no row
+            except (csv.Error, UnicodeDecodeError, EOFError) as error:
+                version.require_unchanged()  # damage may only be a write under way
+                raise _unreadable(path, reader.line_num, error) from None
+            if not fields:  # blank lines, e.g. a trailing empty line, carry no row
+                continue
+            try:
                 yield reader.line_num, fields
+            except GeneratorExit:  # the reader stops, e.g. at a bad row: a change is the cause
+                version.require_unchanged()
+                raise
+
+
+def _unreadable(path: str, line_number: int, error: Exception) -> MalformedRowError:
+    """The error of text the csv module could not read after `line_number`."""
+    if isinstance(error, UnicodeDecodeError):
+        return MalformedRowError(path, _first_undecodable_line(path),
+                                 f"not UTF-8 text (a binary file?): {error.reason}")
+    if isinstance(error, EOFError):  # gzip cut short
+        return MalformedRowError(path, line_number + 1, f"the gzip data is truncated: {error}")
+    return MalformedRowError(path, line_number, str(error))
 
 
 def parse_rows(
@@ -345,13 +352,17 @@ def parse_rows(
 
     With `on_error="raise"` a problem raises `MalformedRowError`
     naming the file and line; with `"skip"` the row is left out and
-    recorded in `skipped`.
+    recorded in `skipped`.  Before raising, `numbered_rows` is closed, so
+    that `read_delimited` can report a file changing while it is read (the
+    likely cause of a cut row) instead.
     """
     for line_number, fields in numbered_rows:
         try:
             parsed = parse_row(fields)
         except RowProblem as problem:
             if on_error == "raise":
+                if isinstance(numbered_rows, Generator):
+                    numbered_rows.close()
                 raise MalformedRowError(os.fspath(path), line_number, str(problem)) from None
             skipped.record(line_number, str(problem))
             continue
