@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -252,6 +254,60 @@ def test_damaged_files_and_bad_records_name_file_and_record(tmp_path, monkeypatc
     assert problem in message and "function_node" not in message
     if index is not None:
         assert error.record_index == index and f"at record index {index}:" in message
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("cut", [1, 11, 12, 16, -2], ids=lambda cut: {
+    1: "length", 11: "length_crc", 12: "data_start", 16: "data", -2: "data_crc"}[cut])
+def test_a_file_cut_anywhere_in_a_record_names_the_record(tmp_path, monkeypatch, cut,
+                                                          compress):
+    """Inside the 12-byte header TF's reader sees the end of the file; elsewhere it fails.
+
+    `compress`: a cut file gzipped afterwards (complete GZIP, cut records).
+    """
+    monkeypatch.setattr(tfrecord_lib, "INFER_RECORDS", 20)
+    monkeypatch.setattr(tfrecord_lib, "READ_BATCH_RECORDS", 16)
+    serialized = [_serialize(_record(i)) for i in range(40)]
+    whole = _write(tmp_path / "whole.tfrecord", serialized, serialized=True).read_bytes()
+    offset = sum(len(record) + 16 for record in serialized[:25])  # record 25 starts here
+    end = offset + 16 + len(serialized[25])
+    data = whole[: offset + cut if cut > 0 else end + cut]
+    path = tmp_path / "cut.tfrecord"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    with pytest.raises(MalformedRecordError) as raised:
+        load_dataset(f"tfrecord:{path}")
+    message = str(raised.value)
+    assert raised.value.record_index == 25, message
+    assert message.startswith(f"Bad TFRecord data in {path} at record index 25: ")
+    assert f" at {offset}" in message or f"byte offset {offset}" in message, message
+    assert "\n" not in message and "function_node" not in message and "'" not in message
+
+
+def test_a_file_that_changes_while_it_is_read_is_an_error(tmp_path, monkeypatch):
+    """Another program appends records after the reading began."""
+    path = _write(tmp_path / "growing.tfrecord", [_record(i) for i in range(30)])
+    more = _write(tmp_path / "more.tfrecord", [_record(i) for i in range(30, 40)]).read_bytes()
+    compression_type = tfrecord_lib.compression_type
+
+    def detect_while_another_program_appends(name):
+        with open(name, "ab") as writer:
+            writer.write(more)
+        return compression_type(name)
+
+    monkeypatch.setattr(tfrecord_lib, "compression_type", detect_while_another_program_appends)
+    with pytest.raises(DataFileError, match=f"{path} changed while it was read"):
+        load_tfrecord(path)
+
+
+def test_any_feature_name_gets_a_key(tmp_path):
+    path = _write(tmp_path / "names.tfrecord", [
+        {"user name": b"u%d" % (i % 5), "item.id": i % 7, "label": i % 2} for i in range(60)])
+    loaded = load_tfrecord(path)
+    assert loaded.feature_spec.columns == {"item.id": "item_id", "user name": "user_name"}
+    assert loaded.schema["categorical_columns"] == ["item.id", "user name"]
+    assert set(loaded.train.features) == {"item_id", "user_name", DENSE_FEATURE_NAME}
+    model = build_model("mlp", loaded.feature_spec, hidden_units=[4], embedding_dim=2)
+    assert model(loaded.test.features).shape == (len(loaded.test), 1)
 
 
 def test_a_type_change_within_the_inspected_records_is_found_too(tmp_path):
