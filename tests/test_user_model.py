@@ -38,12 +38,16 @@ USER_MODELS = textwrap.dedent('''
 
 
     def functional(feature_spec, activation="relu", seeds=None, names=None, id_dtype="int64",
-                   output_units=1, output_activation="sigmoid"):
-        """ReLU in Dense `activation=`, a ReLU() layer; a sigmoid click output."""
+                   output_units=1, output_activation="sigmoid", dense=True, as_list=False):
+        """ReLU in Dense `activation=`, a ReLU() layer; a sigmoid click output.
+
+        `dense=False` leaves the dense features out; `as_list` takes a list of inputs.
+        """
         embedding_seed, tower_seed = seeds or (None, None)
         names = names or feature_spec.categorical_names
         inputs = {name: keras.Input(shape=(), dtype=id_dtype, name=name) for name in names}
-        inputs["dense"] = keras.Input(shape=(feature_spec.num_dense,), name="dense")
+        if dense:
+            inputs["dense"] = keras.Input(shape=(feature_spec.num_dense,), name="dense")
         embedded = [
             keras.layers.Embedding(
                 feature.vocab_size, 4, name=f"embedding_{feature.name}",
@@ -51,7 +55,7 @@ USER_MODELS = textwrap.dedent('''
                     "uniform", derive_seed(embedding_seed, feature.name)))(inputs[name])
             for name, feature in zip(names, feature_spec.categorical)
         ]
-        x = keras.layers.Concatenate(name="concat")([*embedded, inputs["dense"]])
+        x = keras.layers.Concatenate(name="concat")([*embedded, *([inputs["dense"]] if dense else [])])
         kernel = lambda role: seeded_initializer("glorot_uniform", derive_seed(tower_seed, role))
         if activation == "relu":
             x = keras.layers.Dense(16, activation="relu", kernel_initializer=kernel("h1"),
@@ -65,11 +69,22 @@ USER_MODELS = textwrap.dedent('''
             x = activation_layer(activation, "hidden_2_activation")(x)
         outputs = keras.layers.Dense(output_units, activation=output_activation,
                                      kernel_initializer=kernel("click"), name="click")(x)
-        return keras.Model(inputs, outputs, name="user_model")
+        return keras.Model(list(inputs.values()) if as_list else inputs, outputs,
+                           name="user_model")
 
 
     def template(feature_spec):
         return functional(feature_spec)
+
+
+    def ids_only(feature_spec):
+        return functional(feature_spec, dense=False)
+
+
+    def first_ids_as_list(feature_spec, activation, embedding_seed, tower_seed):
+        return functional(feature_spec, activation, (embedding_seed, tower_seed),
+                          names=feature_spec.categorical_names[:2], dense=False,
+                          as_list=True, output_activation=None)
 
 
     def replica(feature_spec, activation, embedding_seed, tower_seed):
@@ -182,6 +197,54 @@ def test_inputs_that_do_not_match_the_data_list_both_sides(save, data):
     assert f"data features: {[*spec.categorical_names, 'dense']}" in message
     assert "missing from the data: ['user']" in message
     assert "not taken by the model: ['user_id']" in message
+
+
+@pytest.fixture(scope="module")
+def ids_only_data(tmp_path_factory):
+    """A CSV of id columns only (one named with a space): the dense feature is a constant."""
+    path = tmp_path_factory.mktemp("ids") / "ids.csv"
+    path.write_text("user name,item,click\n" + "".join(
+        f"u{i % 11},i{(i * 3) % 7},{int(i % 3 == 0)}\n" for i in range(300)), encoding="utf-8")
+    return load_training_data(TrainingConfig(dataset=f"csv:{path}", label_column="click"))
+
+
+def _inner_model(replica: keras.Model) -> keras.Model:
+    (inner,) = [layer for layer in replica.layers if isinstance(layer, keras.Model)]
+    return inner
+
+
+@pytest.mark.parametrize("source", ["file", "function"])
+def test_a_model_of_the_id_columns_only_is_used_on_data_without_numbers(
+        source, save, ids_only_data, caplog):
+    spec = ids_only_data.feature_spec
+    assert spec.categorical_names == ("user_name", "item")
+    model = save(spec=spec, dense=False) if source == "file" else "user_models:ids_only"
+    with caplog.at_level("WARNING"):
+        builder = UserModelBuilder(model, spec)
+    assert builder.ignored_features == ("dense",)
+    assert [r.getMessage() for r in caplog.records if "ignores" in r.getMessage()] == [
+        f"Your model {model} takes 2 of the data's 3 features; it ignores dense."]
+    replica = builder("relu", embedding_seed=1, tower_seed=2)
+    features = {k: v[:50] for k, v in ids_only_data.test.features.items()}
+    inner = _inner_model(replica)
+    expected = inner({name: features[name] for name in ("user_name", "item")})
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(replica(features)),
+                                  keras.ops.convert_to_numpy(expected))
+
+
+def test_a_model_of_some_features_gets_exactly_its_inputs(user_models, data, caplog):
+    """A list of inputs, two of the six id fields, no dense: the rest is never fed to it."""
+    spec = data.feature_spec
+    with caplog.at_level("WARNING"):
+        builder = UserModelBuilder("user_models:first_ids_as_list", spec)
+    assert builder.ignored_features == (*spec.categorical_names[2:], "dense")
+    assert "takes 2 of the data's 7 features; it ignores category, device" in caplog.text
+    replica = builder(smelu_layers.SmeLU(beta=0.3), embedding_seed=1, tower_seed=2)
+    features = {k: v[:20] for k, v in data.test.features.items()}
+    names = spec.categorical_names[:2]
+    expected = _inner_model(replica)([features[name] for name in names])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(replica(features)),
+                                  keras.ops.convert_to_numpy(expected))
 
 
 @pytest.mark.parametrize("options, message", [
