@@ -281,3 +281,91 @@ def test_worker_mistakes_end_in_one_line(case, tmp_path):
 def test_launcher_without_a_command_ends_in_one_line():
     result = _run(["-m", "tf_smelu.training.launcher", "--num_workers=2"], timeout=120)
     _assert_one_line_error(result, "command after `--`")
+
+
+# ---- data (issue 20) ----
+# A careful user's data: spreadsheet column names, a model of the id columns only, a cut
+# TFRecord file, the default label named among the features.
+
+
+@pytest.fixture(scope="module")
+def spreadsheet_export(tmp_path_factory):
+    """A UTF-8 CSV with a byte-order mark, names no identifier rule allows and no number
+    column, and a model (`ids_model:build`) that takes only the two id columns."""
+    root = tmp_path_factory.mktemp("spreadsheet")
+    lines = ["user name,usuário,label", *[
+        f"ana {i % 13},loja {(i * 5) % 9},{int(i % 4 == 0)}" for i in range(800)]]
+    (root / "export.csv").write_bytes(("\n".join(lines) + "\n").encode("utf-8-sig"))
+    (root / "ids_model.py").write_text(
+        "import keras\n\n\n"
+        "def build(feature_spec):\n"
+        "    inputs = {f.name: keras.Input(shape=(), dtype='int64', name=f.name)\n"
+        "              for f in feature_spec.categorical}\n"
+        "    embedded = [keras.layers.Embedding(f.vocab_size, 4)(inputs[f.name])\n"
+        "                for f in feature_spec.categorical]\n"
+        "    hidden = keras.layers.Dense(8, activation='relu')(\n"
+        "        keras.layers.Concatenate()(embedded))\n"
+        "    return keras.Model(inputs, keras.layers.Dense(1)(hidden))\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.slow
+def test_a_spreadsheet_export_trains_a_model_of_its_id_columns(spreadsheet_export, tmp_path,
+                                                               validate_results, monkeypatch):
+    """BOM, `user name`, `usuário`, no number column, a model of the ids only: it runs."""
+    output = tmp_path / "out"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(spreadsheet_export), os.environ.get("PYTHONPATH")])))
+    result = _run([MAIN_JOB, *TINY, f"--dataset=csv:{spreadsheet_export}/export.csv",
+                   "--model=ids_model:build", f"--output_dir={output}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "label: label, 0/1 (label_column default" in result.stdout  # no BOM in the name
+    assert "user name (input user_name; inferred: text" in result.stdout
+    assert "usuário (input usuario; inferred: text" in result.stdout
+    ignored = [line for line in result.stderr.splitlines() if "it ignores" in line]
+    assert len(ignored) == 1 and ignored[0].endswith(
+        "Your model ids_model:build takes 2 of the data's 3 features; it ignores dense."), ignored
+    content = validate_results(output / "results.json")
+    schema = content["data"]["schema"]
+    assert schema["categorical_columns"] == ["user name", "usuário"]
+    assert schema["feature_keys"] == {"user name": "user_name", "usuário": "usuario"}
+    assert all(math.isfinite(row["auc_mean"]) for row in content["results"])
+
+
+def _tfrecord_cut_in_a_header(root) -> str:
+    import tensorflow as tf
+
+    path = os.path.join(root, "cut.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for index in range(600):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "user": tf.train.Feature(int64_list=tf.train.Int64List(value=[index % 9])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[index % 2])),
+            })).SerializeToString())
+    with open(path, "rb") as stream:
+        data = stream.read()
+    with open(path, "wb") as stream:  # 300 whole records, then 5 bytes of a header
+        stream.write(data[: 300 * (len(data) // 600) + 5])
+    return path
+
+
+DATA_CASES = {
+    "a plain TFRecord cut inside a record header": (
+        lambda root: [f"--dataset=tfrecord:{_tfrecord_cut_in_a_header(root)}"],
+        ["cut.tfrecord", "record index 300", "byte offset"]),
+    "the default label among the features": (
+        lambda root: [f"--dataset=csv:{root}/export.csv", "--categorical_columns=user,label"],
+        ["'label' (the default label; set --label_column to another) cannot also be a feature"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(DATA_CASES))
+def test_data_mistakes_end_in_one_line_before_training(case, spreadsheet_export, tmp_path):
+    make_args, fragments = DATA_CASES[case]
+    result = _run([MAIN_JOB, *TINY, *make_args(tmp_path if "TFRecord" in case
+                                               else spreadsheet_export),
+                   f"--output_dir={tmp_path / 'out'}"])
+    _assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out" / "results.json").exists()
