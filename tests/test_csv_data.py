@@ -205,7 +205,7 @@ def test_binary_and_truncated_files_are_data_errors(tmp_path, content, message):
         load_csv(path)
 
 
-@pytest.mark.parametrize("change", ["append", "truncate", "touch"])
+@pytest.mark.parametrize("change", ["append", "truncate", "touch", "remove"])
 def test_a_file_that_changes_while_it_is_read_is_an_error(tmp_path, monkeypatch, change):
     """Another program appends to, cuts or rewrites the file after reading began."""
     path = _write_csv(tmp_path, [HEADER, *_data_lines()])
@@ -218,6 +218,8 @@ def test_a_file_that_changes_while_it_is_read_is_an_error(tmp_path, monkeypatch,
                 writer.write("u1,rome,2.0,21,1\n")
         elif change == "truncate":
             os.truncate(name, os.path.getsize(name) // 2)
+        elif change == "remove":  # the open stream still reads the old content
+            os.remove(name)
         else:  # same size, new content
             os.utime(name, ns=(0, os.stat(name).st_mtime_ns + 1_000_000_000))
         return stream
@@ -227,6 +229,8 @@ def test_a_file_that_changes_while_it_is_read_is_an_error(tmp_path, monkeypatch,
                        ) as raised:
         load_csv(path)
     assert isinstance(raised.value, DATA_ERRORS) and "\n" not in str(raised.value)
+    assert {"append": "bytes", "truncate": "bytes", "touch": "(modified)",
+            "remove": "(removed)"}[change] in str(raised.value)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

@@ -55,7 +55,8 @@ USER_MODELS = textwrap.dedent('''
                     "uniform", derive_seed(embedding_seed, feature.name)))(inputs[name])
             for name, feature in zip(names, feature_spec.categorical)
         ]
-        x = keras.layers.Concatenate(name="concat")([*embedded, *([inputs["dense"]] if dense else [])])
+        x = keras.layers.Concatenate(name="concat")(
+            [*embedded, *([inputs["dense"]] if dense else [])])
         kernel = lambda role: seeded_initializer("glorot_uniform", derive_seed(tower_seed, role))
         if activation == "relu":
             x = keras.layers.Dense(16, activation="relu", kernel_initializer=kernel("h1"),

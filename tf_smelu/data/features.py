@@ -56,11 +56,12 @@ def feature_keys(columns: Iterable[str]) -> dict[str, str]:
     """The feature key of every column name: the one rule for feature names.
 
     A column whose name is already a feature key (`is_feature_key`) other
-    than `DENSE_FEATURE_NAME` keeps it.  Every other name is reduced to an ASCII identifier (accents
-    dropped, any other run of characters that are not letters or digits
-    replaced by `_`, `f_` before a leading digit, `feature` if nothing is
-    left) and, if that key is taken, suffixed `_2`, `_3`, ...  Keys depend
-    only on the names and their order, so every run derives the same ones.
+    than `DENSE_FEATURE_NAME` keeps it.  Every other name is reduced to an
+    ASCII identifier (accents dropped, any other run of characters that are
+    not letters or digits replaced by `_`, `f_` before a leading digit,
+    `feature` if nothing is left) and, if that key is taken, suffixed `_2`,
+    `_3`, ...  Keys depend only on the names and their order, so every run
+    derives the same ones.
 
     Example: `user name, price (€), usuário, 2nd, dense, user_name` ->
     `user_name_2, price, usuario, f_2nd, dense_2, user_name`.

@@ -485,7 +485,7 @@ def describe_schema(schema: Mapping) -> str:
     ```
     Data csv:/data/ratings.csv (1,000 rows read)
       label: rating >= 4.0 (label_column given, label_threshold given)
-      categorical (2): user name (input user_name; inferred: text, e.g. 'ann' at line 2), item_id (...)
+      categorical (2): user name (input user_name; inferred: text, e.g. 'ann'...), item_id (...)
       dense (1): timestamp (inferred: whole numbers, time-like name)
       missing values (dense, replaced by the training mean): timestamp 3
     ```

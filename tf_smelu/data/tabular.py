@@ -250,10 +250,13 @@ class FileVersion:
         Raises:
             DataFileError: Naming the file and what changed.
         """
-        now = FileVersion.of(self.path)
+        try:
+            now = FileVersion.of(self.path)
+        except DataFileError:
+            now = None
         if now != self:
-            change = (f"{self.size:,} -> {now.size:,} bytes" if now.size != self.size
-                      else "modified")
+            change = ("removed" if now is None else f"{self.size:,} -> {now.size:,} bytes"
+                      if now.size != self.size else "modified")
             raise DataFileError(
                 f"{self.path} changed while it was read ({change}): is something still writing "
                 "or copying it? Run again when it is complete."
