@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import inspect
+import re
 
 import keras
 import numpy as np
@@ -109,3 +111,11 @@ def test_saved_predictions_of_another_shape_fail_before_the_first_step(reference
     with pytest.raises(ValueError, match=r"\.keras.*\.npy.*Received: reference=.*reference.txt"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[
             PredictionDifferenceCallback(tmp_path / "reference.txt", held_out)])
+
+
+def test_the_docstring_example_runs(capsys):
+    [example] = re.findall(r"```python\n(.*?)```", inspect.getdoc(PredictionDifferenceCallback),
+                           flags=re.S)
+    exec(compile(example, "PredictionDifferenceCallback", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("[") and len(printed.split(",")) == 2  # one PD per epoch

@@ -50,15 +50,26 @@ def _build_mlp(seed: int) -> keras.Model:
     return model
 
 
+def _build_with_dropout(seed: int) -> keras.Model:
+    model = keras.Sequential([
+        keras.Input((FEATURES,)),
+        keras.layers.Dense(12, activation="relu"),
+        keras.layers.Dropout(0.2),  # its masks follow the pinned seed too
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    return model
+
+
 def test_no_source_gives_bit_identical_replicas_and_restores_op_determinism():
     train, held_out = _data()
     before = tf_config.is_op_determinism_enabled()
-    [row] = ReplicaStudy(_build_mlp, train, held_out, replicas=2, sources=()).run()
+    [row] = ReplicaStudy(_build_with_dropout, train, held_out, replicas=2, sources=(), epochs=2).run()
     assert row["identical_replicas"] is True
     assert row["rel_pd"] == 0.0 and row["abs_pd"] == 0.0
     assert tf_config.is_op_determinism_enabled() == before
     # The replicas did learn: the control is not two untrained models.
-    assert row["auc_mean"] > 0.8
+    assert row["steps"] == 32 and row["auc_mean"] > 0.75, row["auc_mean"]
 
 
 @pytest.mark.parametrize("sources, as_function", [

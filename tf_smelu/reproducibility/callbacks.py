@@ -106,12 +106,8 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
 
     def _probabilities(self, model: keras.Model, what: str,
                        predicted: object = None) -> outputs_lib.Outputs:
-        if predicted is None:
-            predicted = model.predict(self.x, batch_size=self.batch_size, verbose=0)
-        named = outputs_lib.named_outputs(model, predicted, f"predictions of {what}")
-        logits = outputs_lib.logits_by_output(model, list(named), self.from_logits)
-        return {name: outputs_lib.to_probabilities(values, logits[name], f"{what}, output {name!r}")
-                for name, values in named.items()}
+        return outputs_lib.model_probabilities(model, self.x, self.from_logits, self.batch_size,
+                                               what, predicted)
 
     def _reference_probabilities(self) -> outputs_lib.Outputs:
         reference = self.reference
@@ -121,13 +117,14 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
             try:
                 predicted = reference.predict(self.x, batch_size=self.batch_size, verbose=0)
             except Exception as error:  # Keras raises several types for mismatched inputs.
+                first_line = (str(error).strip().splitlines() or [""])[0]
                 raise ValueError(
                     f"The reference model {reference.name!r} cannot predict the held-out data "
                     f"(do its inputs match the model's?). Received: {type(error).__name__}: "
-                    f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                    f"{first_line}"
                 ) from error
             return self._probabilities(reference, f"reference model {reference.name!r}", predicted)
-        named = outputs_lib.named_outputs(self.model, reference, "reference predictions")
+        named = outputs_lib.named_outputs(self.model, reference)
         return {name: outputs_lib.to_probabilities(values, False, f"reference output {name!r}")
                 for name, values in named.items()}
 

@@ -27,17 +27,14 @@ def output_names(model: keras.Model, count: int) -> list[str]:
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
-def named_outputs(model: keras.Model, structure: object, what: str) -> Outputs:
+def named_outputs(model: keras.Model, structure: object) -> Outputs:
     """`model.predict`-shaped data (an array, a list or a dict) as `{output name: array}`.
 
     Args:
-        model: The model whose outputs `structure` follows.
+        model: The model whose outputs `structure` follows (a list takes
+            the names of its outputs).
         structure: One array, a list/tuple of arrays (one per output, in
             order) or a dict keyed by output name.
-        what: What `structure` is, for error messages (e.g. `"held-out labels"`).
-
-    Raises:
-        ValueError: A list or dict whose length does not match the outputs'.
     """
     if isinstance(structure, Mapping):
         return {str(name): np.asarray(value) for name, value in structure.items()}
@@ -117,6 +114,29 @@ def to_probabilities(values: np.ndarray, from_logits: bool, where: str) -> np.nd
             f"[{np.nanmin(values):g}, {np.nanmax(values):g}], from_logits=False"
         )
     return values
+
+
+def model_probabilities(model: keras.Model, x: object, from_logits, batch_size: int,
+                        what: str, predicted: object = None) -> Outputs:
+    """A model's predictions of `x` as probabilities by output name.
+
+    Args:
+        model: The model.
+        x: Its inputs, anything `model.predict` takes.
+        from_logits: As `logits_by_output` takes it.
+        batch_size: Of `model.predict`.
+        what: Names the model in error messages.
+        predicted: The model's predictions of `x` if already made.
+
+    Raises:
+        ValueError: See `logits_by_output` and `to_probabilities`.
+    """
+    if predicted is None:
+        predicted = model.predict(x, batch_size=batch_size, verbose=0)
+    named = named_outputs(model, predicted)
+    logits = logits_by_output(model, list(named), from_logits)
+    return {name: to_probabilities(values, logits[name], f"{what}, output {name!r}")
+            for name, values in named.items()}
 
 
 def is_multiclass(probabilities: np.ndarray) -> bool:

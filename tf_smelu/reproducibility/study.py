@@ -46,6 +46,7 @@ dataset.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -245,7 +246,8 @@ class ReplicaStudy:
             specs = [first, *(s for s in specs if s != first)]
         rows = []
         for spec in specs:
-            rows += self._rows(spec, self._train(convert=lambda model, s=spec: _converted(model, s)))
+            replicas = self._train(convert=functools.partial(_converted, activation=spec))
+            rows += self._rows(spec, replicas)
         return rows
 
     def _train(self, convert: Callable[[keras.Model], keras.Model] | None) -> _Replicas:
@@ -287,17 +289,12 @@ class ReplicaStudy:
         return model
 
     def _probabilities(self, model: keras.Model) -> outputs_lib.Outputs:
-        """The model's held-out probabilities by output name."""
-        predicted = model.predict(self._features, batch_size=self.predict_batch_size, verbose=0)
-        named = outputs_lib.named_outputs(model, predicted, "predictions")
-        logits = outputs_lib.logits_by_output(model, list(named), self.from_logits)
-        return {name: outputs_lib.to_probabilities(
-                    values, logits[name], f"output {name!r} on the held-out data")
-                for name, values in named.items()}
+        return outputs_lib.model_probabilities(model, self._features, self.from_logits,
+                                               self.predict_batch_size, "the model on the held-out data")
 
     def _check_before_training(self, model: keras.Model, result: _Replicas) -> None:
         """Predicts the held-out data with the untrained first replica: mistakes show now."""
-        result.labels = outputs_lib.named_outputs(model, self._labels, "held-out labels")
+        result.labels = outputs_lib.named_outputs(model, self._labels)
         missing = sorted(set(self._probabilities(model)) - set(result.labels))
         if missing:
             raise ValueError(f"The held-out labels have no output(s) {missing}. "
