@@ -375,10 +375,27 @@ def test_replica_study_refuses_data_that_can_be_read_only_once():
     from tf_smelu.reproducibility import ReplicaStudy
 
     train, held_out, build_model = _study_inputs()
-    batches = iter(list(train.as_numpy_iterator()))  # one pass, then exhausted
-    once = tf.data.Dataset.from_generator(lambda: batches, output_signature=train.element_spec)
+    def read_once():
+        batches = iter(list(train.as_numpy_iterator()))  # one pass, then exhausted
+        return tf.data.Dataset.from_generator(lambda: batches, output_signature=train.element_spec)
+
+    # Order pinned: refused when the study is made (the second read starts elsewhere).
+    with pytest.raises(ValueError, match="another first batch.*read only once"):
+        ReplicaStudy(build_model, read_once(), held_out)
+    # Order varied: the second replica gets fewer steps, before it is used.
     with pytest.raises(ValueError, match="replica 0 .* steps but replica 1 .*iterated only once"):
-        ReplicaStudy(build_model, once, held_out, replicas=2).run()
+        ReplicaStudy(build_model, read_once(), held_out, sources=("order",),
+                     shuffle_buffer=4).run()
+
+
+def test_replica_study_refuses_a_self_reshuffling_dataset_when_the_order_is_pinned():
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    train, held_out, build_model = _study_inputs()
+    reshuffling = train.unbatch().shuffle(200, reshuffle_each_iteration=True).batch(50)
+    with pytest.raises(ValueError, match="reshuffles itself.*Received: sources=\\('init',\\)"):
+        ReplicaStudy(build_model, reshuffling, held_out)
+    ReplicaStudy(build_model, reshuffling, held_out, sources=("order",), shuffle_buffer=4)
 
 
 def test_churn_callback_mistakes_stop_fit_before_the_first_step(tmp_path):
@@ -400,3 +417,17 @@ def test_churn_callback_mistakes_stop_fit_before_the_first_step(tmp_path):
             build_model(0).fit(x, y, verbose=0, callbacks=[
                 PredictionDifferenceCallback(reference, x), counting])
     assert steps == []
+
+
+def test_replica_study_refuses_empty_training_data():
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    _, held_out, build_model = _study_inputs()
+    empty = tf.data.Dataset.from_tensor_slices((np.zeros((0, 4), "float32"), np.zeros(0))).batch(5)
+    with pytest.raises(ValueError, match="`train_data` is empty"):
+        ReplicaStudy(build_model, empty, held_out)
+    with pytest.raises(ValueError, match="Replica 0 trained no step"):
+        ReplicaStudy(build_model, empty, held_out, sources=("order",), shuffle_buffer=4).run()

@@ -28,9 +28,9 @@ What varies between replicas (`sources`), everything else being pinned:
   `shuffle_buffer=` or a function); or pass `make_dataset(order_seed)`, a
   function returning the dataset for a seed, to shuffle examples your own
   way. With `"order"` off the dataset is read as given (a function gets the
-  same seed for every replica); a dataset that reshuffles itself
-  (`reshuffle_each_iteration=True` in your pipeline) is not pinned by the
-  study: pass a function instead.
+  same seed for every replica: seed your shuffles with it); a dataset whose
+  first batch differs when it is read again (it reshuffles itself, or can
+  be read only once) is refused then, since its order would not be pinned.
 * `"op_nondeterminism"`: TensorFlow's op determinism stays off. Without it,
   `tf.config.experimental.enable_op_determinism()` is on while the study
   trains and predicts, and the previous setting is restored afterwards, so
@@ -189,7 +189,7 @@ class ReplicaStudy:
         self.from_logits = from_logits
         self.predict_batch_size = predict_batch_size
         self.fit_kwargs = _check_fit_kwargs(fit_kwargs)
-        self._make_dataset = _dataset_factory(train_data, "order" in self.sources, shuffle_buffer)
+        self._make_dataset = _dataset_factory(train_data, self.sources, shuffle_buffer)
         self._features, self._labels = _read_held_out(held_out)
 
     @property
@@ -269,7 +269,7 @@ class ReplicaStudy:
                                     **{"verbose": 0, **self.fit_kwargs, "shuffle": False})
                 result.seconds += time.perf_counter() - start
                 result.steps.append(int(model.optimizer.iterations.numpy()))
-                _check_steps(result.steps, index)
+                _check_steps(result.steps, index, trained=bool(history.history))
                 result.histories.append({k: float(v[-1]) for k, v in history.history.items()})
                 self._predict(model, result)
         return result
@@ -388,15 +388,24 @@ def _converted(model: keras.Model, activation: Activation) -> keras.Model:
     return converted
 
 
-def _check_steps(steps: list[int], index: int) -> None:
-    if steps[index] == 0:
-        raise ValueError(f"Replica {index} trained no step: the training data gave no batch.")
-    if steps[index] != steps[0]:
+def _check_steps(steps: list[int], index: int, trained: bool) -> None:
+    """Every replica must have trained on as many batches as the first.
+
+    Args:
+        steps: The optimizer's iterations after each replica's `fit` so far.
+        index: The replica just trained.
+        trained: Whether its `fit` finished an epoch (Keras logs nothing,
+            yet counts iterations, when the data gives no batch).
+    """
+    if index == 0 and not trained:
+        raise ValueError("Replica 0 trained no step: the training data gave no batch.")
+    if not trained or steps[index] != steps[0]:
         raise ValueError(
             f"The training data gave replica 0 {steps[0]} steps but replica {index} "
-            f"{steps[index]}: it must give the same number of batches every time it is iterated "
-            "(e.g. `Dataset.from_generator` over an already-created generator can be iterated "
-            "only once; pass a function that creates the generator, or `make_dataset(order_seed)`)."
+            f"{steps[index] if trained else 0}: it must give the same number of batches every "
+            "time it is iterated (e.g. `Dataset.from_generator` over an already-created "
+            "generator can be iterated only once; pass a function that creates the generator, "
+            "or `make_dataset(order_seed)`)."
         )
 
 
@@ -423,7 +432,7 @@ def _check_fit_kwargs(fit_kwargs: dict[str, object]) -> dict[str, object]:
     return dict(fit_kwargs)
 
 
-def _dataset_factory(train_data, shuffled: bool, buffer: int | None) -> MakeDataset:
+def _dataset_factory(train_data, sources: tuple[str, ...], buffer: int | None) -> MakeDataset:
     """`make_dataset(order_seed)` for the training data, shuffling a dataset if asked."""
     if callable(train_data) and not isinstance(train_data, tf.data.Dataset):
         return train_data
@@ -432,7 +441,8 @@ def _dataset_factory(train_data, shuffled: bool, buffer: int | None) -> MakeData
             "`train_data` must be a tf.data.Dataset or a function `make_dataset(order_seed)` "
             f"returning one. Received: {type(train_data).__name__}"
         )
-    if not shuffled:
+    if "order" not in sources:
+        _check_same_first_batch(train_data, sources)
         return lambda order_seed: train_data
     if buffer is None:
         cardinality = int(train_data.cardinality())
@@ -450,6 +460,25 @@ def _dataset_factory(train_data, shuffled: bool, buffer: int | None) -> MakeData
                          f"Received: shuffle_buffer={buffer!r}")
     return lambda order_seed: train_data.shuffle(
         buffer, seed=order_seed, reshuffle_each_iteration=True)
+
+
+def _check_same_first_batch(dataset: tf.data.Dataset, sources: tuple[str, ...]) -> None:
+    """With the order pinned, the data must start with the same batch every time it is read."""
+    # Two reads of one batch each: cheap, and a reshuffling or one-shot dataset shows at once.
+    first, again = (next(iter(dataset.take(1).as_numpy_iterator()), None) for _ in range(2))
+    if first is None:
+        raise ValueError("`train_data` is empty. Received: a dataset that gave no element")
+    if again is None or not all(
+            np.array_equal(a, b) for a, b in zip(keras.tree.flatten(first), keras.tree.flatten(again))):
+        raise ValueError(
+            "`train_data` gave another first batch when it was read again, so the data order "
+            "is not pinned although `sources` does not contain 'order': it reshuffles itself "
+            "(a shuffle with reshuffle_each_iteration=True in your pipeline) or can be read only "
+            "once (e.g. `Dataset.from_generator` over an existing generator). Pass "
+            "`make_dataset(order_seed)` (seed your shuffles with order_seed), a dataset that "
+            "reads the same way every time, or add 'order' to `sources`. "
+            f"Received: sources={sources!r}"
+        )
 
 
 def _read_held_out(held_out) -> tuple[object, object]:
