@@ -205,8 +205,17 @@ class ReplicaStudy:
         """Trains R replicas of the model as `build_model` returns it.
 
         Returns:
-            One row per model output (`docs/results.schema.json`), with
-            `activation` `"model"` (the model's own activations).
+            One row per model output, with `activation` `"model"` (the
+            model's own activations). Rows have the fields of
+            `docs/results.schema.json` (per-replica `aucs`, `abs_pd`,
+            `rel_pd` with its replica-bootstrap `rel_pd_ci`, `rel_pd_pairs`,
+            `train_loss`, `steps`, `train_seconds` of all fits) and also
+            `output` (its name), `trainer` (`"keras_fit"`), `eval_metrics`
+            (the compiled metrics on the held-out data, per replica) and
+            `fit_logs` (each replica's last-epoch `fit` logs). A multi-class
+            output's AUC, log loss and PD are over its N x K one-vs-rest
+            probabilities, and it adds `classes`, `top1_pd`, `top1_pd_ci`,
+            `l1_pd` and `l1_pd_ci`.
 
         Raises:
             ValueError: See `ReplicaStudy`; also a `build_model` that returns
