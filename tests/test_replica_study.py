@@ -76,13 +76,22 @@ def test_no_source_gives_bit_identical_replicas_and_restores_op_determinism():
     (("init",), False), (("order",), False), (("order",), True)])
 def test_each_source_alone_makes_replicas_differ(sources, as_function):
     train, held_out = _data()
-    orders = []
+    orders, models = [], []
+
+    def build(seed):
+        models.append(_build_mlp(seed))
+        return models[-1]
+
     data = _make_dataset(orders) if as_function else train
-    [row] = ReplicaStudy(_build_mlp, data, held_out, replicas=2, sources=sources).run()
+    [row] = ReplicaStudy(build, data, held_out, replicas=2, sources=sources).run()
     assert row["sources"] == list(sources)
     assert row["identical_replicas"] is False
     assert 0 < row["rel_pd"] < 2 and 0 < row["abs_pd"] < 1
     assert row["rel_pd_pairs"] == [row["rel_pd"]]
+    # The row's PD is tf_smelu.metrics' PD of the trained replicas' predictions.
+    p, q = (model.predict(held_out[0], verbose=0)[:, 0] for model in models)
+    assert row["rel_pd"] == pytest.approx(metrics.relative_pd(p, q), rel=1e-12)
+    assert row["abs_pd"] == pytest.approx(metrics.absolute_pd(p, q), rel=1e-12)
     if as_function:
         assert len(orders) == 2 and orders[0] != orders[1]
 
@@ -98,10 +107,10 @@ def test_pinned_order_gives_a_function_the_same_seed_for_every_replica():
 def test_compare_rows_match_the_schema_and_render_through_the_report(tmp_path, validate_results):
     train, held_out = _data()
     study = ReplicaStudy(_build_mlp, train, held_out, replicas=2, sources=("init",), epochs=1)
-    rows = study.run() + study.compare(["smelu:1"])
-    assert [r["label"] for r in rows] == ["model", "relu", "smelu(β=1)"]
-    assert [r.get("spec") for r in rows] == [None, "relu", "smelu:1.0"]
-    relu = rows[1]
+    rows = study.compare(["smelu:1"])  # ReLU, the baseline, is added first
+    assert [r["label"] for r in rows] == ["relu", "smelu(β=1)"]
+    assert [r["spec"] for r in rows] == ["relu", "smelu:1.0"]
+    relu = rows[0]
     assert len(relu["aucs"]) == 2 and relu["rel_pd_ci"] == [pytest.approx(np.nan, nan_ok=True)] * 2
     # The model's own compiled AUC (Keras' approximation) agrees with the row's.
     assert relu["eval_metrics"]["auc"] == pytest.approx(relu["aucs"], abs=0.01)
@@ -202,18 +211,3 @@ def test_fit_arguments_reach_every_replica_unchanged():
     assert row["fit_logs"]["learning_rate"] == pytest.approx([0.01, 0.01])
     assert row["steps"] == 32  # 2 epochs of 16 batches
     assert study.config["callbacks"] == ["LearningRateScheduler"]
-
-
-def test_pd_of_the_rows_is_the_offline_pd_of_the_replicas():
-    # The row's PD is tf_smelu.metrics over the same models' predictions.
-    train, held_out = _data()
-    models = []
-
-    def build(seed):
-        models.append(_build_mlp(seed))
-        return models[-1]
-
-    [row] = ReplicaStudy(build, train, held_out, replicas=2, sources=("init",)).run()
-    p, q = (m.predict(held_out[0], verbose=0)[:, 0] for m in models)
-    assert row["rel_pd"] == pytest.approx(metrics.relative_pd(p, q), rel=1e-12)
-    assert row["abs_pd"] == pytest.approx(metrics.absolute_pd(p, q), rel=1e-12)
