@@ -431,3 +431,26 @@ def test_replica_study_refuses_empty_training_data():
         ReplicaStudy(build_model, empty, held_out)
     with pytest.raises(ValueError, match="Replica 0 trained no step"):
         ReplicaStudy(build_model, empty, held_out, sources=("order",), shuffle_buffer=4).run()
+
+
+def test_replica_study_held_out_labels_must_name_every_output():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    x = np.random.default_rng(0).normal(size=(120, 4)).astype("float32")
+    labels = {"click": (x[:, 0] > 0).astype("float32"), "like": (x[:, 1] > 0).astype("float32")}
+
+    def build(seed):
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(4, activation="relu")(inputs)
+        model = keras.Model(inputs, {name: keras.layers.Dense(1, "sigmoid", name=name)(hidden)
+                                     for name in labels})
+        model.compile("adam", "binary_crossentropy")
+        return model
+
+    train = tf.data.Dataset.from_tensor_slices((x, labels)).batch(40)
+    with pytest.raises(ValueError, match=r"no output\(s\) \['like'\].*Received: labels for \['click'\]"):
+        ReplicaStudy(build, train, (x, {"click": labels["click"]})).run()
