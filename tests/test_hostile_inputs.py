@@ -369,3 +369,174 @@ def test_data_mistakes_end_in_one_line_before_training(case, spreadsheet_export,
                    f"--output_dir={tmp_path / 'out'}"])
     _assert_one_line_error(result, *fragments)
     assert not (tmp_path / "out" / "results.json").exists()
+# ---- reproducibility: ReplicaStudy and PredictionDifferenceCallback (issue 21) ----
+
+
+def _study_inputs(rows: int = 300):
+    """`(train dataset, held-out tuple, build_model)` of a tiny compiled click model."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+
+    def build_model(seed, compiled=True, output_activation="sigmoid"):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="relu"),
+                                  keras.layers.Dense(1, activation=output_activation)])
+        if compiled:
+            model.compile("adam", "binary_crossentropy")
+        return model
+
+    train = tf.data.Dataset.from_tensor_slices((x[:200], y[:200])).batch(50)
+    return train, (x[200:], y[200:]), build_model
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"replicas": 1}, "`replicas` must be an integer >= 2. Received: replicas=1"),
+    ({"replicas": "3"}, "Received: replicas='3'"),
+    ({"sources": ("init", "stale")}, r"Unknown source\(s\) \['stale'\].*Received: sources="),
+    ({"sources": "init"}, "must be a tuple of source names"),
+    ({"epoch": 2}, r"does not take \['epoch'\].*Received: epoch=2"),
+    ({"x": [1]}, r"does not take \['x'\]"),
+    ({"sources": ("order",), "shuffle_buffer": 0}, "Received: shuffle_buffer=0"),
+])
+def test_replica_study_arguments_are_checked_when_it_is_made(arguments, message):
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    train, held_out, build_model = _study_inputs()
+    with pytest.raises(ValueError, match=message):
+        ReplicaStudy(build_model, train, held_out, **arguments)
+
+
+def test_replica_study_data_mistakes_are_named():
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    train, held_out, build_model = _study_inputs()
+    unknown = train.filter(lambda x, y: True)  # cardinality unknown
+    with pytest.raises(ValueError, match="cardinality is unknown: pass `shuffle_buffer=<elements>`"):
+        ReplicaStudy(build_model, unknown, held_out, sources=("order",))
+    with pytest.raises(ValueError, match="cardinality is infinite"):
+        ReplicaStudy(build_model, train.repeat(), held_out, sources=("order",))
+    with pytest.raises(ValueError, match="`train_data` must be a tf.data.Dataset.*Received: tuple"):
+        ReplicaStudy(build_model, held_out, held_out)
+    single = tf.data.Dataset.from_tensor_slices(held_out)
+    with pytest.raises(ValueError, match="`held_out` must be batched"):
+        ReplicaStudy(build_model, train, single)
+    with pytest.raises(ValueError, match=r"`held_out` must .*\(features, labels\).*Received: ndarray"):
+        ReplicaStudy(build_model, train, np.zeros((4, 4)))
+
+
+def test_replica_study_model_mistakes_stop_before_the_first_training_step():
+    import keras
+
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    train, held_out, build_model = _study_inputs()
+    steps = []
+    counting = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda *_: steps.append(1))
+    cases = [
+        (lambda seed: build_model(seed, compiled=False), "must return a compiled model"),
+        (lambda seed: "a model", r"must return a keras.Model. Received: str"),
+        (lambda seed: build_model(seed, output_activation=None), "pass `from_logits=True`"),
+    ]
+    for build, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ReplicaStudy(build, train, held_out, callbacks=[counting]).run()
+    assert steps == []
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    plain.compile("adam", "binary_crossentropy")
+    with pytest.raises(ValueError, match="has none"):
+        ReplicaStudy(lambda seed: plain, train, held_out, callbacks=[counting]).compare(["gelu"])
+    assert steps == []
+
+
+def test_replica_study_refuses_data_that_can_be_read_only_once():
+    import tensorflow as tf
+
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    train, held_out, build_model = _study_inputs()
+    def read_once():
+        batches = iter(list(train.as_numpy_iterator()))  # one pass, then exhausted
+        return tf.data.Dataset.from_generator(lambda: batches, output_signature=train.element_spec)
+
+    # Order pinned: refused when the study is made (the second read starts elsewhere).
+    with pytest.raises(ValueError, match="another first batch.*read only once"):
+        ReplicaStudy(build_model, read_once(), held_out)
+    # Order varied: the second replica gets fewer steps, before it is used.
+    with pytest.raises(ValueError, match="replica 0 .* steps but replica 1 .*iterated only once"):
+        ReplicaStudy(build_model, read_once(), held_out, sources=("order",),
+                     shuffle_buffer=4).run()
+
+
+def test_replica_study_refuses_a_self_reshuffling_dataset_when_the_order_is_pinned():
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    train, held_out, build_model = _study_inputs()
+    reshuffling = train.unbatch().shuffle(200, reshuffle_each_iteration=True).batch(50)
+    with pytest.raises(ValueError, match="reshuffles itself.*Received: sources=\\('init',\\)"):
+        ReplicaStudy(build_model, reshuffling, held_out)
+    ReplicaStudy(build_model, reshuffling, held_out, sources=("order",), shuffle_buffer=4)
+
+
+def test_churn_callback_mistakes_stop_fit_before_the_first_step(tmp_path):
+    import keras
+    import numpy as np
+
+    from tf_smelu.reproducibility import PredictionDifferenceCallback
+
+    _, (x, y), build_model = _study_inputs()
+    steps = []
+    counting = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda *_: steps.append(1))
+    cases = [
+        (tmp_path / "missing.keras", "does not exist. Received: reference="),
+        (np.full((len(x), 2), 0.5), r"do not match the model's.*\(100, 2\).*\(100,\)"),
+        (np.full(len(x), 3.0), r"outside \[0, 1\].*Received: values in \[3, 3\]"),
+    ]
+    for reference, message in cases:
+        with pytest.raises(ValueError, match=message):
+            build_model(0).fit(x, y, verbose=0, callbacks=[
+                PredictionDifferenceCallback(reference, x), counting])
+    assert steps == []
+
+
+def test_replica_study_refuses_empty_training_data():
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    _, held_out, build_model = _study_inputs()
+    empty = tf.data.Dataset.from_tensor_slices((np.zeros((0, 4), "float32"), np.zeros(0))).batch(5)
+    with pytest.raises(ValueError, match="`train_data` is empty"):
+        ReplicaStudy(build_model, empty, held_out)
+    with pytest.raises(ValueError, match="Replica 0 trained no step"):
+        ReplicaStudy(build_model, empty, held_out, sources=("order",), shuffle_buffer=4).run()
+
+
+def test_replica_study_held_out_labels_must_name_every_output():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    x = np.random.default_rng(0).normal(size=(120, 4)).astype("float32")
+    labels = {"click": (x[:, 0] > 0).astype("float32"), "like": (x[:, 1] > 0).astype("float32")}
+
+    def build(seed):
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(4, activation="relu")(inputs)
+        model = keras.Model(inputs, {name: keras.layers.Dense(1, "sigmoid", name=name)(hidden)
+                                     for name in labels})
+        model.compile("adam", "binary_crossentropy")
+        return model
+
+    train = tf.data.Dataset.from_tensor_slices((x, labels)).batch(40)
+    with pytest.raises(ValueError, match=r"no output\(s\) \['like'\].*Received: labels for \['click'\]"):
+        ReplicaStudy(build, train, (x, {"click": labels["click"]})).run()

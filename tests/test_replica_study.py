@@ -1,0 +1,213 @@
+"""ReplicaStudy: R replicas of a user's compiled model trained by its own `fit`."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+
+from tf_smelu import experiment, metrics
+from tf_smelu.reproducibility import ReplicaStudy
+
+FEATURES = 6
+
+
+def _arrays(rows: int = 1200, seed: int = 0):
+    """Separable-ish synthetic clicks: `((x_train, y_train), (x_held_out, y_held_out))`."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, FEATURES)).astype("float32")
+    y = (x[:, 0] - x[:, 1] + 0.5 * rng.normal(size=rows) > 0).astype("float32")
+    split = rows * 2 // 3
+    return (x[:split], y[:split]), (x[split:], y[split:])
+
+
+def _data():
+    """`(train dataset of 16 batches, (x_held_out, y_held_out))`."""
+    train, held_out = _arrays()
+    return tf.data.Dataset.from_tensor_slices(train).batch(50), held_out
+
+
+def _make_dataset(orders: list):
+    """`make_dataset(order_seed)` shuffling examples; records the seeds it is given."""
+    train, _ = _arrays()
+
+    def make_dataset(order_seed):
+        orders.append(order_seed)
+        return tf.data.Dataset.from_tensor_slices(train).shuffle(800, seed=order_seed).batch(50)
+
+    return make_dataset
+
+
+def _build_mlp(seed: int) -> keras.Model:
+    model = keras.Sequential([
+        keras.Input((FEATURES,)),
+        keras.layers.Dense(12, activation="relu"),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=["auc"])
+    return model
+
+
+def _build_with_dropout(seed: int) -> keras.Model:
+    model = keras.Sequential([
+        keras.Input((FEATURES,)),
+        keras.layers.Dense(12, activation="relu"),
+        keras.layers.Dropout(0.2),  # its masks follow the pinned seed too
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    return model
+
+
+def test_no_source_gives_bit_identical_replicas_and_restores_op_determinism():
+    train, held_out = _data()
+    before = tf_config.is_op_determinism_enabled()
+    [row] = ReplicaStudy(_build_with_dropout, train, held_out, replicas=2, sources=(), epochs=2).run()
+    assert row["identical_replicas"] is True
+    assert row["rel_pd"] == 0.0 and row["abs_pd"] == 0.0
+    assert tf_config.is_op_determinism_enabled() == before
+    # The replicas did learn: the control is not two untrained models.
+    assert row["steps"] == 32 and row["auc_mean"] > 0.75, row["auc_mean"]
+
+
+@pytest.mark.parametrize("sources, as_function", [
+    (("init",), False), (("order",), False), (("order",), True)])
+def test_each_source_alone_makes_replicas_differ(sources, as_function):
+    train, held_out = _data()
+    orders, models = [], []
+
+    def build(seed):
+        models.append(_build_mlp(seed))
+        return models[-1]
+
+    data = _make_dataset(orders) if as_function else train
+    [row] = ReplicaStudy(build, data, held_out, replicas=2, sources=sources).run()
+    assert row["sources"] == list(sources)
+    assert row["identical_replicas"] is False
+    assert 0 < row["rel_pd"] < 2 and 0 < row["abs_pd"] < 1
+    assert row["rel_pd_pairs"] == [row["rel_pd"]]
+    # The row's PD is tf_smelu.metrics' PD of the trained replicas' predictions.
+    p, q = (model.predict(held_out[0], verbose=0)[:, 0] for model in models)
+    assert row["rel_pd"] == pytest.approx(metrics.relative_pd(p, q), rel=1e-12)
+    assert row["abs_pd"] == pytest.approx(metrics.absolute_pd(p, q), rel=1e-12)
+    if as_function:
+        assert len(orders) == 2 and orders[0] != orders[1]
+
+
+def test_pinned_order_gives_a_function_the_same_seed_for_every_replica():
+    _, held_out = _data()
+    orders = []
+    [row] = ReplicaStudy(_build_mlp, _make_dataset(orders), held_out, replicas=2, sources=()).run()
+    assert len(orders) == 2 and orders[0] == orders[1] is not None
+    assert row["rel_pd"] == 0.0
+
+
+def test_compare_rows_match_the_schema_and_render_through_the_report(tmp_path, validate_results):
+    train, held_out = _data()
+    study = ReplicaStudy(_build_mlp, train, held_out, replicas=2, sources=("init",), epochs=1)
+    rows = study.compare(["smelu:1"])  # ReLU, the baseline, is added first
+    assert [r["label"] for r in rows] == ["relu", "smelu(β=1)"]
+    assert [r["spec"] for r in rows] == ["relu", "smelu:1.0"]
+    relu = rows[0]
+    assert len(relu["aucs"]) == 2 and relu["rel_pd_ci"] == [pytest.approx(np.nan, nan_ok=True)] * 2
+    # The model's own compiled AUC (Keras' approximation) agrees with the row's.
+    assert relu["eval_metrics"]["auc"] == pytest.approx(relu["aucs"], abs=0.01)
+    assert len(relu["train_loss"]) == 2 and relu["steps"] == 16
+
+    logged = []
+    results, plot = experiment.report(rows, study.config, str(tmp_path), log=logged.append)
+    content = validate_results(results)
+    assert content["config"]["sources"] == ["init"] and content["config"]["epochs"] == 1
+    assert "smelu(β=1)" in logged[0] and "relu" in logged[0]
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
+
+
+def test_a_multi_output_model_gives_one_row_per_output(tmp_path, validate_results):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(900, FEATURES)).astype("float32")
+    labels = {"click": (x[:, 0] > 0).astype("float32"),
+              "genre": np.digitize(x[:, 1], [-0.5, 0.5]).astype("int32")}
+    train = tf.data.Dataset.from_tensor_slices(
+        (x[:600], {k: v[:600] for k, v in labels.items()})).batch(50)
+    held_out = tf.data.Dataset.from_tensor_slices(
+        (x[600:], {k: v[600:] for k, v in labels.items()})).batch(128)
+
+    def build(seed):
+        inputs = keras.Input((FEATURES,))
+        hidden = keras.layers.Dense(12, activation="relu")(inputs)
+        model = keras.Model(inputs, {
+            "click": keras.layers.Dense(1, name="click")(hidden),  # logits
+            "genre": keras.layers.Dense(3, activation="softmax", name="genre")(hidden),
+        })
+        model.compile(keras.optimizers.Adam(1e-2), loss={
+            "click": keras.losses.BinaryCrossentropy(from_logits=True),
+            "genre": "sparse_categorical_crossentropy"})
+        return model
+
+    rows = ReplicaStudy(build, train, held_out, replicas=2, sources=("init",)).run()
+    assert [(r["output"], r["label"]) for r in rows] == [
+        ("click", "model [click]"), ("genre", "model [genre]")]
+    click, genre = rows
+    # Logits went through a sigmoid (as probabilities they would be refused).
+    assert "classes" not in click and click["auc_mean"] > 0.7 and click["logloss_mean"] < 0.69
+    assert genre["classes"] == 3
+    assert 0 < genre["top1_pd"] <= 1 and 0 < genre["l1_pd"] <= 1
+    assert set(click["eval_metrics"]) >= {"loss", "click_loss", "genre_loss"}
+    validate_results(experiment.write_results(str(tmp_path), {}, rows))
+
+
+class OwnLossModel(keras.Model):
+    """A subclassed model that computes its own loss from logits."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(12, activation="relu")
+        self.out = keras.layers.Dense(1)
+        self.loss_calls = 0
+
+    def call(self, inputs):
+        return self.out(self.hidden(inputs))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        self.loss_calls += 1
+        return keras.ops.mean(keras.losses.binary_crossentropy(
+            keras.ops.reshape(y, (-1, 1)), y_pred, from_logits=True))
+
+
+def test_a_subclassed_model_with_its_own_compute_loss():
+    train, held_out = _data()
+    built = []
+
+    def build(seed):
+        model = OwnLossModel()
+        model.compile(keras.optimizers.Adam(1e-2))
+        built.append(model)
+        return model
+
+    with pytest.raises(ValueError, match="from_logits=True"):
+        ReplicaStudy(build, train, held_out, replicas=2).run()
+    built.clear()
+    [row] = ReplicaStudy(build, train, held_out, replicas=2, sources=("init",),
+                         from_logits=True).run()
+    assert all(model.loss_calls > 0 for model in built) and len(built) == 2
+    assert row["auc_mean"] > 0.8 and row["rel_pd"] > 0
+
+
+def test_fit_arguments_reach_every_replica_unchanged():
+    train, held_out = _data()
+    calls = []
+
+    def schedule(epoch, learning_rate):
+        calls.append(epoch)
+        return 0.02 / (epoch + 1)
+
+    study = ReplicaStudy(
+        _build_mlp, train, held_out, replicas=2, sources=("init",), epochs=2,
+        callbacks=[keras.callbacks.LearningRateScheduler(schedule)], class_weight={0: 1.0, 1: 2.0})
+    [row] = study.run()
+    assert calls == [0, 1, 0, 1]
+    assert row["fit_logs"]["learning_rate"] == pytest.approx([0.01, 0.01])
+    assert row["steps"] == 32  # 2 epochs of 16 batches
+    assert study.config["callbacks"] == ["LearningRateScheduler"]

@@ -1,0 +1,16 @@
+"""Measure the prediction difference (PD) of your own model, trained your own way.
+
+* `ReplicaStudy`: R replicas of your compiled model, each trained by its own
+  `fit` with your arguments, differing only in the sources you switch on
+  (initialization, data order, op nondeterminism); their held-out
+  predictions become rows of `results.json` (accuracy next to PD with an
+  interval), and `compare` measures the same for other hidden activations.
+* `PredictionDifferenceCallback`: during one ordinary `fit`, the PD of the
+  model being trained against a reference (a model, a saved `.keras` file
+  or saved predictions), written into `logs` each epoch.
+"""
+
+from tf_smelu.reproducibility.callbacks import PredictionDifferenceCallback
+from tf_smelu.reproducibility.study import STUDY_SOURCES, ReplicaStudy
+
+__all__ = ["STUDY_SOURCES", "PredictionDifferenceCallback", "ReplicaStudy"]

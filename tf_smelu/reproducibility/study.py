@@ -1,0 +1,509 @@
+"""`ReplicaStudy`: R replicas of a user's own compiled model, trained by its own `fit`.
+
+The in-process harness (`tf_smelu.experiment.run_replicas`) trains the
+project's ranking models side by side in one loop of its own. A study trains
+*your* model the way you train it: `build_model(seed)` returns the model
+compiled as in production (optimizer, loss, metrics, learning-rate
+schedule), and each replica is one ordinary `model.fit(...)` with your fit
+arguments (epochs, callbacks, class weights, ...), one after another. The
+replicas' held-out predictions then become rows of `results.json`
+(`tf_smelu.experiment.summarize_predictions`), which
+`tf_smelu.experiment.report` prints and plots as it does the main job's.
+
+What varies between replicas (`sources`), everything else being pinned:
+
+* `"init"`: before `build_model(seed)` the study calls
+  `keras.utils.set_random_seed(seed)`, which seeds Python's `random`, NumPy
+  and TensorFlow's global seed, so every *unseeded* initializer, Dropout
+  mask and other random layer gets its seed from it; the same `seed` is
+  passed to `build_model` for anything you seed by hand. Layers or
+  initializers you gave a fixed seed of your own stay fixed (use the
+  argument to vary them). With `"init"` off, every replica gets the same
+  seed, so Dropout masks are pinned too: they follow the same seed.
+* `"order"`: each replica reads the training data in its own order. A
+  `tf.data.Dataset` is wrapped in `dataset.shuffle(buffer,
+  seed=order_seed, reshuffle_each_iteration=True)` (its elements, i.e. its
+  batches if it is batched, are shuffled; `buffer` defaults to the
+  dataset's cardinality, and data of unknown or infinite cardinality need
+  `shuffle_buffer=` or a function); or pass `make_dataset(order_seed)`, a
+  function returning the dataset for a seed, to shuffle examples your own
+  way. With `"order"` off the dataset is read as given (a function gets the
+  same seed for every replica: seed your shuffles with it); a dataset whose
+  first batch differs when it is read again (it reshuffles itself, or can
+  be read only once) is refused then, since its order would not be pinned.
+* `"op_nondeterminism"`: TensorFlow's op determinism stays off. Without it,
+  `tf.config.experimental.enable_op_determinism()` is on while the study
+  trains and predicts, and the previous setting is restored afterwards, so
+  that with no source on (`sources=()`) replicas are bit-identical (PD
+  exactly 0) on the TensorFlow backend: the control of the study.
+
+The global seeds (Python, NumPy, TensorFlow) are left as the last replica
+set them. `fit` never shuffles a `tf.data.Dataset` itself (its `shuffle`
+argument applies to arrays only), so data order comes only from the
+dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_smelu import metrics
+from tf_smelu.conversion import rebuild
+from tf_smelu.experiment.harness import summarize_predictions
+from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_seeds
+from tf_smelu.registry import Activation
+from tf_smelu.training.replicas import _expected_retracing
+from tf_smelu.reproducibility import outputs as outputs_lib
+
+STUDY_SOURCES = ("init", "order", "op_nondeterminism")
+"""What a `ReplicaStudy` can vary between replicas (see the module docstring)."""
+
+BuildModel = Callable[[int], keras.Model]
+MakeDataset = Callable[[int], tf.data.Dataset]
+
+# fit arguments the study sets itself: the data, per replica.
+_STUDY_FIT_ARGUMENTS = ("x", "y", "sample_weight", "validation_split", "shuffle")
+
+
+@dataclasses.dataclass(frozen=True)
+class _AsBuilt:
+    """Stands for the activation of rows of the model as `build_model` returns it."""
+
+    name: str = "model"
+    beta: None = None
+    label: str = "model"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclasses.dataclass
+class _Replicas:
+    """What R trained replicas leave: held-out predictions and their logs."""
+
+    predictions: dict[str, list[np.ndarray]]
+    evaluations: list[dict[str, float]]
+    histories: list[dict[str, float]]
+    steps: list[int]
+    seconds: float
+    labels: dict[str, np.ndarray] | None = None
+
+
+class ReplicaStudy:
+    """Trains R replicas of your compiled model with its own `fit`; PD rows.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 8)).astype("float32")
+    y = (x[:, 0] + rng.normal(size=2000) > 0).astype("float32")
+    train = tf.data.Dataset.from_tensor_slices((x[:1500], y[:1500])).batch(64)
+    held_out = (x[1500:], y[1500:])
+
+    def build_model(seed):
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu"),
+                                  keras.layers.Dense(1, "sigmoid")])
+        model.compile("adam", "binary_crossentropy", metrics=["auc"])
+        return model
+
+    study = ReplicaStudy(build_model, train, held_out, replicas=3,
+                         sources=("init",), epochs=1)
+    rows = study.run()                        # the model as built
+    rows += study.compare(["relu", "smelu:1"])  # its hidden ReLUs swapped
+    print(rows[0]["rel_pd"], rows[0]["rel_pd_ci"])
+    ```
+
+    Args:
+        build_model: `build_model(seed)` returns a new *compiled*
+            `keras.Model` (a Functional, Sequential or subclassed model; for
+            `compare`, one that `tf_smelu.convert_activations` can rebuild).
+        train_data: The training data: a batched `tf.data.Dataset` that can
+            be iterated again for every replica, or `make_dataset(order_seed)`
+            returning one.
+        held_out: Held-out data, the same for all replicas: a batched
+            `tf.data.Dataset` of `(features, labels)` or a tuple
+            `(features, labels)` of arrays (dicts/lists per input or output
+            as the model takes them). It is read into memory once.
+        replicas: R >= 2.
+        sources: What varies between replicas, some of `STUDY_SOURCES`
+            (`()`: nothing; replicas are then bit-identical).
+        seed: Base seed of the replicas' seeds (replica seeds depend only on
+            it and on the replica's index).
+        shuffle_buffer: With `"order"` and a dataset: the shuffle buffer in
+            elements (default: the dataset's cardinality).
+        from_logits: Whether the model outputs logits (one bool, or one per
+            output name); `None` reads it from the compiled loss.
+        predict_batch_size: Batch size of the held-out predictions.
+        **fit_kwargs: Passed to every replica's `model.fit` unchanged
+            (`epochs`, `steps_per_epoch`, `callbacks`, `class_weight`,
+            `validation_data`, ...; `verbose` defaults to 0). Callbacks are
+            shared by the replicas: one that writes files (e.g.
+            `ModelCheckpoint`) overwrites them replica after replica.
+
+    Raises:
+        ValueError: `replicas < 2`, an unknown source, a fit argument `fit`
+            does not take (or one the study sets: `x`, `y`, ...), training
+            data that is neither a dataset nor a function, `"order"` on a
+            dataset of unknown or infinite cardinality without
+            `shuffle_buffer`, or held-out data that is not batched
+            `(features, labels)`.
+    """
+
+    def __init__(
+        self,
+        build_model: BuildModel,
+        train_data: tf.data.Dataset | MakeDataset,
+        held_out: tf.data.Dataset | tuple[object, object],
+        *,
+        replicas: int = 4,
+        sources: Sequence[str] = ("init",),
+        seed: int = 0,
+        shuffle_buffer: int | None = None,
+        from_logits: bool | Mapping[str, bool] | None = None,
+        predict_batch_size: int = 1024,
+        **fit_kwargs,
+    ):
+        if not callable(build_model):
+            raise ValueError(f"`build_model` must be a function `build_model(seed)` returning a "
+                             f"compiled keras.Model. Received: build_model={build_model!r}")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 2:
+            raise ValueError(f"`replicas` must be an integer >= 2. Received: replicas={replicas!r}")
+        self.build_model = build_model
+        self.replicas = replicas
+        self.sources = _check_sources(sources)
+        self.seed = seed
+        self.from_logits = from_logits
+        self.predict_batch_size = predict_batch_size
+        self.fit_kwargs = _check_fit_kwargs(fit_kwargs)
+        self._make_dataset = _dataset_factory(train_data, self.sources, shuffle_buffer)
+        self._features, self._labels = _read_held_out(held_out)
+
+    @property
+    def config(self) -> dict[str, object]:
+        """The study's settings, for `tf_smelu.experiment.report(rows, study.config, ...)`."""
+        fit = {k: v if isinstance(v, (int, float, str, bool, type(None)))
+               else [type(c).__name__ for c in v] if k == "callbacks" else repr(v)
+               for k, v in self.fit_kwargs.items()}
+        return {"trainer": "keras_fit", "replicas": self.replicas,
+                "sources": ["+".join(self.sources) or "none"], "seed": self.seed, **fit}
+
+    def run(self) -> list[dict[str, object]]:
+        """Trains R replicas of the model as `build_model` returns it.
+
+        Returns:
+            One row per model output, with `activation` `"model"` (the
+            model's own activations). Rows have the fields of
+            `docs/results.schema.json` (per-replica `aucs`, `abs_pd`,
+            `rel_pd` with its replica-bootstrap `rel_pd_ci`, `rel_pd_pairs`,
+            `train_loss`, `steps`, `train_seconds` of all fits) and also
+            `output` (its name), `trainer` (`"keras_fit"`), `eval_metrics`
+            (the compiled metrics on the held-out data, per replica) and
+            `fit_logs` (each replica's last-epoch `fit` logs). A multi-class
+            output's AUC, log loss and PD are over its N x K one-vs-rest
+            probabilities, and it adds `classes`, `top1_pd`, `top1_pd_ci`,
+            `l1_pd` and `l1_pd_ci`.
+
+        Raises:
+            ValueError: See `ReplicaStudy`; also a `build_model` that returns
+                no compiled `keras.Model`, or training data that does not give
+                every replica the same number of steps (a dataset that can be
+                iterated only once).
+        """
+        return self._rows(_AsBuilt(), self._train(convert=None))
+
+    def compare(self, activations: Sequence[str | Activation],
+                baseline: str | Activation | None = "relu") -> list[dict[str, object]]:
+        """Trains R replicas per activation, each in place of the model's hidden ReLUs.
+
+        Every replica of every activation is `build_model(seed)` converted
+        by `tf_smelu.convert_activations` with fresh weights and compiled
+        again with the model's own compile arguments
+        (`model.get_compile_config()`), so replica r of every activation
+        starts from the same seed and sees the same data order.
+
+        Args:
+            activations: Activation specs, e.g. `["relu", "smelu:1", "gelu"]`.
+            baseline: Put first (and added if missing), as the rows' `vs
+                relu` column and the advisor expect; `None` keeps the order.
+
+        Returns:
+            Rows labelled per activation as the main job's (`relu`,
+            `smelu(β=1)`, ...), activation-major, one per model output.
+
+        Raises:
+            ValueError: An unknown activation spec, a model without hidden
+                ReLUs or one `convert_activations` cannot rebuild, or
+                compile arguments that cannot be serialized.
+        """
+        specs = [a if isinstance(a, Activation) else Activation.parse(a) for a in activations]
+        if baseline is not None:
+            first = baseline if isinstance(baseline, Activation) else Activation.parse(baseline)
+            specs = [first, *(s for s in specs if s != first)]
+        rows = []
+        for spec in specs:
+            replicas = self._train(convert=functools.partial(_converted, activation=spec))
+            rows += self._rows(spec, replicas)
+        return rows
+
+    def _train(self, convert: Callable[[keras.Model], keras.Model] | None) -> _Replicas:
+        seeds = replica_seeds(self.sources, self.replicas, self.seed)
+        pinned_order = replica_seeds(("order",), 1, self.seed)[0].order_seed
+        result = _Replicas({}, [], [], [], 0.0)
+        # Every replica is a new model whose fit/predict functions trace once, by design.
+        with op_determinism("op_nondeterminism" not in self.sources), _expected_retracing():
+            for index, replica in enumerate(seeds):
+                model = self._build(replica.tower_seed)
+                if convert is not None:
+                    model = convert(model)
+                if index == 0:
+                    self._check_before_training(model, result)
+                order_seed = replica.order_seed if "order" in self.sources else pinned_order
+                start = time.perf_counter()
+                # shuffle=False: fit ignores it for datasets, only warning that it does.
+                history = model.fit(self._make_dataset(order_seed),
+                                    **{"verbose": 0, **self.fit_kwargs, "shuffle": False})
+                result.seconds += time.perf_counter() - start
+                result.steps.append(int(model.optimizer.iterations.numpy()))
+                _check_steps(result.steps, index, trained=bool(history.history))
+                result.histories.append({k: float(v[-1]) for k, v in history.history.items()})
+                self._predict(model, result)
+        return result
+
+    def _build(self, seed: int) -> keras.Model:
+        keras.utils.set_random_seed(seed)
+        model = self.build_model(seed)
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"`build_model(seed)` must return a keras.Model. "
+                             f"Received: {type(model).__name__} for seed={seed}")
+        if not getattr(model, "compiled", False) or model.optimizer is None:
+            raise ValueError(
+                "`build_model(seed)` must return a compiled model (call `model.compile(...)` "
+                f"with your optimizer, loss and metrics in it). Received: model {model.name!r} "
+                "that is not compiled"
+            )
+        return model
+
+    def _probabilities(self, model: keras.Model) -> outputs_lib.Outputs:
+        return outputs_lib.model_probabilities(model, self._features, self.from_logits,
+                                               self.predict_batch_size, "the model on the held-out data")
+
+    def _check_before_training(self, model: keras.Model, result: _Replicas) -> None:
+        """Predicts the held-out data with the untrained first replica: mistakes show now."""
+        result.labels = outputs_lib.named_outputs(model, self._labels)
+        missing = sorted(set(self._probabilities(model)) - set(result.labels))
+        if missing:
+            raise ValueError(f"The held-out labels have no output(s) {missing}. "
+                             f"Received: labels for {sorted(result.labels)}")
+
+    def _predict(self, model: keras.Model, result: _Replicas) -> None:
+        for name, probabilities in self._probabilities(model).items():
+            result.predictions.setdefault(name, []).append(probabilities)
+        evaluation = model.evaluate(self._features, self._labels, verbose=0,
+                                    batch_size=self.predict_batch_size, return_dict=True)
+        result.evaluations.append({k: float(v) for k, v in evaluation.items()})
+
+    def _rows(self, activation, result: _Replicas) -> list[dict[str, object]]:
+        labels = result.labels
+        rows = []
+        for name, replicas in result.predictions.items():
+            row = _output_row(activation, self.sources, np.stack(replicas), labels[name], self.seed)
+            if len(result.predictions) > 1:
+                row["label"] = f"{row['label']} [{name}]"
+            if isinstance(activation, _AsBuilt):
+                del row["spec"]  # "model" is no activation spec
+            row.update(_training_fields(result), output=name)
+            rows.append(row)
+        return rows
+
+
+def _output_row(activation, sources, probabilities: np.ndarray, labels: np.ndarray,
+                seed: int) -> dict[str, object]:
+    """One output's row; a multi-class output's AUC, log loss and PD are one-vs-rest."""
+    if not outputs_lib.is_multiclass(probabilities[0]):
+        return summarize_predictions(activation, sources, probabilities,
+                                     np.reshape(labels, [-1]).astype(np.float64), seed=seed)
+    classes = probabilities.shape[-1]
+    one_hot = _one_hot(labels, classes)
+    row = summarize_predictions(activation, sources, probabilities.reshape(len(probabilities), -1),
+                                one_hot.reshape(-1), seed=seed)
+    row["classes"] = classes
+    for metric in ("top1", "l1"):
+        summary = metrics.pairwise_pd(probabilities, metric, seed=seed)
+        row[f"{metric}_pd"] = summary.mean
+        row[f"{metric}_pd_ci"] = list(summary.ci)
+    return row
+
+
+def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == classes:
+        return labels.astype(np.float64)
+    indices = labels.reshape(-1).astype(np.int64)
+    if indices.min() < 0 or indices.max() >= classes:
+        raise ValueError(f"Held-out class labels must lie in [0, {classes}). "
+                         f"Received: labels in [{indices.min()}, {indices.max()}]")
+    return np.eye(classes)[indices]
+
+
+def _training_fields(result: _Replicas) -> dict[str, object]:
+    fields = {
+        "trainer": "keras_fit",
+        "train_seconds": result.seconds,
+        "steps": result.steps[0],
+        "eval_metrics": _per_replica(result.evaluations),
+        "fit_logs": _per_replica(result.histories),
+    }
+    losses = fields["fit_logs"].get("loss", [])
+    if losses and all(np.isfinite(losses)) and min(losses) >= 0:
+        fields["train_loss"] = losses
+    return fields
+
+
+def _per_replica(logs: list[dict[str, float]]) -> dict[str, list[float]]:
+    """`[{name: value}]` per replica -> `{name: [value per replica]}`."""
+    return {name: [one.get(name, float("nan")) for one in logs] for name in logs[0]}
+
+
+def _converted(model: keras.Model, activation: Activation) -> keras.Model:
+    converted, report = rebuild(model, activation)
+    if not report.replaced:
+        raise ValueError(
+            f"compare() swaps the model's hidden ReLUs, but model {model.name!r} has none "
+            f"(hidden activations: {dict(report.kept) or 'none'}). Received: "
+            f"activation={str(activation)!r}"
+        )
+    try:
+        converted.compile_from_config(model.get_compile_config())
+    except Exception as error:  # Keras raises many types for unserializable objects.
+        raise ValueError(
+            "compare() compiles each converted model with the model's own compile arguments "
+            f"(model.get_compile_config()), which failed: {error}. Register custom losses, "
+            "metrics and optimizers with keras.saving.register_keras_serializable."
+        ) from error
+    return converted
+
+
+def _check_steps(steps: list[int], index: int, trained: bool) -> None:
+    """Every replica must have trained on as many batches as the first.
+
+    Args:
+        steps: The optimizer's iterations after each replica's `fit` so far.
+        index: The replica just trained.
+        trained: Whether its `fit` finished an epoch (Keras logs nothing,
+            yet counts iterations, when the data gives no batch).
+    """
+    if index == 0 and not trained:
+        raise ValueError("Replica 0 trained no step: the training data gave no batch.")
+    if not trained or steps[index] != steps[0]:
+        raise ValueError(
+            f"The training data gave replica 0 {steps[0]} steps but replica {index} "
+            f"{steps[index] if trained else 0}: it must give the same number of batches every "
+            "time it is iterated (e.g. `Dataset.from_generator` over an already-created "
+            "generator can be iterated only once; pass a function that creates the generator, "
+            "or `make_dataset(order_seed)`)."
+        )
+
+
+def _check_sources(sources: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(sources, str):
+        raise ValueError(f"`sources` must be a tuple of source names, e.g. ('init', 'order'). "
+                         f"Received: sources={sources!r}")
+    unknown = [s for s in sources if s not in STUDY_SOURCES]
+    if unknown:
+        raise ValueError(f"Unknown source(s) {unknown}; a study varies some of {STUDY_SOURCES}. "
+                         f"Received: sources={tuple(sources)!r}")
+    return parse_sources("+".join(sources))
+
+
+def _check_fit_kwargs(fit_kwargs: dict[str, object]) -> dict[str, object]:
+    accepted = set(inspect.signature(keras.Model.fit).parameters) - {"self", *_STUDY_FIT_ARGUMENTS}
+    wrong = sorted(set(fit_kwargs) - accepted)
+    if wrong:
+        raise ValueError(
+            f"ReplicaStudy passes its extra keyword arguments to model.fit, which does not take "
+            f"{wrong} here (the study gives each replica its training data). "
+            f"Received: {', '.join(f'{k}={fit_kwargs[k]!r}' for k in wrong)}"
+        )
+    return dict(fit_kwargs)
+
+
+def _dataset_factory(train_data, sources: tuple[str, ...], buffer: int | None) -> MakeDataset:
+    """`make_dataset(order_seed)` for the training data, shuffling a dataset if asked."""
+    if callable(train_data) and not isinstance(train_data, tf.data.Dataset):
+        return train_data
+    if not isinstance(train_data, tf.data.Dataset):
+        raise ValueError(
+            "`train_data` must be a tf.data.Dataset or a function `make_dataset(order_seed)` "
+            f"returning one. Received: {type(train_data).__name__}"
+        )
+    if "order" not in sources:
+        _check_same_first_batch(train_data, sources)
+        return lambda order_seed: train_data
+    if buffer is None:
+        cardinality = int(train_data.cardinality())
+        if cardinality < 0:
+            kind = "infinite" if cardinality == tf.data.INFINITE_CARDINALITY else "unknown"
+            raise ValueError(
+                f"To vary the data order the study shuffles `train_data`, whose cardinality is "
+                f"{kind}: pass `shuffle_buffer=<elements>` or `train_data=make_dataset` (a "
+                f"function of order_seed). Received: sources containing 'order', "
+                f"shuffle_buffer=None"
+            )
+        buffer = cardinality
+    elif not isinstance(buffer, int) or isinstance(buffer, bool) or buffer < 1:
+        raise ValueError(f"`shuffle_buffer` must be a positive integer. "
+                         f"Received: shuffle_buffer={buffer!r}")
+    return lambda order_seed: train_data.shuffle(
+        buffer, seed=order_seed, reshuffle_each_iteration=True)
+
+
+def _check_same_first_batch(dataset: tf.data.Dataset, sources: tuple[str, ...]) -> None:
+    """With the order pinned, the data must start with the same batch every time it is read."""
+    # Two reads of one batch each: cheap, and a reshuffling or one-shot dataset shows at once.
+    first, again = (next(iter(dataset.take(1).as_numpy_iterator()), None) for _ in range(2))
+    if first is None:
+        raise ValueError("`train_data` is empty. Received: a dataset that gave no element")
+    if again is None or not all(
+            np.array_equal(a, b) for a, b in zip(keras.tree.flatten(first), keras.tree.flatten(again))):
+        raise ValueError(
+            "`train_data` gave another first batch when it was read again, so the data order "
+            "is not pinned although `sources` does not contain 'order': it reshuffles itself "
+            "(a shuffle with reshuffle_each_iteration=True in your pipeline) or can be read only "
+            "once (e.g. `Dataset.from_generator` over an existing generator). Pass "
+            "`make_dataset(order_seed)` (seed your shuffles with order_seed), a dataset that "
+            "reads the same way every time, or add 'order' to `sources`. "
+            f"Received: sources={sources!r}"
+        )
+
+
+def _read_held_out(held_out) -> tuple[object, object]:
+    """`(features, labels)` in memory, from a batched dataset or a tuple of arrays."""
+    if isinstance(held_out, tf.data.Dataset):
+        batches = list(held_out.as_numpy_iterator())
+        if not batches:
+            raise ValueError("`held_out` is empty. Received: a dataset that gave no element")
+        if not all(isinstance(b, tuple) and len(b) == 2 for b in batches[:1]):
+            raise ValueError("`held_out` must give `(features, labels)` pairs. Received: "
+                             f"elements of type {type(batches[0]).__name__}")
+        if any(np.ndim(leaf) == 0 for leaf in keras.tree.flatten(batches[0])):
+            raise ValueError("`held_out` must be batched (call `.batch(...)` on it). Received: "
+                             "a dataset of single examples")
+        held_out = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *batches)
+    if not (isinstance(held_out, (tuple, list)) and len(held_out) == 2):
+        raise ValueError("`held_out` must be a dataset of `(features, labels)` or a tuple "
+                         f"`(features, labels)`. Received: {type(held_out).__name__}")
+    return held_out[0], held_out[1]
