@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from tf_smelu.common import UserError
 from tf_smelu.data import LoadedDataset, describe_schema, popularity_buckets
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.experiment import advisor
@@ -24,6 +25,7 @@ from tf_smelu.experiment.report import format_table
 from tf_smelu.experiment.results import row_key
 from tf_smelu.experiment.seeds import op_determinism, replica_seeds
 from tf_smelu.registry import Activation
+from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.preactivation import (
     RelativeModelFn,
     measure_preactivation_std,
@@ -32,6 +34,7 @@ from tf_smelu.training.preactivation import (
 )
 from tf_smelu.training.problem import load_training_data, model_builder
 from tf_smelu.training.replica_jobs import ReplicaJob, run_replica_jobs
+from tf_smelu.training.replicas import check_finite
 
 EVAL_BATCH_SIZE = 4096
 
@@ -49,6 +52,26 @@ def item_popularity_groups(data: LoadedDataset) -> dict[str, np.ndarray] | None:
     )
     return {f"item_{name}": bucket == index
             for index, name in enumerate(("head", "torso", "tail"))}
+
+
+class TooLittleDataError(UserError, ValueError):
+    """The loaded data cannot give the numbers a row needs (e.g. AUC of one class)."""
+
+
+def check_evaluation_labels(labels: np.ndarray, training: TrainingConfig) -> None:
+    """Checked right after loading, before any training: AUC needs both classes.
+
+    Raises:
+        TooLittleDataError: The held-out labels are all positive or all
+            negative (naming both counts and `--eval_examples`).
+    """
+    positives = int(np.count_nonzero(np.asarray(labels) > 0.5))
+    negatives = len(labels) - positives
+    if not positives or not negatives:
+        raise TooLittleDataError(
+            f"the held-out examples of {training.dataset} hold {positives} positive and "
+            f"{negatives} negative label(s); AUC needs both: raise --eval_examples (now "
+            f"{training.eval_examples})")
 
 
 RowsCallback = Callable[[list[dict]], None]
@@ -181,6 +204,7 @@ class _InProcessProblem:
         start = time.perf_counter()
         data = load_training_data(training)
         train, test = data.train, data.test
+        check_evaluation_labels(test.labels, training)
         run.log(f"Loaded {training.dataset}: {len(train):,} train and {len(test):,} test examples "
             f"in {time.perf_counter() - start:.0f}s (positive rate {train.labels.mean():.3f}).")
         run.loaded(data)
@@ -296,6 +320,7 @@ def run_multiworker_experiment(
     run = run if run is not None else _RunRows((), None, log)
     training = config.training
     data = load_training_data(training)
+    check_evaluation_labels(data.test.labels, training)
     run.loaded(data)
     eval_groups = item_popularity_groups(data)
     work_dir = config.work_dir or tempfile.mkdtemp(prefix="tf_smelu_jobs_")
@@ -324,6 +349,9 @@ def run_multiworker_experiment(
                     raise RuntimeError(
                         f"The workers' held-out labels differ from this process's ({jobs[0].name})."
                     )
+                # The workers checked every loss; the last update comes after it.
+                check_finite(result.probabilities, row_training.total_steps(len(data.train)),
+                             activation.label, training.learning_rate, "held-out predictions")
                 row = summarize_predictions(
                     activation, [*sources, f"update:{mode}"], result.probabilities,
                     result.labels, seed=training.seed, eval_groups=eval_groups,
