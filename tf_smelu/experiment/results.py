@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import re
 from collections.abc import Iterable, Iterator, Mapping
 
 import keras
@@ -159,6 +160,7 @@ ROW_FIELDS = ("activation", "beta", "label", "replicas", "sources", *ROW_NUMBERS
 """The fields a row must have to be reused: the schema's required ones, the
 label (rows are matched by it) and the per-replica AUCs the advisor needs."""
 
+_ACTIVATION_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _ROW_SOURCES = (*SOURCES, *(f"update:{mode}" for mode in UPDATE_MODES))
 
 
@@ -214,9 +216,10 @@ def _field_problems(row: Mapping[str, object]) -> Iterator[str | None]:
     if missing:
         yield f"no {', '.join(missing)}"
         return
-    for name in ("activation", "label"):
-        if not isinstance(row[name], str) or not row[name]:
-            yield f"{name} is {json.dumps(row[name])}, not a name"
+    if not isinstance(row["activation"], str) or not _ACTIVATION_NAME.fullmatch(row["activation"]):
+        yield f"activation is {json.dumps(row['activation'])}, not an activation name"
+    if not isinstance(row["label"], str) or not row["label"]:
+        yield f"label is {json.dumps(row['label'])}, not a label"
     if row["beta"] is not None:
         yield _number_problem("beta", row["beta"], (0.0, math.inf)) or (
             "beta is 0, not > 0" if row["beta"] == 0 else None)
@@ -226,8 +229,12 @@ def _field_problems(row: Mapping[str, object]) -> Iterator[str | None]:
     sources = row["sources"]
     yield _list_problem("sources", sources)
     unknown = [s for s in sources if s not in _ROW_SOURCES]
-    if unknown or len(set(sources)) != len(sources):
-        yield f"sources {json.dumps(sources)} are not distinct names of {list(_ROW_SOURCES)}"
+    updates = [s for s in sources if isinstance(s, str) and s.startswith("update:")]
+    if unknown or len(set(sources)) != len(sources) or len(updates) > 1:
+        yield (f"sources {json.dumps(sources)} are not distinct names of "
+               f"{list(_ROW_SOURCES)} with at most one update:<mode>")
+    if "update_mode" in row and row["update_mode"] not in UPDATE_MODES:
+        yield f"update_mode is {json.dumps(row['update_mode'])}, not one of {list(UPDATE_MODES)}"
     for name, bounds in ROW_NUMBERS.items():
         yield _number_problem(name, row[name], bounds)
     interval = row["rel_pd_ci"]
@@ -243,7 +250,9 @@ def row_problem(row: object) -> str | None:
 
     The subset of `docs/results.schema.json` a resume relies on, checked in
     code (jsonschema stays a test dependency): the required fields, their
-    types and ranges, finite numbers; and what the schema cannot say: `aucs`
+    types and ranges, finite numbers, the activation name, sources and
+    update mode (per-group diagnostics are not read back, so not checked);
+    and what the schema cannot say: `aucs`
     holds `replicas` values whose mean is `auc_mean`, `rel_pd_pairs` one
     value per pair, `outlier_replicas` indices below `replicas`.
 
