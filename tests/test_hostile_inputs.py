@@ -409,6 +409,32 @@ def test_progress_off_a_terminal_is_a_bounded_number_of_lines():
     assert "\r" in terminal.getvalue()  # redrawn in place on a terminal, as before
 
 
+@pytest.mark.parametrize("tail, one_line", [
+    (["step 1", "error: training diverged: the loss became nan at step 2"], True),
+    (["Traceback (most recent call last):", "ZeroDivisionError: a bug"], False),
+])
+def test_a_replica_jobs_user_error_is_its_workers_one_line(tail, one_line):
+    from tf_smelu.experiment.runner import ReplicaJobUserError, _raise_workers_user_error
+    from tf_smelu.training.launcher import WorkerFailedError
+    from tf_smelu.training.replica_jobs import ReplicaJobError
+
+    try:
+        try:
+            raise WorkerFailedError(1, 1, exit_codes=[-15, 1], pids=[1, 2],
+                                    log_tails=[["peer stopped"], tail])
+        except WorkerFailedError as cause:
+            raise ReplicaJobError("Replica job relu_0 failed") from cause
+    except ReplicaJobError as failed:
+        error = failed
+    with pytest.raises(ReplicaJobUserError if one_line else ReplicaJobError) as raised:
+        _raise_workers_user_error(error, "relu sync")
+    if one_line:
+        assert str(raised.value) == ("relu sync, worker 1: training diverged: the loss became "
+                                     "nan at step 2")
+    else:
+        assert raised.value is error and not isinstance(raised.value, UserError)
+
+
 @pytest.mark.slow
 def test_divergence_and_a_one_class_evaluation_set_end_in_one_line(tmp_path):
     diverged = _run([MAIN_JOB, *TINY, "--activations=relu", "--sources=tower_init",
@@ -422,11 +448,12 @@ def test_divergence_and_a_one_class_evaluation_set_end_in_one_line(tmp_path):
                            "--eval_examples (now 1)")
     assert "relu" not in one.stdout  # refused before the first row trained
 
-    worker = _run(["-m", "tf_smelu.training.distributed", "--steps=20", "--train_examples=256",
-                   "--batch_size=32", "--eval_examples=64", "--hidden_units=8",
-                   "--learning_rate=1e30", f"--output={tmp_path}/w"])
-    _assert_one_line_error(worker, "training diverged", "at step", "relu",
-                           "learning rate 1e+30")
+    # Multi-worker: the worker's trainer stops, and the main job says why in one line.
+    jobs = _run([MAIN_JOB, *TINY, "--activations=relu", "--sources=init", "--workers=2",
+                 "--learning_rate=1e30", f"--output_dir={tmp_path / 'jobs'}"])
+    _assert_one_line_error(jobs, "relu sync, worker ", ": training diverged", "at step",
+                           "(relu, learning rate 1e+30)")
+    assert not (tmp_path / "jobs" / "results.json").exists()
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -33,7 +34,8 @@ from tf_smelu.training.preactivation import (
     relative_model_fn,
 )
 from tf_smelu.training.problem import load_training_data, model_builder
-from tf_smelu.training.replica_jobs import ReplicaJob, run_replica_jobs
+from tf_smelu.training.launcher import WorkerFailedError
+from tf_smelu.training.replica_jobs import ReplicaJob, ReplicaJobError, run_replica_jobs
 from tf_smelu.training.replicas import check_finite
 
 EVAL_BATCH_SIZE = 4096
@@ -72,6 +74,26 @@ def check_evaluation_labels(labels: np.ndarray, training: TrainingConfig) -> Non
             f"the held-out examples of {training.dataset} hold {positives} positive and "
             f"{negatives} negative label(s); AUC needs both: raise --eval_examples (now "
             f"{training.eval_examples})")
+
+
+class ReplicaJobUserError(UserError, RuntimeError):
+    """A worker of a replica job stopped with a user's mistake (e.g. diverged training)."""
+
+
+def _raise_workers_user_error(error: ReplicaJobError, row: str) -> NoReturn:
+    """Re-raises a failed job as the one `error:` line its failing worker printed, if any.
+
+    Workers print that line only for a user's mistake (`run_program`); any
+    other failure keeps its traceback and the worker's last lines.
+    """
+    cause = error.__cause__
+    if isinstance(cause, WorkerFailedError):
+        tail = cause.log_tails[cause.worker_index]
+        line = next((line for line in reversed(tail) if line.startswith("error: ")), None)
+        if line is not None:
+            raise ReplicaJobUserError(
+                f"{row}, worker {cause.worker_index}: {line[len('error: '):]}") from error
+    raise error
 
 
 RowsCallback = Callable[[list[dict]], None]
@@ -343,8 +365,11 @@ def run_multiworker_experiment(
                     )
                     for r, s in enumerate(seeds)
                 ]
-                result = run_replica_jobs(row_training, jobs, config.workers, config.job_timeout,
-                                          progress=config.progress)
+                try:
+                    result = run_replica_jobs(row_training, jobs, config.workers,
+                                              config.job_timeout, progress=config.progress)
+                except ReplicaJobError as error:
+                    _raise_workers_user_error(error, f"{activation.label} {mode}")
                 if not np.array_equal(result.labels, data.test.labels):
                     raise RuntimeError(
                         f"The workers' held-out labels differ from this process's ({jobs[0].name})."
