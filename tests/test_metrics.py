@@ -368,7 +368,8 @@ def test_keras_metrics_reject_what_the_eager_functions_reject(name, bad, message
     predictions[1] = bad  # a whole row of class probabilities for l1/top1
     with pytest.raises(ValueError, match=message):
         FUNCTIONS[name](predictions, reference)
-    with pytest.raises(ValueError, match=rf"`y_pred` {'contains' if message == 'NaN' else 'must'}"):
+    eager_message = "`y_pred` contains" if message == "NaN" else "`y_pred` must"
+    with pytest.raises(ValueError, match=eager_message):
         KERAS_METRICS[name]().update_state(reference, predictions)
     with pytest.raises(ValueError, match="`y_true`"):
         KERAS_METRICS[name]().update_state(predictions, reference)
@@ -379,6 +380,6 @@ def test_keras_metrics_reject_what_the_eager_functions_reject(name, bad, message
         return metric.result()
 
     metric = KERAS_METRICS[name]()
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`y_pred` must contain probabilities"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`y_pred` must contain probab"):
         compiled_step(tf.constant(reference), tf.constant(predictions))
     assert float(compiled_step(tf.constant(reference), tf.constant(reference))) == 0.0

@@ -189,20 +189,24 @@ def _first(problems: Iterable[str | None]) -> str | None:
     return next((problem for problem in problems if problem), None)
 
 
+def _values_problems(row: Mapping[str, object], name: str, length: int,
+                     bounds: tuple[float, float], mean: str) -> Iterator[str | None]:
+    """What is wrong with a per-replica (or per-pair) list whose mean is the row's `mean`."""
+    values = row[name]
+    yield _list_problem(name, values, length)
+    yield _first(_number_problem(f"{name}[{i}]", value, bounds) for i, value in enumerate(values))
+    # The advisor's tolerance (it checks the same on the rows it is given).
+    if not math.isclose(float(np.mean(values)), row[mean], rel_tol=1e-6, abs_tol=1e-12):
+        yield f"{mean} {row[mean]} is not the mean of {name} ({np.mean(values)})"
+
+
 def _replica_problems(row: Mapping[str, object]) -> Iterator[str | None]:
     """What is wrong with the per-replica lists of a row whose `replicas` is valid."""
     replicas = row["replicas"]
-    yield _list_problem("aucs", row["aucs"], replicas)
-    yield _first(_number_problem(f"aucs[{i}]", auc, _PROBABILITY)
-                 for i, auc in enumerate(row["aucs"]))
-    if not math.isclose(float(np.mean(row["aucs"])), row["auc_mean"], rel_tol=1e-9,
-                        abs_tol=1e-12):
-        yield f"auc_mean {row['auc_mean']} is not the mean of aucs ({np.mean(row['aucs'])})"
+    yield from _values_problems(row, "aucs", replicas, _PROBABILITY, "auc_mean")
     if "rel_pd_pairs" in row:
-        pairs = row["rel_pd_pairs"]
-        yield _list_problem("rel_pd_pairs", pairs, replicas * (replicas - 1) // 2)
-        yield _first(_number_problem(f"rel_pd_pairs[{i}]", pd, _RELATIVE_PD)
-                     for i, pd in enumerate(pairs))
+        yield from _values_problems(row, "rel_pd_pairs", replicas * (replicas - 1) // 2,
+                                    _RELATIVE_PD, "rel_pd")
     if "outlier_replicas" in row:
         outliers = row["outlier_replicas"]
         yield _list_problem("outlier_replicas", outliers)
@@ -252,9 +256,9 @@ def row_problem(row: object) -> str | None:
     code (jsonschema stays a test dependency): the required fields, their
     types and ranges, finite numbers, the activation name, sources and
     update mode (per-group diagnostics are not read back, so not checked);
-    and what the schema cannot say: `aucs`
-    holds `replicas` values whose mean is `auc_mean`, `rel_pd_pairs` one
-    value per pair, `outlier_replicas` indices below `replicas`.
+    and what the schema cannot say: `aucs` holds `replicas` values whose
+    mean is `auc_mean`, `rel_pd_pairs` one value per pair with mean
+    `rel_pd`, `outlier_replicas` indices below `replicas`.
 
     Returns:
         The first problem found, e.g. `"auc_mean is null, not a finite

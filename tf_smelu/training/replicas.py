@@ -56,6 +56,8 @@ def check_finite(values: np.ndarray | float, step: int, what: str, learning_rate
         DivergedError: A value is NaN or infinite.
     """
     values = np.asarray(values, np.float64)
+    if np.isfinite(values).all():  # (every step: the cheap test first)
+        return
     per_replica = values.reshape(max(1, values.shape[0]) if values.ndim else 1, -1)
     bad_replicas = np.flatnonzero(~np.isfinite(per_replica).all(axis=1))
     if bad_replicas.size:
