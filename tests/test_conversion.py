@@ -394,3 +394,25 @@ def test_private_keras_names_still_exist(saved_model):
 
     assert isinstance(saved_model, Functional)
     assert saved_model.outputs[0]._keras_history.operation.name == "click"
+
+
+@pytest.mark.parametrize("target", ["smelu", "smelu:0.4"])
+def test_keras_ops_in_a_functional_graph_are_kept(tmp_path, target):
+    # Slicing and keras.ops calls are operations, not layers: no config, no weights.
+    inputs = keras.Input((8,), name="x")
+    hidden = keras.layers.Dense(6, activation="relu", name="hidden")(inputs)
+    squared = keras.ops.square(hidden[:, :4])
+    outputs = keras.layers.Dense(1, name="click")(squared)
+    model = keras.Model(inputs, outputs)
+    converted, report = tf_smelu.convert_activations(model, target, return_report=True)
+    assert report.replaced == ("hidden",) and report.outputs == ("click",)
+
+    x = np.random.default_rng(0).random((5, 8)).astype("float32")
+    kernel, bias = model.get_layer("hidden").get_weights()
+    smelu = Activation.parse(target).to_keras()
+    smelu = smelu if callable(smelu) else keras.activations.get(smelu)
+    expected = model.get_layer("click")(keras.ops.square(smelu(x @ kernel + bias)[:, :4]))
+    np.testing.assert_allclose(converted(x), expected, rtol=1e-5, atol=1e-6)
+    path = str(tmp_path / "converted.keras")
+    converted.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path)(x), converted(x), rtol=1e-6)

@@ -126,3 +126,18 @@ def test_predicting_new_models_row_after_row_logs_no_retracing_warning(caplog):
             probabilities, labels = predict_probabilities([model], dataset)
     assert probabilities.shape == (1, 8) and labels.shape == (8,)
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
+@pytest.mark.parametrize("steps", [None, 1])
+def test_a_diverging_run_stops_with_the_step_the_rows_label_and_the_learning_rate(
+        tiny_problem, steps):
+    from tf_smelu.common import UserError
+    from tf_smelu.training.replicas import DivergedError
+
+    # steps=1: the one loss is finite; the update after it is caught in the predictions.
+    with pytest.raises(DivergedError) as raised:
+        _run(tiny_problem, ("tower_init",), "smelu:0.2", learning_rate=1e30, steps=steps)
+    message = str(raised.value)
+    assert "smelu(β=0.2) [tower_init]" in message and "learning rate 1e+30" in message
+    assert ("held-out predictions" in message) == (steps == 1), message
+    assert isinstance(raised.value, UserError)  # command lines print it as one line

@@ -88,9 +88,9 @@ def test_an_unwritable_output_dir_is_refused(tmp_path, monkeypatch):
 
 def _row(label="relu", sources=("tower_init",), rel_pd=0.05):
     return {"activation": label, "beta": None, "label": label, "sources": list(sources),
-            "replicas": 2, "auc_mean": 0.7, "auc_std": math.nan, "logloss_mean": 0.5,
-            "abs_pd": 0.01, "rel_pd": rel_pd, "rel_pd_ci": [math.nan, math.nan],
-            "train_seconds": 1.0}
+            "replicas": 2, "auc_mean": 0.7, "auc_std": 0.0, "aucs": [0.7, 0.7],
+            "logloss_mean": 0.5, "abs_pd": 0.01, "rel_pd": rel_pd,
+            "rel_pd_ci": [math.nan, math.nan], "train_seconds": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def test_results_of_another_configuration_name_the_differences(tmp_path):
     reused = finished_rows(str(tmp_path), {**config, "activations": ["relu", "gelu"],
                                            "progress": False})
     assert [experiment.row_key(r) for r in reused] == [("tower_init", "relu")]
-    assert math.isnan(reused[0]["auc_std"]) and math.isnan(reused[0]["rel_pd_ci"][0])
+    assert math.isnan(reused[0]["rel_pd_ci"][0])
     assert reused[0]["beta"] is None
 
 
@@ -540,3 +540,205 @@ def test_replica_study_held_out_labels_must_name_every_output():
     train = tf.data.Dataset.from_tensor_slices((x, labels)).batch(40)
     with pytest.raises(ValueError, match=r"no output\(s\) \['like'\].*Received: labels for \['click'\]"):
         ReplicaStudy(build, train, (x, {"click": labels["click"]})).run()
+# ---- training guards, results files, API edges, progress output (issue 20) ----
+
+
+def _guards_values(**changes):
+    """Flag values of a tiny in-process run (as `cli.run_experiment` takes them)."""
+    return {"activations": ["relu"], "sources": ["tower_init"], "replicas": 2,
+            "train_examples": 600, "eval_examples": 300, "hidden_units": ["8"],
+            "progress": False, **changes}
+
+
+def _write_finished_run(output_dir, values):
+    """results.json of a finished row of `values`' run (predictions made up: no training)."""
+    import numpy as np
+
+    from tf_smelu.registry import Activation
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(300) < 0.3).astype(np.float64)
+    probabilities = np.clip(0.3 + 0.1 * rng.standard_normal((2, 300)), 0.01, 0.99)
+    row = experiment.summarize_predictions(Activation.parse("relu"), ["tower_init"],
+                                           probabilities, labels)
+    row.update(train_loss=[0.5, 0.5], train_seconds=1.0, steps=2, update_mode="sync")
+    config = cli.experiment_config(values, work_dir=os.path.join(output_dir, "runs")).to_dict()
+    return experiment.write_results(str(output_dir), {**values, **config}, [row])
+
+
+DAMAGED_ROWS = {
+    # name: (how the row's JSON text is changed, what the error names)
+    "NaN auc_mean": (lambda row: {**row, "auc_mean": math.nan}, "auc_mean is NaN"),
+    "null auc_mean": (lambda row: {**row, "auc_mean": None}, "auc_mean is null"),
+    "word auc_mean": (lambda row: {**row, "auc_mean": "high"}, 'auc_mean is "high"'),
+    "no aucs": (lambda row: {k: v for k, v in row.items() if k != "aucs"}, "no aucs"),
+    "replicas disagree with aucs": (lambda row: {**row, "replicas": 3}, "aucs holds 2 values"),
+    "sources as a string": (lambda row: {**row, "sources": "tower_init"}, "not a list"),
+    "auc_mean not the mean of aucs": (lambda row: {**row, "auc_mean": 0.99}, "mean of aucs"),
+    "rel_pd out of range": (lambda row: {**row, "rel_pd": 7.0}, "outside [0, 2]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_ROWS))
+def test_a_damaged_results_row_is_never_reused(case, tmp_path):
+    damage, fragment = DAMAGED_ROWS[case]
+    values = _guards_values()
+    path = _write_finished_run(tmp_path, values)
+    content = json.loads(open(path, encoding="utf-8").read())
+    content["results"][0] = damage(content["results"][0])
+    damaged = json.dumps(content)  # NaN written as the literal Python's json reads back
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(damaged)
+    lines = []
+    with pytest.raises(ResultsMismatchError) as raised:
+        cli.run_experiment(values, str(tmp_path), log=lines.append)
+    message = str(raised.value)
+    assert "\n" not in message and fragment in message, message
+    assert message.startswith(f"{path}: results row 1 (relu) is damaged"), message
+    assert "--noresume" in message and "delete the file" in message
+    assert lines == []  # nothing printed as finished, nothing trained
+    assert open(path, encoding="utf-8").read() == damaged  # the file is left for the user
+
+
+def test_a_sound_results_row_is_reused_without_training(tmp_path):
+    # The other side of the check above: the same row undamaged is taken as finished.
+    values = _guards_values()
+    _write_finished_run(tmp_path, values)
+    lines = []
+    rows = cli.run_experiment(values, str(tmp_path), log=lines.append)
+    assert [experiment.row_key(r) for r in rows] == [("tower_init", "relu")]
+    assert any("(finished earlier)" in line for line in lines)
+    assert not any(line.startswith("Loaded ") for line in lines)  # no data, no training
+
+
+def test_fewer_training_examples_than_one_batch_is_one_usage_line():
+    with pytest.raises(app.UsageError, match=r"at least one batch \(batch_size=512\)") as raised:
+        cli.experiment_config({"train_examples": 1})
+    assert "train_examples=1" in str(raised.value) and "\n" not in str(raised.value)
+    cli.experiment_config({"train_examples": 64, "batch_size": 64})
+
+
+@pytest.mark.parametrize("labels, counts", [([0.0], "0 positive and 1 negative"),
+                                            ([1.0, 1.0], "2 positive and 0 negative")])
+def test_an_evaluation_set_of_one_class_is_refused(labels, counts):
+    import numpy as np
+
+    from tf_smelu.experiment.runner import TooLittleDataError, check_evaluation_labels
+    from tf_smelu.training.config import TrainingConfig
+
+    with pytest.raises(TooLittleDataError, match=counts) as raised:
+        check_evaluation_labels(np.array(labels), TrainingConfig(eval_examples=len(labels)))
+    assert f"--eval_examples (now {len(labels)})" in str(raised.value)
+    assert isinstance(raised.value, UserError)
+    check_evaluation_labels(np.array([0.0, 1.0]), TrainingConfig())
+
+
+def test_progress_off_a_terminal_is_a_bounded_number_of_lines():
+    import io
+
+    from tf_smelu.training.replicas import PROGRESS_LINES, progress_bar
+
+    import itertools
+    import time
+
+    log = io.StringIO()  # not a terminal, like a redirected stderr
+    with progress_bar(total=100_000, description="relu", unit="step", stream=log) as bar:
+        # A slow run: each look at tqdm's clock is a second later (tqdm's defaults
+        # would print on every step).
+        bar._time = itertools.count(time.time()).__next__
+        for step in range(100_000):
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss="0.5", refresh=False)
+    text = log.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert PROGRESS_LINES <= len(lines) <= PROGRESS_LINES + 3, lines
+    assert lines[-1].startswith("relu: 100%") and "100000/100000" in lines[-1]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    with progress_bar(total=3, description="relu", stream=terminal) as bar:
+        bar.update(3)
+    assert "\r" in terminal.getvalue()  # redrawn in place on a terminal, as before
+
+
+@pytest.mark.parametrize("tail, one_line", [
+    (["step 1", "error: training diverged: the loss became nan at step 2"], True),
+    (["Traceback (most recent call last):", "ZeroDivisionError: a bug"], False),
+])
+def test_a_replica_jobs_user_error_is_its_workers_one_line(tail, one_line):
+    from tf_smelu.experiment.runner import ReplicaJobUserError, _raise_workers_user_error
+    from tf_smelu.training.launcher import WorkerFailedError
+    from tf_smelu.training.replica_jobs import ReplicaJobError
+
+    try:
+        try:
+            raise WorkerFailedError(1, 1, exit_codes=[-15, 1], pids=[1, 2],
+                                    log_tails=[["peer stopped"], tail])
+        except WorkerFailedError as cause:
+            raise ReplicaJobError("Replica job relu_0 failed") from cause
+    except ReplicaJobError as failed:
+        error = failed
+    with pytest.raises(ReplicaJobUserError if one_line else ReplicaJobError) as raised:
+        _raise_workers_user_error(error, "relu sync")
+    if one_line:
+        assert str(raised.value) == ("relu sync, worker 1: training diverged: the loss became "
+                                     "nan at step 2")
+    else:
+        assert raised.value is error and not isinstance(raised.value, UserError)
+
+
+@pytest.mark.slow
+def test_divergence_and_a_one_class_evaluation_set_end_in_one_line(tmp_path):
+    diverged = _run([MAIN_JOB, *TINY, "--activations=relu", "--sources=tower_init",
+                     "--learning_rate=1e30", f"--output_dir={tmp_path / 'lr'}"])
+    _assert_one_line_error(diverged, "training diverged", "at step", "relu [tower_init]",
+                           "learning rate 1e+30", "--learning_rate")
+    assert not (tmp_path / "lr" / "results.json").exists()
+
+    one = _run([MAIN_JOB, *TINY, "--eval_examples=1", f"--output_dir={tmp_path / 'eval'}"])
+    _assert_one_line_error(one, "held-out examples", "positive", "negative",
+                           "--eval_examples (now 1)")
+    assert "relu" not in one.stdout  # refused before the first row trained
+
+    # Multi-worker: the worker's trainer stops, and the main job says why in one line.
+    jobs = _run([MAIN_JOB, *TINY, "--activations=relu", "--sources=init", "--workers=2",
+                 "--learning_rate=1e30", f"--output_dir={tmp_path / 'jobs'}"])
+    _assert_one_line_error(jobs, "relu sync, worker ", ": training diverged", "at step",
+                           "(relu, learning rate 1e+30)")
+    assert not (tmp_path / "jobs" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_a_piped_log_holds_few_progress_lines_and_a_damaged_row_stops_the_resume(tmp_path):
+    from tf_smelu.training.replicas import PROGRESS_LINES
+
+    args = [MAIN_JOB, "--train_examples=4000", "--eval_examples=300", "--replicas=2",
+            "--hidden_units=8", "--batch_size=8", "--activations=relu", "--sources=tower_init",
+            f"--output_dir={tmp_path}"]
+    log_path = tmp_path / "run.log"
+    # Through a pipe into a file, as `program 2>&1 | tee run.log` would.
+    writer = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=open(log_path, "w"))
+    run = subprocess.run([sys.executable, *args], stdout=writer.stdin, stderr=subprocess.STDOUT,
+                         cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
+    writer.stdin.close()
+    writer.wait(timeout=60)
+    log = log_path.read_text(encoding="utf-8")
+    assert run.returncode == 0, log[-3000:]
+    progress = [line for line in log.replace("\r", "\n").splitlines()
+                if line.startswith("relu [tower_init]")]
+    # 500 steps: one line every 5% (and the first and last), not one per redraw.
+    assert 3 <= len(progress) <= PROGRESS_LINES + 3, progress
+    assert "500/500" in progress[-1]
+
+    path = tmp_path / "results.json"
+    content = json.loads(path.read_text(encoding="utf-8"))
+    content["results"][0]["auc_mean"] = None
+    path.write_text(json.dumps(content), encoding="utf-8")
+    resumed = _run(args)
+    _assert_one_line_error(resumed, str(path), "results row 1 (relu) is damaged",
+                           "auc_mean is null", "--noresume")

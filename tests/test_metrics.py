@@ -358,3 +358,28 @@ def test_keras_metric_sums_across_mirrored_replicas():
         [sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize("bad, message", [(1.5, r"\[0, 1\]"), (-0.1, r"\[0, 1\]"),
+                                          (np.nan, "NaN")])
+def test_keras_metrics_reject_what_the_eager_functions_reject(name, bad, message):
+    reference, predictions = _reference_and_predictions(name, n=4)
+    predictions[1] = bad  # a whole row of class probabilities for l1/top1
+    with pytest.raises(ValueError, match=message):
+        FUNCTIONS[name](predictions, reference)
+    eager_message = "`y_pred` contains" if message == "NaN" else "`y_pred` must"
+    with pytest.raises(ValueError, match=eager_message):
+        KERAS_METRICS[name]().update_state(reference, predictions)
+    with pytest.raises(ValueError, match="`y_true`"):
+        KERAS_METRICS[name]().update_state(predictions, reference)
+
+    @tf.function
+    def compiled_step(y_true, y_pred):  # as in model.evaluate
+        metric.update_state(y_true, y_pred)
+        return metric.result()
+
+    metric = KERAS_METRICS[name]()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`y_pred` must contain probab"):
+        compiled_step(tf.constant(reference), tf.constant(predictions))
+    assert float(compiled_step(tf.constant(reference), tf.constant(reference))) == 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import pathlib
 
 import pytest
@@ -91,31 +92,71 @@ def test_an_undefined_interval_is_null_for_two_replicas():
     assert _errors(content) == []
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"rel_pd": DELETE},
-        {"abs_pd": -0.01},
-        {"rel_pd": -0.01},
-        {"rel_pd": 2.5},
-        {"replicas": 1},
-        {"replicas": 2.5},
-        {"sources": ["tower"]},
-        {"sources": ["update:async"]},
-        {"sources": ["update:sync", "update:stale"]},
-        {"sources": "tower_init"},
-        {"rel_pd_ci": [0.01, None]},
-        {"rel_pd_ci": [0.01]},
-        {"auc_mean": 1.2},
-        {"activation": "SmeLU"},
-        {"activation": "smelu", "beta": 0.0},
-        {"update_mode": "async"},
-        {"rel_pd_by_group": {"item_head": {"rel_pd": 0.1, "rel_pd_ci": [0.0, 0.2]}}},
-    ],
-    ids=lambda changes: repr(changes).replace(repr(DELETE), "DELETE"),
-)
+BAD_ROWS = [
+    {"rel_pd": DELETE},
+    {"abs_pd": -0.01},
+    {"rel_pd": -0.01},
+    {"rel_pd": 2.5},
+    {"replicas": 1},
+    {"replicas": 2.5},
+    {"sources": ["tower"]},
+    {"sources": ["update:async"]},
+    {"sources": ["update:sync", "update:stale"]},
+    {"sources": "tower_init"},
+    {"rel_pd_ci": [0.01, None]},
+    {"rel_pd_ci": [0.01]},
+    {"auc_mean": 1.2},
+    {"activation": "SmeLU"},
+    {"activation": "smelu", "beta": 0.0},
+    {"update_mode": "async"},
+    {"rel_pd_by_group": {"item_head": {"rel_pd": 0.1, "rel_pd_ci": [0.0, 0.2]}}},
+]
+NOT_READ_ON_RESUME = [{"rel_pd_by_group": {"item_head": {"rel_pd": 0.1, "rel_pd_ci": [0.0, 0.2]}}}]
+"""Diagnostics a resumed run carries along without reading (`row_problem` skips them)."""
+
+
+def _ids(changes):
+    return repr(changes).replace(repr(DELETE), "DELETE")
+
+
+@pytest.mark.parametrize("changes", BAD_ROWS, ids=_ids)
 def test_schema_rejects_a_bad_row(changes):
     assert _errors(_with_row(**changes))
+
+
+@pytest.mark.parametrize("changes", [c for c in BAD_ROWS if c not in NOT_READ_ON_RESUME],
+                         ids=_ids)
+def test_a_row_the_schema_rejects_is_not_resumed(changes):
+    # The resume check is code, not jsonschema (a test dependency): it must keep up.
+    from tf_smelu.experiment.results import row_problem
+
+    assert row_problem(_with_row(**changes)["results"][0])
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_the_committed_rows_would_be_resumed(path):
+    from tf_smelu.experiment.results import row_problem
+
+    rows = json.loads(path.read_text(encoding="utf-8"))["results"]
+    assert [row_problem(row) for row in rows] == [None] * len(rows)
+
+
+def _resolved(node: dict) -> dict:
+    """A schema node with its `$ref` (into `$defs`) followed."""
+    while "$ref" in node:
+        node = {**_schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]],
+                **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def test_the_resume_check_has_the_schemas_required_fields_and_ranges():
+    from tf_smelu.experiment.results import ROW_FIELDS, ROW_NUMBERS
+
+    row = _schema()["$defs"]["row"]
+    assert set(row["required"]) <= set(ROW_FIELDS)
+    for name, bounds in ROW_NUMBERS.items():
+        node = _resolved(row["properties"][name])
+        assert bounds == (node.get("minimum", -math.inf), node.get("maximum", math.inf)), name
 
 
 def test_schema_ties_beta_to_known_activations():

@@ -355,6 +355,10 @@ class _Rebuilder:
         pairs, after = [], {}
 
         def clone(layer):
+            if not isinstance(layer, keras.layers.Layer):
+                # A Keras op in the graph (`h[:, :4]`, `keras.ops.square`): stateless,
+                # with no activation or weights, so the rebuilt graph reuses it.
+                return layer
             new, extra = self._layer(layer, prefix, id(layer) in output_ids, final, taken)
             pairs.append((layer, new))
             if extra is not None:
@@ -590,7 +594,8 @@ def convert_activations(
     Replaced: `activation="relu"` in any layer (Dense, Conv, ...), standalone
     `keras.layers.ReLU()` and `keras.layers.Activation("relu")` layers. Left
     as they are: the output layers (their activation is the task's) and
-    hidden activations other than ReLU (listed in the report). An activation
+    hidden activations other than ReLU (listed in the report), and Keras
+    ops in a functional graph (`h[:, :4]`, `keras.ops.square(h)`). An activation
     with parameters, e.g. `"smelu:0.2"`, is a layer: a `Dense(..., "relu")`
     then becomes a linear `Dense` followed by a new layer named
     `<dense name>_smelu`. A plain name (`"gelu"`, `"smelu"` with its default

@@ -116,6 +116,12 @@ class CTRExperimentConfig:
         object.__setattr__(self, "activations", _parse_activations(self.activations))
         if not isinstance(self.training, TrainingConfig):
             raise ValueError(f"`training` must be a TrainingConfig. Received: {self.training!r}")
+        if self.training.train_examples < self.training.batch_size:
+            # Fewer would train on one partial batch per epoch: nothing to compare.
+            raise ValueError(
+                "`train_examples` must hold at least one batch (batch_size="
+                f"{self.training.batch_size}). Received: train_examples="
+                f"{self.training.train_examples}")
         if self.max_auc_loss is not None:
             self._check_search()
         if self.beta_scale == "relative" and self.multi_worker:

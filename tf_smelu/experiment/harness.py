@@ -25,7 +25,7 @@ from tf_smelu import metrics
 from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_seeds
 from tf_smelu.registry import Activation
 from tf_smelu.training.config import TrainingConfig
-from tf_smelu.training.replicas import ReplicaTrainer, predict_probabilities
+from tf_smelu.training.replicas import ReplicaTrainer, check_finite, predict_probabilities
 from tf_smelu.training.updates import delay_schedule
 
 ModelFn = Callable[..., keras.Model]
@@ -60,13 +60,13 @@ def _train_and_predict(
         datasets = [train_data_fn(s.order_seed) for s in seeds]
     else:
         datasets = train_data_fn(None)
-    fit = trainer.fit(
-        datasets,
-        steps_per_epoch=steps_per_epoch,
-        progress=progress,
-        description=f"{activation.label} [{'+'.join(sources) or 'none'}]",
-    )
+    description = f"{activation.label} [{'+'.join(sources) or 'none'}]"
+    fit = trainer.fit(datasets, steps_per_epoch=steps_per_epoch, progress=progress,
+                      description=description)
     probabilities, labels = predict_probabilities(models, eval_data)
+    # The last update is after the last loss the trainer checked.
+    check_finite(probabilities, fit["steps"], description, train_config.learning_rate,
+                 "held-out predictions")
     return probabilities, labels, fit, train_config
 
 
@@ -115,6 +115,10 @@ def run_replicas(
             `train_seconds` and `train_loss` are the new replicas'.
         on_predictions: Called with all R replicas' `[R, N]` probabilities
             (e.g. kept for a later `previous`; rows do not hold them).
+
+    Raises:
+        tf_smelu.training.replicas.DivergedError: A loss or a held-out
+            prediction became NaN or infinite (learning rate too high).
 
     Returns:
         A row of `results.json` (see `docs/results.schema.json`): accuracy,

@@ -12,9 +12,11 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import numpy as np
 
+from tf_smelu.common import UserError
 from tf_smelu.data import LoadedDataset, describe_schema, popularity_buckets
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.experiment import advisor
@@ -24,6 +26,7 @@ from tf_smelu.experiment.report import format_table
 from tf_smelu.experiment.results import row_key
 from tf_smelu.experiment.seeds import op_determinism, replica_seeds
 from tf_smelu.registry import Activation
+from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.preactivation import (
     RelativeModelFn,
     measure_preactivation_std,
@@ -31,7 +34,9 @@ from tf_smelu.training.preactivation import (
     relative_model_fn,
 )
 from tf_smelu.training.problem import load_training_data, model_builder
-from tf_smelu.training.replica_jobs import ReplicaJob, run_replica_jobs
+from tf_smelu.training.launcher import WorkerFailedError
+from tf_smelu.training.replica_jobs import ReplicaJob, ReplicaJobError, run_replica_jobs
+from tf_smelu.training.replicas import check_finite
 
 EVAL_BATCH_SIZE = 4096
 
@@ -49,6 +54,46 @@ def item_popularity_groups(data: LoadedDataset) -> dict[str, np.ndarray] | None:
     )
     return {f"item_{name}": bucket == index
             for index, name in enumerate(("head", "torso", "tail"))}
+
+
+class TooLittleDataError(UserError, ValueError):
+    """The loaded data cannot give the numbers a row needs (e.g. AUC of one class)."""
+
+
+def check_evaluation_labels(labels: np.ndarray, training: TrainingConfig) -> None:
+    """Checked right after loading, before any training: AUC needs both classes.
+
+    Raises:
+        TooLittleDataError: The held-out labels are all positive or all
+            negative (naming both counts and `--eval_examples`).
+    """
+    positives = int(np.count_nonzero(np.asarray(labels) > 0.5))
+    negatives = len(labels) - positives
+    if not positives or not negatives:
+        raise TooLittleDataError(
+            f"the held-out examples of {training.dataset} hold {positives} positive and "
+            f"{negatives} negative label(s); AUC needs both: raise --eval_examples (now "
+            f"{training.eval_examples})")
+
+
+class ReplicaJobUserError(UserError, RuntimeError):
+    """A worker of a replica job stopped with a user's mistake (e.g. diverged training)."""
+
+
+def _raise_workers_user_error(error: ReplicaJobError, row: str) -> NoReturn:
+    """Re-raises a failed job as the one `error:` line its failing worker printed, if any.
+
+    Workers print that line only for a user's mistake (`run_program`); any
+    other failure keeps its traceback and the worker's last lines.
+    """
+    cause = error.__cause__
+    if isinstance(cause, WorkerFailedError):
+        tail = cause.log_tails[cause.worker_index]
+        line = next((line for line in reversed(tail) if line.startswith("error: ")), None)
+        if line is not None:
+            raise ReplicaJobUserError(
+                f"{row}, worker {cause.worker_index}: {line[len('error: '):]}") from error
+    raise error
 
 
 RowsCallback = Callable[[list[dict]], None]
@@ -181,6 +226,7 @@ class _InProcessProblem:
         start = time.perf_counter()
         data = load_training_data(training)
         train, test = data.train, data.test
+        check_evaluation_labels(test.labels, training)
         run.log(f"Loaded {training.dataset}: {len(train):,} train and {len(test):,} test examples "
             f"in {time.perf_counter() - start:.0f}s (positive rate {train.labels.mean():.3f}).")
         run.loaded(data)
@@ -296,6 +342,7 @@ def run_multiworker_experiment(
     run = run if run is not None else _RunRows((), None, log)
     training = config.training
     data = load_training_data(training)
+    check_evaluation_labels(data.test.labels, training)
     run.loaded(data)
     eval_groups = item_popularity_groups(data)
     work_dir = config.work_dir or tempfile.mkdtemp(prefix="tf_smelu_jobs_")
@@ -318,12 +365,18 @@ def run_multiworker_experiment(
                     )
                     for r, s in enumerate(seeds)
                 ]
-                result = run_replica_jobs(row_training, jobs, config.workers, config.job_timeout,
-                                          progress=config.progress)
+                try:
+                    result = run_replica_jobs(row_training, jobs, config.workers,
+                                              config.job_timeout, progress=config.progress)
+                except ReplicaJobError as error:
+                    _raise_workers_user_error(error, f"{activation.label} {mode}")
                 if not np.array_equal(result.labels, data.test.labels):
                     raise RuntimeError(
                         f"The workers' held-out labels differ from this process's ({jobs[0].name})."
                     )
+                # The workers checked every loss; the last update comes after it.
+                check_finite(result.probabilities, row_training.total_steps(len(data.train)),
+                             activation.label, training.learning_rate, "held-out predictions")
                 row = summarize_predictions(
                     activation, [*sources, f"update:{mode}"], result.probabilities,
                     result.labels, seed=training.seed, eval_groups=eval_groups,

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from tf_smelu.common import KERAS_PACKAGE
-from tf_smelu.metrics.prediction_difference import _SPECS
+from tf_smelu.metrics.prediction_difference import _SPECS, checked_probabilities
 
 
 def _align(y_true, y_pred, multiclass: bool, name: str) -> tuple[tf.Tensor, tf.Tensor]:
@@ -43,8 +43,9 @@ class _PredictionDifference(keras.metrics.MeanMetricWrapper):
     `y_true` holds the *reference model's predictions* for the batch, not
     labels. The metric keeps a float `total` and `count` (Keras metric
     variables with `aggregation="sum"`, so it works under `tf.distribute`).
-    Values are not range-checked here, to keep `update_state` graph- and
-    XLA-friendly; use the eager functions to validate.
+    Like the eager functions, it refuses values outside [0, 1] or NaN
+    (`checked_probabilities`: a `ValueError` eagerly, an
+    `InvalidArgumentError` from a compiled step; XLA drops the check).
 
     Args:
         per_example: Function `(p, q) -> per-example PD`.
@@ -68,7 +69,8 @@ class _PredictionDifference(keras.metrics.MeanMetricWrapper):
 
     def _per_example_pd(self, y_true, y_pred):
         y_true, y_pred = _align(y_true, y_pred, self._multiclass, type(self).__name__)
-        return self._pd_fn(y_pred, y_true)
+        y_true = checked_probabilities(y_true, "y_true")
+        return self._pd_fn(checked_probabilities(y_pred, "y_pred"), y_true)
 
     def get_config(self) -> dict:
         return {"name": self.name, "dtype": self.dtype}

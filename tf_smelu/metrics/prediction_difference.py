@@ -79,15 +79,51 @@ def _check_probabilities(x: np.ndarray, name: str, multiclass: bool) -> np.ndarr
         raise ValueError(
             f"`{name}` must hold at least one example. Received: {name}.shape={x.shape}"
         )
+    _check_values(x, name)
+    return x if multiclass else x.reshape(-1)
+
+
+def _range_message(name: str) -> str:
+    return f"`{name}` must contain probabilities in [0, 1]."
+
+
+def _check_values(x: np.ndarray, name: str) -> None:
+    """Raises ValueError unless every value of `x` is a probability (no NaN)."""
     nan_count = int(np.isnan(x).sum())
     if nan_count:
         raise ValueError(f"`{name}` contains NaN ({nan_count} of {x.size} values).")
-    if x.min() < 0.0 or x.max() > 1.0:
-        raise ValueError(
-            f"`{name}` must contain probabilities in [0, 1]. "
-            f"Received values in [{x.min()}, {x.max()}]."
-        )
-    return x if multiclass else x.reshape(-1)
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+        raise ValueError(f"{_range_message(name)} Received values in [{x.min()}, {x.max()}].")
+
+
+def checked_probabilities(x: tf.Tensor, name: str) -> tf.Tensor:
+    """`x`, once every value is checked to be a probability in [0, 1] (no NaN).
+
+    The eager functions' check, for tensors: run eagerly it raises the same
+    `ValueError`; inside a `tf.function` an assertion raises
+    `tf.errors.InvalidArgumentError` with the same message when the step
+    runs (XLA-compiled code drops assertions, as XLA has no way to raise).
+
+    Args:
+        x: Predictions, any shape.
+        name: Their name in the message, e.g. `y_pred`.
+
+    Returns:
+        `x` (in a graph, depending on the check).
+
+    Raises:
+        ValueError: Eagerly, a value is NaN or outside [0, 1].
+    """
+    if tf.executing_eagerly():
+        _check_values(x.numpy(), name)
+        return x
+    # NaN fails both comparisons, so it is refused too.
+    in_range = tf.reduce_all(tf.logical_and(x >= 0, x <= 1))
+    check = tf.debugging.Assert(
+        in_range, [f"{_range_message(name)} Received values in", tf.reduce_min(x), "..",
+                   tf.reduce_max(x)])
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
 
 
 def _mean_pd(metric: str, p1: Probabilities, p2: Probabilities) -> float:

@@ -273,7 +273,8 @@ def measure_preactivation_std(
     if warmup_steps:
         config = dataclasses.replace(train_config, steps=warmup_steps,
                                      epochs=1, update_mode="sync")
-        ReplicaTrainer([model], config).fit(train_data, progress=False)
+        ReplicaTrainer([model], config).fit(  # (the description names it if it diverges)
+            train_data, progress=False, description="relu warm-up before measuring sigma")
     for probe in found.values():
         probe.recording = True
     rows = 0

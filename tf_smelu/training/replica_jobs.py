@@ -35,11 +35,11 @@ from collections.abc import Sequence
 from typing import TextIO
 
 import numpy as np
-import tqdm
 
 from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.distributed import WorkerJob, worker_args
 from tf_smelu.training.launcher import LauncherError, launch_workers
+from tf_smelu.training.replicas import progress_bar
 from tf_smelu.training.trainer import TrainerOptions
 from tf_smelu.training.updates import UPDATE_MODES
 from tf_smelu.validation import require_choice, require_positive_int, require_positive_number
@@ -201,8 +201,8 @@ def run_replica_jobs(
     if not jobs:
         raise ValueError("`jobs` must not be empty.")
     seconds = []
-    bar = tqdm.tqdm(jobs, desc=f"{jobs[0].activation} {jobs[0].update_mode}", unit="job",
-                    disable=not progress, leave=False)
+    bar = progress_bar(jobs, description=f"{jobs[0].activation} {jobs[0].update_mode}",
+                       unit="job", enabled=progress, leave=False)
     for job in bar:
         seconds.append(run_replica_job(config, job, workers, timeout,
                                        output=sys.stdout if verbose else None))

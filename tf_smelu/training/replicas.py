@@ -14,17 +14,123 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
+import tqdm.auto
+import tqdm.autonotebook  # imported (quietly) by tqdm.auto: the notebook check
+import tqdm.std
 
+from tf_smelu.common import UserError
 from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.updates import IN_PROCESS_UPDATE_MODES, DelayedGradients
 from tf_smelu.validation import require_choice
+
+
+class DivergedError(UserError, FloatingPointError):
+    """Training produced a non-finite loss or prediction (e.g. a learning rate far too high)."""
+
+
+def check_finite(values: np.ndarray | float, step: int, what: str, learning_rate: float,
+                 quantity: str = "loss") -> None:
+    """Stops a run at the first non-finite loss (or prediction) it sees.
+
+    Every later number would be NaN, and an AUC of NaN scores is undefined:
+    stopping here names the cause instead of failing in the metrics.
+
+    Args:
+        values: A scalar, or one value (or row of values) per replica, on
+            the host.
+        step: The 1-based step that produced them.
+        what: The model, e.g. its activation label.
+        learning_rate: The run's learning rate, named in the message.
+        quantity: What `values` are ("loss", "held-out predictions").
+
+    Raises:
+        DivergedError: A value is NaN or infinite.
+    """
+    values = np.asarray(values, np.float64)
+    if np.isfinite(values).all():  # (every step: the cheap test first)
+        return
+    per_replica = values.reshape(max(1, values.shape[0]) if values.ndim else 1, -1)
+    bad_replicas = np.flatnonzero(~np.isfinite(per_replica).all(axis=1))
+    if bad_replicas.size:
+        replica = bad_replicas[0]
+        row = per_replica[replica]
+        whose = f"replica {replica}'s " if values.ndim else "the "
+        raise DivergedError(
+            f"training diverged: {whose}{quantity} became {row[~np.isfinite(row)][0]} at step "
+            f"{step} ({what}, learning rate {learning_rate:g}); lower --learning_rate")
+
+
+def _is_terminal(stream: IO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or file-like stream without a tty
+        return False
+
+
+class _LineWriter:
+    """A file for tqdm that turns each carriage-return redraw into one log line."""
+
+    def __init__(self, stream: IO):
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n").rstrip()
+        if text:  # tqdm also writes bare "\r" and "\n" and blank clears
+            self._stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+PROGRESS_LINES = 20
+"""Progress lines per bar when the output is not a terminal: one every 5%."""
+
+
+def progress_bar(
+    iterable: Iterable | None = None, *, total: int | None = None, description: str = "",
+    unit: str = "it", enabled: bool = True, leave: bool = True, stream: IO | None = None,
+) -> tqdm.std.tqdm:
+    """The progress bar of every tf_smelu loop: live on a terminal, sparse in a log.
+
+    On a terminal (or in a notebook) it redraws in place. Written to a file
+    or a pipe (a log, CI), it prints one line every 1/`PROGRESS_LINES` of
+    `total` (every minute without one) instead of thousands of redraws.
+
+    Args:
+        iterable: What to iterate over, if any.
+        total: Expected number of updates (default `len(iterable)` if known).
+        description: The label in front of the bar.
+        unit: What one update is ("step", "job").
+        enabled: False returns a bar that shows nothing.
+        leave: Keep the finished bar on screen.
+        stream: Where it goes (default `sys.stderr`).
+
+    Returns:
+        A `tqdm` bar (use `update`, `set_postfix(..., refresh=False)`, `close`
+        or iterate over it).
+    """
+    stream = stream if stream is not None else sys.stderr
+    options = dict(total=total, desc=description, unit=unit, leave=leave, disable=not enabled)
+    in_notebook = tqdm.autonotebook.tqdm is not tqdm.std.tqdm  # a widget redraws in place
+    if not enabled or in_notebook or _is_terminal(stream):
+        return tqdm.auto.tqdm(iterable, file=stream, **options)
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        options["total"] = total = len(iterable)
+    return tqdm.std.tqdm(
+        iterable, file=_LineWriter(stream), ascii=True, **options,
+        # A fixed step count between lines; no interval would add lines (maxinterval
+        # makes tqdm's monitor thread reset `miniters` to 1 after a slow update).
+        miniters=max(1, math.ceil(total / PROGRESS_LINES)) if total else 1,
+        mininterval=0 if total else 60, maxinterval=math.inf)
 
 
 def _binary_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -109,7 +215,7 @@ class ReplicaTrainer:
         """Runs `config.epochs` epochs (or `config.steps` steps) over batched data.
 
         With `config.steps` set the data repeats as needed and the whole run
-        counts as one epoch.
+        counts as one epoch. Training stops at the first non-finite loss.
 
         Args:
             datasets: One dataset (every replica sees the same batches) or one
@@ -117,11 +223,15 @@ class ReplicaTrainer:
             steps_per_epoch: For the progress bar; inferred when the
                 dataset's cardinality is known.
             progress: Show a progress bar.
-            description: Progress bar label.
+            description: Progress bar label; also names the models when
+                training diverges (e.g. the activation).
 
         Returns:
             `{"loss": [R] mean training loss of the last epoch,
               "steps": steps taken, "seconds": wall time}`.
+
+        Raises:
+            DivergedError: A replica's loss became NaN or infinite.
         """
         zipped = _zip_replica_batches(datasets, len(self.models))
         if steps_per_epoch is None:
@@ -135,7 +245,8 @@ class ReplicaTrainer:
         replicas = len(self.models)
         step = 0
         start = time.perf_counter()
-        with tqdm(total=total, desc=description, disable=not progress, unit="step") as bar:
+        with progress_bar(total=total, description=description, enabled=progress,
+                          unit="step") as bar:
             for _ in range(epochs):
                 loss_sum = np.zeros(replicas)
                 epoch_steps = 0
@@ -149,13 +260,16 @@ class ReplicaTrainer:
                         delays = tf.constant(self.delay_schedules[:, step])
                     else:
                         delays = tf.zeros([replicas], tf.int32)
-                    losses = self._step(batches, tf.constant(step, tf.int64), delays)
-                    loss_sum += losses.numpy()
-                    epoch_steps += 1
+                    losses = self._step(batches, tf.constant(step, tf.int64), delays).numpy()
                     step += 1
+                    # On the host copy the loop fetches anyway: no extra sync.
+                    check_finite(losses, step, description, self.config.learning_rate)
+                    loss_sum += losses
+                    epoch_steps += 1
                     bar.update(1)
-                    if epoch_steps % 50 == 0:
-                        bar.set_postfix(loss=f"{loss_sum.mean() / epoch_steps:.4f}")
+                    if epoch_steps % 50 == 0:  # shown at the next redraw, not forcing one
+                        bar.set_postfix(loss=f"{loss_sum.mean() / epoch_steps:.4f}",
+                                        refresh=False)
         return {
             "loss": (loss_sum / max(epoch_steps, 1)).tolist(),
             "steps": step,

@@ -140,6 +140,7 @@ from tf_smelu.training.cluster import (
     worker_info,
 )
 from tf_smelu.training.config import TrainingConfig, check_fields, option
+from tf_smelu.training.replicas import check_finite
 from tf_smelu.training.updates import DelayedGradients, averaging_steps, delay_schedule
 
 ModelFn = Callable[[], keras.Model]
@@ -294,6 +295,8 @@ class DistributedTrainer:
         )
         if self.delayed is not None:
             trackables["pending_gradients"] = list(self.delayed.buffers)
+        # Named when training diverges (the worker program passes the activation).
+        self._model_name = str((identity or {}).get("activation", "the model"))
         self.fingerprint = run_fingerprint(
             config, self.worker.num_workers, num_replicas, **(identity or {}))
         trackables[FINGERPRINT_NAME] = tf.Variable(
@@ -468,7 +471,12 @@ class DistributedTrainer:
         return iter(self.strategy.distribute_datasets_from_function(make_dataset))
 
     def train(self) -> TrainResult:
-        """Trains from the latest checkpoint (or from scratch) to `config.steps`."""
+        """Trains from the latest checkpoint (or from scratch) to `config.steps`.
+
+        Raises:
+            DivergedError: The loss became NaN or infinite (the step, the
+                activation and the learning rate are named).
+        """
         config, options = self.config, self.options
         start_step = self._restore()
         seed = None if config.update_mode == "sync" else self._agree_on_schedule_seed()
@@ -494,8 +502,9 @@ class DistributedTrainer:
             loss = self._train_step(
                 iterator, tf.constant(step, tf.int64), tf.constant(delays[step], tf.int32)
             )
-            losses.append(float(loss))
+            losses.append(float(loss))  # fetched for the log line anyway: the check is free
             done = step + 1
+            check_finite(losses[-1], done, self._model_name, config.learning_rate)
             if after_first_step is None:
                 after_first_step = time.perf_counter()
             if done in averaging_points and self.worker.num_workers > 1:
