@@ -67,7 +67,7 @@ ops (Cox-de Boor recurrence), and accuracy is tested up to it in every dtype."""
 # Orders up to this one use the truncated-power sum, which is fastest and, at
 # these orders, accurate to a few ulps in float32 (measured against exact
 # rational arithmetic); higher orders use the Cox-de Boor recurrence.
-_MAX_TRUNCATED_POWER_ORDER = 2
+_MAX_TRUNCATED_POWER_ORDER = {"float32": 4, "float64": 4}
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -92,15 +92,105 @@ def require_rescu_order(order: object) -> int:
     return order
 
 
-def require_parameter(name: str, value: object, positive: bool) -> float:
-    """A Python/NumPy real number that is finite (and `> 0` if `positive`).
+def parameter_limits(dtype: str, positive: bool, order: int = 1) -> tuple[float, float]:
+    """The range a parameter must lie in to be computed in `dtype`'s compute dtype.
+
+    Half precision computes in float32, so its parameters follow float32's
+    limits. The bounds make every number the formulas derive from a band
+    width `beta` finite and normal (CPU kernels flush subnormal numbers to
+    zero): the band's width `2 beta` and the knot spacing `h = 2 beta / order`,
+    the scale `1 / h` that maps the band to `u` in `[0, order]`, the scale
+    `h / (order + 1)!` of the truncated-power sum (orders up to 4) and SmeLU's
+    `1 / (4 beta)`. Inside that range the value and the gradients are finite
+    wherever the true ones are. With `tiny` the smallest normal number and
+    `max` the largest finite one, a band width must lie in `[low, high]`:
+
+    - `low = tiny * max(1, order / 2 * s)`, with `s = (order + 1)!` for
+      orders up to 4 and `s = 1` above;
+    - `high = min(max / 2, order / (2 tiny))`, and `1 / (4 tiny)` for
+      order 1.
+
+    In float32 that is about `[1.2e-38, 2.1e37]` for SmeLU and generalized
+    SmeLU. Signed parameters (slopes and shifts) must lie in
+    `[-max / 2, max / 2]`, so that differences such as `g_plus - g_minus`
+    stay finite.
+
+    Args:
+        dtype: The input dtype (`"float16"`, `"bfloat16"`, `"float32"` or
+            `"float64"`).
+        positive: Whether the parameter is a band width (`> 0`).
+        order: The RESCU order the band width is used with (1 for SmeLU and
+            generalized SmeLU).
+
+    Returns:
+        `(low, high)`: bounds on the value (band widths) or on its magnitude
+        (signed parameters, `low = 0`).
+    """
+    compute = _COMPUTE_DTYPES.get(dtype, dtype)
+    info = np.finfo(compute)
+    tiny, largest = float(info.tiny), float(info.max)
+    if not positive:
+        return 0.0, largest / 2
+    n = order
+    value_scale = math.factorial(n + 1) if n <= _MAX_TRUNCATED_POWER_ORDER[compute] else 1
+    low = tiny * max(1.0, n / 2 * value_scale)
+    high = min(largest / 2, n / (2 * tiny), 0.25 / tiny if n == 1 else largest)
+    return low, high
+
+
+def parameter_problem(
+    value: float, positive: bool, dtype: str = "float32", order: int = 1
+) -> str | None:
+    """What is wrong with a parameter's real value, or None if it is valid.
+
+    The text completes "`name` ..." (e.g. "must be finite and > 0, and in
+    [1.175e-38, 1.701e+38] to be computed in float32"); callers add the name
+    and what they received. See `parameter_limits` for the range.
+    """
+    low, high = parameter_limits(dtype, positive, order)
+    compute = _COMPUTE_DTYPES.get(dtype, dtype)
+    if positive:
+        if math.isfinite(value) and low <= value <= high:
+            return None
+        return (
+            f"must be finite and > 0, and in [{low:.4g}, {high:.4g}] to be computed in "
+            f"{compute}"
+        )
+    if math.isfinite(value) and abs(value) <= high:
+        return None
+    return f"must be finite, and in [{-high:.4g}, {high:.4g}] to be computed in {compute}"
+
+
+def require_parameter(
+    name: str, value: object, positive: bool, dtype: str = "float32", order: int = 1
+) -> float:
+    """A Python/NumPy real number that `dtype` computes with (see `parameter_limits`).
+
+    Args:
+        name: The parameter's name, for the message.
+        value: The value to check.
+        positive: Whether it is a band width (`> 0`).
+        dtype: The dtype of the inputs it will be used with.
+        order: The RESCU order a band width is used with.
+
+    Returns:
+        The value as a Python float.
 
     Raises:
-        ValueError: if `value` is not a real number, not finite, or not `> 0`
-            when `positive`.
+        ValueError: if `value` is not a real number or out of range, e.g.
+            "`beta` must be finite and > 0, and in [1.175e-38, 1.701e+38] to be
+            computed in float32. Received: beta=1e+300".
     """
-    if not (_is_number(value) and math.isfinite(value) and (not positive or value > 0)):
-        raise _parameter_error(name, value if _is_number(value) else repr(value), positive)
+    if not _is_number(value):
+        condition = "finite and > 0" if positive else "finite"
+        raise ValueError(f"`{name}` must be a real number, {condition}. Received: {name}={value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # a Python integer beyond float64
+        number = math.inf
+    problem = parameter_problem(number, positive, dtype, order)
+    if problem is not None:
+        raise ValueError(f"`{name}` {problem}. Received: {name}={value}")
     return float(value)
 
 
@@ -115,11 +205,6 @@ def _total(terms: list):
     for term in terms[1:]:
         total = total + term
     return total
-
-
-def _parameter_error(name: str, value, positive: bool) -> ValueError:
-    condition = "finite and > 0" if positive else "finite"
-    return ValueError(f"`{name}` must be {condition}. Received: {name}={value}")
 
 
 # ---------------------------------------------------------------------------
@@ -223,21 +308,22 @@ class _Kernels:
             return None
         return keras.ops.convert_to_numpy(tensor)
 
-    def poison(self, tensor, positive: bool):
+    def poison(self, tensor, limits: tuple[float, float], positive: bool):
         """0 where the traced parameter `tensor` is valid, NaN where it is not.
 
+        Valid: within `limits` (see `parameter_limits`; NaN compares false).
         Added to the output, it turns the results of an invalid parameter into
         NaN. (Poisoning the parameter itself is not enough: XLA's CPU min/max
         drop NaN, and the clip to the band would hide it.)
         """
-        valid = keras.ops.isfinite(tensor)
-        if positive:
-            valid = keras.ops.logical_and(valid, tensor > 0)
+        low, high = limits
+        magnitude = tensor if positive else keras.ops.abs(tensor)
+        valid = keras.ops.logical_and(magnitude >= low, magnitude <= high)
         return keras.ops.cast(keras.ops.where(valid, 0.0, float("nan")), tensor.dtype)
 
-    def check_symbolic(self, tensor, name: str, positive: bool):
+    def check_symbolic(self, tensor, name: str, problem: str, limits, positive: bool):
         """A traced parameter's poison (see `poison`); no assertion exists here."""
-        return self.poison(tensor, positive)
+        return self.poison(tensor, limits, positive)
 
     # --- The math -------------------------------------------------------
 
@@ -260,12 +346,13 @@ class _Kernels:
     def to_dtype(self, x, dtype: str):
         return x if self.dtype_name(x) == dtype else self.cast(x, dtype)
 
-    def parameter(self, value: Param, name: str, dtype: str, positive: bool):
+    def parameter(self, value: Param, name: str, dtype: str, positive: bool, order: int = 1):
         """Validates a parameter and returns it ready for `dtype` arithmetic.
 
         Python numbers stay Python numbers (they fold into constants and need
         no gradient). Tensors and variables are cast to `dtype`; gradients
-        flow through them. See the module docstring for how values that are
+        flow through them. Values must lie within `parameter_limits(dtype,
+        positive, order)`. See the module docstring for how values that are
         not known yet are checked.
 
         Returns:
@@ -273,7 +360,7 @@ class _Kernels:
             else a tensor (0 where valid, NaN where not) to add to the output.
         """
         if _is_number(value):
-            return require_parameter(name, value, positive), None
+            return require_parameter(name, value, positive, dtype, order), None
         tensor = self.convert(value)
         if not self.dtype_name(tensor).startswith(("float", "bfloat", "int", "uint")):
             raise TypeError(
@@ -282,38 +369,64 @@ class _Kernels:
             )
         tensor = self.to_dtype(tensor, dtype)
         static = self.static_value(tensor)
+        limits = parameter_limits(dtype, positive, order)
+        # The condition a value must meet, as text (NaN never meets it).
+        condition = parameter_problem(math.nan, positive, dtype, order)
         if static is None:
-            return tensor, self.check_symbolic(tensor, name, positive)
-        if not (np.all(np.isfinite(static)) and (not positive or np.all(static > 0))):
-            raise _parameter_error(name, static, positive)
+            return tensor, self.check_symbolic(tensor, name, condition, limits, positive)
+        magnitude = static if positive else np.abs(static)
+        if not np.all((magnitude >= limits[0]) & (magnitude <= limits[1])):
+            raise ValueError(f"`{name}` {condition}. Received: {name}={static}")
         return tensor, None
 
-    def truncated_power(self, shifted, knot, power: int, first: bool):
-        """`(shifted - knot)_+ ** power`; the first knot is 0 and needs no clamp."""
-        base = shifted if first else self.relu(shifted - knot)
+    def power(self, base, power: int):
+        """`base ** power` by repeated squaring: cheaper kernels than `Pow`."""
         if power == 1:
             return base
-        if power == 2:
-            return self.square(base)
-        return base**power
+        if power % 2:
+            return self.power(base, power - 1) * base
+        return self.square(self.power(base, power // 2))
 
-    def band_antiderivative(self, clipped, beta, order: int, k: int):
-        """`T_k(clipped + beta)`: the k-th antiderivative of the kernel."""
+    def band_by_truncated_powers(self, clipped, beta, order: int, value: bool, slope: bool):
+        """Band value `T_{n+1}` and slope `T_n` (see above), sharing their terms.
+
+        Evaluated on `u = (clipped + beta) / h` in `[0, order]`, so that no
+        intermediate overflows or underflows where the result does not (see
+        `parameter_limits`); `clipped + beta` is exact near the left knot.
+        """
         n = order
         h = 2.0 * beta / n
-        shifted = None
-        total = None
+        if n == 1 and value and self.fused_square(beta, clipped):
+            # SmeLU's value (x + beta)^2 / (4 beta) as one fused kernel, where
+            # that square cannot overflow or underflow (else: below, scaled).
+            band_value = self.squared_difference(clipped, -beta) * (0.25 / beta)
+            return band_value, ((clipped + beta) * (0.5 / beta) if slope else None)
+        u = (clipped + beta) * (1.0 / h)
+        slope_terms, value_terms = [], []
         for j in range(n):
+            base = u if j == 0 else self.relu(u - float(j))  # u >= 0 needs no clamp
             coefficient = (-1) ** j * math.comb(n, j)
-            if j == 0 and k == 2:
-                # (x + beta)^2 as one fused op; this is the whole SmeLU value.
-                term = self.squared_difference(clipped, -beta)
-            else:
-                shifted = clipped + beta if shifted is None else shifted
-                term = self.truncated_power(shifted, j * h, k, first=j == 0)
-            term = term if coefficient == 1 else coefficient * term
-            total = term if total is None else total + term
-        return total * (1.0 / (math.factorial(k) * h**n))
+            power = self.power(base, n)
+            value_power = power * base if value else None
+            for wanted, terms, term in ((slope, slope_terms, power), (value, value_terms, value_power)):
+                if wanted:
+                    terms.append(term if coefficient == 1 else coefficient * term)
+        return (
+            _total(value_terms) * (h / math.factorial(n + 1)) if value else None,
+            _total(slope_terms) * (1.0 / math.factorial(n)) if slope else None,
+        )
+
+    def fused_square(self, beta, x) -> bool:
+        """Whether `(x + beta)^2` (x in `[-beta, beta]`) is finite and normal in x's dtype.
+
+        It is when `4 beta^2 <= max` and the smallest nonzero `x + beta`
+        (about `beta * eps / 2`) squares to at least the smallest normal number.
+        Only Python numbers are known when the graph is built.
+        """
+        if not isinstance(beta, float):
+            return False
+        info = np.finfo(self.dtype_name(x))
+        return 2.0 * math.sqrt(info.tiny) / info.eps <= beta <= math.sqrt(info.max) / 2.0
 
     def bspline_basis(self, u, order: int, orders: tuple[int, ...]):
         """Cardinal B-splines at the knot interval of each element of `u`.
@@ -368,36 +481,24 @@ class _Kernels:
 
     def band(self, clipped, beta, order: int, value: bool = True, slope: bool = True):
         """`(rescu, rescu')` inside the band, on the clipped input (None if not asked)."""
-        if order > _MAX_TRUNCATED_POWER_ORDER:
+        if order > _MAX_TRUNCATED_POWER_ORDER[self.dtype_name(clipped)]:
             return self.band_by_recurrence(clipped, beta, order, value, slope)
-        return (
-            self.band_antiderivative(clipped, beta, order, order + 1) if value else None,
-            self.band_antiderivative(clipped, beta, order, order) if slope else None,
-        )
+        return self.band_by_truncated_powers(clipped, beta, order, value, slope)
 
-    def rescu_value(self, x, beta, order: int):
-        band_value, _ = self.band(self.clip(x, beta), beta, order, slope=False)
-        return self.maximum(x, band_value)
+    def rescu_with_gradient(self, x, beta, order: int):
+        """RESCU of `x` (any float dtype) with a lean custom gradient.
 
-    def rescu_slope_and_beta_derivative(self, x, beta, order: int, with_beta: bool):
-        """rescu'(x) and d rescu / d beta (None unless `with_beta`).
+        The forward pass runs in the compute dtype and returns `x.dtype`. It
+        also computes the slope, from the terms the value is made of, and keeps
+        it for the backward pass, which is then a single product (TensorFlow
+        keeps the output instead for order 1 in float32/64, see
+        `_TensorFlowKernels`). In graphs the slope is pruned when no gradient
+        is taken. Gradients flow to `beta` when it is a tensor.
 
         d rescu / d beta follows from rescu(x; beta) = beta * rescu(x / beta; 1):
         it is (rescu(x) - x rescu'(x)) / beta, which is exactly 0 outside the
         band, so it is evaluated on the clipped input (no inf - inf at
         |x| = inf).
-        """
-        clipped = self.clip(x, beta)
-        value, slope = self.band(clipped, beta, order, value=with_beta)
-        return slope, ((value - clipped * slope) / beta if with_beta else None)
-
-    def rescu_with_gradient(self, x, beta, order: int):
-        """RESCU of `x` (any float dtype) with a lean custom gradient.
-
-        The forward pass runs in the compute dtype and returns `x.dtype`. The
-        backward pass keeps the input (TensorFlow keeps the output for order
-        1 in float32/64, see `_TensorFlowKernels`). Gradients flow to `beta`
-        when it is a tensor.
         """
         input_dtype = self.dtype_name(x)
         dtype = self.compute_dtype(x)
@@ -407,22 +508,26 @@ class _Kernels:
         from_output = order == 1 and self.slope_from_output and input_dtype == dtype
 
         def forward(x, beta):
-            y = self.to_dtype(self.rescu_value(self.to_dtype(x, dtype), beta, order), input_dtype)
+            x = self.to_dtype(x, dtype)
+            clipped = self.clip(x, beta)
+            value, slope = self.band(clipped, beta, order, slope=not from_output)
+            y = self.to_dtype(self.maximum(x, value), input_dtype)
+            beta_derivative = None
+            if with_beta and not from_output:
+                beta_derivative = (value - clipped * slope) / beta
 
             def grad(upstream):
                 upstream = self.to_dtype(upstream, dtype)
                 if from_output:
-                    slope, beta_derivative = self.smelu_slope_from_output(
+                    slope_, beta_derivative_ = self.smelu_slope_from_output(
                         self.to_dtype(y, dtype), beta, with_beta
                     )
                 else:
-                    slope, beta_derivative = self.rescu_slope_and_beta_derivative(
-                        self.to_dtype(x, dtype), beta, order, with_beta
-                    )
-                dx = self.to_dtype(upstream * slope, input_dtype)
+                    slope_, beta_derivative_ = slope, beta_derivative
+                dx = self.to_dtype(upstream * slope_, input_dtype)
                 if not with_beta:
                     return dx
-                return dx, self.sum_to_shape(upstream * beta_derivative, beta)
+                return dx, self.sum_to_shape(upstream * beta_derivative_, beta)
 
             return y, grad
 
@@ -444,7 +549,7 @@ class _Kernels:
 
     def rescu(self, x, beta, order: int):
         x = self.as_float_tensor(x, "rescu")
-        beta, poison = self.parameter(beta, "beta", self.compute_dtype(x), positive=True)
+        beta, poison = self.parameter(beta, "beta", self.compute_dtype(x), True, order)
         return self.poisoned(self.rescu_with_gradient(x, beta, order), [poison])
 
     def generalized_smelu(self, x, alpha, beta, g_minus, g_plus, t):
@@ -529,20 +634,19 @@ class _TensorFlowKernels(_Kernels):
     def static_value(self, tensor) -> np.ndarray | None:
         return tf.get_static_value(tensor)
 
-    def poison(self, tensor, positive: bool):
-        valid = tf.math.is_finite(tensor)
-        if positive:
-            valid = tf.logical_and(valid, tensor > 0)
+    def poison(self, tensor, limits: tuple[float, float], positive: bool):
+        low, high = limits
+        magnitude = tensor if positive else tf.abs(tensor)
+        valid = tf.logical_and(magnitude >= low, magnitude <= high)
         return tf.where(valid, tf.constant(0.0, tensor.dtype), tf.constant(np.nan, tensor.dtype))
 
-    def check_symbolic(self, tensor, name: str, positive: bool):
+    def check_symbolic(self, tensor, name: str, problem: str, limits, positive: bool):
         """Asserts in the graph (automatic control dependencies keep the check),
         and poisons the output where the assertion cannot run (XLA drops it)."""
-        poison = self.poison(tensor, positive)
-        condition = "finite and > 0" if positive else "finite"
+        poison = self.poison(tensor, limits, positive)
         tf.debugging.Assert(
             tf.reduce_all(tf.math.is_finite(poison)),
-            [f"`{name}` must be {condition}. Received: {name}=", tensor],
+            [f"`{name}` {problem}. Received: {name}=", tensor],
         )
         return poison
 
