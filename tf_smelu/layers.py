@@ -42,7 +42,7 @@ class SmeLU(keras.layers.Layer):
 
     Raises:
         ValueError: if `beta` is not a finite number `> 0` within the range
-            of the layer's compute dtype (`[1.2e-38, 1.7e38]` in float32).
+            of the layer's compute dtype (`[2.0e-31, 2.1e37]` in float32).
     """
 
     def __init__(self, beta: float = 1.0, **kwargs):
@@ -88,7 +88,7 @@ class RESCU(keras.layers.Layer):
     def __init__(self, beta: float = 1.0, order: int = 2, **kwargs):
         super().__init__(**kwargs)
         self.order = require_rescu_order(order)
-        self.beta = require_parameter("beta", beta, True, self.compute_dtype, self.order)
+        self.beta = require_parameter("beta", beta, True, self.compute_dtype)
         self.supports_masking = True
 
     def call(self, inputs):

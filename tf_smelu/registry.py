@@ -154,9 +154,7 @@ class Activation:
             beta = float(self.beta)
             # Checked against Keras' float type, which models train in, so
             # that a main job stops here rather than at its first NaN.
-            problem = activations.parameter_problem(
-                beta, positive=True, dtype=keras.config.floatx(), order=self.order or 1
-            )
+            problem = activations.parameter_problem(beta, True, keras.config.floatx())
             if problem is not None:
                 raise ValueError(f"beta {problem}. Received: {self}")
             object.__setattr__(self, "beta", beta)
