@@ -281,3 +281,25 @@ def test_worker_mistakes_end_in_one_line(case, tmp_path):
 def test_launcher_without_a_command_ends_in_one_line():
     result = _run(["-m", "tf_smelu.training.launcher", "--num_workers=2"], timeout=120)
     _assert_one_line_error(result, "command after `--`")
+
+
+# ---- activation numerics and RESCU speed (issue 20) ----
+
+
+@pytest.mark.parametrize("spec", ["smelu:1e300", "smelu:1e-320", "rescu:1e-45:3",
+                                  "generalized_smelu:1e38"])
+def test_a_beta_float32_cannot_compute_is_one_usage_line(spec):
+    # Used to pass the flag check, train the ReLU row, then die on NaN scores.
+    with pytest.raises(app.UsageError, match="to be computed in float32") as raised:
+        cli.experiment_config({"activations": ["relu", spec]})
+    message = str(raised.value)
+    assert "\n" not in message and spec.split(":")[0] in message
+
+
+@pytest.mark.slow
+def test_main_job_with_a_beta_float32_cannot_compute_stops_before_training(tmp_path):
+    result = _run([MAIN_JOB, *TINY, "--activations=relu,smelu:1e300",
+                   f"--output_dir={tmp_path / 'out'}"])
+    _assert_one_line_error(result, "smelu:1e+300", "float32")
+    assert "relu" not in result.stdout  # no row was trained
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -17,16 +17,24 @@ is `"tensorflow"`, take the TensorFlow kernels; so exported SavedModels hold
 only stock ops and serve without this package. The other backends never see a
 TensorFlow op, and TensorFlow never sees their arrays.
 
-**Precision.** Orders 1 and 2 evaluate the truncated-power sum of the
-B-spline on the clipped input: a handful of element-wise ops, exact to a few
-ulps. From order 3 on that sum cancels (terms of size `~n^n / n!` add up to a
+**Precision and speed.** The band is evaluated on the clipped input scaled to
+knot spacings, `u = (x + beta) / h` in `[0, order]`, so nothing overflows or
+underflows where the result does not. Orders 1 to 3 evaluate the
+truncated-power sum of the B-spline: a handful of element-wise ops, exact to
+a few ulps. Beyond, that sum cancels (terms of size `~n^n / n!` add up to a
 value of size 1: in float32 the error is 1e-3 at order 10 and 1e8 at order
-30), so higher orders evaluate the B-splines with the Cox-de Boor recurrence,
-whose terms are all positive: the value and slope are exact to a few ulps
-times the order, in every dtype, for every order up to `MAX_RESCU_ORDER`.
+30). Orders 4 to 8 evaluate it from the nearer end of the band (RESCU minus
+ReLU is even): half the terms, of size `~(n/2)^n / n!`, still within a few
+ulps. Higher orders evaluate the B-splines with the Cox-de Boor recurrence,
+whose terms are all positive (about `order**2` ops). The value and slope are
+exact to a few ulps times the order, in every dtype, for every order up to
+`MAX_RESCU_ORDER` (measured errors next to `_MAX_REFLECTED_POWER_ORDER`).
 Half-precision inputs are computed in float32 and rounded once at the end.
 
-**Parameter checks.** Python numbers are checked when the function is called
+**Parameter checks.** Every parameter must lie in the range its compute dtype
+can compute with (`parameter_limits`: band widths in about `[2e-31, 2e37]` in
+float32, so that no constant derived from them overflows or is flushed to
+zero). Python numbers are checked when the function is called
 (ValueError). Tensors with a known value (eager TensorFlow, NumPy, concrete JAX
 arrays, PyTorch tensors) are checked the same way. Symbolic tensors (inside a
 `tf.function`, or traced by `jax.jit`, as trainable weights are in Keras'
@@ -794,13 +802,13 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2):
     It is $C^n$: order 1 is SmeLU ($C^1$), order 2 is piecewise cubic and
     $C^2$, and so on. The gradient is
     $\frac{1}{n!} \sum_j (-1)^j \binom{n}{j} (u - j)_+^n$, a B-spline CDF.
-    From order 3 on, value and gradient are computed from positive sums of
-    B-splines (Cox-de Boor) instead of that alternating sum, which cancels
-    catastrophically; every accepted order (`1 <= order <= 32`) is accurate to
-    a few ulps of the input dtype (at most `2 (order + 2)` ulps in float32 and
-    float64, half an ulp in float16 and bfloat16). That costs about
-    `order**2` element-wise ops: orders 1 and 2 are a handful, order 3 is
-    about 5x order 2 in graph mode (1.5x under XLA).
+    That alternating sum cancels at high orders: from order 4 on it is
+    evaluated from the nearer end of the band (half the terms, far smaller),
+    and from order 9 on from positive sums of B-splines (Cox-de Boor, about
+    `order**2` element-wise ops). Every accepted order (`1 <= order <= 32`)
+    is accurate to a few ulps of the input dtype (at most `2 (order + 2)`
+    ulps in float32 and float64, half an ulp in float16 and bfloat16). See
+    the README's Performance section for the cost per order.
 
     Example:
 
@@ -811,10 +819,11 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2):
         x: Floating-point tensor (float16, bfloat16, float32 or float64) of
             any Keras backend (or a TensorFlow tensor, NumPy array or list).
             Half-precision inputs are computed in float32.
-        beta: Half-width of the smooth band, finite and `> 0`. A Python
-            number, or a tensor/variable broadcastable to `x` (then it
-            receives gradients; see the module docstring for how traced values
-            are checked).
+        beta: Half-width of the smooth band, finite and `> 0`, within
+            `parameter_limits(x.dtype, positive=True)` (about `[2e-31, 2e37]`
+            in float32). A Python number, or a tensor/variable broadcastable
+            to `x` (then it receives gradients; see the module docstring for
+            how traced values are checked).
         order: Smoothness order, a Python integer with
             `1 <= order <= MAX_RESCU_ORDER` (32).
 
@@ -823,8 +832,8 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2):
 
     Raises:
         TypeError: if `x` is not a floating-point tensor.
-        ValueError: if `beta` is not finite or `<= 0`, or `order` is not an
-            integer in `[1, 32]`.
+        ValueError: if `beta` is not finite, `<= 0` or outside the range of
+            the compute dtype, or `order` is not an integer in `[1, 32]`.
 
     Reference:
         [Shamir et al., 2020](https://arxiv.org/abs/2010.09931)
@@ -859,8 +868,10 @@ def smelu(x: TensorLike, beta: Param = 1.0):
     Args:
         x: Floating-point tensor (float16, bfloat16, float32 or float64) of
             any Keras backend (or a TensorFlow tensor, NumPy array or list).
-        beta: Half-width of the quadratic band, finite and `> 0`. A Python
-            number, or a tensor/variable broadcastable to `x` (then it
+        beta: Half-width of the quadratic band, finite and `> 0`, within
+            `parameter_limits(x.dtype, positive=True)` (about `[2e-31, 2e37]`
+            in float32; e.g. `beta=1e20` gives the finite `2.5e19` at 0). A
+            Python number, or a tensor/variable broadcastable to `x` (then it
             receives gradients).
 
     Returns:
@@ -868,7 +879,8 @@ def smelu(x: TensorLike, beta: Param = 1.0):
 
     Raises:
         TypeError: if `x` is not a floating-point tensor.
-        ValueError: if `beta` is not finite or `<= 0`.
+        ValueError: if `beta` is not finite, `<= 0` or outside the range of
+            the compute dtype.
 
     Reference:
         [Shamir et al., 2020](https://arxiv.org/abs/2010.09931)
@@ -927,7 +939,8 @@ def generalized_smelu(
 
     Raises:
         TypeError: if `x` is not a floating-point tensor.
-        ValueError: if a parameter is not finite, or `alpha <= 0` or
+        ValueError: if a parameter is not finite or outside the range of the
+            compute dtype (see `parameter_limits`), or `alpha <= 0` or
             `beta <= 0`.
 
     Reference:
