@@ -359,8 +359,8 @@ class _Kernels:
         Python numbers stay Python numbers (they fold into constants and need
         no gradient). Tensors and variables are cast to `dtype`; gradients
         flow through them. Values must lie within
-        `parameter_limits(dtype, positive)`. See the module docstring for how values that are
-        not known yet are checked.
+        `parameter_limits(dtype, positive)`. See the module docstring for how
+        values that are not known yet are checked.
 
         Returns:
             `(value, poison)`: `poison` is None when the value was checked,
