@@ -150,8 +150,8 @@ def parameter_limits(dtype: str, positive: bool) -> tuple[float, float]:
 def parameter_problem(value: float, positive: bool, dtype: str = "float32") -> str | None:
     """What is wrong with a parameter's real value, or None if it is valid.
 
-    The text completes "`name` ..." (e.g. "must be finite and > 0, and in
-    [1.973e-31, 2.127e+37] to be computed in float32"); callers add the name
+    The text completes "`name` ..." (e.g. "must be a finite number > 0 in
+    [1.972e-31, 2.127e+37] to be computed in float32"); callers add the name
     and what they received. See `parameter_limits` for the range.
     """
     low, high = parameter_limits(dtype, positive)
@@ -159,13 +159,10 @@ def parameter_problem(value: float, positive: bool, dtype: str = "float32") -> s
     if positive:
         if math.isfinite(value) and low <= value <= high:
             return None
-        return (
-            f"must be finite and > 0, and in [{low:.4g}, {high:.4g}] to be computed in "
-            f"{compute}"
-        )
+        return f"must be a finite number > 0 in [{low:.4g}, {high:.4g}] to be computed in {compute}"
     if math.isfinite(value) and abs(value) <= high:
         return None
-    return f"must be finite, and in [{-high:.4g}, {high:.4g}] to be computed in {compute}"
+    return f"must be a finite number in [{-high:.4g}, {high:.4g}] to be computed in {compute}"
 
 
 def require_parameter(name: str, value: object, positive: bool, dtype: str = "float32") -> float:
@@ -182,7 +179,7 @@ def require_parameter(name: str, value: object, positive: bool, dtype: str = "fl
 
     Raises:
         ValueError: if `value` is not a real number or out of range, e.g.
-            "`beta` must be finite and > 0, and in [1.973e-31, 2.127e+37] to be
+            "`beta` must be a finite number > 0 in [1.972e-31, 2.127e+37] to be
             computed in float32. Received: beta=1e+300".
     """
     if not _is_number(value):
