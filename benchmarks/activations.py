@@ -7,14 +7,15 @@ ReLU measured in the same rounds, so machine noise hits all of them alike.
 Three measurements:
   1. fwd+bwd of the activation alone on a large float32 tensor (16M elements
      by default), in plain graph mode (`tf.function`, no XLA) and under
-     `jit_compile=True`;
+     `jit_compile=True`, with RESCU at every order of `--rescu_orders`;
   2. a realistic training step (CTR-style MLP 256-128-64, batch 512, Adam,
      and a wide MLP) in both modes;
   3. peak memory of a training step (TF's allocator statistics).
 
 Usage:
-  python benchmarks/activations.py             # about 2 minutes on 2 cores
+  python benchmarks/activations.py             # about 4 minutes on 2 cores
   python benchmarks/activations.py --repeats=5 --elements=1000000  # quick
+  python benchmarks/activations.py --parts=fwd_bwd   # the first table only
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ flags.DEFINE_integer("repeats", 15, "Rounds; each round times every activation o
 flags.DEFINE_integer("steps_per_round", 10, "Training steps timed per round.")
 flags.DEFINE_list(
     "modes", ["graph", "xla"], "Execution modes: graph (tf.function) and/or xla."
+)
+flags.DEFINE_list(
+    "rescu_orders", ["2", "3", "4", "5", "6", "7", "8"],
+    "RESCU orders timed in the fwd+bwd table (each formulation of the band: "
+    "plain truncated powers up to 3, reflected up to 8, Cox-de Boor above).",
+)
+flags.DEFINE_list(
+    "parts", ["fwd_bwd", "steps", "memory"],
+    "What to measure: fwd_bwd (the activation alone), steps (training steps), memory.",
 )
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -73,6 +83,16 @@ def _median_times(fns: dict[str, Callable[[], object]], repeats: int, calls: int
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def _rescu_of_order(order: int) -> Callable:
+    return lambda x: tf_smelu.rescu(x, order=order)
+
+
+def _fwd_bwd_activations() -> dict[str, Callable]:
+    """`ACTIVATIONS` plus RESCU at every order of `--rescu_orders`."""
+    orders = {f"rescu{int(o)}": _rescu_of_order(int(o)) for o in FLAGS.rescu_orders}
+    return {**ACTIVATIONS, **orders}
+
+
 def _fwd_bwd_fns(elements: int, jit: bool):
     x = tf.Variable(tf.random.stateless_normal([elements], seed=[1, 2]))
     upstream = tf.random.stateless_normal([elements], seed=[3, 4])
@@ -91,7 +111,7 @@ def _fwd_bwd_fns(elements: int, jit: bool):
 
         return fwd_bwd
 
-    return {name: make(fn) for name, fn in ACTIVATIONS.items()}
+    return {name: make(fn) for name, fn in _fwd_bwd_activations().items()}
 
 
 def _mlp(activation, input_width, widths):
@@ -137,7 +157,7 @@ def _print_table(title: str, columns: dict[str, dict[str, float]], unit: str, sc
     header = "| activation | " + " | ".join(f"{c} ({unit}) | {c} / relu" for c in columns) + " |"
     print(header)
     print("|" + "---|" * (1 + 2 * len(columns)))
-    for name in ACTIVATIONS:
+    for name in next(iter(columns.values())):
         cells = []
         for values in columns.values():
             cells += [f"{values[name] * scale:.2f}", f"{values[name] / values['relu']:.3f}x"]
@@ -149,17 +169,18 @@ def main(argv):
     # Each activation gets its own tf.function: retracing warnings are expected.
     tf.get_logger().setLevel("ERROR")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, tf_smelu {tf_smelu.__version__}")
-    fwd_bwd = {
-        mode: _median_times(
-            _fwd_bwd_fns(FLAGS.elements, jit=mode == "xla"), FLAGS.repeats, calls=1
+    if "fwd_bwd" in FLAGS.parts:
+        fwd_bwd = {
+            mode: _median_times(
+                _fwd_bwd_fns(FLAGS.elements, jit=mode == "xla"), FLAGS.repeats, calls=1
+            )
+            for mode in FLAGS.modes
+        }
+        _print_table(
+            f"fwd+bwd of the activation alone, {FLAGS.elements:,} float32 elements",
+            fwd_bwd, "ms", 1e3,
         )
-        for mode in FLAGS.modes
-    }
-    _print_table(
-        f"fwd+bwd of the activation alone, {FLAGS.elements:,} float32 elements",
-        fwd_bwd, "ms", 1e3,
-    )
-    for mlp, (input_width, widths, batch) in MLPS.items():
+    for mlp, (input_width, widths, batch) in MLPS.items() if "steps" in FLAGS.parts else ():
         steps = {
             mode: _median_times(
                 {
@@ -176,6 +197,8 @@ def main(argv):
             f"batch {batch}, Adam",
             steps, "ms", 1e3,
         )
+    if "memory" not in FLAGS.parts:
+        return
     memory = {
         mlp: {
             name: float(_peak_step_memory(_train_step_fn(fn, mlp, jit=False)))

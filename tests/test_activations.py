@@ -1,5 +1,6 @@
 """Values, gradients, dtypes and errors of the activation functions."""
 
+import re
 from fractions import Fraction
 from math import comb, factorial
 
@@ -9,7 +10,7 @@ import references
 import tensorflow as tf
 
 import tf_smelu
-from tf_smelu.activations import MAX_RESCU_ORDER
+from tf_smelu.activations import MAX_RESCU_ORDER, parameter_limits
 
 FLOAT_DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 # Tolerances per dtype, loosened for half precision (as TF Addons does).
@@ -480,3 +481,114 @@ def test_invalid_parameter_under_xla_gives_nan_not_a_wrong_number():
 def test_non_float_inputs_are_rejected(dtype, fn):
     with pytest.raises(TypeError, match="floating-point"):
         fn(tf.zeros([2], dtype))
+
+
+# --- band widths at the limits of the compute dtype ---------------------------
+
+
+def _exact_at(x_rounded, beta, order):
+    """Exact value and slope, rounded once to float64."""
+    return (
+        np.array([_exact_rescu(v, beta, order, 0) for v in x_rounded]),
+        np.array([_exact_rescu(v, beta, order, 1) for v in x_rounded]),
+    )
+
+
+def _assert_exact_in(actual, expected, dtype, order):
+    """Within the accuracy test's tolerance, after rounding to `dtype` once
+    (a half-precision result may overflow to inf exactly where its true
+    value does). True values below the smallest normal number may come out
+    as 0: CPU kernels flush subnormal numbers to zero."""
+    rounded = tf.cast(tf.constant(expected, tf.float64), dtype)
+    compute = np.float64 if dtype == tf.float64 else np.float32
+    np.testing.assert_allclose(
+        tf.cast(actual, tf.float64).numpy(), tf.cast(rounded, tf.float64).numpy(),
+        rtol=_accuracy_tolerance(dtype, order), atol=float(np.finfo(compute).tiny),
+    )
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("order", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("end", ["low", "high"])
+def test_band_widths_at_the_limits_are_computed_exactly(dtype, order, end):
+    low, high = parameter_limits(dtype.name, positive=True)
+    beta = low if end == "low" else high
+    x = tf.cast(tf.constant(beta * np.linspace(-1.2, 1.2, 49), tf.float64), dtype)
+    x = tf.boolean_mask(x, tf.math.is_finite(x))  # half precision holds only some
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf_smelu.rescu(x, beta=beta, order=order)
+    grad = tape.gradient(y, x)
+    # The function computes with beta rounded to its compute dtype, as x is.
+    beta_rounded = float((np.float64 if dtype == tf.float64 else np.float32)(beta))
+    value, slope = _exact_at(tf.cast(x, tf.float64).numpy(), beta_rounded, order)
+    _assert_exact_in(y, value, dtype, order)
+    _assert_exact_in(grad, slope, dtype, order)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_beta_1e20_gives_the_finite_value_in_float32(order):
+    # (x + beta)^2 / (4 beta) used to overflow; the value (about 2.5e19 at 0
+    # for SmeLU) fits in float32.
+    x = tf.constant([-3e20, -5e19, -1.0, 0.0, 1.0, 7e19, 3e20], tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf_smelu.rescu(x, beta=1e20, order=order)
+    value, slope = _exact_at(tf.cast(x, tf.float64).numpy(), float(np.float32(1e20)), order)
+    assert np.all(np.isfinite(y.numpy()))
+    _assert_exact_in(y, value, tf.float32, order)
+    _assert_exact_in(tape.gradient(y, x), slope, tf.float32, order)
+
+
+def test_smelu_beta_1e20_is_finite():
+    y = tf_smelu.smelu(tf.constant([0.0], tf.float32), beta=1e20)
+    np.testing.assert_allclose(y.numpy(), [2.5e19], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("order", [1, 3, 8])
+def test_band_widths_beyond_the_limits_are_rejected(dtype, order):
+    low, high = parameter_limits(dtype.name, positive=True)
+    x = tf.constant([1.0, -1.0], dtype)
+    for beta in (high * 1.5, low / 1.5, 1e-320, 5e-324):
+        with pytest.raises(ValueError, match=r"`beta` must be .* to be computed in float"):
+            tf_smelu.rescu(x, beta=beta, order=order)
+
+
+@pytest.mark.parametrize("beta", [1e300, 1e-320, 1e-45, 1e-35, 1e38])
+@pytest.mark.parametrize("fn", [tf_smelu.smelu, tf_smelu.generalized_smelu])
+def test_the_reported_float32_betas_are_rejected(fn, beta):
+    message = re.escape(f"to be computed in float32. Received: beta={beta}")
+    with pytest.raises(ValueError, match=message):
+        fn(tf.constant([1.0, -1.0], tf.float32), beta=beta)
+
+
+def test_float64_computes_betas_float32_cannot():
+    x = tf.constant([-1e300, 0.0, 3e300], tf.float64)
+    np.testing.assert_allclose(tf_smelu.smelu(x, beta=1e300).numpy(), [0.0, 2.5e299, 3e300])
+
+
+@pytest.mark.parametrize("form", list(AS))
+@pytest.mark.parametrize("fn, name", PARAMETERS, ids=PARAMETER_IDS)
+def test_parameters_float32_cannot_hold_are_rejected(fn, name, form):
+    make = np.float64 if form == "numpy" else AS[form]  # np.float32(1e300) is inf already
+    with pytest.raises(ValueError, match=f"`{name}` must be .* Received: {name}="):
+        fn(tf.constant([1.0, -1.0]), **{name: make(1e300)})
+
+
+@pytest.mark.parametrize("fn, name", PARAMETERS, ids=PARAMETER_IDS)
+def test_traced_parameter_out_of_range_fails_when_the_graph_runs(fn, name):
+    @tf.function(input_signature=[tf.TensorSpec([], tf.float32)])
+    def traced(value):
+        return fn(tf.constant([1.0, -1.0]), **{name: value})
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="to be computed in float32"):
+        traced(tf.constant(3e38, tf.float32))
+
+
+def test_parameter_out_of_range_under_xla_gives_nan():
+    traced = tf.function(
+        lambda beta: tf_smelu.smelu(tf.constant([1.0, -0.2, 3.0]), beta=beta), jit_compile=True
+    )
+    assert np.all(np.isnan(traced(tf.constant(1e38))))
+    assert np.all(np.isnan(traced(tf.constant(1e-45))))

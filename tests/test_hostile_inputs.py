@@ -742,3 +742,23 @@ def test_a_piped_log_holds_few_progress_lines_and_a_damaged_row_stops_the_resume
     resumed = _run(args)
     _assert_one_line_error(resumed, str(path), "results row 1 (relu) is damaged",
                            "auc_mean is null", "--noresume")
+# ---- activation numerics and RESCU speed (issue 20) ----
+
+
+@pytest.mark.parametrize("spec", ["smelu:1e300", "smelu:1e-320", "rescu:1e-45:3",
+                                  "generalized_smelu:1e38"])
+def test_a_beta_float32_cannot_compute_is_one_usage_line(spec):
+    # Used to pass the flag check, train the ReLU row, then die on NaN scores.
+    with pytest.raises(app.UsageError, match="to be computed in float32") as raised:
+        cli.experiment_config({"activations": ["relu", spec]})
+    message = str(raised.value)
+    assert "\n" not in message and spec.split(":")[0] in message
+
+
+@pytest.mark.slow
+def test_main_job_with_a_beta_float32_cannot_compute_stops_before_training(tmp_path):
+    result = _run([MAIN_JOB, *TINY, "--activations=relu,smelu:1e300",
+                   f"--output_dir={tmp_path / 'out'}"])
+    _assert_one_line_error(result, "smelu:1e+300", "float32")
+    assert "relu" not in result.stdout  # no row was trained
+    assert not (tmp_path / "out" / "results.json").exists()

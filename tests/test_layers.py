@@ -140,6 +140,12 @@ def test_generalized_smelu_band_stays_positive_when_trained():
         (layers.GeneralizedSmeLU, dict(beta=1e-4), "min_width"),
         (layers.GeneralizedSmeLU, dict(trainable_parameters=["gamma"]), "trainable_parameters"),
         (layers.GeneralizedSmeLU, dict(trainable_parameters="beta"), "trainable_parameters"),
+        # Beyond what float32 (the default compute dtype) computes with.
+        (layers.SmeLU, dict(beta=1e300), "beta=1e.300"),
+        (layers.RESCU, dict(beta=1e-320, order=3), "to be computed in float32"),
+        (layers.RESCU, dict(beta=1e-45), "beta=1e-45"),
+        (layers.GeneralizedSmeLU, dict(g_minus=1e300), "g_minus"),
+        (layers.GeneralizedSmeLU, dict(alpha=1e38), "alpha"),
     ],
 )
 def test_bad_arguments(cls, kwargs, match):
@@ -169,3 +175,20 @@ def test_bad_shared_axes():
 
 def test_layers_are_exported_from_package():
     assert tf_smelu.layers.SmeLU is layers.SmeLU
+
+
+def test_band_width_is_checked_against_the_layer_compute_dtype():
+    x = np.array([[-1e300, 0.0, 3e300]])
+    layer = layers.SmeLU(beta=1e300, dtype="float64")
+    np.testing.assert_allclose(layer(x), [[0.0, 2.5e299, 3e300]])
+    with pytest.raises(ValueError, match="to be computed in float32"):
+        layers.RESCU(beta=1e300, dtype="mixed_float16")
+
+
+@pytest.mark.parametrize("name, value", [("beta", 1e38), ("g_plus", 3e38)])
+def test_generalized_smelu_weight_out_of_range_is_reported(name, value):
+    layer = layers.GeneralizedSmeLU(shared_axes=[1])
+    layer.build((None, 3))
+    getattr(layer, name).assign([value])
+    with pytest.raises(ValueError, match=f"`{name}` must be .* to be computed in float32"):
+        layer(np.ones((2, 3), "float32"))

@@ -230,3 +230,17 @@ def test_an_unregistered_name_is_refused_everywhere():
                                 flag_values=main_job)
     with pytest.raises(flags.IllegalFlagValueError, match="wide_smelu"):
         main_job(["prog", "--activations=relu,wide_smelu:0.3"])
+
+
+@pytest.mark.parametrize("spec", ["smelu:1e300", "rescu:1e-320:3", "generalized_smelu:1e-45",
+                                  "smelu:1e38"])
+def test_a_beta_float32_cannot_compute_is_refused_when_parsed(spec):
+    # The main job trains in Keras' float type; it must stop before training.
+    with pytest.raises(ValueError, match="to be computed in float32. Received: ") as raised:
+        registry.Activation.parse(spec)
+    assert spec.split(":")[0] in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_beta_in_range_parses():
+    assert registry.Activation.parse("smelu:1e20").beta == 1e20
+    assert registry.Activation.parse("rescu:1e-30:8").order == 8

@@ -5,7 +5,8 @@ the `tf_smelu` package so that `.keras` files load with `safe_mode=True`.
 The layers run on every Keras 3 backend (TensorFlow, JAX, PyTorch), as the
 functions they call do, and a `.keras` file saved under one backend loads
 under another. Parameters are checked when a layer is built from them: each
-must be a finite Python number (band widths and orders also in range).
+must be a finite Python number that the layer's compute dtype can compute
+with (`tf_smelu.activations.parameter_limits`; orders also in range).
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ class SmeLU(keras.layers.Layer):
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Raises:
-        ValueError: if `beta` is not a finite number `> 0`.
+        ValueError: if `beta` is not a finite number `> 0` within the range
+            of the layer's compute dtype (`[2.0e-31, 2.1e37]` in float32).
     """
 
     def __init__(self, beta: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        self.beta = require_parameter("beta", beta, positive=True)
+        self.beta = require_parameter("beta", beta, True, self.compute_dtype)
         self.supports_masking = True
 
     def call(self, inputs):
@@ -77,14 +79,16 @@ class RESCU(keras.layers.Layer):
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Raises:
-        ValueError: if `beta` is not a finite number `> 0`, or `order` is not
-            an integer in `[1, 32]`.
+        ValueError: if `beta` is not a finite number `> 0` within the range
+            of the layer's compute dtype (see
+            `tf_smelu.activations.parameter_limits`), or `order` is not an
+            integer in `[1, 32]`.
     """
 
     def __init__(self, beta: float = 1.0, order: int = 2, **kwargs):
         super().__init__(**kwargs)
-        self.beta = require_parameter("beta", beta, positive=True)
         self.order = require_rescu_order(order)
+        self.beta = require_parameter("beta", beta, True, self.compute_dtype)
         self.supports_masking = True
 
     def call(self, inputs):
@@ -159,8 +163,10 @@ class GeneralizedSmeLU(keras.layers.Layer):
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Raises:
-        ValueError: if a parameter is not a finite number, a band width is
-            not `> 0` or below `min_width`, or `trainable_parameters` names an
+        ValueError: if a parameter is not a finite number within the range
+            of the layer's compute dtype (see
+            `tf_smelu.activations.parameter_limits`), a band width is not
+            `> 0` or below `min_width`, or `trainable_parameters` names an
             unknown parameter.
     """
 
@@ -178,13 +184,10 @@ class GeneralizedSmeLU(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.min_width = require_parameter("min_width", min_width, positive=True)
+        self.min_width = require_parameter("min_width", min_width, True, self.compute_dtype)
         self.initial_values = {
-            "alpha": require_parameter("alpha", alpha, positive=True),
-            "beta": require_parameter("beta", beta, positive=True),
-            "g_minus": require_parameter("g_minus", g_minus, positive=False),
-            "g_plus": require_parameter("g_plus", g_plus, positive=False),
-            "t": require_parameter("t", t, positive=False),
+            name: require_parameter(name, value, name in _BAND_WIDTHS, self.compute_dtype)
+            for name, value in zip(_GENERALIZED_PARAMETERS, (alpha, beta, g_minus, g_plus, t))
         }
         for name in _BAND_WIDTHS:
             if self.initial_values[name] < self.min_width:

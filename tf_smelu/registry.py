@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 from collections.abc import Callable
 
 import keras
@@ -149,15 +148,16 @@ class Activation:
                     )
             elif value is None:
                 object.__setattr__(self, parameter, PARAMETER_DEFAULTS[parameter])
-        if self.beta is not None:
-            beta = float(self.beta)
-            if not (math.isfinite(beta) and beta > 0):
-                raise ValueError(
-                    f"beta must be a finite number > 0. Received: {self.name}:{self.beta}"
-                )
-            object.__setattr__(self, "beta", beta)
         if self.order is not None:
             object.__setattr__(self, "order", activations.require_rescu_order(self.order))
+        if self.beta is not None:
+            beta = float(self.beta)
+            # Checked against Keras' float type, which models train in, so
+            # that a main job stops here rather than at its first NaN.
+            problem = activations.parameter_problem(beta, True, keras.config.floatx())
+            if problem is not None:
+                raise ValueError(f"beta {problem}. Received: {self}")
+            object.__setattr__(self, "beta", beta)
 
     @property
     def entry(self) -> ActivationEntry:
