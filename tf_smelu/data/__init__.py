@@ -45,6 +45,7 @@ from tf_smelu.data.streaming import (
     TFRecordStream,
     fit_tfrecord_encoding,
     shard_policy,
+    stream_error,
     stream_tfrecords,
 )
 from tf_smelu.data.synthetic import (
@@ -104,6 +105,7 @@ __all__ = [
     "popularity_buckets",
     "read_criteo_file",
     "shard_policy",
+    "stream_error",
     "stream_tfrecords",
     "vocab_cap",
     "write_synthetic_criteo_file",

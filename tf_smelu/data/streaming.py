@@ -60,9 +60,9 @@ Errors
 Schema problems and damage in the inspected or sampled records raise while
 fitting the encoding, as `load_tfrecord` raises them (`MalformedRecordError`
 naming file and record).  While streaming, errors surface from the iterator
-(from `fit`) as `tf.errors.InvalidArgumentError` whose message is the
+(from `fit`) as `tf.errors.InvalidArgumentError` whose message holds the
 in-memory reader's line, `Bad TFRecord data in FILE at record index I:
-...`, for a missing, non-finite or non-0/1 label, a list where one value is
+...` (`stream_error` turns it back into that `MalformedRecordError`), for a missing, non-finite or non-0/1 label, a list where one value is
 expected, and a plain file cut inside a record header (TF's reader takes
 that for the end of the file; the stream counts each file's bytes).  TF's
 own reader reports a corrupted or cut record itself, as a
@@ -79,6 +79,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -90,6 +91,7 @@ from tf_smelu.data.sampling import concatenate_rows
 from tf_smelu.data.schema import SchemaOptions
 from tf_smelu.data.tfrecord import (
     READ_BATCH_RECORDS,
+    MalformedRecordError,
     TFRecordSource,
     compression_type,
     inspect_tfrecords,
@@ -110,6 +112,10 @@ DEFAULT_CYCLE_LENGTH = 4
 _RECORD_FRAMING_BYTES = 16  # length (8 bytes) and two CRCs (4 bytes each)
 _END_OF_FILE = -1  # record index of the sentinel closing each file's records
 _FILE_SIZE_UNKNOWN = -1  # GZIP files: the decompressed size is not known
+# The stream's own assert messages inside TF's error text (quotes escaped by TF).
+_STREAM_PROBLEM = re.compile(
+    r"assertion failed: \[Bad TFRecord data in (?P<path>.+?) at record index (?P<index>-?\d+): "
+    r"(?P<problem>.*?)\]\n", re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +226,29 @@ def _sample_rows(source: TFRecordSource, sample_records: int) -> dict[str, np.nd
 
 def _as_bytes(value: object) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+def stream_error(error: tf.errors.OpError) -> MalformedRecordError | None:
+    """The `MalformedRecordError` a stream's iterator error stands for, if it is one.
+
+    Command lines and callers of `fit` catch `tf.errors.OpError` and pass it
+    here to print the one-line error naming file and record.
+
+    Returns:
+        The error of a record the stream refused (see the module
+        docstring), or `None` for any other error (e.g. TF's own
+        `DataLossError`: `check_tfrecord_files` locates that damage).
+    """
+    match = _STREAM_PROBLEM.search(error.message)
+    if match is None:
+        return None
+    return MalformedRecordError(_unescape(match["path"]), int(match["index"]),
+                                _unescape(match["problem"]))
+
+
+def _unescape(text: str) -> str:
+    """Undoes TF's C escaping of quotes and backslashes in an assert message."""
+    return re.sub(r"\\(['\"\\])", r"\1", text)
 
 
 # --------------------------------------------------------------------------
