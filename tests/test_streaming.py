@@ -36,7 +36,8 @@ def _files(directory, count: int, first: int = 0, records=RECORDS_PER_FILE) -> s
     directory.mkdir(exist_ok=True)
     for f in range(count):
         start = first + f * records
-        _write(directory / f"part-{f:02d}.tfrecord", [_record(i) for i in range(start, start + records)])
+        _write(directory / f"part-{f:02d}.tfrecord",
+               [_record(i) for i in range(start, start + records)])
     return str(directory / "*.tfrecord")
 
 

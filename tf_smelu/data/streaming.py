@@ -62,7 +62,8 @@ fitting the encoding, as `load_tfrecord` raises them (`MalformedRecordError`
 naming file and record).  While streaming, errors surface from the iterator
 (from `fit`) as `tf.errors.InvalidArgumentError` whose message holds the
 in-memory reader's line, `Bad TFRecord data in FILE at record index I:
-...` (`stream_error` turns it back into that `MalformedRecordError`), for a missing, non-finite or non-0/1 label, a list where one value is
+...` (`stream_error` turns it back into that `MalformedRecordError`), for
+a missing, non-finite or non-0/1 label, a list where one value is
 expected, and a plain file cut inside a record header (TF's reader takes
 that for the end of the file; the stream counts each file's bytes).  TF's
 own reader reports a corrupted or cut record itself, as a
@@ -110,7 +111,7 @@ DEFAULT_CYCLE_LENGTH = 4
 """Files a stream reads at a time, by default."""
 
 _RECORD_FRAMING_BYTES = 16  # length (8 bytes) and two CRCs (4 bytes each)
-_END_OF_FILE = -1  # record index of the sentinel closing each file's records
+_COUNT_BATCH_RECORDS = 256  # records counted at a time in each file
 _FILE_SIZE_UNKNOWN = -1  # GZIP files: the decompressed size is not known
 # The stream's own assert messages inside TF's error text (quotes escaped by TF).
 _STREAM_PROBLEM = re.compile(
@@ -353,29 +354,33 @@ def _file_records(file_id: tf.Tensor, path: tf.Tensor, compression: tf.Tensor,
     """`(file id, record index, record)` of one file, then checks its bytes add up.
 
     TF's reader ends a plain file cut inside a record's 12-byte header as if
-    it were complete; a sentinel after the last record compares the bytes
-    read with the file's size (taken when the stream was built).
+    it were complete; an empty batch after the last one compares the bytes
+    read with the file's size (taken when the stream was built).  Records
+    are counted in batches: a function per record would cost more than
+    reading it.
     """
-    records = tf.data.TFRecordDataset(path, compression_type=compression).enumerate()
-    end = tf.data.Dataset.from_tensors((tf.constant(_END_OF_FILE, tf.int64), tf.constant(b"")))
+    batches = tf.data.TFRecordDataset(path, compression_type=compression).batch(
+        _COUNT_BATCH_RECORDS)
+    end = tf.data.Dataset.from_tensors(tf.zeros([0], tf.string))
 
-    def count(consumed, element):
-        index, record = element
-        is_end = tf.equal(index, _END_OF_FILE)
-        complete = tf.logical_not(is_end) | tf.equal(size, _FILE_SIZE_UNKNOWN) | tf.equal(
-            consumed[0], size)
-        message = tf.strings.join([
-            "Bad TFRecord data in ", path, " at record index ", tf.strings.as_string(consumed[1]),
+    def count(counted, records):
+        consumed, seen = counted[0], counted[1]
+        rows = tf.size(records, out_type=tf.int64)
+        complete = tf.logical_or(rows > 0, tf.logical_or(tf.equal(size, _FILE_SIZE_UNKNOWN),
+                                                         tf.equal(consumed, size)))
+        check = tf.debugging.Assert(complete, [tf.strings.join([
+            "Bad TFRecord data in ", path, " at record index ", tf.strings.as_string(seen),
             ": the file is truncated (plain TFRecord): it ends inside the header of the record "
-            "at byte offset ", tf.strings.as_string(consumed[0]), ", after ",
-            tf.strings.as_string(size - consumed[0]), " of its 12 bytes"])
-        with tf.control_dependencies([tf.debugging.Assert(complete, [message])]):
-            record_bytes = tf.cast(tf.strings.length(record), tf.int64) + _RECORD_FRAMING_BYTES
-            return consumed + tf.stack([record_bytes, 1]), (tf.identity(index), record)
+            "at byte offset ", tf.strings.as_string(consumed), ", after ",
+            tf.strings.as_string(size - consumed), " of its 12 bytes"])])
+        record_bytes = tf.reduce_sum(tf.strings.length(records, unit="BYTE"))
+        with tf.control_dependencies([check]):
+            counted = counted + tf.stack(
+                [tf.cast(record_bytes, tf.int64) + _RECORD_FRAMING_BYTES * rows, rows])
+        indices = seen + tf.range(rows, dtype=tf.int64)
+        return counted, (tf.fill([rows], tf.cast(file_id, tf.int64)), indices, records)
 
-    counted = records.concatenate(end).scan(tf.zeros([2], tf.int64), count)
-    return counted.filter(lambda index, _: index != _END_OF_FILE).map(
-        lambda index, record: (file_id, index, record))
+    return batches.concatenate(end).scan(tf.zeros([2], tf.int64), count).unbatch()
 
 
 class _Parser:
@@ -400,13 +405,11 @@ class _Parser:
         parsed = tf.io.parse_example(serialized, {
             name: tf.io.RaggedFeature(_DTYPES[encoding.kinds[name]], row_splits_dtype=tf.int64)
             for name in names})
-        checks, columns = [], {}
+        rules, columns = [], {}  # rules: (rows that are good, problem)
         for name in names:
             lengths = parsed[name].row_lengths()
-            checks.append(self._require(
-                lengths <= 1, file_ids, indices,
-                f"feature {name!r} holds several values; one is expected (lists are not "
-                "supported)"))
+            rules.append((lengths <= 1, f"feature {name!r} holds several values; one is "
+                          "expected (lists are not supported)"))
             columns[name] = (parsed[name].to_tensor(shape=[None, 1])[:, 0], tf.equal(lengths, 1))
         label, present = columns[encoding.label_column]
         label = tf.cast(label, tf.float64)
@@ -416,25 +419,33 @@ class _Parser:
             label_rule = "must be 0 or 1 (set --label_threshold to binarize other values)"
         else:
             label_rule = "must be present and finite"
-        checks.append(self._require(
-            good, file_ids, indices, f"the label feature {encoding.label_column!r} {label_rule}"))
+        rules.append((good, f"the label feature {encoding.label_column!r} {label_rule}"))
         if encoding.label_threshold is not None:
             label = tf.cast(label >= encoding.label_threshold, tf.float64)
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies([self._require(rules, file_ids, indices)]):
             labels = tf.cast(tf.identity(label), tf.float32)
         features = {key: table.lookup(self._text(*columns[name], encoding.kinds[name]))
                     for key, (name, table) in self.tables.items()}
         features[DENSE_FEATURE_NAME] = self._dense(columns, tf.shape(serialized)[0])
         return features, labels
 
-    def _require(self, good: tf.Tensor, file_ids: tf.Tensor, indices: tf.Tensor,
-                 problem: str) -> tf.Operation:
-        """An assert whose message is the in-memory reader's line for the first bad row."""
-        first = tf.argmin(tf.cast(good, tf.int32))
-        message = tf.strings.join([
-            "Bad TFRecord data in ", tf.gather(self.files, file_ids[first]),
-            " at record index ", tf.strings.as_string(indices[first]), ": ", problem])
-        return tf.debugging.Assert(tf.reduce_all(good), [message])
+    def _require(self, rules: list[tuple[tf.Tensor, str]], file_ids: tf.Tensor,
+                 indices: tf.Tensor) -> tf.Operation:
+        """One assert for all rules; its message, the in-memory reader's line for the
+        first bad row, is built only when a row breaks a rule."""
+        goods = tf.stack([good for good, _ in rules])  # [rules, rows]
+        all_good = tf.reduce_all(goods)
+
+        def message() -> tf.Tensor:
+            row = tf.argmin(tf.cast(tf.reduce_all(goods, axis=0), tf.int32))
+            rule = tf.argmin(tf.cast(goods[:, row], tf.int32))
+            return tf.strings.join([
+                "Bad TFRecord data in ", tf.gather(self.files, file_ids[row]),
+                " at record index ", tf.strings.as_string(indices[row]), ": ",
+                tf.gather(tf.constant([problem for _, problem in rules]), rule)])
+
+        return tf.debugging.Assert(all_good, [tf.cond(all_good, lambda: tf.constant(""),
+                                                      message)])
 
     @staticmethod
     def _text(values: tf.Tensor, present: tf.Tensor, kind: str) -> tf.Tensor:
