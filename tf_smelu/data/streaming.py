@@ -38,8 +38,9 @@ sequence, so a seed gives the same batches in every run;
 a function of `order_seed` *and* TensorFlow's global seed, the one
 `keras.utils.set_random_seed` sets.)  `order_seed=None` reads the files in
 sorted order without shuffling: held-out data.  At most `cycle_length`
-files are open, `shuffle_buffer` records buffered and a few batches
-prefetched, so peak memory does not grow with the data (measured in
+files are open (each read 64 records at a time, with tf.data's read-ahead
+buffers), `shuffle_buffer` records buffered and a few batches prefetched,
+so peak memory does not grow with the data (measured in
 `benchmarks/streaming.py` and the README, "Data beyond memory").
 
 Several workers (`tf.distribute.MultiWorkerMirroredStrategy`)
@@ -111,7 +112,7 @@ DEFAULT_CYCLE_LENGTH = 4
 """Files a stream reads at a time, by default."""
 
 _RECORD_FRAMING_BYTES = 16  # length (8 bytes) and two CRCs (4 bytes each)
-_COUNT_BATCH_RECORDS = 256  # records counted at a time in each file
+_COUNT_BATCH_RECORDS = 64  # records counted at a time in each file (held in memory)
 _FILE_SIZE_UNKNOWN = -1  # GZIP files: the decompressed size is not known
 # The stream's own assert messages inside TF's error text (quotes escaped by TF).
 _STREAM_PROBLEM = re.compile(
