@@ -235,6 +235,13 @@ def test_bad_arguments(train_files, encoding, arguments, message):
         stream_tfrecords(train_files, **{"encoding": encoding, **arguments})
 
 
+def test_shard_policy_needs_files_and_workers():
+    assert shard_policy(2, 2) == tf.data.experimental.AutoShardPolicy.FILE
+    for files, workers in ((0, 2), (2, 0), (1.5, 1)):
+        with pytest.raises(ValueError, match="num_"):
+            shard_policy(files, workers)
+
+
 def test_schema_problems_raise_while_fitting(train_files, tmp_path):
     with pytest.raises(DataFileError, match="label_column"):
         fit_tfrecord_encoding(train_files, label_column="clicked")

@@ -220,7 +220,7 @@ def _sample_rows(source: TFRecordSource, sample_records: int) -> dict[str, np.nd
         if limit <= 0:
             break
         for start, serialized in read_record_batches(path, source.compressions[path],
-                                                 READ_BATCH_RECORDS, limit=limit):
+                                                     READ_BATCH_RECORDS, limit=limit):
             parts.append(source.parser.parse(path, start, serialized))
             taken += len(serialized)
     return concatenate_rows(parts)
@@ -259,10 +259,28 @@ def _unescape(text: str) -> str:
 
 
 def shard_policy(num_files: int, num_workers: int) -> tf.data.experimental.AutoShardPolicy:
-    """FILE if every worker (input pipeline) gets at least one file, else DATA."""
+    """FILE if every worker (input pipeline) gets at least one file, else DATA.
+
+    Raises:
+        ValueError: If either count is not a positive integer.
+    """
+    require_positive_int("num_files", num_files)
+    require_positive_int("num_workers", num_workers)
     if num_files >= num_workers:
         return tf.data.experimental.AutoShardPolicy.FILE
     return tf.data.experimental.AutoShardPolicy.DATA
+
+
+def _shard(num_files: int, input_context: tf.distribute.InputContext | None
+           ) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """`(ids of the files this pipeline reads, (pipelines, id) to shard records by)`."""
+    file_ids = np.arange(num_files)
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return file_ids, None
+    pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if shard_policy(num_files, pipelines) == tf.data.experimental.AutoShardPolicy.FILE:
+        return file_ids[pipeline::pipelines], None
+    return file_ids, (pipelines, pipeline)
 
 
 # --------------------------------------------------------------------------
@@ -319,15 +337,7 @@ def stream_tfrecords(
     compressions = [compression_type(path) for path in files]
     sizes = [_FILE_SIZE_UNKNOWN if compression else tf.io.gfile.stat(path).length
              for path, compression in zip(files, compressions, strict=True)]
-    shards, data_shard = (1, 0), None
-    if input_context is not None:
-        shards = (input_context.num_input_pipelines, input_context.input_pipeline_id)
-    policy = shard_policy(len(files), shards[0])
-    file_ids = np.arange(len(files))
-    if shards[0] > 1 and policy == tf.data.experimental.AutoShardPolicy.FILE:
-        file_ids = file_ids[shards[1]::shards[0]]
-    elif shards[0] > 1:
-        data_shard = shards
+    file_ids, data_shard = _shard(len(files), input_context)
 
     table = tf.data.Dataset.from_tensor_slices(
         (file_ids, [files[i] for i in file_ids], [compressions[i] for i in file_ids],
