@@ -1,7 +1,7 @@
 """Streaming a TFRecord set larger than memory: rows/s and peak RSS vs data size.
 
 Writes a Criteo-like TFRecord set (13 float features, 26 bytes features, a
-0/1 label; about 600 bytes a record) of the largest size asked in a
+0/1 label; about 1 KB a record) of the largest size asked in a
 temporary directory, in files of `--file_mb`, then streams the first files
 adding up to each size through `tf_smelu.data.stream_tfrecords` (seeded file
 order, shuffle buffer, batches in the models' layout), each size in a fresh
