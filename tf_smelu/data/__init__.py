@@ -2,7 +2,9 @@
 
 `tf_smelu.data.synthetic` generates seeded CTR recommendation data with a
 known click model; the real datasets (MovieLens via TFDS, Criteo, CSV and
-TFRecord files) have the same interface.  `FeatureSpec`
+TFRecord files) have the same interface.  `stream_tfrecords`
+(`tf_smelu.data.streaming`) streams every record of a TFRecord file set
+through tf.data instead, for training sets larger than memory.  `FeatureSpec`
 (`tf_smelu.data.features`) describes any CTR dataset's inputs to the models
 in `tf_smelu.models`, and `load_dataset` loads the dataset named by a
 `--dataset` spec, with the columns of users' files inferred or given
@@ -38,6 +40,14 @@ from tf_smelu.data.sources import (
     parse_dataset_spec,
     vocab_cap,
 )
+from tf_smelu.data.streaming import (
+    TFRecordEncoding,
+    TFRecordStream,
+    fit_tfrecord_encoding,
+    shard_policy,
+    stream_error,
+    stream_tfrecords,
+)
 from tf_smelu.data.synthetic import (
     DEFAULT_VOCAB_SIZES,
     SPLITS,
@@ -53,7 +63,7 @@ from tf_smelu.data.tabular import (
     SkippedRows,
     popularity_buckets,
 )
-from tf_smelu.data.tfrecord import MalformedRecordError, load_tfrecord
+from tf_smelu.data.tfrecord import MalformedRecordError, check_tfrecord_files, load_tfrecord
 
 __all__ = [
     "DATASET_KINDS",
@@ -74,11 +84,15 @@ __all__ = [
     "MovieLensUnavailableError",
     "SkippedRows",
     "SyntheticCTRConfig",
+    "TFRecordEncoding",
+    "TFRecordStream",
     "check_dataset_options",
+    "check_tfrecord_files",
     "criteo_dataset",
     "criteo_feature_spec",
     "describe_schema",
     "feature_keys",
+    "fit_tfrecord_encoding",
     "generate_examples",
     "is_feature_key",
     "load_criteo",
@@ -90,6 +104,9 @@ __all__ = [
     "parse_dataset_spec",
     "popularity_buckets",
     "read_criteo_file",
+    "shard_policy",
+    "stream_error",
+    "stream_tfrecords",
     "vocab_cap",
     "write_synthetic_criteo_file",
     "zipf_probabilities",

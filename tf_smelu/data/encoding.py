@@ -60,6 +60,11 @@ class Vocabulary:
         return cls(unique[np.argsort(-counts, kind="stable")].tolist())
 
     @property
+    def values(self) -> list:
+        """The known values, by id (most frequent first)."""
+        return list(self._ids)
+
+    @property
     def vocab_size(self) -> int:
         return len(self._ids) + 1
 

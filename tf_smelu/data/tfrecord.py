@@ -190,8 +190,8 @@ def _damaged(path: str, compression: str, start: int, error: tf.errors.OpError
     )
 
 
-def _record_batches(path: str, compression: str, batch_size: int,
-                    limit: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def read_record_batches(path: str, compression: str, batch_size: int,
+                        limit: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yields `(index of the first record, serialized records)` of a file."""
     records = tf.data.TFRecordDataset(path, compression_type=compression)
     if limit is not None:
@@ -211,7 +211,7 @@ def _record_batches(path: str, compression: str, batch_size: int,
 
 def _every_record_batch(path: str, compression: str, version: FileVersion
                         ) -> Iterator[tuple[int, np.ndarray]]:
-    """`_record_batches` of a whole file, then checks that nothing was left out.
+    """`read_record_batches` of a whole file, then checks that nothing was left out.
 
     TF's reader stops without an error where a plain file ends inside the
     12-byte header of a record (and its GZIP reader was seen to end a
@@ -224,7 +224,7 @@ def _every_record_batch(path: str, compression: str, version: FileVersion
             its byte offset.
     """
     records = consumed = 0
-    for start, batch in _record_batches(path, compression, READ_BATCH_RECORDS):
+    for start, batch in read_record_batches(path, compression, READ_BATCH_RECORDS):
         yield start, batch
         records += len(batch)
         consumed += sum(map(len, batch)) + _RECORD_FRAMING_BYTES * len(batch)
@@ -237,6 +237,28 @@ def _every_record_batch(path: str, compression: str, version: FileVersion
             f"of the record at byte offset {consumed}{' (uncompressed)' if compression else ''}, "
             f"after {length - consumed} of its 12 bytes"
         )
+
+
+def check_tfrecord_files(pattern: str | os.PathLike) -> int:
+    """Reads every record of the files once, as `load_tfrecord` does, without parsing.
+
+    `tf_smelu.data.streaming` points here to locate damage that TF's reader
+    reports without the file ("corrupted record at <byte offset>").
+
+    Returns:
+        The number of records.
+
+    Raises:
+        FileNotFoundError: If no file matches.
+        MalformedRecordError: Naming the file, record and offset of damage.
+        DataFileError: If a file changes while it is read.
+    """
+    records = 0
+    for path in tfrecord_files(os.fspath(pattern)):
+        version = FileVersion.of(path)
+        for _, batch in _every_record_batch(path, compression_type(path), version):
+            records += len(batch)
+    return records
 
 
 def _gzip_content_length(path: str, records_read: int) -> int:
@@ -301,7 +323,7 @@ def _survey(files: Sequence[str], compressions: Mapping[str, str]) -> _FeatureSu
         wanted = INFER_RECORDS - survey.records
         if wanted <= 0:
             break
-        for start, batch in _record_batches(path, compressions[path], wanted, limit=wanted):
+        for start, batch in read_record_batches(path, compressions[path], wanted, limit=wanted):
             for offset, serialized in enumerate(batch):
                 survey.add(path, start + offset, _example(path, start + offset, serialized))
     return survey
@@ -465,6 +487,56 @@ class _BatchParser:
 # --------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class TFRecordSource:
+    """A TFRecord file set and its schema, before any record is loaded.
+
+    Attributes:
+        pattern: The glob pattern.
+        files: The matching files, sorted.
+        versions: Each file's size and modification time when first seen.
+        compressions: Each file's compression, `"GZIP"` or `""`.
+        choices: Feature -> `(kind, decision)` (`tf_smelu.data.schema`).
+        parser: The batch parser of the chosen features; its
+            `categorical` and `dense` name them in schema order.
+    """
+
+    pattern: str
+    files: list[str]
+    versions: dict[str, FileVersion]
+    compressions: dict[str, str]
+    choices: dict[str, tuple[str, str]]
+    parser: _BatchParser
+
+    def kind(self, name: str) -> str:
+        """The feature's value type: `"int64_list"`, `"float_list"` or `"bytes_list"`."""
+        return self.parser.survey.kind(name)
+
+
+def inspect_tfrecords(pattern: str, options: SchemaOptions) -> TFRecordSource:
+    """Finds the files and infers (or checks) the schema from their first records.
+
+    Raises:
+        FileNotFoundError: If no file matches.
+        MalformedRecordError: For a damaged inspected record.
+        DataFileError: For no records, a label or feature the inspected
+            records lack, or no categorical feature.
+    """
+    files = tfrecord_files(pattern)
+    versions = {path: FileVersion.of(path) for path in files}  # before reading any byte
+    compressions = {path: compression_type(path) for path in files}
+    survey = _survey(files, compressions)
+    if not survey.records:
+        raise DataFileError(f"The TFRecord files hold no records. Received: path={pattern!r}")
+    choices = _choose_columns(pattern, survey, options)
+    categorical = tuple(name for name, (kind, _) in choices.items() if kind == CATEGORICAL)
+    dense = tuple(name for name, (kind, _) in choices.items() if kind == DENSE)
+    require_a_categorical_column(pattern, list(categorical), list(dense))
+    parser = _BatchParser(survey, options.label_column, categorical, dense,
+                          options.label_threshold)
+    return TFRecordSource(pattern, files, versions, compressions, choices, parser)
+
+
 def load_tfrecord(
     pattern: str | os.PathLike,
     *,
@@ -513,18 +585,10 @@ def load_tfrecord(
     label_column = options.label_column
     dataset = dataset or f"tfrecord:{pattern}"
 
-    files = tfrecord_files(pattern)
-    versions = {path: FileVersion.of(path) for path in files}  # before reading any byte
-    compressions = {path: compression_type(path) for path in files}
-    survey = _survey(files, compressions)
-    if not survey.records:
-        raise DataFileError(f"The TFRecord files hold no records. Received: path={pattern!r}")
-    choices = _choose_columns(pattern, survey, options)
-    categorical = [name for name, (kind, _) in choices.items() if kind == CATEGORICAL]
-    dense = [name for name, (kind, _) in choices.items() if kind == DENSE]
-    require_a_categorical_column(pattern, categorical, dense)
-    parser = _BatchParser(survey, label_column, tuple(categorical), tuple(dense),
-                          label_threshold)
+    source = inspect_tfrecords(pattern, options)
+    files, versions, compressions = source.files, source.versions, source.compressions
+    choices, parser = source.choices, source.parser
+    categorical, dense = list(parser.categorical), list(parser.dense)
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SAMPLE_STREAM]))
     samples = {"train": ReservoirSample(max_train_examples, rng),
