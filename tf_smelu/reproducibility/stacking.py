@@ -203,15 +203,19 @@ def _stack(models: Sequence[keras.Model]) -> tuple[keras.Model, dict[str, float]
         lambda t: keras.Input(shape=t.shape[1:], dtype=t.dtype, sparse=t.sparse, name=t.name),
         _input_structure(models[0]))
     outputs, compiled = {}, {"loss": {}, "loss_weights": {}, "metrics": {}, "weighted_metrics": {}}
+    names, weights = [], {}
     for replica, model in enumerate(models):
         named = outputs_lib.named_outputs(model, model(inputs), convert=lambda t: t)
         arguments = _compile_arguments(model, list(named))
-        for name, tensor in named.items():
+        if replica == 0:
+            names, weights = list(named), arguments["loss_weights"]
+        # Auto-named output layers differ between copies (dense_2, dense_5): match by position.
+        for name, own in zip(names, named):
             key = _prefix(replica) + name
-            outputs[key] = tensor
+            outputs[key] = named[own]
             for argument, per_output in arguments.items():
-                if per_output.get(name) is not None:
-                    compiled[argument][key] = per_output[name]
+                if per_output.get(own) is not None:
+                    compiled[argument][key] = per_output[own]
     stacked = _functional(inputs, outputs, models)
     first = models[0]
     stacked.compile(
@@ -219,8 +223,7 @@ def _stack(models: Sequence[keras.Model]) -> tuple[keras.Model, dict[str, float]
         **{k: v or None for k, v in compiled.items()},
         run_eagerly=first.run_eagerly, jit_compile=first.jit_compile,
         steps_per_execution=first.steps_per_execution)
-    weights = arguments["loss_weights"]
-    return stacked, {name: float(weights.get(name, 1.0)) for name in named}
+    return stacked, {name: float(weights.get(name, 1.0)) for name in names}
 
 
 def _functional(inputs, outputs, models: Sequence[keras.Model]) -> keras.Model:

@@ -369,7 +369,12 @@ class ReplicaStudy:
                              f"Received: labels for {sorted(result.labels)}")
 
     def _predict(self, model: keras.Model, result: _Replicas) -> None:
-        for name, probabilities in self._probabilities(model).items():
+        predicted = self._probabilities(model)
+        if result.predictions and set(predicted) != set(result.predictions):
+            # Auto-named output layers differ between replicas (dense_2, dense_5): the
+            # outputs match by position, under the first replica's names.
+            predicted = dict(zip(result.predictions, predicted.values()))
+        for name, probabilities in predicted.items():
             result.predictions.setdefault(name, []).append(probabilities)
         evaluation = model.evaluate(self._features, self._labels, verbose=0,
                                     batch_size=self.predict_batch_size, return_dict=True)
