@@ -237,13 +237,15 @@ def _train_both_ways(build, train, held_out, **kwargs):
 def _assert_same_replicas(runs, x):
     """Equal per-replica predictions (bitwise) and rows of one structure."""
     (sequential, one_by_one), (stacked, copies) = runs[False], runs[True]
-    assert [r["side_by_side"] for r in sequential + stacked] == [False] * len(sequential) + [True] * len(stacked)
+    assert {r["side_by_side"] for r in sequential} == {False}
+    assert {r["side_by_side"] for r in stacked} == {True}
     # The copies trained inside the stacked model: their own optimizers never stepped.
     assert [int(m.optimizer.iterations) for m in copies] == [0, 0]
     assert all(int(m.optimizer.iterations) > 0 for m in one_by_one)
     for a, b in zip(one_by_one, copies):
         keras.tree.map_structure(np.testing.assert_array_equal,
-                                 a.predict(x, batch_size=1024, verbose=0),  # reuses the study's trace
+                                 # batch_size=1024: reuses the study's trace
+                                 a.predict(x, batch_size=1024, verbose=0),
                                  b.predict(x, batch_size=1024, verbose=0))
     for seq, side in zip(sequential, stacked):
         assert set(seq) == set(side)
@@ -258,7 +260,10 @@ def test_side_by_side_replicas_equal_sequential_ones_bitwise():
     train, held_out = _data()
 
     def build(seed):  # per-variable clipping, Dropout and class weights keep replicas apart
-        model = _build_with_dropout(seed)
+        inputs = keras.Input((FEATURES,))
+        hidden = keras.layers.Dropout(0.2)(keras.layers.Dense(12, activation="relu")(inputs))
+        # A Functional model with auto-named layers: each replica's output has another name.
+        model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
         model.compile(keras.optimizers.Adam(1e-2, clipnorm=0.5), "binary_crossentropy",
                       metrics=["auc"])
         return model

@@ -112,11 +112,18 @@ def unstackable_reason(model: keras.Model, fit_kwargs: Mapping[str, object]) -> 
             return (f"the optimizer's {setting}={config[setting]} clips by the norm over all "
                     "copies' gradients together, coupling the replicas (clipnorm per variable "
                     "would not)")
+    try:  # the stacked model is compiled from the copies' compile configurations
+        keras.saving.deserialize_keras_object(model.get_compile_config())
+    except Exception as error:  # Keras raises many types for unserializable objects.
+        return (f"its compile arguments cannot be recreated from model.get_compile_config() "
+                f"({error}; register custom objects with "
+                "keras.saving.register_keras_serializable)")
     return _fit_kwargs_reason(model, fit_kwargs)
 
 
 def _fit_kwargs_reason(model: keras.Model, fit_kwargs: Mapping[str, object]) -> str | None:
-    given = [k for k in _UNSTACKABLE_FIT_ARGUMENTS if fit_kwargs.get(k) not in (None, 0, 0.0)]
+    given = [k for k in _UNSTACKABLE_FIT_ARGUMENTS
+             if fit_kwargs.get(k) is not None and not _is_zero(fit_kwargs[k])]
     if given:
         return f"fit argument(s) {given} would evaluate the stacked model, not each replica"
     for callback in fit_kwargs.get("callbacks") or ():
@@ -126,6 +133,11 @@ def _fit_kwargs_reason(model: keras.Model, fit_kwargs: Mapping[str, object]) -> 
     if fit_kwargs.get("class_weight") is not None and len(model.outputs or ()) > 1:
         return "class_weight is given for a model with several outputs"
     return None
+
+
+def _is_zero(value: object) -> bool:
+    """`validation_split=0.0` and the like mean the argument is not used."""
+    return isinstance(value, (int, float)) and value == 0
 
 
 def check_same_optimizer(models: Sequence[keras.Model]) -> str | None:
@@ -281,6 +293,9 @@ def _replicate_labels(model: keras.Model, names: list[str], replicas: int,
     def replicate(x, y, sample_weight=None):
         labels = outputs_lib.named_outputs(model, y, convert=lambda t: t)
         if table is not None:
+            if sample_weight is not None:  # as Keras refuses it
+                raise ValueError("You cannot use `class_weight` and `sample_weight` at the same "
+                                 "time: the training data gives sample weights.")
             sample_weight = tf.gather(table, _classes(labels[names[0]]))
         labels = {_prefix(r) + n: labels[n] for r in range(replicas) for n in names if n in labels}
         if sample_weight is None:
