@@ -6,7 +6,9 @@ trained at once: one Keras model holding the R copies, each built from its
 own seed, over shared inputs, with the user's loss on every output of every
 copy and one optimizer of the user's configuration. One `fit` then pays the
 per-step overhead (the input pipeline, Python, the `tf.function` call) once
-instead of R times.
+instead of R times. Tracing is not saved: the stacked graph holds R
+copies and takes about as long to trace as R separate models, so the gain
+grows with the number of steps (`benchmarks/replica_study.py`).
 
 Why the copies stay independent:
 
@@ -36,14 +38,13 @@ logged in one line): a model that trains its own way (`train_step`,
 (a subclassed model never called), the optimizers above, optimizers that
 differ between replicas, callbacks other than `LearningRateScheduler`,
 `TerminateOnNaN` and `ProgbarLogger` (they would see the stacked model and
-its summed logs), `validation_data`/`validation_split`, and `class_weight`
+its summed logs), `validation_data`, and `class_weight`
 on a model with several outputs (Keras itself takes it for one output only).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Mapping, Sequence
 
@@ -52,16 +53,13 @@ import tensorflow as tf
 
 from tf_smelu.reproducibility import outputs as outputs_lib
 
-_logger = logging.getLogger(__name__)
-
 # Callbacks that act on the optimizer or stop on NaN only: the same for one copy or R.
 _STACKABLE_CALLBACKS = (keras.callbacks.LearningRateScheduler, keras.callbacks.TerminateOnNaN,
                         keras.callbacks.ProgbarLogger, keras.callbacks.History)
 # Optimizer settings that act on all variables at once, coupling the copies.
 _GLOBAL_OPTIMIZER_SETTINGS = ("global_clipnorm",)
-# fit arguments that evaluate or weight the data in ways the stacked model would not mirror.
-_UNSTACKABLE_FIT_ARGUMENTS = ("validation_data", "validation_split", "validation_steps",
-                              "validation_freq", "validation_batch_size")
+# fit arguments that would evaluate the stacked model rather than each replica.
+_UNSTACKABLE_FIT_ARGUMENTS = ("validation_data",)
 # Model methods that, overridden, mean a model trains its own way.
 _TRAINING_METHODS = ("train_step", "compute_loss", "compute_metrics")
 
@@ -122,8 +120,7 @@ def unstackable_reason(model: keras.Model, fit_kwargs: Mapping[str, object]) -> 
 
 
 def _fit_kwargs_reason(model: keras.Model, fit_kwargs: Mapping[str, object]) -> str | None:
-    given = [k for k in _UNSTACKABLE_FIT_ARGUMENTS
-             if fit_kwargs.get(k) is not None and not _is_zero(fit_kwargs[k])]
+    given = [k for k in _UNSTACKABLE_FIT_ARGUMENTS if fit_kwargs.get(k) is not None]
     if given:
         return f"fit argument(s) {given} would evaluate the stacked model, not each replica"
     for callback in fit_kwargs.get("callbacks") or ():
@@ -133,11 +130,6 @@ def _fit_kwargs_reason(model: keras.Model, fit_kwargs: Mapping[str, object]) -> 
     if fit_kwargs.get("class_weight") is not None and len(model.outputs or ()) > 1:
         return "class_weight is given for a model with several outputs"
     return None
-
-
-def _is_zero(value: object) -> bool:
-    """`validation_split=0.0` and the like mean the argument is not used."""
-    return isinstance(value, (int, float)) and value == 0
 
 
 def check_same_optimizer(models: Sequence[keras.Model]) -> str | None:
