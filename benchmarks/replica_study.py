@@ -106,8 +106,11 @@ def _summary(samples: list[float]) -> dict[str, float]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    counts = [int(r) for r in FLAGS.replicas]
-    if min(counts) < 2:
+    try:
+        counts = [int(r) for r in FLAGS.replicas]
+    except ValueError:
+        raise app.UsageError(f"--replicas must be integers >= 2. Received: {FLAGS.replicas}") from None
+    if not counts or min(counts) < 2:
         raise app.UsageError(f"--replicas must all be >= 2. Received: {FLAGS.replicas}")
     tf.get_logger().setLevel("ERROR")
     x, y = _synthetic_clicks(FLAGS.rows, seed=0)

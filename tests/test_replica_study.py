@@ -340,3 +340,25 @@ def test_side_by_side_needs_a_pinned_order_and_a_known_setting():
                      side_by_side=True).run()
     with pytest.raises(ValueError, match="`side_by_side` must be 'auto', True or False"):
         ReplicaStudy(_build_mlp, train, held_out, side_by_side="yes")
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_both_ways_and_writes_its_json(tmp_path):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "replica_study.py"), "--rows=600",
+         "--held_out_rows=200", "--replicas=2", "--repeats=1", "--fields=2",
+         f"--output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| 2 |" in result.stdout  # the table (the run checked both ways agree)
+    [entry] = json.loads((tmp_path / "replica_study.json").read_text())["results"]
+    assert entry["replicas"] == 2 and entry["ratio_fit"]["median"] > 0
+    assert entry["rel_pd"] > 0
