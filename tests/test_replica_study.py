@@ -99,7 +99,8 @@ def test_each_source_alone_makes_replicas_differ(sources, as_function):
 def test_pinned_order_gives_a_function_the_same_seed_for_every_replica():
     _, held_out = _data()
     orders = []
-    [row] = ReplicaStudy(_build_mlp, _make_dataset(orders), held_out, replicas=2, sources=()).run()
+    [row] = ReplicaStudy(_build_mlp, _make_dataset(orders), held_out, replicas=2, sources=(),
+                         side_by_side=False).run()  # side by side, one fit reads it once
     assert len(orders) == 2 and orders[0] == orders[1] is not None
     assert row["rel_pd"] == 0.0
 
@@ -205,9 +206,159 @@ def test_fit_arguments_reach_every_replica_unchanged():
 
     study = ReplicaStudy(
         _build_mlp, train, held_out, replicas=2, sources=("init",), epochs=2,
-        callbacks=[keras.callbacks.LearningRateScheduler(schedule)], class_weight={0: 1.0, 1: 2.0})
+        callbacks=[keras.callbacks.LearningRateScheduler(schedule)], class_weight={0: 1.0, 1: 2.0},
+        side_by_side=False)  # one fit per replica (side by side: one fit, tested below)
     [row] = study.run()
     assert calls == [0, 1, 0, 1]
     assert row["fit_logs"]["learning_rate"] == pytest.approx([0.01, 0.01])
     assert row["steps"] == 32  # 2 epochs of 16 batches
     assert study.config["callbacks"] == ["LearningRateScheduler"]
+
+
+# ---- side by side: R copies in one fit (issue 21, item 4) ----
+
+
+def _train_both_ways(build, train, held_out, **kwargs):
+    """Runs one study sequentially and side by side: `{side_by_side: (rows, models)}`."""
+    runs = {}
+    for side_by_side in (False, True):
+        models = []
+
+        def keep(seed):
+            models.append(build(seed))
+            return models[-1]
+
+        rows = ReplicaStudy(keep, train, held_out, replicas=2, sources=("init",),
+                            side_by_side=side_by_side, **kwargs).run()
+        runs[side_by_side] = rows, models
+    return runs
+
+
+def _assert_same_replicas(runs, x):
+    """Equal per-replica predictions (bitwise) and rows of one structure."""
+    (sequential, one_by_one), (stacked, copies) = runs[False], runs[True]
+    assert {r["side_by_side"] for r in sequential} == {False}
+    assert {r["side_by_side"] for r in stacked} == {True}
+    # The copies trained inside the stacked model: their own optimizers never stepped.
+    assert [int(m.optimizer.iterations) for m in copies] == [0, 0]
+    assert all(int(m.optimizer.iterations) > 0 for m in one_by_one)
+    for a, b in zip(one_by_one, copies):
+        keras.tree.map_structure(np.testing.assert_array_equal,
+                                 # batch_size=1024: reuses the study's trace
+                                 a.predict(x, batch_size=1024, verbose=0),
+                                 b.predict(x, batch_size=1024, verbose=0))
+    for seq, side in zip(sequential, stacked):
+        assert set(seq) == set(side)
+        assert seq["rel_pd"] == side["rel_pd"] > 0 and seq["aucs"] == side["aucs"]
+        assert seq["steps"] == side["steps"] and seq["eval_metrics"] == side["eval_metrics"]
+        assert set(seq["fit_logs"]) == set(side["fit_logs"])
+        for name, values in seq["fit_logs"].items():  # running means, summed in another order
+            assert side["fit_logs"][name] == pytest.approx(values, rel=1e-5), name
+
+
+def test_side_by_side_replicas_equal_sequential_ones_bitwise():
+    train, held_out = _data()
+
+    def build(seed):  # per-variable clipping, Dropout and class weights keep replicas apart
+        inputs = keras.Input((FEATURES,))
+        hidden = keras.layers.Dropout(0.2)(keras.layers.Dense(12, activation="relu")(inputs))
+        # A Functional model with auto-named layers: each replica's output has another name.
+        model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+        model.compile(keras.optimizers.Adam(1e-2, clipnorm=0.5), "binary_crossentropy",
+                      metrics=["auc"])
+        return model
+
+    calls = []
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: calls.append(epoch) or lr)
+    runs = _train_both_ways(build, train, held_out, epochs=2, callbacks=[schedule],
+                            class_weight={0: 1.0, 1: 3.0})
+    _assert_same_replicas(runs, held_out[0])
+    assert calls == [0, 1, 0, 1, 0, 1]  # two sequential fits, then one side-by-side fit
+    assert set(runs[True][0][0]["fit_logs"]) == {"loss", "auc", "learning_rate"}
+
+
+def test_a_multi_output_model_trains_side_by_side():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, FEATURES)).astype("float32")
+    labels = {"click": (x[:, 0] > 0).astype("float32"),
+              "genre": np.digitize(x[:, 1], [-0.5, 0.5]).astype("int32")}
+    train = tf.data.Dataset.from_tensor_slices(
+        (x[:400], {k: v[:400] for k, v in labels.items()})).batch(50)
+    held_out = (x[400:], {k: v[400:] for k, v in labels.items()})
+
+    def build(seed):
+        inputs = keras.Input((FEATURES,))
+        hidden = keras.layers.Dense(8, activation="relu")(inputs)
+        model = keras.Model(inputs, {
+            "click": keras.layers.Dense(1, name="click")(hidden),
+            "genre": keras.layers.Dense(3, activation="softmax", name="genre")(hidden),
+        }, name="two_heads")  # the same name in every copy
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss={
+            "click": keras.losses.BinaryCrossentropy(from_logits=True),
+            "genre": "sparse_categorical_crossentropy"}, loss_weights={"click": 1.0, "genre": 0.5},
+            metrics={"click": ["auc"]})
+        return model
+
+    runs = _train_both_ways(build, train, held_out)
+    _assert_same_replicas(runs, held_out[0])
+    click, genre = runs[True][0]
+    assert genre["classes"] == 3 and genre["top1_pd"] > 0
+    assert set(click["fit_logs"]) >= {"loss", "click_loss", "genre_loss", "click_auc"}
+
+
+def _build_clipped_globally(seed):
+    model = _build_mlp(seed)
+    model.compile(keras.optimizers.Adam(1e-2, global_clipnorm=1.0), "binary_crossentropy")
+    return model
+
+
+def _build_own_loss(seed):
+    model = OwnLossModel()
+    model.compile(keras.optimizers.Adam(1e-2))
+    return model
+
+
+@pytest.mark.parametrize("build, reason", [
+    (_build_clipped_globally, "global_clipnorm=1.0 clips by the norm over all copies"),
+    (_build_own_loss, "overrides `compute_loss`"),
+])
+def test_what_cannot_be_stacked_trains_one_replica_after_another(build, reason, caplog):
+    train, held_out = _data()
+    with pytest.raises(ValueError, match=f"side_by_side=True, but .*{reason}"):
+        ReplicaStudy(build, train, held_out, replicas=2, from_logits=True, side_by_side=True).run()
+    caplog.clear()
+    [row] = ReplicaStudy(build, train, held_out, replicas=2, from_logits=True).run()
+    assert row["side_by_side"] is False and row["rel_pd"] > 0
+    [line] = [r.getMessage() for r in caplog.records if "one after another" in r.getMessage()]
+    assert reason in line
+
+
+def test_side_by_side_needs_a_pinned_order_and_a_known_setting():
+    train, held_out = _data()
+    with pytest.raises(ValueError, match="the data order varies between replicas"):
+        ReplicaStudy(_build_mlp, train, held_out, replicas=2, sources=("order",),
+                     side_by_side=True).run()
+    with pytest.raises(ValueError, match="`side_by_side` must be 'auto', True or False"):
+        ReplicaStudy(_build_mlp, train, held_out, side_by_side="yes")
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_both_ways_and_writes_its_json(tmp_path):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "replica_study.py"), "--rows=600",
+         "--held_out_rows=200", "--replicas=2", "--repeats=1", "--fields=2",
+         f"--output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| 2 |" in result.stdout  # the table (the run checked both ways agree)
+    [entry] = json.loads((tmp_path / "replica_study.json").read_text())["results"]
+    assert entry["replicas"] == 2 and entry["ratio_fit"]["median"] > 0
+    assert entry["rel_pd"] > 0

@@ -8,7 +8,7 @@ binary (`[N]` or `[N, 1]`: click probabilities) or multi-class (`[N, K]`,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -27,7 +27,8 @@ def output_names(model: keras.Model, count: int) -> list[str]:
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
-def named_outputs(model: keras.Model, structure: object) -> Outputs:
+def named_outputs(model: keras.Model, structure: object,
+                  convert: Callable[[object], object] = np.asarray) -> Outputs:
     """`model.predict`-shaped data (an array, a list or a dict) as `{output name: array}`.
 
     Args:
@@ -35,13 +36,15 @@ def named_outputs(model: keras.Model, structure: object) -> Outputs:
             the names of its outputs).
         structure: One array, a list/tuple of arrays (one per output, in
             order) or a dict keyed by output name.
+        convert: Applied to every value (tensors stay tensors with
+            `lambda t: t`, e.g. inside `Dataset.map`).
     """
     if isinstance(structure, Mapping):
-        return {str(name): np.asarray(value) for name, value in structure.items()}
+        return {str(name): convert(value) for name, value in structure.items()}
     if isinstance(structure, Sequence) and not isinstance(structure, (str, bytes)):
         names = output_names(model, len(structure))
-        return {name: np.asarray(value) for name, value in zip(names, structure)}
-    return {output_names(model, 1)[0]: np.asarray(structure)}
+        return {name: convert(value) for name, value in zip(names, structure)}
+    return {output_names(model, 1)[0]: convert(structure)}
 
 
 def logits_by_output(model: keras.Model, names: Sequence[str],

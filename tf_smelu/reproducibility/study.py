@@ -5,7 +5,10 @@ project's ranking models side by side in one loop of its own. A study trains
 *your* model the way you train it: `build_model(seed)` returns the model
 compiled as in production (optimizer, loss, metrics, learning-rate
 schedule), and each replica is one ordinary `model.fit(...)` with your fit
-arguments (epochs, callbacks, class weights, ...), one after another. The
+arguments (epochs, callbacks, class weights, ...), one after another; or,
+when the data order is pinned and the model allows it, all R side by side in
+one `fit` of a model holding R copies (`side_by_side`, see
+`tf_smelu.reproducibility.stacking`: same predictions, less time). The
 replicas' held-out predictions then become rows of `results.json`
 (`tf_smelu.experiment.summarize_predictions`), which
 `tf_smelu.experiment.report` prints and plots as it does the main job's.
@@ -48,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -62,6 +66,9 @@ from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_see
 from tf_smelu.registry import Activation
 from tf_smelu.training.replicas import _expected_retracing
 from tf_smelu.reproducibility import outputs as outputs_lib
+from tf_smelu.reproducibility import stacking
+
+_logger = logging.getLogger(__name__)
 
 STUDY_SOURCES = ("init", "order", "op_nondeterminism")
 """What a `ReplicaStudy` can vary between replicas (see the module docstring)."""
@@ -95,6 +102,7 @@ class _Replicas:
     steps: list[int]
     seconds: float
     labels: dict[str, np.ndarray] | None = None
+    side_by_side: bool = False
 
 
 class ReplicaStudy:
@@ -148,6 +156,13 @@ class ReplicaStudy:
         from_logits: Whether the model outputs logits (one bool, or one per
             output name); `None` reads it from the compiled loss.
         predict_batch_size: Batch size of the held-out predictions.
+        side_by_side: Whether the R replicas train side by side in one `fit`
+            (one model holding R copies over shared inputs,
+            `tf_smelu.reproducibility.stacking`), which needs the data order
+            pinned (no `"order"` source). `"auto"` (default): where the model
+            and fit arguments allow it, else one replica after another, with
+            one logged line saying why. `True`: a `ValueError` where they do
+            not. `False`: always one after another.
         **fit_kwargs: Passed to every replica's `model.fit` unchanged
             (`epochs`, `steps_per_epoch`, `callbacks`, `class_weight`,
             `validation_data`, ...; `verbose` defaults to 0). Callbacks are
@@ -175,6 +190,7 @@ class ReplicaStudy:
         shuffle_buffer: int | None = None,
         from_logits: bool | Mapping[str, bool] | None = None,
         predict_batch_size: int = 1024,
+        side_by_side: bool | str = "auto",
         **fit_kwargs,
     ):
         if not callable(build_model):
@@ -188,6 +204,10 @@ class ReplicaStudy:
         self.seed = seed
         self.from_logits = from_logits
         self.predict_batch_size = predict_batch_size
+        if side_by_side not in ("auto", True, False):
+            raise ValueError(f"`side_by_side` must be 'auto', True or False. "
+                             f"Received: side_by_side={side_by_side!r}")
+        self.side_by_side = side_by_side
         self.fit_kwargs = _check_fit_kwargs(fit_kwargs)
         self._make_dataset = _dataset_factory(train_data, self.sources, shuffle_buffer)
         self._features, self._labels = _read_held_out(held_out)
@@ -210,7 +230,8 @@ class ReplicaStudy:
             `docs/results.schema.json` (per-replica `aucs`, `abs_pd`,
             `rel_pd` with its replica-bootstrap `rel_pd_ci`, `rel_pd_pairs`,
             `train_loss`, `steps`, `train_seconds` of all fits) and also
-            `output` (its name), `trainer` (`"keras_fit"`), `eval_metrics`
+            `output` (its name), `trainer` (`"keras_fit"`), `side_by_side`
+            (whether the replicas trained in one `fit`), `eval_metrics`
             (the compiled metrics on the held-out data, per replica) and
             `fit_logs` (each replica's last-epoch `fit` logs). A multi-class
             output's AUC, log loss and PD are over its N x K one-vs-rest
@@ -263,14 +284,20 @@ class ReplicaStudy:
         seeds = replica_seeds(self.sources, self.replicas, self.seed)
         pinned_order = replica_seeds(("order",), 1, self.seed)[0].order_seed
         result = _Replicas({}, [], [], [], 0.0)
+
+        def build(index: int) -> keras.Model:
+            model = self._build(seeds[index].tower_seed)
+            return model if convert is None else convert(model)
+
         # Every replica is a new model whose fit/predict functions trace once, by design.
         with op_determinism("op_nondeterminism" not in self.sources), _expected_retracing():
+            first = build(0)
+            self._check_before_training(first, result)
+            models = self._side_by_side(first, build)
+            if models:
+                return self._train_side_by_side(models, pinned_order, result)
             for index, replica in enumerate(seeds):
-                model = self._build(replica.tower_seed)
-                if convert is not None:
-                    model = convert(model)
-                if index == 0:
-                    self._check_before_training(model, result)
+                model = first if index == 0 else build(index)
                 order_seed = replica.order_seed if "order" in self.sources else pinned_order
                 start = time.perf_counter()
                 # shuffle=False: fit ignores it for datasets, only warning that it does.
@@ -281,6 +308,38 @@ class ReplicaStudy:
                 _check_steps(result.steps, index, trained=bool(history.history))
                 result.histories.append({k: float(v[-1]) for k, v in history.history.items()})
                 self._predict(model, result)
+        return result
+
+    def _side_by_side(self, first: keras.Model,
+                      build: Callable[[int], keras.Model]) -> list[keras.Model] | None:
+        """All R replicas if they can train in one `fit` (see `stacking`), else None."""
+        if self.side_by_side is False:
+            return None
+        reason = ("the data order varies between replicas" if "order" in self.sources
+                  else stacking.unstackable_reason(first, self.fit_kwargs))
+        models = [first]
+        if reason is None:
+            models += [build(index) for index in range(1, self.replicas)]
+            reason = stacking.check_same_optimizer(models)
+        if reason is None:
+            return models
+        if self.side_by_side is True:
+            raise ValueError(f"side_by_side=True, but the replicas cannot train in one fit: "
+                             f"{reason}. Pass side_by_side='auto' to train them one after another.")
+        _logger.warning("ReplicaStudy trains the %d replicas one after another, not side by "
+                        "side: %s.", self.replicas, reason)
+        return None
+
+    def _train_side_by_side(self, models: list[keras.Model], order_seed: int,
+                            result: _Replicas) -> _Replicas:
+        trained = stacking.fit_side_by_side(models, self._make_dataset(order_seed), self.fit_kwargs)
+        if trained.steps == 0 or not trained.histories[0]:
+            raise ValueError("Replica 0 trained no step: the training data gave no batch.")
+        result.seconds, result.steps, result.histories = (
+            trained.seconds, [trained.steps] * len(models), trained.histories)
+        result.side_by_side = True
+        for model in models:
+            self._predict(model, result)
         return result
 
     def _build(self, seed: int) -> keras.Model:
@@ -310,7 +369,12 @@ class ReplicaStudy:
                              f"Received: labels for {sorted(result.labels)}")
 
     def _predict(self, model: keras.Model, result: _Replicas) -> None:
-        for name, probabilities in self._probabilities(model).items():
+        predicted = self._probabilities(model)
+        if result.predictions and set(predicted) != set(result.predictions):
+            # Auto-named output layers differ between replicas (dense_2, dense_5): the
+            # outputs match by position, under the first replica's names.
+            predicted = dict(zip(result.predictions, predicted.values()))
+        for name, probabilities in predicted.items():
             result.predictions.setdefault(name, []).append(probabilities)
         evaluation = model.evaluate(self._features, self._labels, verbose=0,
                                     batch_size=self.predict_batch_size, return_dict=True)
@@ -362,6 +426,7 @@ def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
 def _training_fields(result: _Replicas) -> dict[str, object]:
     fields = {
         "trainer": "keras_fit",
+        "side_by_side": result.side_by_side,
         "train_seconds": result.seconds,
         "steps": result.steps[0],
         "eval_metrics": _per_replica(result.evaluations),
