@@ -41,7 +41,9 @@ What varies between replicas (`sources`), everything else being pinned:
   exactly 0) on the TensorFlow backend: the control of the study.
 
 The global seeds (Python, NumPy, TensorFlow) are left as the last replica
-set them. `fit` never shuffles a `tf.data.Dataset` itself (its `shuffle`
+set them. A seeded tf.data shuffle also depends on TensorFlow's global seed,
+so the study sets that to the replica's `order_seed` just before it makes
+the training data: varying `"init"` never varies the order. `fit` never shuffles a `tf.data.Dataset` itself (its `shuffle`
 argument applies to arrays only), so data order comes only from the
 dataset.
 """
@@ -301,7 +303,7 @@ class ReplicaStudy:
                 order_seed = replica.order_seed if "order" in self.sources else pinned_order
                 start = time.perf_counter()
                 # shuffle=False: fit ignores it for datasets, only warning that it does.
-                history = model.fit(self._make_dataset(order_seed),
+                history = model.fit(self._training_data(order_seed),
                                     **{"verbose": 0, **self.fit_kwargs, "shuffle": False})
                 result.seconds += time.perf_counter() - start
                 result.steps.append(int(model.optimizer.iterations.numpy()))
@@ -332,7 +334,7 @@ class ReplicaStudy:
 
     def _train_side_by_side(self, models: list[keras.Model], order_seed: int,
                             result: _Replicas) -> _Replicas:
-        trained = stacking.fit_side_by_side(models, self._make_dataset(order_seed), self.fit_kwargs)
+        trained = stacking.fit_side_by_side(models, self._training_data(order_seed), self.fit_kwargs)
         if trained.steps == 0 or not trained.histories[0]:
             raise ValueError("Replica 0 trained no step: the training data gave no batch.")
         result.seconds, result.steps, result.histories = (
@@ -341,6 +343,16 @@ class ReplicaStudy:
         for model in models:
             self._predict(model, result)
         return result
+
+    def _training_data(self, order_seed: int) -> tf.data.Dataset:
+        """The training data in the order of `order_seed`, whatever the global seed.
+
+        A seeded tf.data shuffle also takes TensorFlow's global seed, which
+        `_build` set to the replica's initialization seed: without pinning it
+        here, varying `init` would vary the order as well.
+        """
+        tf.random.set_seed(order_seed)
+        return self._make_dataset(order_seed)
 
     def _build(self, seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
