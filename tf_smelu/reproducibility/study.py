@@ -66,7 +66,7 @@ from tf_smelu.conversion import rebuild
 from tf_smelu.experiment.harness import summarize_predictions
 from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_seeds
 from tf_smelu.registry import Activation
-from tf_smelu.training.replicas import _expected_retracing
+from tf_smelu.training.replicas import expected_retracing
 from tf_smelu.reproducibility import outputs as outputs_lib
 from tf_smelu.reproducibility import stacking
 
@@ -292,7 +292,7 @@ class ReplicaStudy:
             return model if convert is None else convert(model)
 
         # Every replica is a new model whose fit/predict functions trace once, by design.
-        with op_determinism("op_nondeterminism" not in self.sources), _expected_retracing():
+        with op_determinism("op_nondeterminism" not in self.sources), expected_retracing():
             first = build(0)
             self._check_before_training(first, result)
             models = self._side_by_side(first, build)

@@ -283,8 +283,13 @@ class _DropRetracingWarnings(logging.Filter):
 
 
 @contextlib.contextmanager
-def _expected_retracing() -> Iterator[None]:
-    """Silences TF's retracing warning: each call traces new models once, by design."""
+def expected_retracing() -> Iterator[None]:
+    """Silences TF's retracing warning inside the block.
+
+    For code that trains new models one after another (the replica trainer,
+    `ReplicaStudy`): each model's functions trace once, by design, and TF
+    would warn about every one of them.
+    """
     quiet = _DropRetracingWarnings()
     tf.get_logger().addFilter(quiet)
     try:
@@ -309,7 +314,7 @@ def predict_probabilities(
         )
 
     probabilities, labels = [], []
-    with _expected_retracing():
+    with expected_retracing():
         for features, batch_labels in dataset:
             probabilities.append(predict(features).numpy())
             labels.append(np.reshape(batch_labels.numpy(), [-1]))
