@@ -1,4 +1,14 @@
-"""The cluster a worker belongs to: strategy, place, collectives and data shards.
+"""The cluster a worker belongs to: start-up, strategy, place, collectives, data shards.
+
+`meet_peers` runs before TensorFlow's runtime starts: every worker connects
+to the chief (on the chief's own port, which TensorFlow binds only after),
+says which worker it is and with which flags it was started. The chief
+compares them and answers: go, or one line naming the differing flags,
+which every worker prints before exiting, instead of a collective's shape
+error half a minute into training. A worker whose peers do not come up says
+which ones it waits for, and stops after a timeout (TensorFlow itself waits
+silently and holds the GIL while it does, so nothing in the process could
+report it later).
 
 `create_strategy` picks `tf.distribute.MultiWorkerMirroredStrategy` exactly
 when `TF_CONFIG` describes a cluster, so the same program runs alone or as
@@ -11,10 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import Callable, Mapping
 
 import tensorflow as tf
 
+from tf_smelu.common import UserError, field_differences
 from tf_smelu.data.features import CTRExamples
 from tf_smelu.data.in_memory import batched_dataset
 
@@ -33,6 +46,197 @@ class WorkerInfo:
     @property
     def is_chief(self) -> bool:
         return self.index == 0
+
+
+STARTUP_REPORT_SECONDS = (10.0, 30.0)
+"""When a waiting worker first says what it waits for, then how often."""
+
+
+class ClusterStartupError(UserError):
+    """The workers did not all start, or were started with different flags."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterPlace:
+    """This process's place in the cluster that `TF_CONFIG` describes.
+
+    Attributes:
+        addresses: `host:port` of every worker, chief first (index order).
+        index: This worker's index (0: the chief).
+    """
+
+    addresses: tuple[str, ...]
+    index: int
+
+    @classmethod
+    def from_tf_config(cls, environ: Mapping[str, str] = os.environ) -> ClusterPlace | None:
+        """The place `TF_CONFIG` gives; None for one process alone."""
+        config = json.loads(environ.get("TF_CONFIG") or "{}")
+        cluster, task = config.get("cluster") or {}, config.get("task") or {}
+        chiefs, workers = list(cluster.get("chief", [])), list(cluster.get("worker", []))
+        if len(chiefs) + len(workers) < 2:
+            return None
+        offset = 0 if task.get("type") == "chief" else len(chiefs)
+        return cls(tuple(chiefs + workers), offset + int(task.get("index", 0)))
+
+
+def _send(connection: socket.socket, message: dict) -> None:
+    connection.sendall(json.dumps(message).encode("utf-8") + b"\n")
+
+
+def _receive(connection: socket.socket, deadline: float) -> dict | None:
+    """One JSON line, or None when the peer closed or went silent past `deadline`."""
+    data = b""
+    while not data.endswith(b"\n"):
+        connection.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            chunk = connection.recv(65536)
+        except (OSError, socket.timeout):
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+class _Reporter:
+    """Says what a worker waits for: first after a while, then now and then."""
+
+    def __init__(self, timeout: float, log: Callable[[str], None]):
+        self.start = time.monotonic()
+        self.deadline = self.start + timeout
+        self.timeout = timeout
+        self.log = log
+        self.next_report = self.start + STARTUP_REPORT_SECONDS[0]
+
+    def waiting(self, what: str) -> None:
+        now = time.monotonic()
+        if now >= self.next_report:
+            self.log(f"waiting for {what} to start ({now - self.start:.0f} s of "
+                     f"--startup_timeout={self.timeout:g})")
+            self.next_report = now + STARTUP_REPORT_SECONDS[1]
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+def _flag_differences(chief: Mapping[str, object], peer: Mapping[str, object],
+                      index: int) -> str:
+    return "; ".join(f"--{name}: {old!r} on worker 0, {new!r} on worker {index}"
+                     for name, old, new in field_differences(chief, peer))
+
+
+def _describe_workers(indices: list[int]) -> str:
+    return f"worker{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))}"
+
+
+def _chief_meets_peers(place: ClusterPlace, flags: Mapping[str, object], timeout: float,
+                       log: Callable[[str], None]) -> None:
+    """Accepts every peer's hello, compares its flags, answers everyone."""
+    port = int(place.addresses[0].rsplit(":", 1)[1])
+    reporter = _Reporter(timeout, log)
+    peers: dict[int, socket.socket] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        # TensorFlow binds this port next; no lingering socket may stop it.
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            server.bind(("", port))
+        except OSError as error:
+            raise ClusterStartupError(f"worker 0 (the chief) cannot listen on port {port} of "
+                                      f"its address {place.addresses[0]}: {error.strerror}"
+                                      ) from None
+        server.listen(len(place.addresses))
+        server.settimeout(0.5)
+        try:
+            errors = []
+            while len(peers) < len(place.addresses) - 1 and not reporter.expired():
+                missing = [i for i in range(1, len(place.addresses)) if i not in peers]
+                reporter.waiting(_describe_workers(missing))
+                try:
+                    connection, _ = server.accept()
+                except socket.timeout:
+                    continue
+                hello = _receive(connection, time.monotonic() + 10.0) or {}
+                index = hello.get("index")
+                if not isinstance(index, int) or index in peers or not 0 < index < len(
+                        place.addresses):
+                    errors.append(f"a second worker {index} (or an unknown process) connected "
+                                  f"to the chief at {place.addresses[0]}")
+                    connection.close()
+                    continue
+                peers[index] = connection
+                differences = _flag_differences(flags, hello.get("flags", {}), index)
+                if differences:
+                    errors.append(f"worker {index} was started with other flags than worker 0: "
+                                  f"{differences}")
+            missing = [i for i in range(1, len(place.addresses)) if i not in peers]
+            if missing:
+                errors.append(f"{_describe_workers(missing)} did not start within "
+                              f"--startup_timeout={timeout:g} s (the chief at "
+                              f"{place.addresses[0]} waited; started with the same TF_CONFIG "
+                              "cluster?)")
+            answer = {"error": errors[0]} if errors else {"go": True}
+            for connection in peers.values():
+                _send(connection, answer)
+            for connection in peers.values():  # peers close first: no TIME_WAIT here
+                _receive(connection, time.monotonic() + 5.0)
+        finally:
+            for connection in peers.values():
+                connection.close()
+    if errors:
+        raise ClusterStartupError(errors[0])
+
+
+def _peer_meets_chief(place: ClusterPlace, flags: Mapping[str, object], timeout: float,
+                      log: Callable[[str], None]) -> None:
+    """Connects to the chief, says hello, waits for its answer."""
+    host, port = place.addresses[0].rsplit(":", 1)
+    reporter = _Reporter(timeout, log)
+    while True:
+        try:
+            connection = socket.create_connection((host, int(port)), timeout=2.0)
+            break
+        except OSError:
+            if reporter.expired():
+                raise ClusterStartupError(
+                    f"worker {place.index}: the chief (worker 0 at {place.addresses[0]}) did "
+                    f"not start within --startup_timeout={timeout:g} s") from None
+            reporter.waiting(f"worker 0 (the chief, {place.addresses[0]})")
+            time.sleep(0.5)
+    with connection:
+        _send(connection, {"index": place.index, "flags": dict(flags)})
+        # The chief answers once every worker is there, at its own timeout.
+        answer = _receive(connection, reporter.deadline + 30.0)
+    if answer is None:
+        raise ClusterStartupError(
+            f"worker {place.index}: the chief (worker 0 at {place.addresses[0]}) ended or "
+            "did not answer before training started")
+    if "error" in answer:
+        raise ClusterStartupError(answer["error"])
+
+
+def meet_peers(place: ClusterPlace, flags: Mapping[str, object], timeout: float,
+               log: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+    """Returns once every worker of `place`'s cluster started with the same `flags`.
+
+    Call before `create_strategy`, from every worker with the flags it was
+    started with (JSON values).
+
+    Args:
+        place: This worker's place (`ClusterPlace.from_tf_config()`).
+        flags: Flag name -> value; every worker's must be equal.
+        timeout: Seconds to wait for the others.
+        log: Where "waiting for ..." lines go.
+
+    Raises:
+        ClusterStartupError: One line: the workers that did not start in
+            time, or the flags that differ (every worker raises the same).
+    """
+    meet = _chief_meets_peers if place.index == 0 else _peer_meets_chief
+    meet(place, flags, timeout, log)
 
 
 def create_strategy() -> tf.distribute.Strategy:
