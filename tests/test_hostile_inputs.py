@@ -406,3 +406,108 @@ def test_a_worker_whose_peer_never_starts_says_so_and_stops(monkeypatch):
     outcome, logs = _meet_in_threads([{}, {}], timeout=1.0, present=[1])
     assert "the chief (worker 0 at 127.0.0.1:" in str(outcome[1])
     assert any(line.startswith("waiting for worker 0 (the chief") for line in logs)
+
+
+def _start(args):
+    """A command line started as a user's terminal would (SIGINT not ignored)."""
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _workers_of(process, count=2, timeout=240):
+    """The worker processes (`tf_smelu.training.distributed`) `process` started."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = [child for child in psutil.Process(process.pid).children(recursive=True)
+                   if "tf_smelu.training.distributed" in child.cmdline()]
+        if len(workers) == count:
+            return workers
+        time.sleep(0.2)
+    raise AssertionError(f"{count} workers did not start: {process.communicate()[0][-2000:]}")
+
+
+def _assert_gone_within(processes, seconds):
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        while True:
+            try:
+                if process.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by init
+                    break
+            except psutil.NoSuchProcess:
+                break
+            assert time.monotonic() < deadline, f"process {process.pid} still runs"
+            time.sleep(0.1)
+
+
+MULTI_WORKER_JOB = [MAIN_JOB, *TINY, "--workers=2", "--activations=relu", "--batch_size=32",
+                    "--train_examples=40000"]
+"""A main job of 2-worker replica jobs that trains for minutes (1250 steps per job)."""
+
+
+@pytest.mark.slow
+def test_stopped_main_jobs_take_their_workers_and_leave_the_output_dir_to_the_next(tmp_path):
+    args = [*MULTI_WORKER_JOB, f"--output_dir={tmp_path}"]
+    killed = _start(args)
+    try:
+        workers = _workers_of(killed)
+        second = _run(args)
+        assert killed.poll() is None
+        _assert_one_line_error(second, "in use by another job", f"pid {killed.pid} on host",
+                               "recsys_reproducibility.py")
+        killed.kill()  # SIGKILL: no cleanup runs, the kernel kills the workers
+        killed.wait(timeout=60)
+        _assert_gone_within(workers, 15)
+    finally:
+        killed.kill()
+        killed.communicate()
+
+    terminated = _start(args)
+    try:
+        workers = _workers_of(terminated)
+        terminated.send_signal(signal.SIGTERM)  # as timeout, Slurm and Kubernetes stop a job
+        output = terminated.communicate(timeout=60)[0]
+        _assert_gone_within(workers, 5)
+    finally:
+        terminated.kill()
+    assert terminated.returncode == 143, output[-2000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert output.strip().splitlines()[-1] == (
+        "error: terminated (SIGTERM); what had finished is kept")
+    assert f"took over the lock {tmp_path}" in output and f"pid {killed.pid} on" in output
+
+
+@pytest.mark.slow
+def test_workers_started_with_other_flags_stop_before_training_naming_them(tmp_path):
+    import portpicker
+
+    addresses = [f"127.0.0.1:{portpicker.pick_unused_port()}" for _ in range(2)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tf_smelu.training.distributed", "--steps=2",
+             "--train_examples=256", "--eval_examples=64", "--batch_size=32",
+             f"--hidden_units={units}", "--startup_timeout=120"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+            env={**env, "TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
+                                                 "task": {"type": "worker", "index": i}})})
+        for i, units in enumerate(("8", "16"))]
+    try:
+        outputs = [worker.communicate(timeout=180)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 1 and "Traceback" not in output, output[-2000:]
+        assert output.strip().splitlines()[-1] == (
+            "error: worker 1 was started with other flags than worker 0: "
+            "--hidden_units: [8] on worker 0, [16] on worker 1")

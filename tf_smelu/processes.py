@@ -186,7 +186,7 @@ MAIN_JOB_MB = 500
 """Peak resident memory of the main job with the smallest model (TensorFlow
 and its data), measured alike."""
 
-REPLICA_MB = 2
+REPLICA_MB = 30
 """Memory one in-process replica adds with the smallest model (its weights,
 optimizer slots and Keras objects), measured alike: a lower bound."""
 
