@@ -314,15 +314,18 @@ def test_resources_are_checked_against_the_machine():
 
     small = Machine(cores=2, available_mb=8 * 1024)
     with pytest.raises(InsufficientResourcesError, match=r"--workers=64 needs about .* GB") as e:
-        check_resources(64, 8, small)
+        check_resources(64, 8, machine=small)
     assert "8.0 GB is available" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(InsufficientResourcesError, match=r"--replicas=100000 needs at least"):
-        check_resources(1, 100_000, small)
+        check_resources(1, 100_000, machine=small)
+    with pytest.raises(InsufficientResourcesError, match=r"use fewer --max_replicas$"):
+        check_resources(1, 100_000, "max_replicas", machine=small)
     warnings = []
-    check_resources(4, 8, small, warn=warnings.append)
+    check_resources(4, 8, machine=small, warn=warnings.append)
     assert len(warnings) == 1 and "--workers=4 on 2 core(s)" in warnings[0]
-    check_resources(2, 64, small, warn=warnings.append)
-    check_resources(64, 8, Machine(cores=2, available_mb=None), warn=warnings.append)  # unknown
+    check_resources(2, 64, machine=small, warn=warnings.append)
+    unknown_memory = Machine(cores=2, available_mb=None)
+    check_resources(64, 8, machine=unknown_memory, warn=warnings.append)
     assert len(warnings) == 2
 
 

@@ -132,8 +132,8 @@ def run_experiment(
     """
     config = experiment_config(values, work_dir=os.path.join(output_dir, "runs"))
     check_output_dir(output_dir)
-    most_replicas = config.replicas if config.max_auc_loss is None else config.max_replicas
-    check_resources(config.workers, most_replicas, warn=log)
+    replicas_flag = "replicas" if config.max_auc_loss is None else "max_replicas"
+    check_resources(config.workers, getattr(config, replicas_flag), replicas_flag, warn=log)
     with directory_lock(output_dir, log=log):
         return _run_locked_experiment(config, values, output_dir, resume, log)
 

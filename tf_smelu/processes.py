@@ -235,7 +235,8 @@ class InsufficientResourcesError(UserError):
     """A job needs more memory than this machine has available."""
 
 
-def check_resources(workers: int, replicas: int, machine: Machine | None = None,
+def check_resources(workers: int, replicas: int, replicas_flag: str = "replicas",
+                    machine: Machine | None = None,
                     warn: Callable[[str], None] = print) -> None:
     """Refuses a job that cannot fit into memory; warns when workers outnumber cores.
 
@@ -247,6 +248,7 @@ def check_resources(workers: int, replicas: int, machine: Machine | None = None,
     Args:
         workers: Worker processes per replica job (1: in process).
         replicas: Most replicas one row may get.
+        replicas_flag: The flag that set `replicas`, for the message.
         machine: Default: `this_machine()`.
         warn: Where the warning about more workers than cores goes.
 
@@ -262,10 +264,10 @@ def check_resources(workers: int, replicas: int, machine: Machine | None = None,
         remedy = "use fewer --workers"
     else:
         need = MAIN_JOB_MB + replicas * REPLICA_MB
-        what = f"--replicas={replicas} needs at least {need / 1024:.1f} GB of memory " \
+        what = f"--{replicas_flag}={replicas} needs at least {need / 1024:.1f} GB of memory " \
                f"({replicas} x {REPLICA_MB} MB per in-process replica with the smallest " \
                f"model + {MAIN_JOB_MB} MB for this job)"
-        remedy = "use fewer --replicas (or --max_replicas)"
+        remedy = f"use fewer --{replicas_flag}"
     if machine.available_mb is not None and need > machine.available_mb:
         raise InsufficientResourcesError(
             f"{what}, but {machine.available_mb / 1024:.1f} GB is available; {remedy}")

@@ -52,6 +52,10 @@ STARTUP_REPORT_SECONDS = (10.0, 30.0)
 """When a waiting worker first says what it waits for, then how often."""
 
 
+class ShardTooSmallError(UserError, ValueError):
+    """A worker's share of the training rows is smaller than one batch."""
+
+
 class ClusterStartupError(UserError):
     """The workers did not all start, or were started with different flags."""
 
@@ -317,9 +321,10 @@ def in_memory_dataset_fn(examples: CTRExamples, order_seed: int | None = None) -
             slice(input_context.input_pipeline_id, None, input_context.num_input_pipelines)
         )
         if len(shard) < batch_size:
-            raise ValueError(
-                f"Worker shard has {len(shard)} rows, fewer than one batch of {batch_size}."
-            )
+            raise ShardTooSmallError(
+                f"worker {input_context.input_pipeline_id}'s shard of the training rows has "
+                f"{len(shard)} rows, fewer than one batch of {batch_size} per worker: give more "
+                "--train_examples or a smaller --batch_size")
         return batched_dataset(
             shard.features, shard.labels, batch_size, order_seed=order_seed, drop_remainder=True
         )
