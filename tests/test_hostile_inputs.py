@@ -459,15 +459,19 @@ MULTI_WORKER_JOB = [MAIN_JOB, *TINY, "--workers=2", "--activations=relu", "--bat
 
 @pytest.mark.slow
 def test_stopped_main_jobs_take_their_workers_and_leave_the_output_dir_to_the_next(tmp_path):
+    import psutil
+
     args = [*MULTI_WORKER_JOB, f"--output_dir={tmp_path}"]
     killed = _start(args)
     try:
         workers = _workers_of(killed)
+        for process in (psutil.Process(killed.pid), *workers):
+            process.suspend()  # alive, holding the lock, leaving the cores to the second job
         second = _run(args)
         assert killed.poll() is None
         _assert_one_line_error(second, "in use by another job", f"pid {killed.pid} on host",
                                "recsys_reproducibility.py")
-        killed.kill()  # SIGKILL: no cleanup runs, the kernel kills the workers
+        killed.kill()  # SIGKILL (also to stopped ones): no cleanup, the kernel kills the workers
         killed.wait(timeout=60)
         _assert_gone_within(workers, 15)
     finally:
@@ -514,3 +518,10 @@ def test_workers_started_with_other_flags_stop_before_training_naming_them(tmp_p
         assert output.strip().splitlines()[-1] == (
             "error: worker 1 was started with other flags than worker 0: "
             "--hidden_units: [8] on worker 0, [16] on worker 1")
+
+
+@pytest.mark.slow
+def test_a_job_too_big_for_the_machine_stops_before_anything_starts(tmp_path):
+    result = _run([MAIN_JOB, "--replicas=100000", f"--output_dir={tmp_path / 'out'}"])
+    _assert_one_line_error(result, "--replicas=100000 needs at least", "GB is available")
+    assert not (tmp_path / "out").exists()
