@@ -125,9 +125,9 @@ def run_program(
     `user_errors`, e.g. a damaged data file) ends with one line
     `error: <what and where>` on stderr and exit code 1; Ctrl-C ends with one
     line and exit code 130, SIGTERM (see `Terminated`) with one line and exit
-    code 143 (128 + 15, as the shell reports a process it ended). Anything else is a bug and keeps its traceback.
-    `--debug` (defined here) shows the traceback of every error, for bug
-    reports.
+    code 143 (128 + 15, as the shell reports a process it ended). Anything
+    else is a bug and keeps its traceback. `--debug` (defined here) shows the
+    traceback of every error, for bug reports.
 
     Args:
         main: The program's `main(argv)`.

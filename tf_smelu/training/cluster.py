@@ -18,6 +18,7 @@ under `strategy.run`, so they need nothing beyond what MWMS offers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -85,7 +86,9 @@ class ClusterPlace:
 
 
 def _send(connection: socket.socket, message: dict) -> None:
-    connection.sendall(json.dumps(message).encode("utf-8") + b"\n")
+    """Sends one JSON line; a peer that went away is found out by its reader."""
+    with contextlib.suppress(OSError):
+        connection.sendall(json.dumps(message).encode("utf-8") + b"\n")
 
 
 def _receive(connection: socket.socket, deadline: float) -> dict | None:
@@ -137,59 +140,67 @@ def _describe_workers(indices: list[int]) -> str:
     return f"worker{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))}"
 
 
+def _listen(place: ClusterPlace) -> socket.socket:
+    """The chief's listening socket on its own port (IPv4 and IPv6 where possible)."""
+    port = int(place.addresses[0].rsplit(":", 1)[1])
+    dual = socket.has_dualstack_ipv6()
+    try:
+        # create_server sets SO_REUSEADDR: TensorFlow binds this port right after.
+        return socket.create_server(("", port), family=socket.AF_INET6 if dual else socket.AF_INET,
+                                    backlog=len(place.addresses), dualstack_ipv6=dual)
+    except OSError as error:
+        raise ClusterStartupError(f"worker 0 (the chief) cannot listen on port {port} of its "
+                                  f"address {place.addresses[0]}: {error.strerror}") from None
+
+
+def _accept_peers(server: socket.socket, place: ClusterPlace, flags: Mapping[str, object],
+                  reporter: _Reporter, peers: dict[int, socket.socket]) -> list[str]:
+    """Adds every peer that says hello to `peers` until all are there; returns the errors."""
+    errors = []
+    server.settimeout(0.5)
+    missing = list(range(1, len(place.addresses)))
+    while missing and not reporter.expired():
+        reporter.waiting(_describe_workers(missing))
+        try:
+            connection, _ = server.accept()
+        except socket.timeout:
+            continue
+        hello = _receive(connection, time.monotonic() + 10.0) or {}
+        index = hello.get("index")
+        if index not in missing:
+            if index in peers:
+                errors.append(f"two processes started as worker {index} connected to the chief "
+                              f"at {place.addresses[0]}")
+            connection.close()  # anything else that knocked on the port is ignored
+            continue
+        peers[index] = connection
+        missing.remove(index)
+        differences = _flag_differences(flags, hello.get("flags", {}), index)
+        if differences:
+            errors.append(f"worker {index} was started with other flags than worker 0: "
+                          f"{differences}")
+    if missing:
+        errors.append(f"{_describe_workers(missing)} did not start within --startup_timeout="
+                      f"{reporter.timeout:g} s (the chief at {place.addresses[0]} waited; "
+                      "started with the same TF_CONFIG cluster?)")
+    return errors
+
+
 def _chief_meets_peers(place: ClusterPlace, flags: Mapping[str, object], timeout: float,
                        log: Callable[[str], None]) -> None:
-    """Accepts every peer's hello, compares its flags, answers everyone."""
-    port = int(place.addresses[0].rsplit(":", 1)[1])
-    reporter = _Reporter(timeout, log)
+    """Accepts every peer's hello, compares its flags, answers everyone alike."""
     peers: dict[int, socket.socket] = {}
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        # TensorFlow binds this port next; no lingering socket may stop it.
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            server.bind(("", port))
-        except OSError as error:
-            raise ClusterStartupError(f"worker 0 (the chief) cannot listen on port {port} of "
-                                      f"its address {place.addresses[0]}: {error.strerror}"
-                                      ) from None
-        server.listen(len(place.addresses))
-        server.settimeout(0.5)
-        try:
-            errors = []
-            while len(peers) < len(place.addresses) - 1 and not reporter.expired():
-                missing = [i for i in range(1, len(place.addresses)) if i not in peers]
-                reporter.waiting(_describe_workers(missing))
-                try:
-                    connection, _ = server.accept()
-                except socket.timeout:
-                    continue
-                hello = _receive(connection, time.monotonic() + 10.0) or {}
-                index = hello.get("index")
-                if not isinstance(index, int) or index in peers or not 0 < index < len(
-                        place.addresses):
-                    errors.append(f"a second worker {index} (or an unknown process) connected "
-                                  f"to the chief at {place.addresses[0]}")
-                    connection.close()
-                    continue
-                peers[index] = connection
-                differences = _flag_differences(flags, hello.get("flags", {}), index)
-                if differences:
-                    errors.append(f"worker {index} was started with other flags than worker 0: "
-                                  f"{differences}")
-            missing = [i for i in range(1, len(place.addresses)) if i not in peers]
-            if missing:
-                errors.append(f"{_describe_workers(missing)} did not start within "
-                              f"--startup_timeout={timeout:g} s (the chief at "
-                              f"{place.addresses[0]} waited; started with the same TF_CONFIG "
-                              "cluster?)")
-            answer = {"error": errors[0]} if errors else {"go": True}
-            for connection in peers.values():
-                _send(connection, answer)
-            for connection in peers.values():  # peers close first: no TIME_WAIT here
-                _receive(connection, time.monotonic() + 5.0)
-        finally:
-            for connection in peers.values():
-                connection.close()
+    try:
+        with _listen(place) as server:
+            errors = _accept_peers(server, place, flags, _Reporter(timeout, log), peers)
+        answer = {"error": errors[0]} if errors else {"go": True}
+        for connection in peers.values():
+            _send(connection, answer)
+        for connection in peers.values():  # peers close first: no TIME_WAIT on this port
+            _receive(connection, time.monotonic() + 5.0)
+    finally:
+        for connection in peers.values():
+            connection.close()
     if errors:
         raise ClusterStartupError(errors[0])
 
@@ -201,7 +212,7 @@ def _peer_meets_chief(place: ClusterPlace, flags: Mapping[str, object], timeout:
     reporter = _Reporter(timeout, log)
     while True:
         try:
-            connection = socket.create_connection((host, int(port)), timeout=2.0)
+            connection = socket.create_connection((host.strip("[]"), int(port)), timeout=2.0)
             break
         except OSError:
             if reporter.expired():
