@@ -178,17 +178,15 @@ def directory_lock(directory: str, flag: str = "output_dir",
 # ---------------------------------------------------------------------------
 
 WORKER_MB = 450
-"""Peak resident memory of one worker process (TensorFlow, MWMS, a tiny
-model), measured on Linux x86-64 with TF 2.21 (README "Reliability"). A
-lower bound: bigger models and data need more."""
-
-MAIN_JOB_MB = 500
-"""Peak resident memory of the main job with the smallest model (TensorFlow
-and its data), measured alike."""
+"""Memory of its own (peak USS, 440-448 MB measured) of one worker process
+(TensorFlow, MWMS, a tiny model) on Linux x86-64 with TF 2.21 (README
+"Reliability"); the shared TensorFlow libraries come on top once. A lower
+bound: bigger models and data need more."""
 
 REPLICA_MB = 30
 """Memory one in-process replica adds with the smallest model (its weights,
-optimizer slots and Keras objects), measured alike: a lower bound."""
+optimizer slots, Keras objects and traced steps; 33 MB measured), alike: a
+lower bound."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,9 +239,10 @@ def check_resources(workers: int, replicas: int, replicas_flag: str = "replicas"
     """Refuses a job that cannot fit into memory; warns when workers outnumber cores.
 
     Multi-worker jobs (`workers > 1`) run one replica job at a time, so
-    `workers` processes of `WORKER_MB` each plus this process run at once;
-    in process, all `replicas` live in this process (`REPLICA_MB` each).
-    Both estimates are lower bounds, so a refused job could not have run.
+    `workers` processes of `WORKER_MB` each run at once; in process, all
+    `replicas` live in this process (`REPLICA_MB` each). Both estimates are
+    lower bounds of what comes on top of this process as it is now (it has
+    imported TensorFlow), so a refused job could not have run.
 
     Args:
         workers: Worker processes per replica job (1: in process).
@@ -258,15 +257,14 @@ def check_resources(workers: int, replicas: int, replicas_flag: str = "replicas"
     """
     machine = machine or this_machine()
     if workers > 1:
-        need = MAIN_JOB_MB + workers * WORKER_MB
-        what = f"--workers={workers} needs about {need / 1024:.1f} GB of memory ({workers} x " \
-               f"{WORKER_MB} MB per TensorFlow worker process + {MAIN_JOB_MB} MB for this job)"
+        need = workers * WORKER_MB
+        what = f"--workers={workers} needs at least {need / 1024:.1f} GB of memory " \
+               f"({workers} x {WORKER_MB} MB per TensorFlow worker process)"
         remedy = "use fewer --workers"
     else:
-        need = MAIN_JOB_MB + replicas * REPLICA_MB
+        need = replicas * REPLICA_MB
         what = f"--{replicas_flag}={replicas} needs at least {need / 1024:.1f} GB of memory " \
-               f"({replicas} x {REPLICA_MB} MB per in-process replica with the smallest " \
-               f"model + {MAIN_JOB_MB} MB for this job)"
+               f"({replicas} x {REPLICA_MB} MB per in-process replica with the smallest model)"
         remedy = f"use fewer --{replicas_flag}"
     if machine.available_mb is not None and need > machine.available_mb:
         raise InsufficientResourcesError(
