@@ -115,7 +115,9 @@ def _holder_record() -> dict:
 
 def describe_holder(record: dict) -> str:
     """`pid 12 on host h, started <time>: <command>` of a lock file's record."""
-    command = record.get("command", "?")
+    if not record:  # locked, its record not yet written
+        return "a job that is just starting"
+    command = str(record.get("command", "?")).replace("\n", " ")
     if len(command) > 200:
         command = command[:197] + "..."
     return (f"pid {record.get('pid', '?')} on host {record.get('host', '?')}, started "
@@ -152,25 +154,35 @@ def directory_lock(directory: str, flag: str = "output_dir",
     path = os.path.join(directory, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_record(fd) or {}
-            raise DirectoryInUseError(
-                f"--{flag}={directory} is in use by another job ({describe_holder(holder)}); "
-                f"wait for it to end, or choose another --{flag}") from None
-        stale = _read_record(fd)  # a holder that died without releasing it
-        if stale is not None:
-            log(f"Note: took over the lock {path} of a job that ended without releasing it "
-                f"({describe_holder(stale)}).")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_holder_record()).encode("utf-8"), 0)
+        if _try_lock(fd, directory, flag, log):
+            stale = _read_record(fd)  # a holder that died without releasing it
+            if stale is not None:
+                log(f"Note: took over the lock {path} of a job that ended without releasing "
+                    f"it ({describe_holder(stale)}).")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(_holder_record()).encode("utf-8"), 0)
         try:
             yield
         finally:
             os.ftruncate(fd, 0)  # released cleanly: nothing stale left behind
     finally:
         os.close(fd)  # releases the flock
+
+
+def _try_lock(fd: int, directory: str, flag: str, log: Callable[[str], None]) -> bool:
+    """Locks `fd`: True; False on a file system without locks (said in a warning)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_record(fd) or {}
+        raise DirectoryInUseError(
+            f"--{flag}={directory} is in use by another job ({describe_holder(holder)}); "
+            f"wait for it to end, or choose another --{flag}") from None
+    except OSError as error:
+        log(f"Warning: cannot lock --{flag}={directory} ({error.strerror}); make sure no "
+            "other job writes there at the same time.")
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------
