@@ -5,7 +5,10 @@
 Run it once (no `TF_CONFIG`: one process, the default strategy) or once per
 worker with each worker's `TF_CONFIG` (e.g. through
 `tf_smelu.training.launcher`): `tf_smelu.training.trainer` trains under
-`MultiWorkerMirroredStrategy` then. Its flags are generated from three
+`MultiWorkerMirroredStrategy` then. Workers of a cluster first meet
+(`tf_smelu.training.cluster.meet_peers`): a worker started with other flags
+stops them all with one line naming the flags, and one whose peers do not
+start says `waiting for worker N` and stops after `--startup_timeout`. Its flags are generated from three
 dataclasses, so they cannot drift from the library:
 
 * `tf_smelu.training.config.TrainingConfig`: data, model, optimizer, update
