@@ -762,3 +762,245 @@ def test_main_job_with_a_beta_float32_cannot_compute_stops_before_training(tmp_p
     _assert_one_line_error(result, "smelu:1e+300", "float32")
     assert "relu" not in result.stdout  # no row was trained
     assert not (tmp_path / "out" / "results.json").exists()
+# ---- processes, output directories, resources, multi-worker start-up (issue 20) ----
+
+
+def test_one_job_per_output_dir_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    import fcntl
+
+    from tf_smelu.processes import LOCK_FILE, DirectoryInUseError, directory_lock
+
+    notes = []
+    with directory_lock(str(tmp_path / "out"), log=notes.append):
+        with pytest.raises(DirectoryInUseError) as refused:
+            with directory_lock(str(tmp_path / "out")):
+                pass
+    message = str(refused.value)
+    assert f"pid {os.getpid()}" in message and "in use by another job" in message
+    assert "\n" not in message and notes == []
+    # A holder killed by SIGKILL leaves its record, and the kernel drops its flock.
+    lock = tmp_path / "out" / LOCK_FILE
+    lock.write_text(json.dumps({"pid": 999999, "host": "h", "command": "python old_job.py"}))
+    with directory_lock(str(tmp_path / "out"), log=notes.append):
+        with open(lock) as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert len(notes) == 1 and "pid 999999" in notes[0] and "old_job.py" in notes[0]
+    assert lock.read_text() == ""  # released cleanly: nothing stale
+
+
+def test_resources_are_checked_against_the_machine():
+    from tf_smelu.processes import InsufficientResourcesError, Machine, check_resources
+
+    small = Machine(cores=2, available_mb=8 * 1024)
+    with pytest.raises(InsufficientResourcesError, match=r"--workers=64 needs at least 28.1 GB") as e:
+        check_resources(64, 8, machine=small)
+    assert "8.0 GB is available" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(InsufficientResourcesError, match=r"--replicas=100000 needs at least"):
+        check_resources(1, 100_000, machine=small)
+    with pytest.raises(InsufficientResourcesError, match=r"use fewer --max_replicas$"):
+        check_resources(1, 100_000, "max_replicas", machine=small)
+    warnings = []
+    check_resources(4, 8, machine=small, warn=warnings.append)
+    assert len(warnings) == 1 and "--workers=4 on 2 core(s)" in warnings[0]
+    check_resources(2, 64, machine=small, warn=warnings.append)
+    unknown_memory = Machine(cores=2, available_mb=None)
+    check_resources(64, 8, machine=unknown_memory, warn=warnings.append)
+    assert len(warnings) == 2
+
+
+def test_time_budget_without_the_search_and_an_empty_output_dir_are_refused():
+    from absl import flags
+
+    flag_values = flags.FlagValues()
+    cli.define_experiment_flags(CTRExperimentConfig(), "out", "quick", flag_values)
+    with pytest.raises(flags.IllegalFlagValueError, match="--max_auc_loss"):
+        flag_values(["prog", "--time_budget=60"])
+    flag_values.unparse_flags()
+    flag_values(["prog", "--time_budget=60", "--max_auc_loss=0.002"])
+    with pytest.raises(app.UsageError, match="--output_dir is empty"):
+        cli.check_output_dir("")
+
+
+def test_run_program_reports_sigterm_with_exit_code_143(capsys):
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop main")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exited:
+        run_program(main, argv=["prog"])
+    assert exited.value.code == 143
+    assert capsys.readouterr().err.strip() == (
+        "error: terminated (SIGTERM); what had finished is kept")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _meet_in_threads(flags_per_worker, timeout=30.0, present=None):
+    """Runs `meet_peers` for the workers in `present`; returns each one's error or None."""
+    import threading
+
+    import portpicker
+
+    from tf_smelu.training.cluster import ClusterPlace, meet_peers
+
+    addresses = tuple(f"127.0.0.1:{portpicker.pick_unused_port()}" for _ in flags_per_worker)
+    outcome, logs = {}, []
+
+    def worker(index):
+        try:
+            meet_peers(ClusterPlace(addresses, index), flags_per_worker[index], timeout,
+                       log=logs.append)
+            outcome[index] = None
+        except Exception as error:  # noqa: BLE001 - the outcome under test
+            outcome[index] = error
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+               for i in (present if present is not None else range(len(flags_per_worker)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout + 40)
+    return outcome, logs
+
+
+def test_workers_meet_and_name_differing_flags_before_training():
+    from tf_smelu.training.cluster import ClusterStartupError
+
+    same = {"hidden_units": [8], "train_examples": 600}
+    assert _meet_in_threads([same, same, same])[0] == {0: None, 1: None, 2: None}
+    outcome, _ = _meet_in_threads([same, {**same, "hidden_units": [16]}])
+    assert set(outcome) == {0, 1}
+    for error in outcome.values():
+        assert isinstance(error, ClusterStartupError)
+        assert str(error) == ("worker 1 was started with other flags than worker 0: "
+                              "--hidden_units: [8] on worker 0, [16] on worker 1")
+
+
+def test_a_worker_whose_peer_never_starts_says_so_and_stops(monkeypatch):
+    from tf_smelu.training import cluster
+
+    monkeypatch.setattr(cluster, "STARTUP_REPORT_SECONDS", (0.0, 60.0))
+    outcome, logs = _meet_in_threads([{}, {}, {}], timeout=1.0, present=[0, 1])
+    assert "worker 2 did not start within --startup_timeout=1 s" in str(outcome[0])
+    assert str(outcome[1]) == str(outcome[0])  # the chief tells the others why
+    assert any(line.startswith("waiting for worker") and line.endswith(
+        "2 to start (0 s of --startup_timeout=1)") for line in logs), logs
+    outcome, logs = _meet_in_threads([{}, {}], timeout=1.0, present=[1])
+    assert "the chief (worker 0 at 127.0.0.1:" in str(outcome[1])
+    assert any(line.startswith("waiting for worker 0 (the chief") for line in logs)
+
+
+def _start(args):
+    """A command line started as a user's terminal would (SIGINT not ignored)."""
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _workers_of(process, count=2, timeout=240):
+    """The worker processes (`tf_smelu.training.distributed`) `process` started."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = [child for child in psutil.Process(process.pid).children(recursive=True)
+                   if "tf_smelu.training.distributed" in child.cmdline()]
+        if len(workers) == count:
+            return workers
+        time.sleep(0.2)
+    raise AssertionError(f"{count} workers did not start: {process.communicate()[0][-2000:]}")
+
+
+def _assert_gone_within(processes, seconds):
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        while True:
+            try:
+                if process.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by init
+                    break
+            except psutil.NoSuchProcess:
+                break
+            assert time.monotonic() < deadline, f"process {process.pid} still runs"
+            time.sleep(0.1)
+
+
+MULTI_WORKER_JOB = [MAIN_JOB, *TINY, "--workers=2", "--activations=relu", "--batch_size=32",
+                    "--train_examples=40000"]
+"""A main job of 2-worker replica jobs that trains for minutes (1250 steps per job)."""
+
+
+@pytest.mark.slow
+def test_stopped_main_jobs_take_their_workers_and_leave_the_output_dir_to_the_next(tmp_path):
+    import psutil
+
+    args = [*MULTI_WORKER_JOB, f"--output_dir={tmp_path}"]
+    killed = _start(args)
+    try:
+        workers = _workers_of(killed)
+        for process in (psutil.Process(killed.pid), *workers):
+            process.suspend()  # alive, holding the lock, leaving the cores to the second job
+        second = _run(args)
+        assert killed.poll() is None
+        _assert_one_line_error(second, "in use by another job", f"pid {killed.pid} on host",
+                               "recsys_reproducibility.py")
+        killed.kill()  # SIGKILL (also to stopped ones): no cleanup, the kernel kills the workers
+        killed.wait(timeout=60)
+        _assert_gone_within(workers, 15)
+    finally:
+        killed.kill()
+        killed.communicate()
+
+    terminated = _start(args)
+    try:
+        workers = _workers_of(terminated)
+        terminated.send_signal(signal.SIGTERM)  # as timeout, Slurm and Kubernetes stop a job
+        output = terminated.communicate(timeout=60)[0]
+        _assert_gone_within(workers, 5)
+    finally:
+        terminated.kill()
+    assert terminated.returncode == 143, output[-2000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert output.strip().splitlines()[-1] == (
+        "error: terminated (SIGTERM); what had finished is kept")
+    assert f"took over the lock {tmp_path}" in output and f"pid {killed.pid} on" in output
+
+
+@pytest.mark.slow
+def test_workers_started_with_other_flags_stop_before_training_naming_them(tmp_path):
+    import portpicker
+
+    addresses = [f"127.0.0.1:{portpicker.pick_unused_port()}" for _ in range(2)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tf_smelu.training.distributed", "--steps=2",
+             "--train_examples=256", "--eval_examples=64", "--batch_size=32",
+             f"--hidden_units={units}", "--startup_timeout=120"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+            env={**env, "TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
+                                                 "task": {"type": "worker", "index": i}})})
+        for i, units in enumerate(("8", "16"))]
+    try:
+        outputs = [worker.communicate(timeout=180)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 1 and "Traceback" not in output, output[-2000:]
+        assert output.strip().splitlines()[-1] == (
+            "error: worker 1 was started with other flags than worker 0: "
+            "--hidden_units: [8] on worker 0, [16] on worker 1")
+
+
+@pytest.mark.slow
+def test_a_job_too_big_for_the_machine_stops_before_anything_starts(tmp_path):
+    result = _run([MAIN_JOB, "--replicas=100000", f"--output_dir={tmp_path / 'out'}"])
+    _assert_one_line_error(result, "--replicas=100000 needs at least", "GB is available")
+    assert not (tmp_path / "out").exists()

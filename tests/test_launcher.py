@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,3 +110,31 @@ def test_launcher_command_line_needs_a_command():
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert completed.returncode != 0 and "worker command after `--`" in completed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_launcher_takes_its_workers_with_it(stop, tmp_path):
+    import psutil
+
+    code = "print('up', i, os.getpid(), flush=True); time.sleep(120)"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "tf_smelu.training.launcher", "--num_workers=2", "--timeout=600",
+         "--", *_python_worker(code)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        pids = [int(launcher.stdout.readline().split()[-1]) for _ in range(2)]
+        workers = [psutil.Process(pid) for pid in pids]
+        launcher.send_signal(getattr(signal, stop))
+        stderr = launcher.communicate(timeout=30)[1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+                w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers):
+            time.sleep(0.1)
+        alive = [w.pid for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"workers {alive} outlived the launcher ({stop})"
+    finally:
+        launcher.kill()
+    if stop == "SIGTERM":
+        assert launcher.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
+        assert stderr.strip().splitlines()[-1].startswith("error: terminated (SIGTERM)")

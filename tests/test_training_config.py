@@ -29,6 +29,7 @@ NON_DEFAULT_OPTIONS = TrainerOptions(
 NON_DEFAULT_JOB = WorkerJob(
     activation="rescu:0.3:3", embedding_seed=1, tower_seed=2, order_seed=3,
     output="/tmp/w.npz", predictions_out="/tmp/p.npy", labels_out="/tmp/l.npy",
+    startup_timeout=30.0,
 )
 
 

@@ -20,6 +20,7 @@ from tf_smelu.common import run_program
 from tf_smelu.data import DATA_ERRORS
 from tf_smelu.experiment import CTRExperimentConfig
 from tf_smelu.experiment.config import TRAINING_FIELDS_SET_BY_THE_EXPERIMENT
+from tf_smelu.processes import check_resources, directory_lock
 from tf_smelu.training import config as config_flags
 from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.problem import UserModelError
@@ -56,6 +57,11 @@ def define_experiment_flags(
         "after every row) when it holds the same configuration; rows are matched by sources "
         "and activation, so added rows run and finished ones are kept. --noresume starts over.",
         flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["time_budget", "max_auc_loss"],
+        lambda values: values["time_budget"] is None or values["max_auc_loss"] is not None,
+        "--time_budget limits the --max_auc_loss search only; give --max_auc_loss too, "
+        "or drop --time_budget", flag_values=flag_values)
 
 
 def resolved_flags(preset: Mapping[str, object], preset_flag: str = "quick") -> dict:
@@ -93,6 +99,9 @@ def check_output_dir(path: str, flag: str = "output_dir") -> None:
     Checked before any work, so that results are never computed only to be
     lost; nothing is created here.
     """
+    if not path.strip():
+        raise app.UsageError(f"--{flag} is empty; give the directory to write to "
+                             f"(`--{flag}=.` for the current one)")
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -110,16 +119,30 @@ def run_experiment(
 ) -> list[dict]:
     """Checks, resumes, runs and reports a replica experiment given as flag values.
 
-    Every input is checked before the first training step; each finished
-    row is written to `output_dir/results.json` at once (`"complete":
-    false` until the last), and rows that an earlier run of the same
-    configuration finished there are reused when `resume` is on.
+    Every input, and this machine's memory for the workers and replicas
+    asked for (`tf_smelu.processes.check_resources`), is checked before the
+    first training step; `output_dir` is then locked for this job (a second
+    job on it stops with one line naming this one); each finished row is
+    written to `output_dir/results.json` at once (`"complete": false` until
+    the last), and rows that an earlier run of the same configuration
+    finished there are reused when `resume` is on.
 
     Returns:
         All rows, as written to results.json.
     """
     config = experiment_config(values, work_dir=os.path.join(output_dir, "runs"))
     check_output_dir(output_dir)
+    replicas_flag = "replicas" if config.max_auc_loss is None else "max_replicas"
+    check_resources(config.workers, getattr(config, replicas_flag), replicas_flag, warn=log)
+    with directory_lock(output_dir, log=log):
+        return _run_locked_experiment(config, values, output_dir, resume, log)
+
+
+def _run_locked_experiment(
+    config: CTRExperimentConfig, values: Mapping[str, object], output_dir: str, resume: bool,
+    log: Callable[[str], None],
+) -> list[dict]:
+    """`run_experiment` once `output_dir` is this job's."""
     normalized = config.to_dict()
     record = {**values, **normalized}
     finished = experiment.finished_rows(output_dir, normalized, resume)
@@ -145,7 +168,8 @@ def run_experiment(
 def run(main: Callable) -> None:
     """`app.run(main)` in tf_smelu's error style (see `tf_smelu.common.run_program`).
 
-    A bad flag, data file, output directory or results file ends in one
+    A bad flag, data file, output directory (also one another job is
+    using), results file or a job too big for this machine ends in one
     `error:` line and exit code 1; `--debug` shows the traceback.
     """
     run_program(main, user_errors=(*DATA_ERRORS, experiment.ResultsMismatchError,

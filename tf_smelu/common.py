@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, NoReturn
@@ -76,6 +78,30 @@ class UserError(Exception):
     """
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: how `timeout`, Slurm and Kubernetes stop a job.
+
+    Raised in the main thread, like `KeyboardInterrupt` for Ctrl-C, so that
+    `finally` blocks stop child processes and finished work stays written. A
+    `BaseException`, so that `except Exception` does not swallow it.
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated
+
+
+def handle_sigterm() -> None:
+    """Makes SIGTERM raise `Terminated` in the main thread (`run_program` does this).
+
+    Call it again after a library replaced the handler: TensorFlow's
+    multi-worker runtime installs one that ignores SIGTERM. Does nothing
+    outside the main thread, where Python cannot handle signals.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def _fail(message: str, exit_code: int = 1) -> NoReturn:
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(exit_code)
@@ -98,9 +124,10 @@ def run_program(
     A user's mistake (a bad flag, `app.UsageError`, `UserError` or one of
     `user_errors`, e.g. a damaged data file) ends with one line
     `error: <what and where>` on stderr and exit code 1; Ctrl-C ends with one
-    line and exit code 130. Anything else is a bug and keeps its traceback.
-    `--debug` (defined here) shows the traceback of every error, for bug
-    reports.
+    line and exit code 130, SIGTERM (see `Terminated`) with one line and exit
+    code 143 (128 + 15, as the shell reports a process it ended). Anything
+    else is a bug and keeps its traceback. `--debug` (defined here) shows the
+    traceback of every error, for bug reports.
 
     Args:
         main: The program's `main(argv)`.
@@ -125,5 +152,16 @@ def run_program(
             if flags.FLAGS.debug:
                 raise
             _fail("interrupted (Ctrl-C); what had finished is kept", exit_code=130)
+        except Terminated:
+            if flags.FLAGS.debug:
+                raise
+            _fail("terminated (SIGTERM); what had finished is kept", exit_code=128 + 15)
 
-    app.run(main_in_one_line, argv=argv, flags_parser=_parse_flags_in_one_line)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    handle_sigterm()
+    try:
+        app.run(main_in_one_line, argv=argv, flags_parser=_parse_flags_in_one_line)
+    finally:
+        if previous is not None:  # None: set outside Python, cannot be restored
+            signal.signal(signal.SIGTERM, previous)

@@ -5,7 +5,10 @@
 Run it once (no `TF_CONFIG`: one process, the default strategy) or once per
 worker with each worker's `TF_CONFIG` (e.g. through
 `tf_smelu.training.launcher`): `tf_smelu.training.trainer` trains under
-`MultiWorkerMirroredStrategy` then. Its flags are generated from three
+`MultiWorkerMirroredStrategy` then. Workers of a cluster first meet
+(`tf_smelu.training.cluster.meet_peers`): a worker started with other flags
+stops them all with one line naming the flags, and one whose peers do not
+start says `waiting for worker N` and stops after `--startup_timeout`. Its flags are generated from three
 dataclasses, so they cannot drift from the library:
 
 * `tf_smelu.training.config.TrainingConfig`: data, model, optimizer, update
@@ -32,13 +35,18 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tf_smelu.common import atomic_write, run_program
+from tf_smelu.common import atomic_write, handle_sigterm, run_program
 from tf_smelu.data import DATA_ERRORS, CTRExamples, LoadedDataset
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.registry import Activation, activation_help
 from tf_smelu.training import config as config_flags
 from tf_smelu.training.checkpoints import examples_digest
-from tf_smelu.training.cluster import create_strategy, in_memory_dataset_fn
+from tf_smelu.training.cluster import (
+    ClusterPlace,
+    create_strategy,
+    in_memory_dataset_fn,
+    meet_peers,
+)
 from tf_smelu.training.config import TrainingConfig, check_fields, option
 from tf_smelu.training.problem import UserModelError, load_training_data, model_builder
 from tf_smelu.training.replicas import predict_probabilities
@@ -63,6 +71,8 @@ class WorkerJob:
         predictions_out: The chief writes its held-out click probabilities
             here (`.npy`, float64).
         labels_out: The chief writes the held-out labels here (`.npy`).
+        startup_timeout: Seconds a worker of a cluster waits for the others
+            (`tf_smelu.training.cluster.meet_peers`).
     """
 
     activation: str = option(
@@ -81,6 +91,9 @@ class WorkerJob:
         "here (.npy, float64).")
     labels_out: str | None = option(
         None, "The chief writes the held-out labels here (.npy).")
+    startup_timeout: float = option(
+        120.0, "Seconds a worker of a cluster waits for the others to start (saying which it "
+        "waits for) before it stops; every worker's flags are compared first.", positive=True)
 
     def __post_init__(self):
         check_fields(self)
@@ -190,9 +203,17 @@ def run_worker(
 ) -> TrainResult:
     """Trains as this process's worker and writes the job's outputs.
 
-    Reads the cluster from `TF_CONFIG` (none: one process).
+    Reads the cluster from `TF_CONFIG` (none: one process). Workers of a
+    cluster first meet (`meet_peers`): all started, all with the same flags.
     """
+    flag_values = {**config_flags.as_flag_dict(config), **config_flags.as_flag_dict(options),
+                   **config_flags.as_flag_dict(job)}
+    place = ClusterPlace.from_tf_config()
+    if place is not None:
+        meet_peers(place, flag_values, job.startup_timeout)
     strategy = create_strategy()  # before building anything
+    if place is not None:
+        handle_sigterm()  # TensorFlow's multi-worker runtime installed one ignoring SIGTERM
     data = load_training_data(config)
     trainer = build_trainer(config, job, data, options, strategy)
     result = trainer.train()
@@ -208,8 +229,6 @@ def run_worker(
         if worker.is_chief:
             save_weights(job.output, trainer.model)
         save_weights(worker_output_path(job.output, worker.index), trainer.model)
-        flag_values = {**config_flags.as_flag_dict(config), **config_flags.as_flag_dict(options),
-                       **config_flags.as_flag_dict(job)}
         with atomic_write(worker_output_path(job.output, worker.index, ".json")) as f:
             json.dump({**result.to_json(), "flags": flag_values}, f)
     if worker.is_chief and (job.predictions_out or job.labels_out):

@@ -12,9 +12,11 @@ worker prints with a `[worker i]` prefix, and fails fast:
   hang until some collective timeout, if any;
 * past `timeout` seconds everything is killed and `WorkerTimeoutError` is
   raised;
-* every worker runs in its own session (process group) and the whole group
-  is killed in a `finally`, so neither the workers nor anything they started
-  outlive the launcher, whatever happens.
+* every worker is started by `tf_smelu.processes.start_process`: in its own
+  session (process group), killed as a whole in a `finally` (also on Ctrl-C
+  and SIGTERM), and on Linux killed by the kernel when the launcher dies,
+  even by SIGKILL. Neither the workers nor anything they started outlive
+  the launcher, whatever happens.
 
 Command line (everything after `--` is the worker command, run once per
 worker):
@@ -41,6 +43,7 @@ import portpicker
 from absl import app, flags
 
 from tf_smelu.common import run_program
+from tf_smelu.processes import signal_process_group, start_process
 
 LOCALHOST = "127.0.0.1"
 LOG_TAIL_LINES = 30
@@ -161,15 +164,6 @@ def _watch_exit(worker: _Worker, changed: threading.Event) -> None:
     changed.set()
 
 
-def _kill_group(worker: _Worker, sig: int) -> None:
-    if worker.process.returncode is not None:
-        return  # reaped: its group id may no longer be ours
-    try:
-        os.killpg(worker.process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the whole group already exited
-
-
 def _stop_all(workers: Sequence[_Worker], threads: Sequence[threading.Thread]) -> None:
     """Stops every worker's process group, reaps the workers, joins `threads`.
 
@@ -178,12 +172,12 @@ def _stop_all(workers: Sequence[_Worker], threads: Sequence[threading.Thread]) -
     Idempotent.
     """
     for worker in workers:
-        _kill_group(worker, signal.SIGTERM)
+        signal_process_group(worker.process, signal.SIGTERM)
     deadline = time.monotonic() + TERMINATION_GRACE_SECONDS
     while time.monotonic() < deadline and any(w.exited_at is None for w in workers):
         time.sleep(_POLL_SECONDS)
     for worker in workers:
-        _kill_group(worker, signal.SIGKILL)
+        signal_process_group(worker.process, signal.SIGKILL)
     for worker in workers:
         worker.process.wait()
     for thread in threads:
@@ -252,8 +246,8 @@ def launch_workers(
         for index in range(num_workers):
             worker = _Worker(
                 index,
-                subprocess.Popen(
-                    list(command),
+                start_process(
+                    command,
                     env={**base_env, "TF_CONFIG": tf_config(addresses, index)},
                     cwd=cwd,
                     stdin=subprocess.DEVNULL,
@@ -261,7 +255,6 @@ def launch_workers(
                     stderr=subprocess.STDOUT,
                     text=True,
                     errors="replace",
-                    start_new_session=True,  # own process group: killable as a whole
                 ),
             )
             workers.append(worker)
@@ -290,7 +283,7 @@ def launch_workers(
                 )
             changed.wait(timeout=remaining)
     finally:
-        # Also covers KeyboardInterrupt and failures while starting workers.
+        # Also covers Ctrl-C, SIGTERM and failures while starting workers.
         _stop_all(workers, threads)
 
 
