@@ -58,6 +58,7 @@ TINY = ["--quick", "--train_examples=600", "--eval_examples=300", "--replicas=2"
         ({"max_auc_loss": 0.002, "replicas": 3}, "replicas"),
         ({"max_auc_loss": 0.002, "replicas": 16, "max_replicas": 8}, "max_replicas"),
         ({"time_budget": 0.0}, "time_budget"),
+        ({"time_budget": 60.0}, "limits the `max_auc_loss` search only"),
         ({"beta_scale": "relative", "workers": 2}, "in process"),
         ({"beta_scale": "relatif"}, "beta_scale"),
     ],
@@ -808,15 +809,9 @@ def test_resources_are_checked_against_the_machine():
     assert len(warnings) == 2
 
 
-def test_time_budget_without_the_search_and_an_empty_output_dir_are_refused():
-    from absl import flags
-
-    flag_values = flags.FlagValues()
-    cli.define_experiment_flags(CTRExperimentConfig(), "out", "quick", flag_values)
-    with pytest.raises(flags.IllegalFlagValueError, match="--max_auc_loss"):
-        flag_values(["prog", "--time_budget=60"])
-    flag_values.unparse_flags()
-    flag_values(["prog", "--time_budget=60", "--max_auc_loss=0.002"])
+def test_an_empty_output_dir_is_refused():
+    # (--time_budget without --max_auc_loss: test_a_bad_configuration_is_one_usage_line.)
+    cli.experiment_config({"time_budget": 60.0, "max_auc_loss": 0.002})
     with pytest.raises(app.UsageError, match="--output_dir is empty"):
         cli.check_output_dir("")
 

@@ -57,11 +57,6 @@ def define_experiment_flags(
         "after every row) when it holds the same configuration; rows are matched by sources "
         "and activation, so added rows run and finished ones are kept. --noresume starts over.",
         flag_values=flag_values)
-    flags.register_multi_flags_validator(
-        ["time_budget", "max_auc_loss"],
-        lambda values: values["time_budget"] is None or values["max_auc_loss"] is not None,
-        "--time_budget limits the --max_auc_loss search only; give --max_auc_loss too, "
-        "or drop --time_budget", flag_values=flag_values)
 
 
 def resolved_flags(preset: Mapping[str, object], preset_flag: str = "quick") -> dict:

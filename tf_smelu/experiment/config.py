@@ -124,6 +124,11 @@ class CTRExperimentConfig:
                 f"{self.training.train_examples}")
         if self.max_auc_loss is not None:
             self._check_search()
+        elif self.time_budget is not None:
+            raise ValueError(
+                "`time_budget` limits the `max_auc_loss` search only: set `max_auc_loss` too, "
+                f"or unset `time_budget`. Received: time_budget={self.time_budget}, "
+                "max_auc_loss=None")
         if self.beta_scale == "relative" and self.multi_worker:
             raise ValueError(
                 "`beta_scale=relative` runs in process only: workers build their models from "
