@@ -148,6 +148,11 @@ class ReplicaStudy:
         from_logits: Whether the model outputs logits (one bool, or one per
             output name); `None` reads it from the compiled loss.
         predict_batch_size: Batch size of the held-out predictions.
+        strategy: A `tf.distribute` strategy (TensorFlow backend) whose
+            `scope()` every replica is built, converted and compiled in, so
+            that its `fit` runs under it: `MirroredStrategy` (devices of one
+            machine) or `MultiWorkerMirroredStrategy` on one worker. `None`:
+            the default strategy.
         **fit_kwargs: Passed to every replica's `model.fit` unchanged
             (`epochs`, `steps_per_epoch`, `callbacks`, `class_weight`,
             `validation_data`, ...; `verbose` defaults to 0). Callbacks are
@@ -159,8 +164,10 @@ class ReplicaStudy:
             does not take (or one the study sets: `x`, `y`, ...), training
             data that is neither a dataset nor a function, `"order"` on a
             dataset of unknown or infinite cardinality without
-            `shuffle_buffer`, or held-out data that is not batched
-            `(features, labels)`.
+            `shuffle_buffer`, held-out data that is not batched
+            `(features, labels)`, or a `strategy` that is no
+            `tf.distribute.Strategy`, under another backend than TensorFlow,
+            or a `MultiWorkerMirroredStrategy` of several workers.
     """
 
     def __init__(
@@ -175,6 +182,7 @@ class ReplicaStudy:
         shuffle_buffer: int | None = None,
         from_logits: bool | Mapping[str, bool] | None = None,
         predict_batch_size: int = 1024,
+        strategy: tf.distribute.Strategy | None = None,
         **fit_kwargs,
     ):
         if not callable(build_model):
@@ -189,6 +197,7 @@ class ReplicaStudy:
         self.from_logits = from_logits
         self.predict_batch_size = predict_batch_size
         self.fit_kwargs = _check_fit_kwargs(fit_kwargs)
+        self.strategy = _check_strategy(strategy)
         self._make_dataset = _dataset_factory(train_data, self.sources, shuffle_buffer)
         self._features, self._labels = _read_held_out(held_out)
 
@@ -266,9 +275,10 @@ class ReplicaStudy:
         # Every replica is a new model whose fit/predict functions trace once, by design.
         with op_determinism("op_nondeterminism" not in self.sources), _expected_retracing():
             for index, replica in enumerate(seeds):
-                model = self._build(replica.tower_seed)
-                if convert is not None:
-                    model = convert(model)
+                with self.strategy.scope():  # variables and compile under the strategy
+                    model = self._build(replica.tower_seed)
+                    if convert is not None:
+                        model = convert(model)
                 if index == 0:
                     self._check_before_training(model, result)
                 order_seed = replica.order_seed if "order" in self.sources else pinned_order
@@ -427,6 +437,37 @@ def _check_sources(sources: Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"Unknown source(s) {unknown}; a study varies some of {STUDY_SOURCES}. "
                          f"Received: sources={tuple(sources)!r}")
     return parse_sources("+".join(sources))
+
+
+def _check_strategy(strategy: tf.distribute.Strategy | None) -> tf.distribute.Strategy:
+    """The strategy replicas are built in; `None`: the default (no distribution)."""
+    if strategy is None:
+        return tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.Strategy):
+        raise ValueError("`strategy` must be a tf.distribute.Strategy. "
+                         f"Received: strategy={strategy!r}")
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "`strategy` is a tf.distribute strategy, which only the TensorFlow backend of "
+            f"Keras uses. Received: strategy={type(strategy).__name__} under the "
+            f"{keras.backend.backend()!r} backend (KERAS_BACKEND)")
+    workers = _worker_count(strategy)
+    if workers > 1:
+        # Keras 3's fit fails under a multi-worker MWMS (keras-team/keras#20585); on one
+        # worker it trains (tests/test_backends.py).
+        raise ValueError(
+            "Keras 3's model.fit does not run under a MultiWorkerMirroredStrategy of several "
+            "workers (keras-team/keras#20585), so a study cannot either: run it on one worker, "
+            "or measure multi-worker training with tf_smelu.training.distributed. "
+            f"Received: a cluster of {workers} workers")
+    return strategy
+
+
+def _worker_count(strategy: tf.distribute.Strategy) -> int:
+    """Workers (and chief) of a multi-worker strategy's cluster; 1 for one machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return max(1, sum(len(spec.get(job, ())) for job in ("chief", "worker")))
 
 
 def _check_fit_kwargs(fit_kwargs: dict[str, object]) -> dict[str, object]:
