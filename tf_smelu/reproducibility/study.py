@@ -320,7 +320,10 @@ class ReplicaStudy:
                              f"Received: labels for {sorted(result.labels)}")
 
     def _predict(self, model: keras.Model, result: _Replicas) -> None:
-        for name, probabilities in self._probabilities(model).items():
+        outputs = self._probabilities(model)
+        # By position under replica 0's names: an unnamed output's auto name ("dense_7")
+        # changes with every build.
+        for name, probabilities in zip(list(result.predictions) or list(outputs), outputs.values()):
             result.predictions.setdefault(name, []).append(probabilities)
         evaluation = model.evaluate(self._features, self._labels, verbose=0,
                                     batch_size=self.predict_batch_size, return_dict=True)
