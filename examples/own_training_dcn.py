@@ -24,7 +24,7 @@ record ends in one `error:` line naming the file and record.
 
 Prints the accuracy/PD table and writes results.json and tradeoff.png to
 --output_dir (the main job's report). About 2 minutes with the defaults on
-2 CPU cores; --quick takes seconds.
+2 CPU cores; --quick well under a minute.
 
 Example:
   python examples/own_training_dcn.py
@@ -72,7 +72,7 @@ flags.DEFINE_integer("eval_examples", 5_000, "Synthetic held-out rows (without -
 flags.DEFINE_integer("shards", 4, "Synthetic training shards written (without --data).",
                      lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Base seed of the study and of the synthetic data.")
-flags.DEFINE_boolean("quick", False, "Tiny run (seconds): 2 replicas, 1 epoch, 3,000 "
+flags.DEFINE_boolean("quick", False, "Tiny run (< 1 min): 2 replicas, 1 epoch, 3,000 "
                      "synthetic rows, unless those flags are given.")
 
 QUICK = {"replicas": 2, "epochs": 1, "train_examples": 3_000, "eval_examples": 1_000,
