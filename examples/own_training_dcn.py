@@ -88,10 +88,20 @@ NUMERIC = "numeric"  # the input of the stacked dense features ("dense" names a 
 
 def write_synthetic_shards(directory: str, train_examples: int, eval_examples: int,
                            shards: int, seed: int) -> tuple[str, str]:
-    """Writes GZIP TFRecord shards of synthetic clicks; returns `(train glob, eval glob)`.
+    """Writes GZIP TFRecord shards of synthetic clicks.
 
     Each `tf.train.Example` holds the categorical fields as int64 ids,
     `dense_<i>` floats and a 0/1 int64 `label`.
+
+    Args:
+        directory: Created if needed; gets `train-*` and `eval-*` files.
+        train_examples: Training rows, spread over `shards` files.
+        eval_examples: Held-out rows, in one file.
+        shards: Training files.
+        seed: Seed of the synthetic data (`SyntheticCTRConfig`).
+
+    Returns:
+        The globs `(training shards, held-out shards)`.
     """
     import numpy as np
     import tensorflow as tf
@@ -125,9 +135,16 @@ def check_shards(pattern: str, flag: str) -> tuple[list[str], dict[str, str]]:
     """Reads every record once, before training; returns `(files, {feature: kind})`.
 
     The check is `tf_smelu.data.load_tfrecord` (damaged files, records that
-    are no `tf.train.Example`, changing types, labels other than 0/1, each
-    named by file and record), keeping only a one-row sample. `kind` is
-    `"categorical:int64"`, `"categorical:bytes"` or `"dense"`.
+    are no `tf.train.Example`, changing types, a missing label or one other
+    than 0/1, each named by file and record), keeping a one-row sample.
+
+    Args:
+        pattern: A TFRecord file or glob.
+        flag: The flag that gave it, for messages.
+
+    Returns:
+        The sorted files and each used feature's kind: `"categorical:int64"`,
+        `"categorical:bytes"`, `"dense"`, or `"label:int64"` / `"label:float"`.
 
     Raises:
         app.UsageError: If nothing matches `pattern`.
@@ -145,39 +162,56 @@ def check_shards(pattern: str, flag: str) -> tuple[list[str], dict[str, str]]:
                            dataset=f"--{flag}={pattern}").schema
     first = next(iter(tf.data.TFRecordDataset(files[0], compression_type(files[0])).take(1)))
     example = tf.train.Example.FromString(first.numpy()).features.feature
-    kinds = {name: f"categorical:{example[name].WhichOneof('kind').split('_')[0]}"
-             for name in schema["categorical_columns"]}
+
+    def value_type(name: str) -> str:  # "int64", "bytes" or "float"
+        return example[name].WhichOneof("kind").split("_")[0]
+
+    kinds = {name: f"categorical:{value_type(name)}" for name in schema["categorical_columns"]}
     kinds.update({name: "dense" for name in schema["dense_columns"]})
+    kinds[LABEL] = f"label:{value_type(LABEL)}"
     return files, kinds
+
+
+def _parse_spec(kinds: dict[str, str]) -> dict[str, object]:
+    """`tf.io.parse_example`'s features: a missing id is one id of its own, a missing
+    dense value 0; the label has no default (`check_shards` found it in every record)."""
+    import tensorflow as tf
+
+    dtypes = {"int64": (tf.int64, -1), "bytes": (tf.string, ""), "float": (tf.float32, 0.0)}
+    spec = {}
+    for name, kind in kinds.items():
+        dtype, default = dtypes["float" if kind == "dense" else kind.split(":")[1]]
+        spec[name] = tf.io.FixedLenFeature(
+            [], dtype, default_value=None if kind.startswith("label") else default)
+    return spec
 
 
 def make_dataset(files: list[str], kinds: dict[str, str], batch_size: int, buckets: int,
                  order_seed: int | None = None):
     """The user's input pipeline: TFRecord shards -> batches of `(features, label)`.
 
-    `order_seed` shuffles the shards and (in a 10,000-row buffer) the
-    examples; `None` reads them in order. Categorical values are hashed
-    into `buckets` ids; dense values are stacked into one `"numeric"` input.
+    Args:
+        files: The shards (plain or GZIP, per file).
+        kinds: Their features, as `check_shards` returns them.
+        batch_size: Rows per batch.
+        buckets: Categorical values are hashed into this many ids.
+        order_seed: Shuffles the shards and (in a 10,000-row buffer) the
+            examples; `None` reads them in order.
+
+    Returns:
+        A `tf.data.Dataset` of `({field: ids, "numeric": [batch, dense]}, label)`.
     """
     import tensorflow as tf
 
     from tf_smelu.data.tfrecord import compression_type
 
-    spec = {name: tf.io.FixedLenFeature([], tf.string if kind.endswith("bytes") else
-                                        tf.int64 if kind.startswith("categorical") else tf.float32,
-                                        default_value=None if kind == "dense" else "" if
-                                        kind.endswith("bytes") else -1)
-            for name, kind in kinds.items()}
-    spec[LABEL] = tf.io.FixedLenFeature([], tf.float32)
-    label_is_int = _label_is_int64(files[0])
-    if label_is_int:
-        spec[LABEL] = tf.io.FixedLenFeature([], tf.int64)
+    spec = _parse_spec(kinds)
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
         features = {name: tf.strings.to_hash_bucket_fast(
             value if value.dtype == tf.string else tf.strings.as_string(value), buckets)
-            for name, value in parsed.items() if kinds.get(name, "").startswith("categorical")}
+            for name, value in parsed.items() if kinds[name].startswith("categorical")}
         dense = [parsed[name] for name, kind in kinds.items() if kind == "dense"]
         if dense:
             features[NUMERIC] = tf.stack(dense, axis=1)
@@ -193,16 +227,6 @@ def make_dataset(files: list[str], kinds: dict[str, str], batch_size: int, bucke
     return records.batch(batch_size).map(parse).prefetch(2)
 
 
-def _label_is_int64(path: str) -> bool:
-    import tensorflow as tf
-
-    from tf_smelu.data.tfrecord import compression_type
-
-    first = next(iter(tf.data.TFRecordDataset(path, compression_type(path)).take(1)))
-    return tf.train.Example.FromString(first.numpy()).features.feature[LABEL].HasField(
-        "int64_list")
-
-
 # --------------------------------------------------------------------------
 # The user's model: embeddings, feature crosses, MLP, compiled as in production.
 # --------------------------------------------------------------------------
@@ -210,7 +234,21 @@ def _label_is_int64(path: str) -> bool:
 
 def dcn_builder(kinds: dict[str, str], buckets: int, embedding_dim: int, cross_layers: int,
                 hidden_units: list[int], learning_rate: float):
-    """`build_model(seed)` of a DCN-v2 ranking model, compiled with Adam, BCE and AUC."""
+    """`build_model(seed)` of a DCN-v2 ranking model, compiled with Adam, BCE and AUC.
+
+    Args:
+        kinds: The features, as `check_shards` returns them.
+        buckets: Embedding rows per categorical field (its hash buckets).
+        embedding_dim: Embedding width.
+        cross_layers: DCN-v2 cross layers on the concatenated embeddings and
+            dense features.
+        hidden_units: Widths of the ReLU MLP after the crosses.
+        learning_rate: Adam's learning rate.
+
+    Returns:
+        A function of a seed returning a new compiled model (the seed is
+        unused: `ReplicaStudy` seeds Keras' global seeds before calling it).
+    """
     import keras
 
     from tf_smelu.models import CrossLayer
