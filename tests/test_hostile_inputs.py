@@ -999,3 +999,48 @@ def test_a_job_too_big_for_the_machine_stops_before_anything_starts(tmp_path):
     result = _run([MAIN_JOB, "--replicas=100000", f"--output_dir={tmp_path / 'out'}"])
     _assert_one_line_error(result, "--replicas=100000 needs at least", "GB is available")
     assert not (tmp_path / "out").exists()
+
+
+# ---- ReplicaStudy strategies (issue 20) ----
+
+
+def test_study_strategy_that_is_no_tf_distribute_strategy_is_refused_at_once():
+    import keras
+    import tensorflow as tf
+
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    train = tf.data.Dataset.from_tensor_slices((tf.zeros([4, 2]), tf.zeros([4]))).batch(2)
+    with pytest.raises(ValueError, match=r"`strategy` must be a tf.distribute.Strategy. "
+                                         r"Received: strategy='mirrored'"):
+        ReplicaStudy(lambda seed: keras.Sequential(), train, (tf.zeros([2, 2]), tf.zeros([2])),
+                     strategy="mirrored")
+
+
+def test_study_and_churn_callback_of_a_model_whose_output_is_not_named():
+    """Keras names an unnamed output `dense_<n>`, a new n at every build: replicas and
+    reference must still be matched by the output's position."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_smelu.reproducibility import PredictionDifferenceCallback, ReplicaStudy
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+
+    def build_model(seed):
+        inputs = keras.Input((4,))
+        outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(8)(inputs))
+        model = keras.Model(inputs, outputs)
+        model.compile("adam", "binary_crossentropy")
+        return model
+
+    train = tf.data.Dataset.from_tensor_slices((x[:200], y[:200])).batch(50)
+    [row] = ReplicaStudy(build_model, train, (x[200:], y[200:]), replicas=2, epochs=1).run()
+    assert len(row["aucs"]) == 2 and row["rel_pd"] > 0
+    reference = build_model(0)
+    churn = PredictionDifferenceCallback(reference, x[200:])
+    history = build_model(1).fit(train, epochs=1, verbose=0, callbacks=[churn])
+    assert history.history["churn_rel_pd"][0] > 0

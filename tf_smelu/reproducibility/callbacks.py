@@ -123,7 +123,11 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
                     f"(do its inputs match the model's?). Received: {type(error).__name__}: "
                     f"{first_line}"
                 ) from error
-            return self._probabilities(reference, f"reference model {reference.name!r}", predicted)
+            outputs = self._probabilities(reference, f"reference model {reference.name!r}",
+                                          predicted)
+            # By position under the trained model's names: an unnamed output's auto name
+            # ("dense_7") differs between two builds of one model.
+            return dict(zip(outputs_lib.output_names(self.model, len(outputs)), outputs.values()))
         named = outputs_lib.named_outputs(self.model, reference)
         return {name: outputs_lib.to_probabilities(values, False, f"reference output {name!r}")
                 for name, values in named.items()}

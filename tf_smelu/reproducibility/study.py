@@ -165,6 +165,11 @@ class ReplicaStudy:
             and fit arguments allow it, else one replica after another, with
             one logged line saying why. `True`: a `ValueError` where they do
             not. `False`: always one after another.
+        strategy: A `tf.distribute` strategy (TensorFlow backend) whose
+            `scope()` every replica is built, converted and compiled in, so
+            that its `fit` runs under it: `MirroredStrategy` (devices of one
+            machine) or `MultiWorkerMirroredStrategy` on one worker. `None`:
+            the default strategy.
         **fit_kwargs: Passed to every replica's `model.fit` unchanged
             (`epochs`, `steps_per_epoch`, `callbacks`, `class_weight`,
             `validation_data`, ...; `verbose` defaults to 0). Callbacks are
@@ -176,8 +181,10 @@ class ReplicaStudy:
             does not take (or one the study sets: `x`, `y`, ...), training
             data that is neither a dataset nor a function, `"order"` on a
             dataset of unknown or infinite cardinality without
-            `shuffle_buffer`, or held-out data that is not batched
-            `(features, labels)`.
+            `shuffle_buffer`, held-out data that is not batched
+            `(features, labels)`, or a `strategy` that is no
+            `tf.distribute.Strategy`, under another backend than TensorFlow,
+            or a `MultiWorkerMirroredStrategy` of several workers.
     """
 
     def __init__(
@@ -193,6 +200,7 @@ class ReplicaStudy:
         from_logits: bool | Mapping[str, bool] | None = None,
         predict_batch_size: int = 1024,
         side_by_side: bool | str = "auto",
+        strategy: tf.distribute.Strategy | None = None,
         **fit_kwargs,
     ):
         if not callable(build_model):
@@ -211,6 +219,7 @@ class ReplicaStudy:
                              f"Received: side_by_side={side_by_side!r}")
         self.side_by_side = side_by_side
         self.fit_kwargs = _check_fit_kwargs(fit_kwargs)
+        self.strategy = _check_strategy(strategy)
         self._make_dataset = _dataset_factory(train_data, self.sources, shuffle_buffer)
         self._features, self._labels = _read_held_out(held_out)
 
@@ -288,8 +297,9 @@ class ReplicaStudy:
         result = _Replicas({}, [], [], [], 0.0)
 
         def build(index: int) -> keras.Model:
-            model = self._build(seeds[index].tower_seed)
-            return model if convert is None else convert(model)
+            with self.strategy.scope():  # variables and compile under the strategy
+                model = self._build(seeds[index].tower_seed)
+                return model if convert is None else convert(model)
 
         # Every replica is a new model whose fit/predict functions trace once, by design.
         with op_determinism("op_nondeterminism" not in self.sources), expected_retracing():
@@ -317,8 +327,12 @@ class ReplicaStudy:
         """All R replicas if they can train in one `fit` (see `stacking`), else None."""
         if self.side_by_side is False:
             return None
-        reason = ("the data order varies between replicas" if "order" in self.sources
-                  else stacking.unstackable_reason(first, self.fit_kwargs))
+        if "order" in self.sources:
+            reason = "the data order varies between replicas"
+        elif self.strategy is not tf.distribute.get_strategy():
+            reason = "a tf.distribute strategy was given (stacking does not build under one)"
+        else:
+            reason = stacking.unstackable_reason(first, self.fit_kwargs)
         models = [first]
         if reason is None:
             models += [build(index) for index in range(1, self.replicas)]
@@ -504,6 +518,37 @@ def _check_sources(sources: Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"Unknown source(s) {unknown}; a study varies some of {STUDY_SOURCES}. "
                          f"Received: sources={tuple(sources)!r}")
     return parse_sources("+".join(sources))
+
+
+def _check_strategy(strategy: tf.distribute.Strategy | None) -> tf.distribute.Strategy:
+    """The strategy replicas are built in; `None`: the default (no distribution)."""
+    if strategy is None:
+        return tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.Strategy):
+        raise ValueError("`strategy` must be a tf.distribute.Strategy. "
+                         f"Received: strategy={strategy!r}")
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "`strategy` is a tf.distribute strategy, which only the TensorFlow backend of "
+            f"Keras uses. Received: strategy={type(strategy).__name__} under the "
+            f"{keras.backend.backend()!r} backend (KERAS_BACKEND)")
+    workers = _worker_count(strategy)
+    if workers > 1:
+        # Keras 3's fit fails under a multi-worker MWMS (keras-team/keras#20585); on one
+        # worker it trains (tests/test_backends.py).
+        raise ValueError(
+            "Keras 3's model.fit does not run under a MultiWorkerMirroredStrategy of several "
+            "workers (keras-team/keras#20585), so a study cannot either: run it on one worker, "
+            "or measure multi-worker training with tf_smelu.training.distributed. "
+            f"Received: a cluster of {workers} workers")
+    return strategy
+
+
+def _worker_count(strategy: tf.distribute.Strategy) -> int:
+    """Workers (and chief) of a multi-worker strategy's cluster; 1 for one machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return max(1, sum(len(spec.get(job, ())) for job in ("chief", "worker")))
 
 
 def _check_fit_kwargs(fit_kwargs: dict[str, object]) -> dict[str, object]:
