@@ -213,3 +213,28 @@ def test_rows_the_code_writes_match_the_schema(tmp_path, validate_results, repli
     )
     rows = validate_results(path)["results"]
     assert (rows[0]["rel_pd_ci"] == [None, None]) == (replicas == 2)
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_schema_and_requires_jsonschema(tmp_path):
+    # A resume reads the schema from the installed package, not from a checkout.
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"  # setuptools builds in the source tree: not in the checkout
+    shutil.copytree(REPO / "tf_smelu", source / "tf_smelu",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
+                    "--no-build-isolation", "-q", "-w", str(tmp_path)],
+                   check=True, capture_output=True, timeout=300)
+    [wheel] = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = json.loads(archive.read("tf_smelu/experiment/results.schema.json"))
+        [metadata] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = archive.read(metadata).decode().splitlines()
+    assert shipped == _schema()
+    assert any(line.startswith("Requires-Dist: jsonschema") for line in requires), requires
