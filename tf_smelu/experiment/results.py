@@ -151,9 +151,14 @@ RESULTS_SCHEMA = "results.schema.json"
 
 
 def results_schema() -> dict:
-    """The JSON Schema of `results.json` (`RESULTS_SCHEMA`, read from the installed package)."""
-    text = importlib.resources.files(__package__).joinpath(RESULTS_SCHEMA).read_text("utf-8")
-    return json.loads(text)
+    """The JSON Schema of `results.json`.
+
+    Returns:
+        `RESULTS_SCHEMA` as read from the installed package (package data,
+        so that a resume can validate rows outside a checkout).
+    """
+    schema = importlib.resources.files(__package__).joinpath(RESULTS_SCHEMA)
+    return json.loads(schema.read_text(encoding="utf-8"))
 
 
 def _is_json_number(checker: jsonschema.TypeChecker, value: object) -> bool:
@@ -185,7 +190,8 @@ def _schema_problem(row: object) -> str | None:
     shown = repr(error.instance)
     if where and error.message.startswith(shown):
         # The value as it is written in the file (null, NaN, "high"), not as Python shows it.
-        return f"{where} is {json.dumps(error.instance)}, which{error.message[len(shown):]}"
+        shown_as_json = json.dumps(error.instance, default=str)
+        return f"{where} is {shown_as_json}, which{error.message[len(shown):]}"
     return f"{where}: {error.message}" if where else error.message
 
 
