@@ -23,6 +23,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tf_smelu", "tf_smelu.*"]),
+    # The results schema is read at run time (`tf_smelu.experiment.results.results_schema`).
+    package_data={"tf_smelu.experiment": ["results.schema.json"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16,<2.22",
@@ -37,6 +39,8 @@ setup(
         "matplotlib>=3.5",
         # The multi-worker launcher picks free localhost ports.
         "portpicker>=1.5",
+        # A resumed run reuses a results.json row only if it matches results.schema.json.
+        "jsonschema>=4.18",
     ],
     extras_require={
         "test": [
@@ -53,8 +57,6 @@ setup(
             "psutil>=5",  # checks that no worker process is left behind
             # Enforces the import layers of `.importlinter` (tests/test_architecture.py).
             "import-linter>=2",
-            # Every results.json is checked against docs/results.schema.json (draft 2020-12).
-            "jsonschema>=4",
             # Parses examples/kubernetes/*.yaml in tests/test_cluster_managers.py.
             "pyyaml>=6",
             "nbclient>=0.7",

@@ -7,8 +7,9 @@ prediction difference (PD) between replicas, with 95% confidence intervals.
 
 Writes to --output_dir:
   results.json   every flag, the environment, one row per activation/beta
-                 and source set (schema: docs/results.schema.json), rewritten
-                 after every finished row: an interrupted run keeps them, and
+                 and source set (schema: tf_smelu/experiment/
+                 results.schema.json), rewritten after every finished
+                 row: an interrupted run keeps them, and
                  running the same command again trains only the missing rows
   tradeoff.png   relative PD against AUC, one panel per source set
   runs/          multi-worker jobs only: each job's weights, predictions, logs

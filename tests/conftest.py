@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 from collections.abc import Callable
 
 import pytest
@@ -12,23 +11,19 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-RESULTS_SCHEMA = pathlib.Path(__file__).resolve().parent.parent / "docs" / "results.schema.json"
-
-
 @pytest.fixture(scope="session")
 def results_validator():
-    """A `jsonschema.Draft202012Validator` of `docs/results.schema.json`."""
-    # Imported here so that tests which never read a results.json still run without it.
-    from jsonschema import Draft202012Validator
+    """The package's `ResultsValidator` (draft 2020-12, finite numbers) of its results schema."""
+    from tf_smelu.experiment.results import ResultsValidator, results_schema
 
-    schema = json.loads(RESULTS_SCHEMA.read_text(encoding="utf-8"))
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    schema = results_schema()
+    ResultsValidator.check_schema(schema)
+    return ResultsValidator(schema)
 
 
 @pytest.fixture
 def validate_results(results_validator) -> Callable[[str | os.PathLike], dict]:
-    """Asserts that a written results.json matches `docs/results.schema.json`.
+    """Asserts that a written results.json matches `tf_smelu/experiment/results.schema.json`.
 
     Returns:
         A function taking the path of a results.json; it fails the test with
@@ -48,7 +43,7 @@ def validate_results(results_validator) -> Callable[[str | os.PathLike], dict]:
             first = errors[0]
             where = "/".join(str(part) for part in first.absolute_path) or "(top level)"
             pytest.fail(
-                f"{path} does not match {RESULTS_SCHEMA.name} at {where}: {first.message} "
+                f"{path} does not match results.schema.json at {where}: {first.message} "
                 f"({len(errors) - 1} more error(s))",
                 pytrace=False,
             )

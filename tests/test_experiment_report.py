@@ -12,7 +12,8 @@ def test_results_table_and_plot(tmp_path, validate_results):
     rows = [
         dict(activation=a, beta=b, label=a, replicas=3, sources=["tower_init"], auc_mean=0.7 + i / 100,
              auc_std=0.001, logloss_mean=0.45, abs_pd=0.01, rel_pd=0.1 - i / 100,
-             rel_pd_ci=[0.08 - i / 100, 0.12 - i / 100], train_seconds=1.0)
+             rel_pd_ci=[0.08 - i / 100, 0.12 - i / 100], train_seconds=1.0,
+             aucs=[0.7 + i / 100] * 3)  # every row the project writes has them
         for i, (a, b) in enumerate([("relu", None), ("smelu", 0.1)])
     ]
     table = experiment.format_table(rows)

@@ -569,14 +569,18 @@ def _write_finished_run(output_dir, values):
 
 DAMAGED_ROWS = {
     # name: (how the row's JSON text is changed, what the error names)
-    "NaN auc_mean": (lambda row: {**row, "auc_mean": math.nan}, "auc_mean is NaN"),
+    "NaN auc_mean": (lambda row: {**row, "auc_mean": math.nan},
+                     "auc_mean is NaN, which is not of type 'number'"),
     "null auc_mean": (lambda row: {**row, "auc_mean": None}, "auc_mean is null"),
     "word auc_mean": (lambda row: {**row, "auc_mean": "high"}, 'auc_mean is "high"'),
-    "no aucs": (lambda row: {k: v for k, v in row.items() if k != "aucs"}, "no aucs"),
+    "no aucs": (lambda row: {k: v for k, v in row.items() if k != "aucs"},
+                "'aucs' is a required property"),
     "replicas disagree with aucs": (lambda row: {**row, "replicas": 3}, "aucs holds 2 values"),
-    "sources as a string": (lambda row: {**row, "sources": "tower_init"}, "not a list"),
+    "sources as a string": (lambda row: {**row, "sources": "tower_init"},
+                            "sources is \"tower_init\", which is not of type 'array'"),
     "auc_mean not the mean of aucs": (lambda row: {**row, "auc_mean": 0.99}, "mean of aucs"),
-    "rel_pd out of range": (lambda row: {**row, "rel_pd": 7.0}, "outside [0, 2]"),
+    "rel_pd out of range": (lambda row: {**row, "rel_pd": 7.0},
+                            "rel_pd is 7.0, which is greater than the maximum of 2"),
 }
 
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
 from tf_smelu import experiment, metrics
+from tf_smelu.experiment.results import results_schema
 from tf_smelu.reproducibility import ReplicaStudy
 
 FEATURES = 6
@@ -105,6 +106,11 @@ def test_pinned_order_gives_a_function_the_same_seed_for_every_replica():
     assert row["rel_pd"] == 0.0
 
 
+def _undocumented(rows: list[dict]) -> set[str]:
+    """Row fields the results schema does not describe (it allows them, but should list ours)."""
+    return {key for row in rows for key in row} - set(results_schema()["$defs"]["row"]["properties"])
+
+
 def test_compare_rows_match_the_schema_and_render_through_the_report(tmp_path, validate_results):
     train, held_out = _data()
     study = ReplicaStudy(_build_mlp, train, held_out, replicas=2, sources=("init",), epochs=1)
@@ -120,6 +126,7 @@ def test_compare_rows_match_the_schema_and_render_through_the_report(tmp_path, v
     logged = []
     results, plot = experiment.report(rows, study.config, str(tmp_path), log=logged.append)
     content = validate_results(results)
+    assert not _undocumented(content["results"])
     assert content["config"]["sources"] == ["init"] and content["config"]["epochs"] == 1
     assert "smelu(β=1)" in logged[0] and "relu" in logged[0]
     assert (tmp_path / "tradeoff.png").stat().st_size > 0
@@ -157,6 +164,7 @@ def test_a_multi_output_model_gives_one_row_per_output(tmp_path, validate_result
     assert 0 < genre["top1_pd"] <= 1 and 0 < genre["l1_pd"] <= 1
     assert set(click["eval_metrics"]) >= {"loss", "click_loss", "genre_loss"}
     validate_results(experiment.write_results(str(tmp_path), {}, rows))
+    assert not _undocumented(rows)
 
 
 class OwnLossModel(keras.Model):

@@ -1,4 +1,4 @@
-"""docs/results.schema.json: a valid schema that the committed results match and that has teeth.
+"""tf_smelu/experiment/results.schema.json: valid, matched by the committed results, with teeth.
 
 Tests that run an experiment check their own results.json with the
 `validate_results` fixture of conftest.py.
@@ -14,8 +14,11 @@ import pathlib
 import pytest
 from jsonschema import Draft202012Validator
 
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-SCHEMA_PATH = DOCS / "results.schema.json"
+from tf_smelu.experiment.results import ResultsValidator, row_problem
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+SCHEMA_PATH = REPO / "tf_smelu" / "experiment" / "results.schema.json"
 COMMITTED = sorted(DOCS.glob("*_results.json"))
 DELETE = object()
 
@@ -25,7 +28,7 @@ def _schema() -> dict:
 
 
 def _errors(content: dict) -> list[str]:
-    return [error.message for error in Draft202012Validator(_schema()).iter_errors(content)]
+    return [error.message for error in ResultsValidator(_schema()).iter_errors(content)]
 
 
 def _with_row(**changes) -> dict:
@@ -110,9 +113,15 @@ BAD_ROWS = [
     {"activation": "smelu", "beta": 0.0},
     {"update_mode": "async"},
     {"rel_pd_by_group": {"item_head": {"rel_pd": 0.1, "rel_pd_ci": [0.0, 0.2]}}},
+    # A resume needs them: rows are matched by label, the advisor reads aucs.
+    {"label": DELETE},
+    {"aucs": DELETE},
+    {"label": ""},
+    # JSON has no NaN or Infinity, though Python's json reads them.
+    {"auc_mean": math.nan},
+    {"rel_pd_ci": [math.inf, math.inf]},
+    {"rel_pd_ci": [0.01, math.nan]},
 ]
-NOT_READ_ON_RESUME = [{"rel_pd_by_group": {"item_head": {"rel_pd": 0.1, "rel_pd_ci": [0.0, 0.2]}}}]
-"""Diagnostics a resumed run carries along without reading (`row_problem` skips them)."""
 
 
 def _ids(changes):
@@ -124,39 +133,35 @@ def test_schema_rejects_a_bad_row(changes):
     assert _errors(_with_row(**changes))
 
 
-@pytest.mark.parametrize("changes", [c for c in BAD_ROWS if c not in NOT_READ_ON_RESUME],
-                         ids=_ids)
+@pytest.mark.parametrize("changes", BAD_ROWS, ids=_ids)
 def test_a_row_the_schema_rejects_is_not_resumed(changes):
-    # The resume check is code, not jsonschema (a test dependency): it must keep up.
-    from tf_smelu.experiment.results import row_problem
-
     assert row_problem(_with_row(**changes)["results"][0])
+
+
+def test_the_resume_check_names_the_failing_field_as_the_file_writes_it():
+    assert row_problem(_with_row(auc_mean=None)["results"][0]) == (
+        "auc_mean is null, which is not of type 'number'")
+    assert row_problem(_with_row(rel_pd_ci=[0.01, math.nan])["results"][0]) == (
+        "rel_pd_ci[1] is NaN, which is not of type 'number'")
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"replicas": 3}, "aucs holds 8 values, not 3"),
+    ({"auc_mean": 0.5}, "auc_mean 0.5 is not the mean of aucs"),
+    ({"rel_pd_pairs": [0.1]}, "rel_pd_pairs holds 1 values, not 28"),
+    ({"rel_pd": 0.9}, "rel_pd 0.9 is not the mean of rel_pd_pairs"),
+    ({"outlier_replicas": [8]}, "outlier_replicas [8] are not replica indices below 8"),
+], ids=_ids)
+def test_the_resume_check_adds_what_the_schema_cannot_say(changes, problem):
+    content = _with_row(**changes)
+    assert _errors(content) == []  # valid, yet the fields disagree
+    assert problem in row_problem(content["results"][0])
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
 def test_the_committed_rows_would_be_resumed(path):
-    from tf_smelu.experiment.results import row_problem
-
     rows = json.loads(path.read_text(encoding="utf-8"))["results"]
     assert [row_problem(row) for row in rows] == [None] * len(rows)
-
-
-def _resolved(node: dict) -> dict:
-    """A schema node with its `$ref` (into `$defs`) followed."""
-    while "$ref" in node:
-        node = {**_schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]],
-                **{k: v for k, v in node.items() if k != "$ref"}}
-    return node
-
-
-def test_the_resume_check_has_the_schemas_required_fields_and_ranges():
-    from tf_smelu.experiment.results import ROW_FIELDS, ROW_NUMBERS
-
-    row = _schema()["$defs"]["row"]
-    assert set(row["required"]) <= set(ROW_FIELDS)
-    for name, bounds in ROW_NUMBERS.items():
-        node = _resolved(row["properties"][name])
-        assert bounds == (node.get("minimum", -math.inf), node.get("maximum", math.inf)), name
 
 
 def test_schema_ties_beta_to_known_activations():
@@ -208,3 +213,28 @@ def test_rows_the_code_writes_match_the_schema(tmp_path, validate_results, repli
     )
     rows = validate_results(path)["results"]
     assert (rows[0]["rel_pd_ci"] == [None, None]) == (replicas == 2)
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_schema_and_requires_jsonschema(tmp_path):
+    # A resume reads the schema from the installed package, not from a checkout.
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"  # setuptools builds in the source tree: not in the checkout
+    shutil.copytree(REPO / "tf_smelu", source / "tf_smelu",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
+                    "--no-build-isolation", "-q", "-w", str(tmp_path)],
+                   check=True, capture_output=True, timeout=300)
+    [wheel] = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = json.loads(archive.read("tf_smelu/experiment/results.schema.json"))
+        [metadata] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = archive.read(metadata).decode().splitlines()
+    assert shipped == _schema()
+    assert any(line.startswith("Requires-Dist: jsonschema") for line in requires), requires

@@ -4,7 +4,7 @@ For each activation (and beta) and each set of irreproducibility sources, R
 replicas are trained that are identical except for the sources switched on,
 then evaluated on the same held-out examples; each result row holds their
 accuracy next to their prediction difference with a confidence interval
-(`docs/results.schema.json` documents the rows).
+(`tf_smelu/experiment/results.schema.json` documents the rows).
 
 Modules, in the order data flows through them:
 

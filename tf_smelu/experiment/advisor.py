@@ -1,7 +1,7 @@
 """The advisor: which activation, at which β, at what AUC cost, and how sure.
 
-Given result rows of one source set (`docs/results.schema.json`), the
-advisor answers "should I switch from ReLU, and to what?" for an AUC budget
+Given result rows of one source set (`results.schema.json`, next to this
+module), the advisor answers "should I switch from ReLU, and to what?" for an AUC budget
 `max_auc_loss` the user is willing to give up, and plans which rows to train
 next to answer it with as few replicas as possible. Everything here is a pure
 function of the rows (NumPy only, nothing trains): the runner trains what

@@ -5,7 +5,7 @@ trained that are identical except for the sources switched on, then evaluated
 on the same held-out examples. A result row holds their accuracy (AUC, log
 loss) next to their prediction difference over all R (R - 1) / 2 pairs, with
 a confidence interval: the paper's claim is about the *tradeoff*, so neither
-number means much alone. `docs/results.schema.json` documents every field.
+number means much alone. `tf_smelu/experiment/results.schema.json` documents every field.
 
 The harness is generic: it takes a `model_fn(activation, embedding_seed,
 tower_seed)` and a `train_data_fn(order_seed)`, so users measure their own
@@ -121,7 +121,7 @@ def run_replicas(
             prediction became NaN or infinite (learning rate too high).
 
     Returns:
-        A row of `results.json` (see `docs/results.schema.json`): accuracy,
+        A row of `results.json` (see `tf_smelu/experiment/results.schema.json`): accuracy,
         PD with its interval, the median pair PD, outlying replicas,
         per-replica AUCs and per-group PD.
     """
@@ -174,7 +174,7 @@ def summarize_predictions(
             row then holds the relative PD within each non-empty group.
 
     Returns:
-        The row fields that predictions determine (`docs/results.schema.json`):
+        The row fields that predictions determine (`tf_smelu/experiment/results.schema.json`):
         accuracy, PD with its interval, the median pair, outlying replicas,
         per-replica AUCs, per-group PD and whether all replicas predicted
         bit-identically.

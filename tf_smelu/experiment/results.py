@@ -5,27 +5,27 @@ a reader or a crash never sees half a file), marked `"complete": false` until
 the last row. Run again with the same configuration and output directory,
 it reads the finished rows back (`finished_rows`) and trains only the rest;
 a file written with another configuration is never mixed in: it stops the
-run with one line naming the fields that differ. `docs/results.schema.json`
-documents the format; a row is reused only if it has the fields, types and
-ranges the schema requires and agrees with itself (`row_problem`).
+run with one line naming the fields that differ. `results.schema.json` (next
+to this module, `results_schema()`) documents the format; a row is reused
+only if it matches the schema and agrees with itself (`row_problem`).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import json
 import math
 import os
 import platform
-import re
 from collections.abc import Iterable, Iterator, Mapping
 
+import jsonschema
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_smelu.common import MISSING, UserError, atomic_write, field_differences
-from tf_smelu.experiment.seeds import SOURCES
-from tf_smelu.training.updates import UPDATE_MODES
 
 RESULTS_FILE = "results.json"
 
@@ -146,127 +146,91 @@ def read_results(path: str) -> dict:
     return content
 
 
-_PROBABILITY = (0.0, 1.0)
-_RELATIVE_PD = (0.0, 2.0)
-_NON_NEGATIVE = (0.0, math.inf)
-
-ROW_NUMBERS = {"auc_mean": _PROBABILITY, "auc_std": _NON_NEGATIVE,
-               "logloss_mean": _NON_NEGATIVE, "abs_pd": _PROBABILITY, "rel_pd": _RELATIVE_PD,
-               "train_seconds": _NON_NEGATIVE}
-"""The numbers every row has, with their ranges (`docs/results.schema.json`'s row)."""
-
-ROW_FIELDS = ("activation", "beta", "label", "replicas", "sources", *ROW_NUMBERS, "rel_pd_ci",
-              "aucs")
-"""The fields a row must have to be reused: the schema's required ones, the
-label (rows are matched by it) and the per-replica AUCs the advisor needs."""
-
-_ACTIVATION_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-_ROW_SOURCES = (*SOURCES, *(f"update:{mode}" for mode in UPDATE_MODES))
+RESULTS_SCHEMA = "results.schema.json"
+"""The JSON Schema (draft 2020-12) of `results.json`, shipped next to this module."""
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def results_schema() -> dict:
+    """The JSON Schema of `results.json`.
+
+    Returns:
+        `RESULTS_SCHEMA` as read from the installed package (package data,
+        so that a resume can validate rows outside a checkout).
+    """
+    schema = importlib.resources.files(__package__).joinpath(RESULTS_SCHEMA)
+    return json.loads(schema.read_text(encoding="utf-8"))
 
 
-def _number_problem(name: str, value: object, bounds: tuple[float, float]) -> str | None:
-    low, high = bounds
-    if not _is_number(value) or not math.isfinite(value):
-        return f"{name} is {json.dumps(value)}, not a finite number"
-    if not low <= value <= high:
-        return f"{name} is {value}, outside [{low:g}, {high:g}]"
-    return None
+def _is_json_number(checker: jsonschema.TypeChecker, value: object) -> bool:
+    # Python's json reads NaN and Infinity, but JSON (RFC 8259) has no such numbers.
+    return checker.is_type(value, "integer") or (isinstance(value, float) and math.isfinite(value))
 
 
-def _list_problem(name: str, value: object, length: int | None = None) -> str | None:
-    if not isinstance(value, list):
-        return f"{name} is {json.dumps(value)}, not a list"
-    if length is not None and len(value) != length:
-        return f"{name} holds {len(value)} values, not {length}"
-    return None
+ResultsValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _is_json_number),
+)
+"""Draft 2020-12 validation in which a `number` is a JSON number: finite."""
 
 
-def _first(problems: Iterable[str | None]) -> str | None:
-    return next((problem for problem in problems if problem), None)
+@functools.cache
+def _row_validator() -> jsonschema.protocols.Validator:
+    """`ResultsValidator` of the schema's row (`$defs/row`, whose `$ref`s stay resolvable)."""
+    schema = results_schema()
+    return ResultsValidator({"$schema": schema["$schema"], "$defs": schema["$defs"],
+                             "$ref": "#/$defs/row"})
 
 
-def _values_problems(row: Mapping[str, object], name: str, length: int,
-                     bounds: tuple[float, float], mean: str) -> Iterator[str | None]:
+def _schema_problem(row: object) -> str | None:
+    """The schema's most relevant complaint about `row` (`best_match`), in one line."""
+    error = jsonschema.exceptions.best_match(_row_validator().iter_errors(row))
+    if error is None:
+        return None
+    where = error.json_path.removeprefix("$").removeprefix(".")  # e.g. rel_pd_ci[0]
+    shown = repr(error.instance)
+    if where and error.message.startswith(shown):
+        # The value as it is written in the file (null, NaN, "high"), not as Python shows it.
+        shown_as_json = json.dumps(error.instance, default=str)
+        return f"{where} is {shown_as_json}, which{error.message[len(shown):]}"
+    return f"{where}: {error.message}" if where else error.message
+
+
+def _mean_problems(row: Mapping[str, object], name: str, length: int,
+                   mean: str) -> Iterator[str]:
     """What is wrong with a per-replica (or per-pair) list whose mean is the row's `mean`."""
     values = row[name]
-    yield _list_problem(name, values, length)
-    yield _first(_number_problem(f"{name}[{i}]", value, bounds) for i, value in enumerate(values))
+    if len(values) != length:
+        yield f"{name} holds {len(values)} values, not {length} (replicas is {row['replicas']})"
     # The advisor's tolerance (it checks the same on the rows it is given).
-    if not math.isclose(float(np.mean(values)), row[mean], rel_tol=1e-6, abs_tol=1e-12):
+    elif not math.isclose(float(np.mean(values)), row[mean], rel_tol=1e-6, abs_tol=1e-12):
         yield f"{mean} {row[mean]} is not the mean of {name} ({np.mean(values)})"
 
 
-def _replica_problems(row: Mapping[str, object]) -> Iterator[str | None]:
-    """What is wrong with the per-replica lists of a row whose `replicas` is valid."""
+def _consistency_problems(row: Mapping[str, object]) -> Iterator[str]:
+    """What the schema cannot say: how a schema-valid row's fields must agree."""
     replicas = row["replicas"]
-    yield from _values_problems(row, "aucs", replicas, _PROBABILITY, "auc_mean")
+    yield from _mean_problems(row, "aucs", replicas, "auc_mean")
     if "rel_pd_pairs" in row:
-        yield from _values_problems(row, "rel_pd_pairs", replicas * (replicas - 1) // 2,
-                                    _RELATIVE_PD, "rel_pd")
-    if "outlier_replicas" in row:
-        outliers = row["outlier_replicas"]
-        yield _list_problem("outlier_replicas", outliers)
-        if not all(isinstance(i, int) and 0 <= i < replicas for i in outliers):
-            yield f"outlier_replicas {outliers} are not replica indices below {replicas}"
-
-
-def _field_problems(row: Mapping[str, object]) -> Iterator[str | None]:
-    """What is wrong with a row's fields, in order; later checks rely on earlier ones."""
-    missing = [name for name in ROW_FIELDS if name not in row]
-    if missing:
-        yield f"no {', '.join(missing)}"
-        return
-    if not isinstance(row["activation"], str) or not _ACTIVATION_NAME.fullmatch(row["activation"]):
-        yield f"activation is {json.dumps(row['activation'])}, not an activation name"
-    if not isinstance(row["label"], str) or not row["label"]:
-        yield f"label is {json.dumps(row['label'])}, not a label"
-    if row["beta"] is not None:
-        yield _number_problem("beta", row["beta"], (0.0, math.inf)) or (
-            "beta is 0, not > 0" if row["beta"] == 0 else None)
-    if not isinstance(row["replicas"], int) or isinstance(row["replicas"], bool) \
-            or row["replicas"] < 2:
-        yield f"replicas is {json.dumps(row['replicas'])}, not an integer >= 2"
-    sources = row["sources"]
-    yield _list_problem("sources", sources)
-    unknown = [s for s in sources if s not in _ROW_SOURCES]
-    updates = [s for s in sources if isinstance(s, str) and s.startswith("update:")]
-    if unknown or len(set(sources)) != len(sources) or len(updates) > 1:
-        yield (f"sources {json.dumps(sources)} are not distinct names of "
-               f"{list(_ROW_SOURCES)} with at most one update:<mode>")
-    if "update_mode" in row and row["update_mode"] not in UPDATE_MODES:
-        yield f"update_mode is {json.dumps(row['update_mode'])}, not one of {list(UPDATE_MODES)}"
-    for name, bounds in ROW_NUMBERS.items():
-        yield _number_problem(name, row[name], bounds)
-    interval = row["rel_pd_ci"]
-    yield _list_problem("rel_pd_ci", interval, 2)
-    if interval != [None, None]:
-        yield _first(_number_problem(f"rel_pd_ci[{i}]", end, _RELATIVE_PD)
-                     for i, end in enumerate(interval))
-    yield from _replica_problems(row)
+        yield from _mean_problems(row, "rel_pd_pairs", replicas * (replicas - 1) // 2, "rel_pd")
+    outliers = row.get("outlier_replicas", [])
+    if any(i >= replicas for i in outliers):
+        yield f"outlier_replicas {outliers} are not replica indices below {replicas}"
 
 
 def row_problem(row: object) -> str | None:
     """What makes a `results.json` row (as read from the file) unfit for reuse, if anything.
 
-    The subset of `docs/results.schema.json` a resume relies on, checked in
-    code (jsonschema stays a test dependency): the required fields, their
-    types and ranges, finite numbers, the activation name, sources and
-    update mode (per-group diagnostics are not read back, so not checked);
-    and what the schema cannot say: `aucs` holds `replicas` values whose
-    mean is `auc_mean`, `rel_pd_pairs` one value per pair with mean
-    `rel_pd`, `outlier_replicas` indices below `replicas`.
+    First the schema (`results.schema.json`'s row, with `ResultsValidator`:
+    fields, types, ranges, finite numbers, known activations and sources),
+    then what it cannot say: `aucs` holds `replicas` values whose mean is
+    `auc_mean`, `rel_pd_pairs` one value per pair with mean `rel_pd`,
+    `outlier_replicas` indices below `replicas`.
 
     Returns:
-        The first problem found, e.g. `"auc_mean is null, not a finite
-        number"`, or None for a sound row.
+        The first problem found, e.g. `"auc_mean is null, which is not of
+        type 'number'"`, or None for a sound row.
     """
-    if not isinstance(row, dict):
-        return f"{json.dumps(row)} is not an object"
-    return _first(_field_problems(row))
+    return _schema_problem(row) or next(_consistency_problems(row), None)
 
 
 def config_differences(

@@ -238,7 +238,7 @@ class ReplicaStudy:
         Returns:
             One row per model output, with `activation` `"model"` (the
             model's own activations). Rows have the fields of
-            `docs/results.schema.json` (per-replica `aucs`, `abs_pd`,
+            `tf_smelu/experiment/results.schema.json` (per-replica `aucs`, `abs_pd`,
             `rel_pd` with its replica-bootstrap `rel_pd_ci`, `rel_pd_pairs`,
             `train_loss`, `steps`, `train_seconds` of all fits) and also
             `output` (its name), `trainer` (`"keras_fit"`), `side_by_side`
