@@ -81,7 +81,7 @@ def test_label_smoothing_zero_is_the_baseline_bit_for_bit_and_more_changes_it():
     relu, zero, smoothed = study.compare(["label_smoothing:0", "label_smoothing:0.2"])
     assert [r["label"] for r in (relu, zero, smoothed)] == [
         "relu", "relu+label_smoothing(0)", "relu+label_smoothing(0.2)"]
-    assert "remedy" not in relu and zero["remedy"] == "label_smoothing:0"
+    assert "remedy" not in relu and zero["remedy"] == "label_smoothing:0.0"
     for field in ("aucs", "abs_pd", "rel_pd", "eval_metrics", "train_loss"):
         assert zero[field] == relu[field], field
     assert smoothed["aucs"] != relu["aucs"] and smoothed["abs_pd"] != relu["abs_pd"]
@@ -152,6 +152,7 @@ def test_specs_combine_an_activation_with_remedies():
     assert recipe.remedy_spec == "ema:0.999+ensemble:3"
     assert Recipe.parse(recipe.remedy_spec).remedies == recipe.remedies
     assert recipe.label("smelu(β=1)") == "smelu(β=1)+ema(0.999)+ensemble(K=3)"
+    assert Recipe.parse("ema:0.9999999").remedies[0].label == "ema(0.9999999)"
     assert Recipe.parse("relu") == Recipe(Activation.parse("relu"))
 
 

@@ -69,12 +69,12 @@ class Remedy:
 
     def __str__(self) -> str:
         """The spec text, which parses back to an equal remedy."""
-        return f"{self.name}:{self.value:g}"
+        return f"{self.name}:{float(self.value)!r}"
 
     @property
     def label(self) -> str:
         """Human-readable, e.g. `ema(0.999)` or `ensemble(K=2)`."""
-        value = f"{self.value:g}"
+        value = f"{self.value:.12g}"  # 0.9999 stays 0.9999 (`:g` would round it to 1)
         return f"{self.name}({self.symbol}={value})" if self.symbol else f"{self.name}({value})"
 
 
