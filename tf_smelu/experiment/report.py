@@ -16,7 +16,8 @@ def format_table(rows: list[dict]) -> str:
         f"{'relPD (95% CI)':>24} {'vs relu':>8} {'absPD':>7} {'sec':>6}"
     )
     lines = [header, "-" * len(header)]
-    relu = {tuple(r["sources"]): r["rel_pd"] for r in rows if r["activation"] == "relu"}
+    relu = {tuple(r["sources"]): r["rel_pd"] for r in rows
+            if r["activation"] == "relu" and not r.get("remedy")}  # relu+ema is no baseline
     for r in rows:
         key = tuple(r["sources"])
         change = f"{r['rel_pd'] / relu[key] - 1:+.0%}" if key in relu and relu[key] else ""

@@ -4,7 +4,9 @@
   `fit` with your arguments, differing only in the sources you switch on
   (initialization, data order, op nondeterminism); their held-out
   predictions become rows of `results.json` (accuracy next to PD with an
-  interval), and `compare` measures the same for other hidden activations.
+  interval), and `compare` measures the same for other hidden activations
+  and for remedies (`tf_smelu.remedies`: ensembles, weight averaging, label
+  smoothing), with their training and serving costs.
 * `PredictionDifferenceCallback`: during one ordinary `fit`, the PD of the
   model being trained against a reference (a model, a saved `.keras` file
   or saved predictions), written into `logs` each epoch.

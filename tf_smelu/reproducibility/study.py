@@ -66,6 +66,7 @@ from tf_smelu.conversion import rebuild
 from tf_smelu.experiment.harness import summarize_predictions
 from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_seeds
 from tf_smelu.registry import Activation
+from tf_smelu.remedies import Recipe
 from tf_smelu.training.replicas import expected_retracing
 from tf_smelu.reproducibility import outputs as outputs_lib
 from tf_smelu.reproducibility import stacking
@@ -105,6 +106,7 @@ class _Replicas:
     seconds: float
     labels: dict[str, np.ndarray] | None = None
     side_by_side: bool = False
+    params: list[int] = dataclasses.field(default_factory=list)  # per replica
 
 
 class ReplicaStudy:
@@ -257,60 +259,96 @@ class ReplicaStudy:
         """
         return self._rows(_AsBuilt(), self._train(convert=None))
 
-    def compare(self, activations: Sequence[str | Activation],
+    def compare(self, specs: Sequence[str | Activation | Recipe],
                 baseline: str | Activation | None = "relu") -> list[dict[str, object]]:
-        """Trains R replicas per activation, each in place of the model's hidden ReLUs.
+        """Trains R replicas per activation and remedy, each in place of the model's hidden ReLUs.
 
-        Every replica of every activation is `build_model(seed)` converted
-        by `tf_smelu.convert_activations` with fresh weights and compiled
-        again with the model's own compile arguments
-        (`model.get_compile_config()`), so replica r of every activation
-        starts from the same seed and sees the same data order.
+        Every replica of every spec is `build_model(seed)` converted by
+        `tf_smelu.convert_activations` with fresh weights and compiled again
+        with the model's own compile arguments (`model.get_compile_config()`),
+        so replica r of every spec starts from the same seed and sees the
+        same data order. Remedies (`tf_smelu.remedies`) then change what
+        they change: `ensemble:K` trains K members per replica (seeds
+        derived from the replica's) and averages their probabilities;
+        `ema:DECAY` and `label_smoothing:EPS` compile the model again with
+        the optimizer's `use_ema` or the loss's `label_smoothing`. A spec
+        with remedies and no activation (`"ema:0.999"`) keeps the baseline
+        activation; replicas of specs with remedies train one model after
+        another, never side by side.
 
         Args:
-            activations: Activation specs, e.g. `["relu", "smelu:1", "gelu"]`.
-            baseline: Put first (and added if missing), as the rows' `vs
-                relu` column and the advisor expect; `None` keeps the order.
+            specs: Activation and remedy specs and their `+`-combinations,
+                e.g. `["smelu:1", "ensemble:2", "ema:0.999",
+                "smelu:1+label_smoothing:0.1"]`.
+            baseline: An activation, put first (and added if missing), as the
+                rows' `vs relu` column and the advisor expect; `None` keeps
+                the order (and remedies without an activation then apply to
+                the model as built).
 
         Returns:
-            Rows labelled per activation as the main job's (`relu`,
-            `smelu(β=1)`, ...), activation-major, one per model output.
+            Rows labelled per spec as the main job's (`relu`, `smelu(β=1)`,
+            `relu+ema(0.999)`, `relu+ensemble(K=2)`, ...), spec-major, one per
+            model output. Rows with remedies carry `remedy` (their remedies'
+            spec); every row carries its costs relative to the first row:
+            `train_steps_ratio` and `train_seconds_ratio` (training steps and
+            measured time per replica, all members included) and
+            `serve_params_ratio` (parameters served per replica; `params`
+            holds the count).
 
         Raises:
-            ValueError: An unknown activation spec, a model without hidden
-                ReLUs or one `convert_activations` cannot rebuild, or
-                compile arguments that cannot be serialized.
+            ValueError: An unknown activation or remedy spec or a value out
+                of range, a model without hidden ReLUs or one
+                `convert_activations` cannot rebuild, a loss or optimizer a
+                remedy cannot change, or compile arguments that cannot be
+                serialized.
         """
-        specs = [a if isinstance(a, Activation) else Activation.parse(a) for a in activations]
-        if baseline is not None:
-            first = baseline if isinstance(baseline, Activation) else Activation.parse(baseline)
-            specs = [first, *(s for s in specs if s != first)]
+        recipes = [Recipe.parse(spec) for spec in specs]
+        first = baseline if baseline is None or isinstance(baseline, Activation) else (
+            Activation.parse(baseline))
+        recipes = [recipe.with_activation(first) for recipe in recipes]
+        if first is not None:
+            recipes = [Recipe(first), *(r for r in recipes if r != Recipe(first))]
+        if any(recipe.remedies for recipe in recipes):
+            # A loss or optimizer a remedy cannot change shows before the first training step.
+            config = self._build(self.seed).get_compile_config()
+            for recipe in recipes:
+                recipe.compile_config(config)
         rows = []
-        for spec in specs:
-            replicas = self._train(convert=functools.partial(_converted, activation=spec))
-            rows += self._rows(spec, replicas)
-        return rows
+        for recipe in recipes:
+            convert = recipe.activation and functools.partial(_converted,
+                                                              activation=recipe.activation)
+            rows += self._rows(recipe.activation or _AsBuilt(), self._train(convert, recipe),
+                               recipe)
+        return _with_costs(rows)
 
-    def _train(self, convert: Callable[[keras.Model], keras.Model] | None) -> _Replicas:
+    def _train(self, convert: Callable[[keras.Model], keras.Model] | None,
+               recipe: Recipe = Recipe()) -> _Replicas:
         seeds = replica_seeds(self.sources, self.replicas, self.seed)
         pinned_order = replica_seeds(("order",), 1, self.seed)[0].order_seed
         result = _Replicas({}, [], [], [], 0.0)
+        # One run per member of every replica (a replica is one model unless it is an ensemble).
+        runs = [(index, member) for index, replica in enumerate(seeds)
+                for member in recipe.member_seeds(replica.tower_seed)]
+
+        def build_seeded(seed: int) -> keras.Model:
+            with self.strategy.scope():  # variables and compile under the strategy
+                model = self._build(seed)
+                return recipe.compile(model if convert is None else convert(model))
 
         def build(index: int) -> keras.Model:
-            with self.strategy.scope():  # variables and compile under the strategy
-                model = self._build(seeds[index].tower_seed)
-                return model if convert is None else convert(model)
+            return build_seeded(seeds[index].tower_seed)
 
         # Every replica is a new model whose fit/predict functions trace once, by design.
         with op_determinism("op_nondeterminism" not in self.sources), expected_retracing():
-            first = build(0)
+            first = build_seeded(runs[0][1])
             self._check_before_training(first, result)
-            models = self._side_by_side(first, build)
+            models = None if recipe.remedies else self._side_by_side(first, build)
             if models:
                 return self._train_side_by_side(models, pinned_order, result)
-            for index, replica in enumerate(seeds):
-                model = first if index == 0 else build(index)
-                order_seed = replica.order_seed if "order" in self.sources else pinned_order
+            for index, (replica, member) in enumerate(runs):
+                model = first if index == 0 else build_seeded(member)
+                order_seed = (seeds[replica].order_seed if "order" in self.sources
+                              else pinned_order)
                 start = time.perf_counter()
                 # shuffle=False: fit ignores it for datasets, only warning that it does.
                 history = model.fit(self._training_data(order_seed),
@@ -320,7 +358,7 @@ class ReplicaStudy:
                 _check_steps(result.steps, index, trained=bool(history.history))
                 result.histories.append({k: float(v[-1]) for k, v in history.history.items()})
                 self._predict(model, result)
-        return result
+        return _combine_members(result, len(runs) // len(seeds), recipe)
 
     def _side_by_side(self, first: keras.Model,
                       build: Callable[[int], keras.Model]) -> list[keras.Model] | None:
@@ -405,12 +443,16 @@ class ReplicaStudy:
         evaluation = model.evaluate(self._features, self._labels, verbose=0,
                                     batch_size=self.predict_batch_size, return_dict=True)
         result.evaluations.append({k: float(v) for k, v in evaluation.items()})
+        result.params.append(model.count_params())
 
-    def _rows(self, activation, result: _Replicas) -> list[dict[str, object]]:
+    def _rows(self, activation, result: _Replicas,
+              recipe: Recipe = Recipe()) -> list[dict[str, object]]:
         labels = result.labels
         rows = []
         for name, replicas in result.predictions.items():
             row = _output_row(activation, self.sources, np.stack(replicas), labels[name], self.seed)
+            if recipe.remedies:
+                row.update(remedy=recipe.remedy_spec, label=recipe.label(row["label"]))
             if len(result.predictions) > 1:
                 row["label"] = f"{row['label']} [{name}]"
             if isinstance(activation, _AsBuilt):
@@ -455,6 +497,7 @@ def _training_fields(result: _Replicas) -> dict[str, object]:
         "side_by_side": result.side_by_side,
         "train_seconds": result.seconds,
         "steps": result.steps[0],
+        "params": result.params[0],
         "eval_metrics": _per_replica(result.evaluations),
         "fit_logs": _per_replica(result.histories),
     }
@@ -462,6 +505,38 @@ def _training_fields(result: _Replicas) -> dict[str, object]:
     if losses and all(np.isfinite(losses)) and min(losses) >= 0:
         fields["train_loss"] = losses
     return fields
+
+
+def _combine_members(result: _Replicas, members: int, recipe: Recipe) -> _Replicas:
+    """Each replica's `members` consecutive runs made one: predictions as the recipe combines them.
+
+    Steps and parameters add up over the members; evaluations and fit logs
+    are the members' means.
+    """
+    if members == 1:
+        return result
+
+    def grouped(values: list) -> list[list]:
+        return [values[start:start + members] for start in range(0, len(values), members)]
+
+    result.predictions = {name: [recipe.predict(group) for group in grouped(replicas)]
+                          for name, replicas in result.predictions.items()}
+    result.evaluations, result.histories = (
+        [{name: float(np.mean([one[name] for one in group])) for name in group[0]}
+         for group in grouped(logs)] for logs in (result.evaluations, result.histories))
+    result.steps, result.params = ([sum(group) for group in grouped(counts)]
+                                   for counts in (result.steps, result.params))
+    return result
+
+
+def _with_costs(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Adds each row's training and serving cost relative to the first row (the baseline)."""
+    base = rows[0]
+    for row in rows:
+        row.update(train_steps_ratio=row["steps"] / base["steps"],
+                   train_seconds_ratio=row["train_seconds"] / base["train_seconds"],
+                   serve_params_ratio=row["params"] / base["params"])
+    return rows
 
 
 def _per_replica(logs: list[dict[str, float]]) -> dict[str, list[float]]:

@@ -1,0 +1,178 @@
+"""Remedies (issue 22, first slice) on the replica study: each changes what it claims."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from test_replica_study import FEATURES, _build_mlp, _data
+from tf_smelu import experiment, metrics
+from tf_smelu.experiment.seeds import replica_seeds
+from tf_smelu.registry import Activation
+from tf_smelu.remedies import Ema, Ensemble, LabelSmoothing, Recipe
+from tf_smelu.reproducibility import ReplicaStudy
+
+
+def _keeping(build, models: list, seeds: list):
+    """`build`, recording every model it returns and the seed it was given."""
+
+    def keep(seed):
+        seeds.append(seed)
+        models.append(build(seed))
+        return models[-1]
+
+    return keep
+
+
+def _probabilities(model, x):
+    return model.predict(x, batch_size=1024, verbose=0)[:, 0].astype(np.float64)
+
+
+def test_each_ensemble_replica_is_the_mean_of_its_seeded_members():
+    train, held_out = _data()
+    models, seeds = [], []
+    study = ReplicaStudy(_keeping(_build_mlp, models, seeds), train, held_out, replicas=2,
+                         sources=("init",), epochs=1)
+    [row] = study.compare(["ensemble:2"], baseline=None)  # the model as built: we keep it
+    assert row["remedy"] == "ensemble:2" and row["label"] == "model+ensemble(K=2)"
+    del models[0], seeds[0]  # the model compare built to check the remedies before training
+    # Members of replica r: seeds derived from replica r's seed, all four different.
+    replica = [s.tower_seed for s in replica_seeds(("init",), 2, 0)]
+    assert seeds == [*Ensemble(2).member_seeds(replica[0]), *Ensemble(2).member_seeds(replica[1])]
+    assert len(set(seeds)) == 4
+    members = [_probabilities(m, held_out[0]) for m in models]
+    first, second = (members[0] + members[1]) / 2, (members[2] + members[3]) / 2
+    assert not np.array_equal(members[0], members[1])
+    assert row["abs_pd"] == pytest.approx(metrics.absolute_pd(first, second), rel=1e-6)
+    assert row["aucs"] == pytest.approx(
+        [metrics.roc_auc(held_out[1], p) for p in (first, second)], abs=1e-6)
+    assert row["steps"] == 32 and row["params"] == 2 * models[0].count_params()
+
+
+def test_ema_evaluates_with_the_averaged_weights():
+    train, held_out = _data()
+    with_ema, plain = [], []
+    [row] = ReplicaStudy(_keeping(_build_mlp, with_ema, []), train, held_out, replicas=2,
+                         sources=("init",), epochs=1).compare(["ema:0.9"], baseline=None)
+    ReplicaStudy(_keeping(_build_mlp, plain, []), train, held_out, replicas=2, sources=("init",),
+                 epochs=1, side_by_side=False).run()
+    del with_ema[0]  # the model compare built to check the remedies before training
+    for averaged, raw in zip(with_ema, plain):
+        optimizer = averaged.optimizer
+        assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.9)
+        # fit ended by writing the average into the model's weights...
+        for weight, average in zip(averaged.trainable_weights,
+                                   optimizer._model_variables_moving_average):
+            np.testing.assert_array_equal(weight.numpy(), average.numpy())
+        # ... which are not the last step's weights (the same seed trained without EMA).
+        assert int(optimizer.iterations) == int(raw.optimizer.iterations) == 16
+        assert not np.allclose(averaged.get_weights()[0], raw.get_weights()[0])
+    # The row measured the averaged models.
+    p, q = (_probabilities(m, held_out[0]) for m in with_ema)
+    assert row["abs_pd"] == pytest.approx(metrics.absolute_pd(p, q), rel=1e-6)
+
+
+def test_label_smoothing_zero_is_the_baseline_bit_for_bit_and_more_changes_it():
+    train, held_out = _data()
+    # One fit per replica for the baseline too: side by side, fit logs sum in another order.
+    study = ReplicaStudy(_build_mlp, train, held_out, replicas=2, sources=("init",), epochs=1,
+                         side_by_side=False)
+    relu, zero, smoothed = study.compare(["label_smoothing:0", "label_smoothing:0.2"])
+    assert [r["label"] for r in (relu, zero, smoothed)] == [
+        "relu", "relu+label_smoothing(0)", "relu+label_smoothing(0.2)"]
+    assert "remedy" not in relu and zero["remedy"] == "label_smoothing:0.0"
+    for field in ("aucs", "abs_pd", "rel_pd", "eval_metrics", "train_loss"):
+        assert zero[field] == relu[field], field
+    assert smoothed["aucs"] != relu["aucs"] and smoothed["abs_pd"] != relu["abs_pd"]
+    # Smoothed targets keep the training loss away from 0: it cannot fall as low.
+    assert min(smoothed["train_loss"]) > 0.1
+
+
+def test_label_smoothing_keeps_the_loss_settings_per_output():
+    loss = {"click": keras.saving.serialize_keras_object(
+        keras.losses.BinaryCrossentropy(from_logits=True)), "genre": "categorical_crossentropy"}
+    smoothed = LabelSmoothing(0.1).compile_config({"loss": loss})["loss"]
+    click, genre = (keras.saving.deserialize_keras_object(smoothed[k]) for k in ("click", "genre"))
+    assert isinstance(click, keras.losses.BinaryCrossentropy) and click.from_logits is True
+    assert click.label_smoothing == genre.label_smoothing == pytest.approx(0.1)
+    assert isinstance(genre, keras.losses.CategoricalCrossentropy)
+
+
+@pytest.mark.parametrize("loss, optimizer, spec, message", [
+    ("mse", "adam", "label_smoothing:0.1", "label_smoothing:0.1 re-creates .* which "
+                                           "mean_squared_error does not take"),
+    ("sparse_categorical_crossentropy", "adam", "label_smoothing:0.1",
+     "which sparse_categorical_crossentropy does not take"),
+])
+def test_a_loss_that_cannot_smooth_labels_is_one_clear_error(loss, optimizer, spec, message):
+    train, held_out = _data()
+
+    def build(seed):
+        model = _build_mlp(seed)
+        model.compile(optimizer, loss)
+        return model
+
+    built = []
+    with pytest.raises(ValueError, match=message):
+        ReplicaStudy(_keeping(build, built, []), train, held_out, replicas=2).compare([spec])
+    assert [int(m.optimizer.iterations) for m in built] == [0]  # before any training
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("dropout:0.1", "Unknown remedy or activation 'dropout'"),
+    ("ensemble:1", "K must be an integer >= 2"),
+    ("ensemble:2.5", "expected ensemble:K"),
+    ("ensemble", "needs a value"),
+    ("ema:1", r"DECAY must lie in \(0, 1\)"),
+    ("ema:0", r"DECAY must lie in \(0, 1\)"),
+    ("ema:nan", r"DECAY must lie in \(0, 1\)"),
+    ("label_smoothing:1", r"EPS must lie in \[0, 1\)"),
+    ("label_smoothing:-0.1", r"EPS must lie in \[0, 1\)"),
+    ("smelu:1+gelu", "one activation"),
+    ("ema:0.9+ema:0.99", "different kinds"),
+    ("distill:0.5", "'distill' is not implemented yet"),
+    ("", "non-empty string"),
+])
+def test_spec_errors_are_one_line_before_any_training(spec, message):
+    with pytest.raises(ValueError, match=message) as error:
+        Recipe.parse(spec)
+    assert "Received: " in str(error.value) and "\n" not in str(error.value)
+    train, held_out = _data()
+    built = []
+    with pytest.raises(ValueError, match=message):
+        ReplicaStudy(_keeping(_build_mlp, built, []), train, held_out).compare(["smelu:1", spec])
+    assert built == []
+
+
+def test_specs_combine_an_activation_with_remedies():
+    recipe = Recipe.parse("smelu:1+ema:0.999+ensemble:3")
+    assert recipe.activation == Activation.parse("smelu:1")
+    assert recipe.remedies == (Ema(0.999), Ensemble(3))
+    assert recipe.remedy_spec == "ema:0.999+ensemble:3"
+    assert Recipe.parse(recipe.remedy_spec).remedies == recipe.remedies
+    assert recipe.label("smelu(β=1)") == "smelu(β=1)+ema(0.999)+ensemble(K=3)"
+    assert Recipe.parse("ema:0.9999999").remedies[0].label == "ema(0.9999999)"
+    assert Recipe.parse("relu") == Recipe(Activation.parse("relu"))
+
+
+def test_rows_carry_costs_match_the_schema_and_render(tmp_path, validate_results):
+    train, held_out = _data()
+    study = ReplicaStudy(_build_mlp, train, held_out, replicas=2, sources=("init",), epochs=1)
+    relu, ensemble, smooth_ema = study.compare(["ensemble:2", "smelu:1+ema:0.9"])
+    assert (smooth_ema["label"], smooth_ema["spec"], smooth_ema["remedy"]) == (
+        "smelu(β=1)+ema(0.9)", "smelu:1.0", "ema:0.9")
+    assert (relu["train_steps_ratio"], relu["serve_params_ratio"]) == (1.0, 1.0)
+    assert (ensemble["train_steps_ratio"], ensemble["serve_params_ratio"]) == (2.0, 2.0)
+    assert (smooth_ema["train_steps_ratio"], smooth_ema["serve_params_ratio"]) == (1.0, 1.0)
+    assert all(r["train_seconds_ratio"] > 0 for r in (relu, ensemble, smooth_ema))
+    logged = []
+    results, _ = experiment.report([relu, ensemble, smooth_ema], study.config, str(tmp_path),
+                                   log=logged.append)
+    validate_results(results)
+    table = logged[0]
+    assert "relu+ensemble(K=2)" in table and "smelu(β=1)+ema(0.9)" in table
+    # "vs relu" compares with the plain relu row, not with relu+ensemble.
+    change = f"{ensemble['rel_pd'] / relu['rel_pd'] - 1:+.0%}"
+    [line] = [ln for ln in table.splitlines() if "relu+ensemble" in ln]
+    assert change in line.split()

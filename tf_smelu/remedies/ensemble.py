@@ -1,0 +1,48 @@
+"""`ensemble:K`: each replica is the average of K independently seeded members."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+
+from tf_smelu.experiment.seeds import replica_seeds
+from tf_smelu.remedies.base import Remedy, check_range, parse_number
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensemble(Remedy):
+    """K members per replica, their probabilities averaged.
+
+    Member m of the replica with initialization seed s has the seed of
+    replica m in `replica_seeds(("init",), K, s)`: members differ from each
+    other in their initialization (and every other seeded randomness), and
+    replicas whose seeds are equal have equal members. The members read the
+    replica's data in the replica's order.
+    """
+
+    name: ClassVar[str] = "ensemble"
+    syntax: ClassVar[str] = "ensemble:K (K >= 2 members)"
+    symbol: ClassVar[str] = "K"
+
+    @classmethod
+    def from_text(cls, text: str, value: str | None) -> Ensemble:
+        members = parse_number(text, value, int, cls.syntax)
+        check_range(text, members, members >= 2, "K must be an integer >= 2")
+        return cls(members)
+
+    def member_seeds(self, seed: int) -> list[int]:
+        return [member.tower_seed for member in replica_seeds(("init",), int(self.value), seed)]
+
+    def predict(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
+        # In probability space: what serving K models and averaging their outputs gives.
+        return np.mean(np.stack(probabilities), axis=0)
+
+    @property
+    def serve_params_ratio(self) -> float:
+        return float(self.value)
+
+    def __str__(self) -> str:
+        return f"{self.name}:{int(self.value)}"

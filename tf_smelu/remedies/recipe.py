@@ -1,0 +1,121 @@
+"""A recipe: an activation and remedies, parsed from `"smelu:1+ema:0.999"`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from tf_smelu.registry import Activation, activation_names
+from tf_smelu.remedies.base import CompileConfig, Remedy
+from tf_smelu.remedies.ema import Ema
+from tf_smelu.remedies.ensemble import Ensemble
+from tf_smelu.remedies.label_smoothing import LabelSmoothing
+
+REMEDIES: dict[str, type[Remedy]] = {kind.name: kind for kind in (Ensemble, Ema, LabelSmoothing)}
+"""Remedy name -> its class; what `parse` knows."""
+
+# Named in issue 22, not implemented yet: a clear line instead of "unknown".
+_PLANNED = ("distill", "anchor", "codistill", "warm_start")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What one row of a comparison trains: an activation (or the model's own) and remedies.
+
+    Attributes:
+        activation: The hidden activation, or None for the model's own (a
+            study then uses its baseline activation).
+        remedies: The remedies in spec order, at most one of each kind.
+    """
+
+    activation: Activation | None = None
+    remedies: tuple[Remedy, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | Activation | Recipe) -> Recipe:
+        """`"relu"`, `"ensemble:2"`, `"smelu:1+ema:0.999+label_smoothing:0.1"`, ...
+
+        Raises:
+            ValueError: A part that is neither a remedy nor an activation, a
+                remedy value out of range, two activations or a remedy twice.
+        """
+        if isinstance(text, Recipe):
+            return text
+        if isinstance(text, Activation):
+            return cls(text)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"A remedy or activation spec must be a non-empty string, e.g. "
+                             f"'smelu:1+ema:0.999'. Received: {text!r}")
+        activations, remedies = [], []
+        for part in text.split("+"):
+            name, _, value = part.strip().partition(":")
+            if name in REMEDIES:
+                remedies.append(REMEDIES[name].from_text(part.strip(), value if _ else None))
+            elif name in _PLANNED:
+                raise ValueError(f"Remedy {name!r} is not implemented yet; available: "
+                                 f"{', '.join(REMEDIES)}. Received: {text!r}")
+            elif name in activation_names():
+                activations.append(Activation.parse(part))
+            else:
+                raise ValueError(f"Unknown remedy or activation {name!r} in {text!r}; remedies: "
+                                 f"{', '.join(REMEDIES)}; activations: "
+                                 f"{', '.join(activation_names())}. Received: {text!r}")
+        kinds = [r.name for r in remedies]
+        if len(activations) > 1 or len(set(kinds)) < len(kinds):
+            raise ValueError(f"A spec combines one activation with remedies of different kinds "
+                             f"(each at most once). Received: {text!r}")
+        return cls(activations[0] if activations else None, tuple(remedies))
+
+    def with_activation(self, activation: Activation | None) -> Recipe:
+        """This recipe, with `activation` if it names none itself."""
+        return self if self.activation is not None else dataclasses.replace(self, activation=activation)
+
+    @property
+    def remedy_spec(self) -> str:
+        """The remedies' spec, e.g. `"ema:0.999+ensemble:2"` (empty without remedies)."""
+        return "+".join(str(r) for r in self.remedies)
+
+    def label(self, activation_label: str) -> str:
+        """`activation_label` followed by the remedies', e.g. `relu+ema(0.999)`."""
+        return "+".join([activation_label, *(r.label for r in self.remedies)])
+
+    def member_seeds(self, seed: int) -> list[int]:
+        """The seeds of the models that make one replica of initialization seed `seed`."""
+        seeds = [seed]
+        for remedy in self.remedies:
+            seeds = [member for one in seeds for member in remedy.member_seeds(one)]
+        return seeds
+
+    def compile(self, model: keras.Model) -> keras.Model:
+        """`model` compiled again with every remedy's change to its compile arguments.
+
+        Raises:
+            ValueError: A remedy that cannot change this model's loss or
+                optimizer, or compile arguments that cannot be serialized.
+        """
+        if all(type(r).compile_config is Remedy.compile_config for r in self.remedies):
+            return model  # nothing to change: the user's compiled objects as they are
+        model.compile_from_config(self.compile_config(model.get_compile_config()))
+        return model
+
+    def compile_config(self, config: CompileConfig) -> CompileConfig:
+        """The compile arguments `config` with every remedy's change (checks them all).
+
+        Raises:
+            ValueError: A remedy that cannot change this loss or optimizer.
+        """
+        for remedy in self.remedies:
+            config = remedy.compile_config(config)
+        return config
+
+    def predict(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
+        """One replica's probabilities from its members' (see `member_seeds`)."""
+        if len(probabilities) > 1:
+            for remedy in self.remedies:
+                if len(remedy.member_seeds(0)) > 1:  # the remedy whose members these are
+                    return remedy.predict(probabilities)
+        [only] = probabilities
+        return only
