@@ -17,18 +17,19 @@ is `"tensorflow"`, take the TensorFlow kernels; so exported SavedModels hold
 only stock ops and serve without this package. The other backends never see a
 TensorFlow op, and TensorFlow never sees their arrays.
 
-**Precision and speed.** The band is evaluated on the clipped input scaled to
-knot spacings, `u = (x + beta) / h` in `[0, order]`, so nothing overflows or
-underflows where the result does not. Orders 1 to 3 evaluate the
-truncated-power sum of the B-spline: a handful of element-wise ops, exact to
-a few ulps. Beyond, that sum cancels (terms of size `~n^n / n!` add up to a
-value of size 1: in float32 the error is 1e-3 at order 10 and 1e8 at order
-30). Orders 4 to 8 evaluate it from the nearer end of the band (RESCU minus
-ReLU is even): half the terms, of size `~(n/2)^n / n!`, still within a few
-ulps. Higher orders evaluate the B-splines with the Cox-de Boor recurrence,
-whose terms are all positive (about `order**2` ops). The value and slope are
-exact to a few ulps times the order, in every dtype, for every order up to
-`MAX_RESCU_ORDER` (measured errors next to `_MAX_REFLECTED_POWER_ORDER`).
+**Precision and speed.** The band is evaluated on the distance to its nearer
+end in knot spacings, `w = (beta - |x|) / h` in `[0, order / 2]` (exact near
+both knots; RESCU minus ReLU is even), so nothing overflows or underflows where
+the result does not. Order 1 (SmeLU) is one square; orders 2 to 8 evaluate
+the truncated-power sum of the B-spline from that end: half the terms of the plain sum, of size
+`~(n/2)^n / n!` instead of `~n^n / n!` (the plain sum cancels: in float32 its
+error is 1e-3 at order 10 and 1e8 at order 30), a handful of element-wise ops,
+within a few ulps. Order 2's slope is the plain sum where its square cannot
+overflow (fewer kernels). Higher orders evaluate the B-splines with the
+Cox-de Boor recurrence, whose terms are all positive (about `order**2` ops).
+The value and slope are exact to a few ulps times the order, in every dtype,
+for every order up to `MAX_RESCU_ORDER` (measured errors next to
+`_MAX_REFLECTED_POWER_ORDER`).
 Half-precision inputs are computed in float32 and rounded once at the end.
 
 **Parameter checks.** Every parameter must lie in the range its compute dtype
@@ -435,7 +436,10 @@ class _Kernels:
         return (_total(value_terms) if value else None, _total(slope_terms) if slope else None)
 
     def band_by_reflected_powers(self, clipped, beta, order: int, value: bool, slope: bool):
-        """Band value and slope from the truncated powers of the nearer band end (see `reflected`)."""
+        """Band value and slope from the truncated powers of the nearer band end.
+
+        See `reflected`, which gives the value's excess over ReLU.
+        """
         excess, band_slope = self.reflected(clipped, beta, order, value, slope)
         return (self.relu(clipped) + excess if value else None), band_slope
 
@@ -455,7 +459,9 @@ class _Kernels:
         where the unscaled powers are safe (see `unscaled_powers`), the
         scaling is folded into the final constants instead (one kernel less).
         """
-        if order == 2 and slope and self.fused_square(beta, clipped):
+        # The same condition as the value's unscaled cube, which also keeps
+        # 0.5 / beta^2 normal.
+        if order == 2 and slope and self.unscaled_powers(beta, clipped, order + 1):
             excess = self.reflected(clipped, beta, order, value, slope=False)[0] if value else None
             return excess, self.order_2_slope(clipped, beta)
         n = order
@@ -480,7 +486,7 @@ class _Kernels:
         return excess, band_slope
 
     def order_2_slope(self, clipped, beta):
-        """Order 2's slope `(x + beta)^2 / (2 beta^2) - x_+^2 / beta^2`, where `fused_square`.
+        """Order 2's slope `(x + beta)^2 / (2 beta^2) - x_+^2 / beta^2` (see `unscaled_powers`).
 
         The plain truncated-power sum, whose middle knot is at `x = 0`: four
         kernels on the clipped input and no select, measured 1.4x faster in
@@ -493,7 +499,9 @@ class _Kernels:
         )
 
     def unscaled_powers(self, beta, x, power: int) -> bool:
-        """Whether `d^power` (`d` in `[0, 2 beta]`, `d` a difference of x's dtype) is finite and normal.
+        """Whether `d^power` is finite and normal for every nonzero `d` in `[0, 2 beta]`.
+
+        `d` is a difference of two numbers of x's dtype in `[-beta, beta]`.
 
         It is when `(2 beta)^power <= max` and the smallest nonzero `d` (about
         `beta * eps / 2`) to the `power` is at least the smallest normal
@@ -826,7 +834,7 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2):
     It is $C^n$: order 1 is SmeLU ($C^1$), order 2 is piecewise cubic and
     $C^2$, and so on. The gradient is
     $\frac{1}{n!} \sum_j (-1)^j \binom{n}{j} (u - j)_+^n$, a B-spline CDF.
-    That alternating sum cancels at high orders: from order 4 on it is
+    That alternating sum cancels at high orders: up to order 8 it is
     evaluated from the nearer end of the band (half the terms, far smaller),
     and from order 9 on from positive sums of B-splines (Cox-de Boor, about
     `order**2` element-wise ops). Every accepted order (`1 <= order <= 32`)
