@@ -46,7 +46,7 @@ flags.DEFINE_list(
 flags.DEFINE_list(
     "rescu_orders", ["2", "3", "4", "5", "6", "7", "8"],
     "RESCU orders timed in the fwd+bwd table (each formulation of the band: "
-    "plain truncated powers up to 3, reflected up to 8, Cox-de Boor above).",
+    "truncated powers of the nearer band end up to 8, Cox-de Boor above).",
 )
 flags.DEFINE_list(
     "parts", ["fwd_bwd", "steps", "memory"],

@@ -189,12 +189,26 @@ def _accuracy_tolerance(dtype, order: int) -> float:
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("order", range(1, MAX_RESCU_ORDER + 1))
 def test_rescu_is_accurate_at_every_order(dtype, order):
+    _assert_rescu_accurate(dtype, order, beta_tensor=False)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+@pytest.mark.parametrize("order", [2, 3, 8])
+def test_rescu_with_a_tensor_beta_is_as_accurate(dtype, order):
+    # A tensor beta is not known when the graph is built: the band is then
+    # always evaluated in scaled units (a Python beta of 0.7 is not).
+    _assert_rescu_accurate(dtype, order, beta_tensor=True)
+
+
+def _assert_rescu_accurate(dtype, order: int, beta_tensor: bool):
+    """RESCU and its slope at beta = 0.7 against `_exact_rescu`, within `_accuracy_tolerance`."""
     beta = 0.7
     x = tf.constant(np.concatenate([np.linspace(-1.2, 1.2, 37) * beta, _points(beta, order)[200:]]),
                     dtype)
+    beta_argument = tf.constant(beta, dtype) if beta_tensor else beta
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = tf_smelu.rescu(x, beta=beta, order=order)
+        y = tf_smelu.rescu(x, beta=beta_argument, order=order)
     grad = tape.gradient(y, x)
     assert y.dtype == grad.dtype == dtype
     x_rounded = tf.cast(x, tf.float64).numpy()

@@ -17,18 +17,19 @@ is `"tensorflow"`, take the TensorFlow kernels; so exported SavedModels hold
 only stock ops and serve without this package. The other backends never see a
 TensorFlow op, and TensorFlow never sees their arrays.
 
-**Precision and speed.** The band is evaluated on the clipped input scaled to
-knot spacings, `u = (x + beta) / h` in `[0, order]`, so nothing overflows or
-underflows where the result does not. Orders 1 to 3 evaluate the
-truncated-power sum of the B-spline: a handful of element-wise ops, exact to
-a few ulps. Beyond, that sum cancels (terms of size `~n^n / n!` add up to a
-value of size 1: in float32 the error is 1e-3 at order 10 and 1e8 at order
-30). Orders 4 to 8 evaluate it from the nearer end of the band (RESCU minus
-ReLU is even): half the terms, of size `~(n/2)^n / n!`, still within a few
-ulps. Higher orders evaluate the B-splines with the Cox-de Boor recurrence,
-whose terms are all positive (about `order**2` ops). The value and slope are
-exact to a few ulps times the order, in every dtype, for every order up to
-`MAX_RESCU_ORDER` (measured errors next to `_MAX_REFLECTED_POWER_ORDER`).
+**Precision and speed.** The band is evaluated on the distance to its nearer
+end in knot spacings, `w = (beta - |x|) / h` in `[0, order / 2]` (exact near
+both knots; RESCU minus ReLU is even), so nothing overflows or underflows where
+the result does not. Order 1 (SmeLU) is one square; orders 2 to 8 evaluate
+the truncated-power sum of the B-spline from that end: half the terms of the plain sum, of size
+`~(n/2)^n / n!` instead of `~n^n / n!` (the plain sum cancels: in float32 its
+error is 1e-3 at order 10 and 1e8 at order 30), a handful of element-wise ops,
+within a few ulps. Order 2's slope is the plain sum where its square cannot
+overflow (fewer kernels). Higher orders evaluate the B-splines with the
+Cox-de Boor recurrence, whose terms are all positive (about `order**2` ops).
+The value and slope are exact to a few ulps times the order, in every dtype,
+for every order up to `MAX_RESCU_ORDER` (measured errors next to
+`_MAX_REFLECTED_POWER_ORDER`).
 Half-precision inputs are computed in float32 and rounded once at the end.
 
 **Parameter checks.** Every parameter must lie in the range its compute dtype
@@ -72,17 +73,20 @@ MAX_RESCU_ORDER = 32
 """The largest RESCU order accepted: the cost grows as `order**2` element-wise
 ops (Cox-de Boor recurrence), and accuracy is tested up to it in every dtype."""
 
-# Orders 2 and 3 use the plain truncated-power sum (`band_by_truncated_powers`),
-# orders up to `_MAX_REFLECTED_POWER_ORDER` (per compute dtype) the reflected one
-# (`band_by_reflected_powers`: half the terms, far less cancellation), higher
-# orders the Cox-de Boor recurrence (`order**2` terms, all positive). Measured
-# against exact rational arithmetic on 1,500 points and every knot, the worst
-# errors (value, slope) in ulps, against the `2 (order + 2)` the tests allow:
-#   plain, order 3 / 4:      float32 4.6, 5.8 / 6.0, 17.3;  float64 5.0, 5.0 / 5.2, 17.0
-#   reflected, order 4 / 8 / 9:  float32 5.6, 4.4 / 10.7, 10.3 / 13.1, 20.1;
-#                                float64 6.9, 3.7 / 14.5, 10.9 / 18.7, 21.3
-# so plain stops at 3 and reflected at 8 (order 9 has no margin left).
-_MAX_PLAIN_POWER_ORDER = 3
+# Orders up to `_MAX_REFLECTED_POWER_ORDER` (per compute dtype) use the truncated
+# powers of the nearer band end (`band_by_reflected_powers`: half the terms of
+# the plain truncated-power sum, far less cancellation), higher orders the
+# Cox-de Boor recurrence (`order**2` terms, all positive). Measured against
+# exact rational arithmetic on the accuracy test's points (`beta` a Python
+# number / a tensor), the worst errors (value, slope) in ulps, against the
+# `2 (order + 2)` the tests allow:
+#   order 2:  float32 1.4, 2.2 / 1.9, 1.8;      float64 2.1, 2.1 / 2.1, 1.5
+#   order 3:  float32 2.0, 1.8 / 2.6, 2.0;      float64 4.0, 1.8 / 4.3, 2.3
+#   order 8:  float32 7.8, 7.3 / 5.6, 5.6;      float64 13.8, 13.9 / 15.4, 9.6
+#   order 9:  float32 10.5, 16.0 / 11.6, 16.0;  float64 11.6, 8.2 / 15.0, 21.5
+# so reflected stops at 8 (order 9 has no margin left). The plain sum (one
+# term per knot, terms up to `n^n / n!`) was less accurate from order 3 on
+# (float32 4.6, 5.8 ulps) and slower at every order.
 _MAX_REFLECTED_POWER_ORDER = {"float32": 8, "float64": 8}
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -270,8 +274,11 @@ class _Kernels:
     def floor(self, x):
         return keras.ops.floor(x)
 
-    def sign(self, x):
-        return keras.ops.sign(x)
+    def abs(self, x):
+        return keras.ops.abs(x)
+
+    def where_positive(self, x, if_positive, otherwise):
+        return keras.ops.where(x > 0, if_positive, otherwise)
 
     def custom_gradient(self, forward: Callable, *args):
         """`forward(*args)` returns `(y, grad)`; `grad(upstream)` the input gradients."""
@@ -411,26 +418,6 @@ class _Kernels:
         shifted = clipped + beta if shifted is None else shifted
         return band_value, shifted * (0.5 / beta)
 
-    def band_by_truncated_powers(self, clipped, beta, order: int, value: bool, slope: bool):
-        """Band value `T_{n+1}` and slope `T_n` (see above), sharing their terms.
-
-        Evaluated on `u = (clipped + beta) / h` in `[0, order]`, so that no
-        intermediate overflows or underflows where the result does not (see
-        `parameter_limits`); `clipped + beta` is exact near the left knot.
-        Terms reach `n^n / n!` for a result of size 1: few orders are accurate
-        (see `_MAX_PLAIN_POWER_ORDER`).
-        """
-        n = order
-        h = 2.0 * beta / n
-        u = (clipped + beta) * (1.0 / h)
-        # u >= 0 needs no clamp.
-        bases = [u] + [self.relu(u - float(j)) for j in range(1, n)]
-        value_sum, slope_sum = self.power_sums(bases, n, value, slope)
-        return (
-            value_sum * (h / math.factorial(n + 1)) if value else None,
-            slope_sum * (1.0 / math.factorial(n)) if slope else None,
-        )
-
     def power_sums(self, bases: list, order: int, value: bool, slope: bool):
         """`sum_j (-1)^j C(n, j) b_j^(n+1)` and the same with `b_j^n` (None if not asked).
 
@@ -451,46 +438,84 @@ class _Kernels:
     def band_by_reflected_powers(self, clipped, beta, order: int, value: bool, slope: bool):
         """Band value and slope from the truncated powers of the nearer band end.
 
-        RESCU minus ReLU is even, so with `w = min(u, n - u)` in `[0, n / 2]`
-        (distance to the nearer end of the band, in knot spacings):
-        `rescu(x) = relu(x) + h P_{n+1}(w)` and
+        See `reflected`, which gives the value's excess over ReLU.
+        """
+        excess, band_slope = self.reflected(clipped, beta, order, value, slope)
+        return (self.relu(clipped) + excess if value else None), band_slope
+
+    def reflected(self, clipped, beta, order: int, value: bool, slope: bool):
+        """`rescu(x) - relu(x)` and `rescu'(x)` from the truncated powers of the nearer band end.
+
+        RESCU minus ReLU is even, so with `w = (beta - |x|) / h` in `[0, n / 2]`
+        (distance to the nearer end of the band, in knot spacings; exact near
+        both ends): `rescu(x) = relu(x) + h P_{n+1}(w)` and
         `rescu'(x) = P_n(w)` left of 0, `1 - P_n(w)` right of it, where
         `P_k(w) = sum_{j < n/2} (-1)^j C(n, j) (w - j)_+^k / k!`. Half the
         terms of the full sum, and terms of size `(n/2)^n / n!` instead of
         `n^n / n!`: the cancellation is small up to
-        `_MAX_REFLECTED_POWER_ORDER`. `u` is scaled by
+        `_MAX_REFLECTED_POWER_ORDER`. `w` is scaled by
         `c = (1 / (n + 1)!)^(1 / (n + 1))`, which folds the factorial of the
-        value into the powers at no cost and keeps every constant normal.
+        value into the powers at no cost and keeps every constant normal;
+        where the unscaled powers are safe (see `unscaled_powers`), the
+        scaling is folded into the final constants instead (one kernel less).
         """
+        # The same condition as the value's unscaled cube, which also keeps
+        # 0.5 / beta^2 normal.
+        if order == 2 and slope and self.unscaled_powers(beta, clipped, order + 1):
+            excess = self.reflected(clipped, beta, order, value, slope=False)[0] if value else None
+            return excess, self.order_2_slope(clipped, beta)
         n = order
         h = 2.0 * beta / n
         c = math.factorial(n + 1) ** (-1.0 / (n + 1))
-        u = (clipped + beta) * (c / h)
-        w = self.minimum(u, n * c - u)
-        bases = [w] + [self.relu(w - j * c) for j in range(1, (n + 1) // 2)]
+        distance = beta - self.abs(clipped)  # in [0, beta]
+        # Powers of w (scaled) or of the distance (unscaled); the constants
+        # are folded so that none of them is formed from a subnormal.
+        if self.unscaled_powers(beta, clipped, n + 1):
+            knot, w, value_scale, slope_scale = h, distance, c ** (n + 1) / h**n, 1.0 / h**n
+        else:
+            knot, w, value_scale, slope_scale = c, distance * (c / h), h, 1.0 / c**n
+        bases = [w] + [self.relu(w - j * knot) for j in range(1, (n + 1) // 2)]
         value_sum, slope_sum = self.power_sums(bases, n, value, slope)
-        band_value = band_slope = None
+        excess = band_slope = None
         if value:
-            band_value = self.relu(clipped) + value_sum * h
+            excess = value_sum * value_scale
         if slope:
-            # P on the left, 1 - P on the right, 1/2 at the centre; exact
-            # where P is tiny at the left end.
-            sign = self.sign(clipped)
-            scaled = slope_sum * (1.0 / (math.factorial(n) * c**n))
-            band_slope = (sign + 1.0) * 0.5 - sign * scaled
-        return band_value, band_slope
+            # P on the left, 1 - P on the right: exact where P is tiny.
+            scaled = slope_sum * (slope_scale / math.factorial(n))
+            band_slope = self.where_positive(clipped, 1.0 - scaled, scaled)
+        return excess, band_slope
 
-    def fused_square(self, beta, x) -> bool:
-        """Whether `(x + beta)^2` (x in `[-beta, beta]`) is finite and normal in x's dtype.
+    def order_2_slope(self, clipped, beta):
+        """Order 2's slope `(x + beta)^2 / (2 beta^2) - x_+^2 / beta^2` (see `unscaled_powers`).
 
-        It is when `4 beta^2 <= max` and the smallest nonzero `x + beta`
-        (about `beta * eps / 2`) squares to at least the smallest normal number.
-        Only Python numbers are known when the graph is built.
+        The plain truncated-power sum, whose middle knot is at `x = 0`: four
+        kernels on the clipped input and no select, measured 1.4x faster in
+        graph mode than the reflected slope (the benchmark's backward pass is
+        this slope); exact near the left knot, where only the fused square
+        is nonzero.
+        """
+        return self.squared_difference(clipped, -beta) * (0.5 / beta**2) - self.square(
+            self.relu(clipped) * (1.0 / beta)
+        )
+
+    def unscaled_powers(self, beta, x, power: int) -> bool:
+        """Whether `d^power` is finite and normal for every nonzero `d` in `[0, 2 beta]`.
+
+        `d` is a difference of two numbers of x's dtype in `[-beta, beta]`.
+
+        It is when `(2 beta)^power <= max` and the smallest nonzero `d` (about
+        `beta * eps / 2`) to the `power` is at least the smallest normal
+        number. Only Python numbers are known when the graph is built.
         """
         if not isinstance(beta, float):
             return False
         info = np.finfo(self.dtype_name(x))
-        return 2.0 * math.sqrt(info.tiny) / info.eps <= beta <= math.sqrt(info.max) / 2.0
+        low = 2.0 * float(info.tiny) ** (1.0 / power) / float(info.eps)
+        return low <= beta <= float(info.max) ** (1.0 / power) / 2.0
+
+    def fused_square(self, beta, x) -> bool:
+        """Whether `(x + beta)^2` (x in `[-beta, beta]`) is finite and normal in x's dtype."""
+        return self.unscaled_powers(beta, x, 2)
 
     def bspline_basis(self, u, order: int, orders: tuple[int, ...]):
         """Cardinal B-splines at the knot interval of each element of `u`.
@@ -543,18 +568,25 @@ class _Kernels:
                 results[m] = _total(terms)
         return results.get(n + 2), results.get(n + 1)
 
+    def is_reflected(self, order: int, x) -> bool:
+        """Whether `order` uses `band_by_reflected_powers` in x's dtype."""
+        return 1 < order <= _MAX_REFLECTED_POWER_ORDER[self.dtype_name(x)]
+
     def band(self, clipped, beta, order: int, value: bool = True, slope: bool = True):
         """`(rescu, rescu')` inside the band, on the clipped input (None if not asked)."""
         if order == 1:
             return self.smelu_band(clipped, beta, value, slope)
-        if order <= _MAX_PLAIN_POWER_ORDER:
-            return self.band_by_truncated_powers(clipped, beta, order, value, slope)
-        if order <= _MAX_REFLECTED_POWER_ORDER[self.dtype_name(clipped)]:
+        if self.is_reflected(order, clipped):
             return self.band_by_reflected_powers(clipped, beta, order, value, slope)
         return self.band_by_recurrence(clipped, beta, order, value, slope)
 
     def rescu_value(self, x, beta, order: int):
-        band_value, _ = self.band(self.clip(x, beta), beta, order, slope=False)
+        clipped = self.clip(x, beta)
+        if self.is_reflected(order, x):
+            # The excess over ReLU is 0 outside the band: no maximum needed.
+            excess, _ = self.reflected(clipped, beta, order, value=True, slope=False)
+            return self.relu(x) + excess
+        band_value, _ = self.band(clipped, beta, order, slope=False)
         return self.maximum(x, band_value)
 
     def rescu_slope_and_beta_derivative(self, x, beta, order: int, with_beta: bool):
@@ -696,8 +728,11 @@ class _TensorFlowKernels(_Kernels):
     def floor(self, x):
         return tf.floor(x)
 
-    def sign(self, x):
-        return tf.sign(x)
+    def abs(self, x):
+        return tf.abs(x)
+
+    def where_positive(self, x, if_positive, otherwise):
+        return tf.where(x > 0, if_positive, otherwise)
 
     def custom_gradient(self, forward: Callable, *args):
         return tf.custom_gradient(forward)(*args)
@@ -799,7 +834,7 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2):
     It is $C^n$: order 1 is SmeLU ($C^1$), order 2 is piecewise cubic and
     $C^2$, and so on. The gradient is
     $\frac{1}{n!} \sum_j (-1)^j \binom{n}{j} (u - j)_+^n$, a B-spline CDF.
-    That alternating sum cancels at high orders: from order 4 on it is
+    That alternating sum cancels at high orders: up to order 8 it is
     evaluated from the nearer end of the band (half the terms, far smaller),
     and from order 9 on from positive sums of B-splines (Cox-de Boor, about
     `order**2` element-wise ops). Every accepted order (`1 <= order <= 32`)
