@@ -25,7 +25,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import flags
 
 # The benchmark times TensorFlow graphs (tf.function, XLA), whatever backend
 # the environment asks Keras for; Keras reads this once, at import.
@@ -35,6 +35,7 @@ import keras
 import tensorflow as tf
 
 import tf_smelu
+from tf_smelu import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("elements", 16 * 1024 * 1024, "Elements of the fwd+bwd tensor.")
@@ -210,4 +211,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # the command-line error style: one `error:` line for a bad flag

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
+from tf_smelu import cli
 from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.distributed import WorkerJob, worker_args, worker_output_path
 from tf_smelu.training.launcher import launch_workers
@@ -141,4 +142,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # the command-line error style: one `error:` line for a bad flag

@@ -40,6 +40,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import tf_smelu
+from tf_smelu import cli
 from tf_smelu.common import atomic_write
 from tf_smelu.reproducibility import ReplicaStudy
 
@@ -169,4 +170,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # the command-line error style: one `error:` line for a bad flag

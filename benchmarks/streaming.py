@@ -27,6 +27,8 @@ import time
 
 from absl import app, flags
 
+from tf_smelu import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes_gb", ["0.25", "0.5", "1", "2"], "Data sizes to stream, in GB.")
 flags.DEFINE_integer("file_mb", 128, "Size of each TFRecord file, in MB.", lower_bound=1)
@@ -150,4 +152,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # the command-line error style: one `error:` line for a bad flag
