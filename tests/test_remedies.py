@@ -133,6 +133,8 @@ def test_a_loss_that_cannot_smooth_labels_is_one_clear_error(loss, optimizer, sp
     ("ema:0.9+ema:0.99", "different kinds"),
     ("distill:0.5", "'distill' is not implemented yet"),
     ("", "non-empty string"),
+    ("smelu:1+", "one part is empty"),
+    ("+ema:0.9", "one part is empty"),
 ])
 def test_spec_errors_are_one_line_before_any_training(spec, message):
     with pytest.raises(ValueError, match=message) as error:

@@ -395,3 +395,57 @@ def test_varying_init_leaves_a_seeded_order_pinned(side_by_side):
                          side_by_side=side_by_side, epochs=1)
     (row,) = study.run()
     assert row["abs_pd"] == 0.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": "a"}, "`seed` must be an integer"),
+    ({"predict_batch_size": 0}, "`predict_batch_size` must be a positive integer"),
+])
+def test_argument_types_are_one_clear_line(kwargs, message):
+    train, held_out = _data()
+    with pytest.raises(ValueError, match=message) as error:
+        ReplicaStudy(_build_mlp, train, held_out, replicas=2, **kwargs)
+    assert "Received: " in str(error.value) and "\n" not in str(error.value)
+
+
+def test_compare_refuses_one_spec_string_instead_of_a_list():
+    train, held_out = _data()
+    with pytest.raises(ValueError, match=r"list of specs.*Received: specs='smelu:1'"):
+        ReplicaStudy(_build_mlp, train, held_out, replicas=2).compare("smelu:1")
+
+
+def _counting_fits(build, fits: list):
+    def build_counting(seed):
+        model = build(seed)
+        fit = model.fit
+        model.fit = lambda *args, **kwargs: fits.append(seed) or fit(*args, **kwargs)
+        return model
+    return build_counting
+
+
+@pytest.mark.parametrize("held_out, message", [
+    (lambda x, y: (x, np.ones_like(y)), r"both classes present.*Received: \d+ positive and 0"),
+    (lambda x, y: (x[:, :FEATURES - 1], y), r"cannot predict the held-out data.*Received: .*shape"),
+])
+def test_held_out_data_the_study_cannot_score_stops_before_training(held_out, message):
+    train, (x, y) = _data()
+    fits = []
+    with pytest.raises(ValueError, match=message) as error:
+        ReplicaStudy(_counting_fits(_build_mlp, fits), train, held_out(x, y), replicas=2,
+                     side_by_side=False, epochs=1).run()
+    assert "\n" not in str(error.value) and fits == []
+
+
+@pytest.mark.parametrize("side_by_side", [False, True])
+def test_a_diverged_replica_stops_the_study_naming_it(side_by_side):
+    from tf_smelu.training.replicas import DivergedError
+
+    def build_diverging(seed):
+        model = _build_mlp(seed)
+        model.compile(keras.optimizers.SGD(1e30), "binary_crossentropy")
+        return model
+
+    train, held_out = _data()
+    with pytest.raises(DivergedError, match=r"replica run 0's held-out predictions .* NaN"):
+        ReplicaStudy(build_diverging, train, held_out, replicas=2, side_by_side=side_by_side,
+                     epochs=1).run()

@@ -52,6 +52,9 @@ class Recipe:
         activations, remedies = [], []
         for part in text.split("+"):
             name, _, value = part.strip().partition(":")
+            if not name:  # "smelu:1+", "+ema:0.9", "a++b"
+                raise ValueError(f"A '+' in a spec must join two parts, e.g. 'smelu:1+ema:0.999'; "
+                                 f"one part is empty. Received: {text!r}")
             if name in REMEDIES:
                 remedies.append(REMEDIES[name].from_text(part.strip(), value if _ else None))
             elif name in _PLANNED:

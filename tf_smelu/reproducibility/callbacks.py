@@ -114,15 +114,8 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
         if isinstance(reference, (str, os.PathLike)):
             reference = _load(os.fspath(reference))
         if isinstance(reference, keras.Model):
-            try:
-                predicted = reference.predict(self.x, batch_size=self.batch_size, verbose=0)
-            except Exception as error:  # Keras raises several types for mismatched inputs.
-                first_line = (str(error).strip().splitlines() or [""])[0]
-                raise ValueError(
-                    f"The reference model {reference.name!r} cannot predict the held-out data "
-                    f"(do its inputs match the model's?). Received: {type(error).__name__}: "
-                    f"{first_line}"
-                ) from error
+            predicted = outputs_lib.predict(reference, self.x, self.batch_size,
+                                            f"The reference model {reference.name!r}")
             outputs = self._probabilities(reference, f"reference model {reference.name!r}",
                                           predicted)
             # By position under the trained model's names: an unnamed output's auto name

@@ -8,6 +8,7 @@ binary (`[N]` or `[N, 1]`: click probabilities) or multi-class (`[N, K]`,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 import keras
@@ -135,11 +136,36 @@ def model_probabilities(model: keras.Model, x: object, from_logits, batch_size: 
         ValueError: See `logits_by_output` and `to_probabilities`.
     """
     if predicted is None:
-        predicted = model.predict(x, batch_size=batch_size, verbose=0)
+        predicted = predict(model, x, batch_size, what)
     named = named_outputs(model, predicted)
     logits = logits_by_output(model, list(named), from_logits)
     return {name: to_probabilities(values, logits[name], f"{what}, output {name!r}")
             for name, values in named.items()}
+
+
+def predict(model: keras.Model, x: object, batch_size: int, what: str) -> object:
+    """`model.predict(x)`, with one clear line when `x` does not fit the model's inputs.
+
+    Raises:
+        ValueError: The model cannot predict `x` (Keras raises several types
+            for mismatched inputs), naming `what` and Keras' own reason.
+    """
+    try:
+        return model.predict(x, batch_size=batch_size, verbose=0)
+    except Exception as error:
+        raise ValueError(f"{what} cannot predict the held-out data (do its features match the "
+                         f"model's inputs?). Received: {error_summary(error)}") from error
+
+
+def error_summary(error: Exception) -> str:
+    """`Type: reason` of an exception, its reason being the first line that says something.
+
+    Keras wraps layer errors in "Exception encountered when calling ..." with
+    terminal colour codes; the reason is the line after.
+    """
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()]
+    reasons = [line for line in lines if line and not line.startswith("Exception encountered")]
+    return f"{type(error).__name__}: {(reasons or [''])[0]}"
 
 
 def is_multiclass(probabilities: np.ndarray) -> bool:

@@ -67,7 +67,8 @@ from tf_smelu.experiment.harness import summarize_predictions
 from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_seeds
 from tf_smelu.registry import Activation
 from tf_smelu.remedies import Recipe
-from tf_smelu.training.replicas import expected_retracing
+from tf_smelu.training.replicas import DivergedError, expected_retracing
+from tf_smelu.validation import is_int, require_positive_int
 from tf_smelu.reproducibility import outputs as outputs_lib
 from tf_smelu.reproducibility import stacking
 
@@ -213,9 +214,11 @@ class ReplicaStudy:
         self.build_model = build_model
         self.replicas = replicas
         self.sources = _check_sources(sources)
-        self.seed = seed
+        if not is_int(seed):
+            raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+        self.seed = int(seed)
         self.from_logits = from_logits
-        self.predict_batch_size = predict_batch_size
+        self.predict_batch_size = require_positive_int("predict_batch_size", predict_batch_size)
         if side_by_side not in ("auto", True, False):
             raise ValueError(f"`side_by_side` must be 'auto', True or False. "
                              f"Received: side_by_side={side_by_side!r}")
@@ -302,6 +305,9 @@ class ReplicaStudy:
                 remedy cannot change, or compile arguments that cannot be
                 serialized.
         """
+        if isinstance(specs, (str, Activation, Recipe)):
+            raise ValueError(f"`specs` must be a list of specs, e.g. ['smelu:1']. "
+                             f"Received: specs={specs!r}")
         recipes = [Recipe.parse(spec) for spec in specs]
         first = baseline if baseline is None or isinstance(baseline, Activation) else (
             Activation.parse(baseline))
@@ -357,7 +363,7 @@ class ReplicaStudy:
                 result.steps.append(int(model.optimizer.iterations.numpy()))
                 _check_steps(result.steps, index, trained=bool(history.history))
                 result.histories.append({k: float(v[-1]) for k, v in history.history.items()})
-                self._predict(model, result)
+                self._predict(model, result, index)
         return _combine_members(result, len(runs) // len(seeds), recipe)
 
     def _side_by_side(self, first: keras.Model,
@@ -392,8 +398,8 @@ class ReplicaStudy:
         result.seconds, result.steps, result.histories = (
             trained.seconds, [trained.steps] * len(models), trained.histories)
         result.side_by_side = True
-        for model in models:
-            self._predict(model, result)
+        for index, model in enumerate(models):
+            self._predict(model, result, index)
         return result
 
     def _training_data(self, order_seed: int) -> tf.data.Dataset:
@@ -422,18 +428,36 @@ class ReplicaStudy:
 
     def _probabilities(self, model: keras.Model) -> outputs_lib.Outputs:
         return outputs_lib.model_probabilities(model, self._features, self.from_logits,
-                                               self.predict_batch_size, "the model on the held-out data")
+                                               self.predict_batch_size, "The model")
 
     def _check_before_training(self, model: keras.Model, result: _Replicas) -> None:
         """Predicts the held-out data with the untrained first replica: mistakes show now."""
         result.labels = outputs_lib.named_outputs(model, self._labels)
-        missing = sorted(set(self._probabilities(model)) - set(result.labels))
+        probabilities = self._probabilities(model)
+        missing = sorted(set(probabilities) - set(result.labels))
         if missing:
             raise ValueError(f"The held-out labels have no output(s) {missing}. "
                              f"Received: labels for {sorted(result.labels)}")
+        for name, predicted in probabilities.items():
+            if not outputs_lib.is_multiclass(predicted):
+                _check_binary_labels(name, result.labels[name])
 
-    def _predict(self, model: keras.Model, result: _Replicas) -> None:
+    def _predict(self, model: keras.Model, result: _Replicas, run: int) -> None:
+        """Adds the trained `model`'s held-out predictions and evaluation to `result`.
+
+        Raises:
+            DivergedError: A prediction is NaN or infinite (training diverged),
+                naming the replica `run` (a member of an ensemble counts).
+        """
         predicted = self._probabilities(model)
+        for name, probabilities in predicted.items():
+            if not np.isfinite(probabilities).all():
+                bad = int(np.sum(~np.isfinite(probabilities)))
+                raise DivergedError(
+                    f"training diverged: replica run {run}'s held-out predictions (output "
+                    f"{name!r}) are NaN or infinite after {result.steps[run]} steps; lower the "
+                    f"optimizer's learning rate. Received: {bad} of {probabilities.size} "
+                    "predictions not finite")
         if result.predictions and set(predicted) != set(result.predictions):
             # Auto-named output layers differ between replicas (dense_2, dense_5): the
             # outputs match by position, under the first replica's names.
@@ -478,6 +502,18 @@ def _output_row(activation, sources, probabilities: np.ndarray, labels: np.ndarr
         row[f"{metric}_pd"] = summary.mean
         row[f"{metric}_pd_ci"] = list(summary.ci)
     return row
+
+
+def _check_binary_labels(name: str, labels: object) -> None:
+    """A binary output's AUC needs labels 0 or 1 of both classes: checked before training."""
+    values = np.reshape(np.asarray(labels, np.float64), [-1])
+    positives = int(np.sum(values == 1.0))
+    if not np.isin(values, (0.0, 1.0)).all() or positives in (0, values.size):
+        raise ValueError(
+            f"The held-out labels of output {name!r} must be 0 or 1, with both classes present "
+            f"(the AUC compares them). Received: {positives} positive and "
+            f"{int(np.sum(values == 0.0))} negative labels of {values.size} "
+            f"(values {np.unique(values)[:5].tolist()})")
 
 
 def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
