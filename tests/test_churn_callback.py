@@ -113,6 +113,19 @@ def test_saved_predictions_of_another_shape_fail_before_the_first_step(reference
             PredictionDifferenceCallback(tmp_path / "reference.txt", held_out)])
 
 
+def test_saved_predictions_with_nan_fail_before_the_first_step(tmp_path):
+    x, y, held_out = _arrays()
+    saved = np.full(len(held_out), 0.5)
+    saved[3] = np.nan
+    np.save(tmp_path / "reference.npy", saved)
+    steps = []
+    counter = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda *_: steps.append(1))
+    with pytest.raises(ValueError, match=r"output 'output' are not all finite.*Received: 1 of 300"):
+        _build().fit(x, y, epochs=1, verbose=0, callbacks=[
+            PredictionDifferenceCallback(tmp_path / "reference.npy", held_out), counter])
+    assert steps == []
+
+
 def test_the_docstring_example_runs(capsys):
     [example] = re.findall(r"```python\n(.*?)```", inspect.getdoc(PredictionDifferenceCallback),
                            flags=re.S)

@@ -69,7 +69,8 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
         ValueError: In `on_train_begin`, before the first step: a reference
             that cannot be loaded, a reference model that cannot predict `x`
             (its inputs differ from the model's), or reference predictions
-            whose outputs or shapes differ from the model's predictions of `x`.
+            whose outputs or shapes differ from the model's predictions of `x`
+            or that are NaN or infinite.
     """
 
     def __init__(self, reference: Reference, x: object, *, prefix: str = "churn_",
@@ -84,6 +85,12 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         reference = self._reference_probabilities()
+        for name, values in reference.items():
+            if not np.isfinite(values).all():  # a PD against NaN is NaN: refuse before step 1
+                raise ValueError(
+                    f"The reference's predictions of output {name!r} are not all finite numbers. "
+                    f"Received: {int(np.sum(~np.isfinite(values)))} of {values.size} values NaN "
+                    "or infinite")
         current = self._probabilities(self.model, "the model being trained")
         shapes = {name: p.shape for name, p in current.items()}
         reference_shapes = {name: p.shape for name, p in reference.items()}
