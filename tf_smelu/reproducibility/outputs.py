@@ -111,11 +111,12 @@ def to_probabilities(values: np.ndarray, from_logits: bool, where: str) -> np.nd
             return 1.0 / (1.0 + np.exp(-values))
         shifted = np.exp(values - values.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
-    if values.size and (np.nanmin(values) < 0.0 or np.nanmax(values) > 1.0):
+    finite = values[np.isfinite(values)]  # NaN is the caller's to report (training diverged)
+    if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):
         raise ValueError(
             f"{where}: predictions lie outside [0, 1], so they are not probabilities; if the "
             "model outputs logits, pass `from_logits=True`. Received: values in "
-            f"[{np.nanmin(values):g}, {np.nanmax(values):g}], from_logits=False"
+            f"[{finite.min():g}, {finite.max():g}], from_logits=False"
         )
     return values
 
