@@ -107,3 +107,11 @@ def test_own_shards_with_bytes_ids_and_a_damaged_shard(tmp_path):
 ])
 def test_a_wrong_flag_ends_in_one_error_line(tmp_path, flags, words):
     _assert_one_error_line(_run(*flags, f"--output_dir={tmp_path}", timeout=120), *words)
+
+
+@pytest.mark.slow
+def test_diverged_training_ends_in_one_error_line_naming_the_replica(tmp_path):
+    result = _run("--quick", "--learning_rate=1e30",  # smelu:1 diverges (relu saturates)
+                  f"--output_dir={tmp_path}", timeout=300)
+    _assert_one_error_line(result, "training diverged", "replica run 0", "NaN")
+    assert "Warning" not in result.stderr, result.stderr[-3000:]
