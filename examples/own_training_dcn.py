@@ -334,7 +334,7 @@ def main(argv):
                              f"has {kinds}")
 
     # ---- The user's code: about 20 lines. ----
-    from tf_smelu.experiment import report
+    from tf_smelu.experiment import report, write_results
     from tf_smelu.reproducibility import PredictionDifferenceCallback, ReplicaStudy
 
     build_model = dcn_builder(kinds, FLAGS.buckets, FLAGS.embedding_dim, FLAGS.cross_layers,
@@ -346,8 +346,11 @@ def main(argv):
     held_out = make_dataset(eval_files, kinds, 4096, FLAGS.buckets)
     study = ReplicaStudy(build_model, train_data, held_out, replicas=FLAGS.replicas,
                          sources=sources, seed=FLAGS.seed, epochs=FLAGS.epochs)
-    rows = study.compare(FLAGS.activations)
-    report(rows, {**study.config, "learning_rate": FLAGS.learning_rate}, FLAGS.output_dir)
+    config = {**study.config, "learning_rate": FLAGS.learning_rate}
+    # Finished activations are written at once: a Ctrl-C or a diverging one keeps them.
+    rows = study.compare(FLAGS.activations, on_rows=lambda rows: write_results(
+        FLAGS.output_dir, config, rows, complete=False))
+    report(rows, config, FLAGS.output_dir)
 
     # Churn: one more retrain, measured against a "production" model while it trains.
     production = build_model(FLAGS.seed)

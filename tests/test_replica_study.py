@@ -449,3 +449,22 @@ def test_a_diverged_replica_stops_the_study_naming_it(side_by_side):
     with pytest.raises(DivergedError, match=r"replica run 0's held-out predictions .* NaN"):
         ReplicaStudy(build_diverging, train, held_out, replicas=2, side_by_side=side_by_side,
                      epochs=1).run()
+
+
+def test_compare_hands_over_finished_rows_before_a_later_spec_diverges():
+    from tf_smelu.training.replicas import DivergedError
+
+    handed = []
+
+    def build(seed):  # diverges once the first spec has handed its rows over
+        model = _build_mlp(seed)
+        if handed:
+            model.compile(keras.optimizers.SGD(1e30), "binary_crossentropy")
+        return model
+
+    train, held_out = _data()
+    with pytest.raises(DivergedError, match="replica run 0"):
+        ReplicaStudy(build, train, held_out, replicas=2, epochs=1).compare(
+            ["smelu:1"], on_rows=handed.append)
+    assert [[row["label"] for row in rows] for rows in handed] == [["relu"]]
+    assert np.isfinite(handed[0][0]["rel_pd"]) and handed[0][0]["train_steps_ratio"] == 1

@@ -263,7 +263,9 @@ class ReplicaStudy:
         return self._rows(_AsBuilt(), self._train(convert=None))
 
     def compare(self, specs: Sequence[str | Activation | Recipe],
-                baseline: str | Activation | None = "relu") -> list[dict[str, object]]:
+                baseline: str | Activation | None = "relu", *,
+                on_rows: Callable[[list[dict[str, object]]], None] | None = None,
+                ) -> list[dict[str, object]]:
         """Trains R replicas per activation and remedy, each in place of the model's hidden ReLUs.
 
         Every replica of every spec is `build_model(seed)` converted by
@@ -287,6 +289,10 @@ class ReplicaStudy:
                 rows' `vs relu` column and the advisor expect; `None` keeps
                 the order (and remedies without an activation then apply to
                 the model as built).
+            on_rows: Called with the rows so far after every spec's replicas
+                finish, e.g. to write them (`tf_smelu.experiment.write_results`
+                with `complete=False`): a later spec that diverges or a Ctrl-C
+                then loses none of the finished specs.
 
         Returns:
             Rows labelled per spec as the main job's (`relu`, `smelu(β=1)`,
@@ -325,6 +331,8 @@ class ReplicaStudy:
                                                               activation=recipe.activation)
             rows += self._rows(recipe.activation or _AsBuilt(), self._train(convert, recipe),
                                recipe)
+            if on_rows is not None:
+                on_rows(_with_costs([dict(row) for row in rows]))
         return _with_costs(rows)
 
     def _train(self, convert: Callable[[keras.Model], keras.Model] | None,
