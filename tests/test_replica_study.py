@@ -423,6 +423,15 @@ def _counting_fits(build, fits: list):
     return build_counting
 
 
+def test_a_from_logits_that_is_no_bool_stops_before_training():
+    train, held_out = _data()
+    fits = []
+    with pytest.raises(ValueError, match=r"`from_logits` must be .*Received: from_logits='yes'"):
+        ReplicaStudy(_counting_fits(_build_mlp, fits), train, held_out, replicas=2,
+                     side_by_side=False, from_logits="yes", epochs=1).run()
+    assert fits == []
+
+
 @pytest.mark.parametrize("held_out, message", [
     (lambda x, y: (x, np.ones_like(y)), r"both classes present.*Received: \d+ positive and 0"),
     (lambda x, y: (x[:, :FEATURES - 1], y), r"cannot predict the held-out data.*Received: .*shape"),

@@ -57,7 +57,8 @@ def logits_by_output(model: keras.Model, names: Sequence[str],
 
     Raises:
         ValueError: `from_logits` is None and the model has no compiled loss
-            to read it from (e.g. a model with its own `compute_loss`).
+            to read it from (e.g. a model with its own `compute_loss`), or
+            `from_logits` is none of bool, None and a mapping.
     """
     if isinstance(from_logits, bool):
         return dict.fromkeys(names, from_logits)
@@ -67,6 +68,9 @@ def logits_by_output(model: keras.Model, names: Sequence[str],
             raise ValueError(f"`from_logits` names no value for output(s) {missing}. "
                              f"Received: from_logits={dict(from_logits)!r}")
         return {n: bool(from_logits[n]) for n in names}
+    if from_logits is not None:  # e.g. "yes": would silently read the loss instead
+        raise ValueError("`from_logits` must be True, False, None (read from the compiled loss) "
+                         f"or a dict per output name. Received: from_logits={from_logits!r}")
     loss = getattr(model, "loss", None)
     if loss is None:
         raise ValueError(
