@@ -408,6 +408,13 @@ def test_argument_types_are_one_clear_line(kwargs, message):
     assert "Received: " in str(error.value) and "\n" not in str(error.value)
 
 
+def test_compare_trains_a_spec_given_twice_once():
+    train, held_out = _data()
+    rows = ReplicaStudy(_build_mlp, train, held_out, replicas=2, epochs=1).compare(
+        ["smelu:1", "relu", " smelu:1.0"])
+    assert [row["label"] for row in rows] == ["relu", "smelu(β=1)"]
+
+
 def test_compare_refuses_one_spec_string_instead_of_a_list():
     train, held_out = _data()
     with pytest.raises(ValueError, match=r"list of specs.*Received: specs='smelu:1'"):

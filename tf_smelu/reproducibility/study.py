@@ -319,7 +319,8 @@ class ReplicaStudy:
             Activation.parse(baseline))
         recipes = [recipe.with_activation(first) for recipe in recipes]
         if first is not None:
-            recipes = [Recipe(first), *(r for r in recipes if r != Recipe(first))]
+            recipes = [Recipe(first), *recipes]
+        recipes = list(dict.fromkeys(recipes))  # a spec given twice ("smelu:1", "smelu:1.0") once
         if any(recipe.remedies for recipe in recipes):
             # A loss or optimizer a remedy cannot change shows before the first training step.
             config = self._build(self.seed).get_compile_config()
