@@ -258,7 +258,11 @@ class ReplicaStudy:
             ValueError: See `ReplicaStudy`; also a `build_model` that returns
                 no compiled `keras.Model`, or training data that does not give
                 every replica the same number of steps (a dataset that can be
-                iterated only once).
+                iterated only once); before training, held-out features the
+                model cannot predict, or a binary output's held-out labels
+                that are not 0/1 of both classes.
+            tf_smelu.training.replicas.DivergedError: A replica's held-out
+                predictions are NaN or infinite (training diverged).
         """
         return self._rows(_AsBuilt(), self._train(convert=None))
 
