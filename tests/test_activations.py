@@ -118,6 +118,7 @@ def test_accepts_numpy_lists_and_variables():
 
 
 @pytest.mark.parametrize("fn", [tf_smelu.smelu, tf_smelu.rescu, tf_smelu.generalized_smelu])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_works_inside_tf_function(fn):
     x = tf.constant(np.linspace(-3, 3, 13), tf.float32)
     np.testing.assert_allclose(tf.function(fn)(x), fn(x), rtol=1e-6)

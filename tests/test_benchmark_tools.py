@@ -56,6 +56,7 @@ def test_relative_rows_are_compared_with_relu_under_their_own_label():
         advisor.analyze([rows[0], mislabelled])
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_beta_scale_sets_relative_points_against_the_absolute_frontier(tmp_path):
     # Absolute frontier: PD change -10% at AUC -0.0005, -20% at -0.001, -36% at -0.003.
     absolute = write_results(tmp_path / "absolute.json", [
@@ -85,6 +86,7 @@ def test_beta_scale_sets_relative_points_against_the_absolute_frontier(tmp_path)
     ("missing", "No such file or directory"),
     ("damaged", "not a results.json of the main job"),
 ])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_beta_scale_refuses_files_it_cannot_compare(tmp_path, second, message):
     first = write_results(tmp_path / "a.json", [make_row("relu", 0.72, 0.05)])
     path = tmp_path / f"{second}.json"
@@ -130,6 +132,7 @@ def test_operating_point_runs_every_learning_rate_and_resumes(tmp_path):
     ("--replicas=2", "at least 4 replicas"),
     ("--max_auc_loss=0.002", "--max_auc_loss is not supported here"),
 ])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_operating_point_mistakes_stop_before_training(tmp_path, flag, message):
     result = _run("operating_point.py", flag, f"--output_dir={tmp_path / 'out'}", timeout=300)
     assert result.returncode == 1

@@ -45,6 +45,7 @@ def reference():
 
 
 @pytest.mark.parametrize("kind", ["model", "keras_file", "npy_file"])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_logged_pd_equals_the_offline_pd_of_the_two_models(kind, reference, tmp_path):
     x, y, held_out = _arrays()
     given = {
@@ -75,6 +76,7 @@ def test_logged_pd_equals_the_offline_pd_of_the_two_models(kind, reference, tmp_
         history.history["churn_rel_pd"], rel=1e-6)
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_multiclass_outputs_log_top1_and_l1_pd():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(600, FEATURES)).astype("float32")
@@ -126,6 +128,7 @@ def test_saved_predictions_with_nan_fail_before_the_first_step(tmp_path):
     assert steps == []
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_the_docstring_example_runs(capsys):
     [example] = re.findall(r"```python\n(.*?)```", inspect.getdoc(PredictionDifferenceCallback),
                            flags=re.S)

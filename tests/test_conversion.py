@@ -164,6 +164,7 @@ def test_converted_model_round_trips_through_a_keras_file(saved_model, inputs, t
     np.testing.assert_array_equal(_predict(loaded, inputs), _predict(converted, inputs))
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_converted_model_fine_tunes(saved_model, inputs):
     converted = tf_smelu.convert_activations(saved_model, "smelu:0.4")
     converted.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")

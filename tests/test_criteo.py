@@ -195,6 +195,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_synthetic_writer_gzip_holds_the_same_valid_rows(synthetic_files):
     plain, packed = synthetic_files
     with open(packed, "rb") as stream:

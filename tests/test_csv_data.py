@@ -705,6 +705,7 @@ def test_load_dataset_takes_a_parsed_spec_and_a_zero_vocab_cap(tmp_path):
     assert from_spec.feature_spec == from_text.feature_spec
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_max_vocab_size_caps_synthetic_vocabularies():
     capped = load_dataset("synthetic", train_examples=200, eval_examples=50, max_vocab_size=30)
     assert max(capped.feature_spec.vocab_sizes.values()) == 30

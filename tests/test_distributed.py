@@ -104,6 +104,7 @@ def test_one_worker_local_sgd_is_sync(tiny_data):
     assert result.averaging_steps == [4, 8, 12]
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_stale_schedule_seed_reproducible_entropy_differs(tiny_data):
     stale = dict(steps=12, update_mode="stale", max_delay=3)
     seeded_a, result = _train(tiny_data, schedule_seed=7, **stale)
@@ -116,6 +117,7 @@ def test_stale_schedule_seed_reproducible_entropy_differs(tiny_data):
 
 
 @pytest.mark.parametrize("update_mode", ["sync", "stale"])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_jit_compiled_gradients_match_graph_mode(tiny_data, update_mode):
     run = dict(steps=8, update_mode=update_mode, max_delay=2, schedule_seed=1)
     graph, _ = _train(tiny_data, **run)
@@ -168,6 +170,7 @@ class _Crash(Exception):
     pass
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_resume_after_crash_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     """Stale mode: the delay ring buffer, step and entropy seed come back too."""
 

@@ -44,6 +44,7 @@ def _run(tiny_problem, sources, activation="relu", replicas=2, **train_kwargs):
 
 
 @pytest.mark.parametrize("activation", ["relu", "smelu:0.2"])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_no_source_gives_bit_identical_replicas(tiny_problem, activation):
     row = _run(tiny_problem, (), activation)
     assert row["abs_pd"] == 0.0 and row["rel_pd"] == 0.0
@@ -53,6 +54,7 @@ def test_no_source_gives_bit_identical_replicas(tiny_problem, activation):
 @pytest.mark.parametrize(
     "sources", [("tower_init",), ("embedding_init",), ("init",), ("order",), ("stale",)]
 )
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_each_source_alone_makes_replicas_differ(tiny_problem, sources):
     row = _run(tiny_problem, sources, max_delay=3)
     assert row["abs_pd"] > 0.0
@@ -60,6 +62,7 @@ def test_each_source_alone_makes_replicas_differ(tiny_problem, sources):
     assert 0.5 < row["auc_mean"] < 1.0
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_shared_stale_schedule_is_not_a_source(tiny_problem):
     """Stale updates with the same schedule everywhere change nothing between replicas."""
     row = _run(tiny_problem, (), update_mode="stale", max_delay=3)
@@ -67,6 +70,7 @@ def test_shared_stale_schedule_is_not_a_source(tiny_problem):
     assert row["abs_pd"] == 0.0
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_row_has_the_documented_schema(tiny_problem):
     row = _run(tiny_problem, ("tower_init",), "smelu:0.1", replicas=3)
     expected = {
@@ -89,6 +93,7 @@ def test_harness_restores_op_determinism(tiny_problem):
     assert tf_config.is_op_determinism_enabled() == before
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_pd_by_evaluation_group(tiny_problem):
     mask = np.zeros(512, bool)
     mask[:100] = True
@@ -129,6 +134,7 @@ def test_predicting_new_models_row_after_row_logs_no_retracing_warning(caplog):
 
 
 @pytest.mark.parametrize("steps", [None, 1])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_a_diverging_run_stops_with_the_step_the_rows_label_and_the_learning_rate(
         tiny_problem, steps):
     from tf_smelu.common import UserError

@@ -456,6 +456,7 @@ def test_replica_study_model_mistakes_stop_before_the_first_training_step():
     assert steps == []
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_replica_study_refuses_data_that_can_be_read_only_once():
     import tensorflow as tf
 
@@ -875,6 +876,7 @@ def test_workers_meet_and_name_differing_flags_before_training():
                               "--hidden_units: [8] on worker 0, [16] on worker 1")
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_a_worker_whose_peer_never_starts_says_so_and_stops(monkeypatch):
     from tf_smelu.training import cluster
 
@@ -1021,6 +1023,7 @@ def test_study_strategy_that_is_no_tf_distribute_strategy_is_refused_at_once():
                      strategy="mirrored")
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_study_and_churn_callback_of_a_model_whose_output_is_not_named():
     """Keras names an unnamed output `dense_<n>`, a new n at every build: replicas and
     reference must still be matched by the output's position."""

@@ -49,6 +49,7 @@ def test_config_round_trip(cls, kwargs, reference):
 
 
 @pytest.mark.parametrize("cls, kwargs, reference", LAYER_CASES, ids=IDS)
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_keras_file_round_trip_and_fit(cls, kwargs, reference, tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 5)).astype("float32")

@@ -211,6 +211,7 @@ def test_unseeded_models_differ():
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_a_few_training_steps_lower_the_loss(name):
     model = _small_model(name, "gelu", embedding_seed=0, tower_seed=0)
     model.compile(

@@ -74,6 +74,7 @@ def _realistic_as_dataset(self, split, decoders=None, read_config=None, count=80
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_examples_match_the_model_interface(mock_movielens, variant):
     loaded = load_movielens(variant, seed=0)
     spec = loaded.feature_spec
@@ -114,6 +115,7 @@ def test_binary_label_thresholds_the_regression_label(mock_movielens, variant):
     assert len(np.unique(ratings.train.labels)) > 2
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_split_is_deterministic_seeded_and_capped(mock_movielens):
     first = load_movielens("100k", seed=3)
     again = load_movielens("100k", seed=3)

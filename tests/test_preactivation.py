@@ -164,6 +164,7 @@ def _measure(tiny, **kwargs) -> PreactivationStd:
                                      TrainingConfig(learning_rate=0.01), **kwargs)
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_measurement_is_deterministic_and_warm_up_changes_it(tiny):
     first = _measure(tiny, warmup_steps=5, seed=1)
     assert list(first.std) == ["bottom_activation_0", "top_activation_0", "top_activation_1"]
@@ -173,6 +174,7 @@ def test_measurement_is_deterministic_and_warm_up_changes_it(tiny):
     assert _measure(tiny, warmup_steps=5, seed=2).std != first.std
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_by_default_sigma_is_measured_after_the_whole_training_schedule(tiny):
     model_fn, train_data, eval_data = tiny
     batches = int(train_data.cardinality())
@@ -187,6 +189,7 @@ def test_by_default_sigma_is_measured_after_the_whole_training_schedule(tiny):
         measure_preactivation_std(model_fn, endless, eval_data, TrainingConfig())
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_every_replica_of_a_row_gets_the_same_per_layer_beta(tiny):
     model_fn, train_data, eval_data = tiny
     std = _measure(tiny, warmup_steps=2)

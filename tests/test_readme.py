@@ -3,6 +3,8 @@
 import os
 import re
 
+import pytest
+
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 # Snippets that need the reader's own model and data are shown, not run.
@@ -19,6 +21,7 @@ def test_readme_has_snippets():
     assert len(_python_blocks()) >= 5
 
 
+@pytest.mark.slow  # trains the README's models: kept out of the fast tier
 def test_readme_snippets_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}

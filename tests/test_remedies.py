@@ -29,6 +29,7 @@ def _probabilities(model, x):
     return model.predict(x, batch_size=1024, verbose=0)[:, 0].astype(np.float64)
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_each_ensemble_replica_is_the_mean_of_its_seeded_members():
     train, held_out = _data()
     models, seeds = [], []
@@ -50,6 +51,7 @@ def test_each_ensemble_replica_is_the_mean_of_its_seeded_members():
     assert row["steps"] == 32 and row["params"] == 2 * models[0].count_params()
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_ema_evaluates_with_the_averaged_weights():
     train, held_out = _data()
     with_ema, plain = [], []
@@ -73,6 +75,7 @@ def test_ema_evaluates_with_the_averaged_weights():
     assert row["abs_pd"] == pytest.approx(metrics.absolute_pd(p, q), rel=1e-6)
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_label_smoothing_zero_is_the_baseline_bit_for_bit_and_more_changes_it():
     train, held_out = _data()
     # One fit per replica for the baseline too: side by side, fit logs sum in another order.
@@ -158,6 +161,7 @@ def test_specs_combine_an_activation_with_remedies():
     assert Recipe.parse("relu") == Recipe(Activation.parse("relu"))
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_rows_carry_costs_match_the_schema_and_render(tmp_path, validate_results):
     train, held_out = _data()
     study = ReplicaStudy(_build_mlp, train, held_out, replicas=2, sources=("init",), epochs=1)

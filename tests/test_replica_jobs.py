@@ -117,6 +117,7 @@ def test_multi_worker_is_chosen_by_workers_or_update_modes():
     assert not CTRExperimentConfig(sources=("stale",)).multi_worker
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_worker_derives_steps_from_epochs(tmp_path, monkeypatch):
     """One worker in this process (default strategy): --epochs sets the steps."""
     monkeypatch.delenv("TF_CONFIG", raising=False)

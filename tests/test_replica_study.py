@@ -62,6 +62,7 @@ def _build_with_dropout(seed: int) -> keras.Model:
     return model
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_no_source_gives_bit_identical_replicas_and_restores_op_determinism():
     train, held_out = _data()
     before = tf_config.is_op_determinism_enabled()
@@ -75,6 +76,7 @@ def test_no_source_gives_bit_identical_replicas_and_restores_op_determinism():
 
 @pytest.mark.parametrize("sources, as_function", [
     (("init",), False), (("order",), False), (("order",), True)])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_each_source_alone_makes_replicas_differ(sources, as_function):
     train, held_out = _data()
     orders, models = [], []
@@ -97,6 +99,7 @@ def test_each_source_alone_makes_replicas_differ(sources, as_function):
         assert len(orders) == 2 and orders[0] != orders[1]
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_pinned_order_gives_a_function_the_same_seed_for_every_replica():
     _, held_out = _data()
     orders = []
@@ -111,6 +114,7 @@ def _undocumented(rows: list[dict]) -> set[str]:
     return {key for row in rows for key in row} - set(results_schema()["$defs"]["row"]["properties"])
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_compare_rows_match_the_schema_and_render_through_the_report(tmp_path, validate_results):
     train, held_out = _data()
     study = ReplicaStudy(_build_mlp, train, held_out, replicas=2, sources=("init",), epochs=1)
@@ -132,6 +136,7 @@ def test_compare_rows_match_the_schema_and_render_through_the_report(tmp_path, v
     assert (tmp_path / "tradeoff.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_a_multi_output_model_gives_one_row_per_output(tmp_path, validate_results):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(900, FEATURES)).astype("float32")
@@ -185,6 +190,7 @@ class OwnLossModel(keras.Model):
             keras.ops.reshape(y, (-1, 1)), y_pred, from_logits=True))
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_a_subclassed_model_with_its_own_compute_loss():
     train, held_out = _data()
     built = []
@@ -204,6 +210,7 @@ def test_a_subclassed_model_with_its_own_compute_loss():
     assert row["auc_mean"] > 0.8 and row["rel_pd"] > 0
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_fit_arguments_reach_every_replica_unchanged():
     train, held_out = _data()
     calls = []
@@ -264,6 +271,7 @@ def _assert_same_replicas(runs, x):
             assert side["fit_logs"][name] == pytest.approx(values, rel=1e-5), name
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_side_by_side_replicas_equal_sequential_ones_bitwise():
     train, held_out = _data()
 
@@ -285,6 +293,7 @@ def test_side_by_side_replicas_equal_sequential_ones_bitwise():
     assert set(runs[True][0][0]["fit_logs"]) == {"loss", "auc", "learning_rate"}
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_a_multi_output_model_trains_side_by_side():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(600, FEATURES)).astype("float32")
@@ -330,6 +339,7 @@ def _build_own_loss(seed):
     (_build_clipped_globally, "global_clipnorm=1.0 clips by the norm over all copies"),
     (_build_own_loss, "overrides `compute_loss`"),
 ])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_what_cannot_be_stacked_trains_one_replica_after_another(build, reason, caplog):
     train, held_out = _data()
     with pytest.raises(ValueError, match=f"side_by_side=True, but .*{reason}"):
@@ -386,6 +396,7 @@ def _build_with_fixed_initializers(seed: int) -> keras.Model:
 
 
 @pytest.mark.parametrize("side_by_side", [False, True])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_varying_init_leaves_a_seeded_order_pinned(side_by_side):
     # tf.data's seeded shuffles also take TensorFlow's global seed, which the
     # initialization seed sets: with identical weights, any PD here is order.
@@ -408,6 +419,7 @@ def test_argument_types_are_one_clear_line(kwargs, message):
     assert "Received: " in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_compare_trains_a_spec_given_twice_once():
     train, held_out = _data()
     rows = ReplicaStudy(_build_mlp, train, held_out, replicas=2, epochs=1).compare(
@@ -453,6 +465,7 @@ def test_held_out_data_the_study_cannot_score_stops_before_training(held_out, me
 
 
 @pytest.mark.parametrize("side_by_side", [False, True])
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_a_diverged_replica_stops_the_study_naming_it(side_by_side):
     from tf_smelu.training.replicas import DivergedError
 
@@ -467,6 +480,7 @@ def test_a_diverged_replica_stops_the_study_naming_it(side_by_side):
                      epochs=1).run()
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_compare_hands_over_finished_rows_before_a_later_spec_diverges():
     from tf_smelu.training.replicas import DivergedError
 

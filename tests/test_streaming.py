@@ -81,6 +81,7 @@ def test_every_record_once_in_the_models_layout(train_files, encoding):
     assert model(features).shape == (64, 1)
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_seeded_order_repeats_and_reshuffles_each_epoch(train_files, encoding):
     def stream(seed):
         return stream_tfrecords(train_files, encoding, batch_size=300, order_seed=seed,

@@ -85,6 +85,7 @@ def large_sample() -> CTRExamples:
 # -- determinism ------------------------------------------------------------
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_dataset_is_bit_identical_across_calls_and_batch_sizes(tiny_train):
     reference = _as_columns(tiny_train)
     for batch_size in (None, 1_000, 64, 4_096):
@@ -128,6 +129,7 @@ def test_different_seeds_and_splits_give_different_data(tiny_train):
         assert not np.array_equal(other.labels, tiny_train.labels)
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_world_seed_pins_the_click_model_while_seed_resamples():
     first = dataclasses.replace(TINY, seed=1, world_seed=5)
     second = dataclasses.replace(TINY, seed=2, world_seed=5)

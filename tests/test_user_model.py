@@ -317,6 +317,7 @@ def test_a_module_that_does_not_import_fails_clearly(data):
 # -- training -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_the_replica_harness_trains_a_saved_model(save, data):
     builder = model_builder(dataclasses.replace(TINY, model=save()), data.feature_spec)
 
