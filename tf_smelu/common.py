@@ -20,6 +20,18 @@ MISSING = object()
 """Stands for a field one side of `field_differences` does not have."""
 
 
+def derived_seed(*entropy: int) -> int:
+    """A non-negative 31-bit seed determined by `entropy` (NumPy's `SeedSequence`).
+
+    The one derivation of every replica's and ensemble member's seeds
+    (`tf_smelu.experiment.seeds`, `tf_smelu.remedies.ensemble`): distinct
+    entropy gives statistically independent seeds.
+    """
+    import numpy as np  # here: the error-style helpers of this module stay light to import
+
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
 def field_differences(
     old: Mapping[str, object], new: Mapping[str, object], ignore: Iterable[str] = ()
 ) -> list[tuple[str, object, object]]:

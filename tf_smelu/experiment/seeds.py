@@ -17,9 +17,10 @@ import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
+
+from tf_smelu.common import derived_seed
 
 SOURCES = ("init", "embedding_init", "tower_init", "order", "stale", "op_nondeterminism")
 
@@ -49,14 +50,17 @@ class ReplicaSeeds:
 def replica_seeds(sources: Iterable[str], replicas: int, base_seed: int) -> list[ReplicaSeeds]:
     """Seeds per replica: a source that is on gives each replica its own seed.
 
+    Replica r's seed of a kind is `tf_smelu.common.derived_seed(base_seed,
+    kind, r)` (kind 1 embeddings, 2 towers, 3 order, 4 schedule) if its source
+    varies, else `derived_seed(base_seed, kind, 0)`.
+
     Seeds of sources that are off are the same for every replica, so those
     replicas differ in nothing else.
     """
     sources = set(sources)
 
     def seed(kind: int, varies: bool, replica: int) -> int:
-        entropy = [base_seed, kind, replica if varies else 0]
-        return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
+        return derived_seed(base_seed, kind, replica if varies else 0)
 
     return [
         ReplicaSeeds(

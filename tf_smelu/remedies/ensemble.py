@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from tf_smelu.experiment.seeds import replica_seeds
+from tf_smelu.common import derived_seed
 from tf_smelu.remedies.base import Remedy, check_range, parse_number
 
 
@@ -16,10 +16,11 @@ from tf_smelu.remedies.base import Remedy, check_range, parse_number
 class Ensemble(Remedy):
     """K members per replica, their probabilities averaged.
 
-    Member m of the replica with initialization seed s has the seed of
-    replica m in `replica_seeds(("init",), K, s)`: members differ from each
-    other in their initialization (and every other seeded randomness), and
-    replicas whose seeds are equal have equal members. The members read the
+    Member m of the replica with initialization seed s has the seed
+    `derived_seed(s, 2, m)` (that of replica m in
+    `tf_smelu.experiment.replica_seeds(("init",), K, s)`): members differ
+    from each other in their initialization (and every other seeded
+    randomness), and replicas whose seeds are equal have equal members. The members read the
     replica's data in the replica's order.
     """
 
@@ -34,7 +35,7 @@ class Ensemble(Remedy):
         return cls(members)
 
     def member_seeds(self, seed: int) -> list[int]:
-        return [member.tower_seed for member in replica_seeds(("init",), int(self.value), seed)]
+        return [derived_seed(seed, 2, member) for member in range(int(self.value))]
 
     def predict(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
         # In probability space: what serving K models and averaging their outputs gives.
