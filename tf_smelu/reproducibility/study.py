@@ -63,6 +63,7 @@ import tensorflow as tf
 
 from tf_smelu import metrics
 from tf_smelu.conversion import rebuild
+from tf_smelu.experiment.costs import with_costs
 from tf_smelu.experiment.harness import summarize_predictions
 from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_seeds
 from tf_smelu.registry import Activation
@@ -337,8 +338,8 @@ class ReplicaStudy:
             rows += self._rows(recipe.activation or _AsBuilt(), self._train(convert, recipe),
                                recipe)
             if on_rows is not None:
-                on_rows(_with_costs([dict(row) for row in rows]))
-        return _with_costs(rows)
+                on_rows(list(with_costs([dict(row) for row in rows], rows[0])))
+        return list(with_costs(rows, rows[0]))
 
     def _train(self, convert: Callable[[keras.Model], keras.Model] | None,
                recipe: Recipe = Recipe()) -> _Replicas:
@@ -576,16 +577,6 @@ def _combine_members(result: _Replicas, members: int, recipe: Recipe) -> _Replic
     result.steps, result.params = ([sum(group) for group in grouped(counts)]
                                    for counts in (result.steps, result.params))
     return result
-
-
-def _with_costs(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Adds each row's training and serving cost relative to the first row (the baseline)."""
-    base = rows[0]
-    for row in rows:
-        row.update(train_steps_ratio=row["steps"] / base["steps"],
-                   train_seconds_ratio=row["train_seconds"] / base["train_seconds"],
-                   serve_params_ratio=row["params"] / base["params"])
-    return rows
 
 
 def _per_replica(logs: list[dict[str, float]]) -> dict[str, list[float]]:
