@@ -1,4 +1,4 @@
-"""Installs tf_smelu: `pip install -e .` (add `[test]` or `[examples]` extras).
+"""Installs tf_smelu: `pip install -e .` (add `[test]`, `[docs]` or `[examples]` extras).
 
 The distribution is `tf-smelu-repro`; the import package is `tf_smelu`. PyPI's
 unrelated `tf-SmeLU` distribution installs an import package of the same name,
@@ -10,6 +10,15 @@ import pathlib
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
+
+# The documentation site (mkdocs.yml): the common choice of small Python
+# packages; mkdocstrings reads the docstrings statically, so the build needs
+# neither TensorFlow nor a network.
+DOCS_REQUIREMENTS = [
+    "mkdocs>=1.6",
+    "mkdocs-material>=9.5",
+    "mkdocstrings[python]>=0.26",
+]
 
 setup(
     # Not "tf_smelu": that normalizes to PyPI's unrelated `tf-SmeLU`.
@@ -62,7 +71,10 @@ setup(
             "nbclient>=0.7",
             "nbformat>=5",
             "ipykernel>=6",
+            # tests/test_docs.py builds the site strictly.
+            *DOCS_REQUIREMENTS,
         ],
+        "docs": DOCS_REQUIREMENTS,
         # Everything the examples need is required; notebooks need a kernel.
         "examples": [
             "ipykernel>=6",

@@ -962,9 +962,10 @@ def generalized_smelu(
         g_minus: Slope left of the band, finite.
         g_plus: Slope right of the band, finite.
         t: Value at `x = -alpha`, finite.
-        Every parameter may be a Python number or a tensor/variable
-        broadcastable to `x`; tensors receive gradients (see the module
-        docstring for how traced values are checked).
+
+    Every parameter may be a Python number or a tensor/variable broadcastable
+    to `x`; tensors receive gradients (see the module docstring for how traced
+    values are checked).
 
     Returns:
         A tensor of the same shape and dtype as `x`, of the backend of `x`.

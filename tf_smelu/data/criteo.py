@@ -343,8 +343,11 @@ def criteo_dataset(
         split: `"train"` or `"test"`.
         batch_size: Rows per element; `None`: single examples.
         drop_remainder: Drop a final partial batch.
-        num_buckets, test_fraction, seed, on_error, chunk_rows: As in
-            `load_criteo`.
+        num_buckets: As in `load_criteo`.
+        test_fraction: As in `load_criteo`.
+        seed: As in `load_criteo`.
+        on_error: As in `load_criteo`.
+        chunk_rows: As in `load_criteo`.
     """
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")

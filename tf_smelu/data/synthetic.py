@@ -76,6 +76,7 @@ __all__ = ["DEFAULT_VOCAB_SIZES", "SPLITS", "SyntheticCTRConfig", "generate_exam
            "make_dataset"]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+"""The splits `make_dataset` and `generate_examples` can draw (disjoint example streams)."""
 
 
 # --------------------------------------------------------------------------

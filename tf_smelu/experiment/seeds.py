@@ -23,6 +23,7 @@ from tensorflow.python.framework import config as tf_config
 from tf_smelu.common import derived_seed
 
 SOURCES = ("init", "embedding_init", "tower_init", "order", "stale", "op_nondeterminism")
+"""Every source of irreproducibility the main job can vary (see the module docstring)."""
 
 IN_PROCESS_ONLY_SOURCES = ("stale", "op_nondeterminism")
 """Sources the multi-worker jobs do not have (they use update_mode=stale)."""
@@ -41,6 +42,16 @@ def parse_sources(text: str) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class ReplicaSeeds:
+    """One replica's seeds (see `replica_seeds`).
+
+    Attributes:
+        embedding_seed: Initial weights of the embedding tables.
+        tower_seed: Initial weights of the dense layers (and, in a
+            `ReplicaStudy`, every seeded randomness of the model).
+        order_seed: The data order; `None`: the data's own order.
+        schedule_seed: The stale-gradient delay schedule.
+    """
+
     embedding_seed: int
     tower_seed: int
     order_seed: int | None

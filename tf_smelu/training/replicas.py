@@ -227,8 +227,8 @@ class ReplicaTrainer:
                 training diverges (e.g. the activation).
 
         Returns:
-            `{"loss": [R] mean training loss of the last epoch,
-              "steps": steps taken, "seconds": wall time}`.
+            `{"loss": [R] mean training loss of the last epoch, "steps":
+            steps taken, "seconds": wall time}`.
 
         Raises:
             DivergedError: A replica's loss became NaN or infinite.
