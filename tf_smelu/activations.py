@@ -845,7 +845,7 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2):
     Example:
 
     >>> tf_smelu.rescu(tf.constant([-2.0, 0.0, 2.0]), beta=1.0, order=2)
-    <tf.Tensor: shape=(3,), dtype=float32, numpy=array([0., 0.16666667, 2.], ...)>
+    <tf.Tensor: shape=(3,), dtype=float32, numpy=array([0.        , 0.16666667, 2.        ], dtype=float32)>
 
     Args:
         x: Floating-point tensor (float16, bfloat16, float32 or float64) of
@@ -895,7 +895,7 @@ def smelu(x: TensorLike, beta: Param = 1.0):
     Example:
 
     >>> tf_smelu.smelu(tf.constant([-2.0, 0.0, 0.5, 2.0]), beta=1.0)
-    <tf.Tensor: shape=(4,), dtype=float32, numpy=array([0., 0.25, 0.5625, 2.], ...)>
+    <tf.Tensor: shape=(4,), dtype=float32, numpy=array([0.    , 0.25  , 0.5625, 2.    ], dtype=float32)>
 
     Args:
         x: Floating-point tensor (float16, bfloat16, float32 or float64) of
@@ -952,7 +952,7 @@ def generalized_smelu(
     Example:
 
     >>> tf_smelu.generalized_smelu(tf.constant([-3.0, 0.0, 3.0]), g_minus=0.1)
-    <tf.Tensor: shape=(3,), dtype=float32, numpy=array([-0.2, 0.325, 3.1], ...)>
+    <tf.Tensor: shape=(3,), dtype=float32, numpy=array([-0.2  ,  0.325,  3.1  ], dtype=float32)>
 
     Args:
         x: Floating-point tensor (float16, bfloat16, float32 or float64) of

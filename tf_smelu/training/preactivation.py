@@ -440,7 +440,7 @@ def relative_model_fn(
 ) -> RelativeModelFn:
     """`model_fn` with β relative to each hidden layer's σ (see `RelativeModelFn`).
 
-    Example (the harness's model function for the default data):
+    How the harness uses it (its model function for the default data):
 
     ```python
     std = measure_preactivation_std(model_fn, train_data_fn(None), eval_data)
