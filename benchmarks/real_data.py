@@ -78,6 +78,7 @@ from tf_smelu import cli
 from tf_smelu.common import atomic_write
 from tf_smelu.data import load_csv, read_criteo_file
 from tf_smelu.data.criteo import CATEGORICAL_FEATURE_NAMES, INTEGER_FEATURE_NAMES, NUM_COLUMNS
+from tf_smelu.data.schema import parse_number
 from tf_smelu.data.tabular import (
     DataFileError,
     RowProblem,
@@ -234,9 +235,11 @@ def _rating(fields: list[str], positive_rating: float) -> tuple[int, int, int, i
     """`(timestamp, user, item, label)` of one `u.data` row."""
     require_column_count(fields, 4, _MOVIELENS_LAYOUT)
     user, item, rating, timestamp = (field.strip() for field in fields)
-    label = parse_binary_label(rating, "rating", threshold=positive_rating)
+    value = parse_number(rating)
+    if value is None or math.isnan(value):  # a missing rating would silently become 0
+        raise RowProblem(f"rating is not a number. Received: rating={rating!r}")
     return (_whole_number(timestamp, "timestamp"), _whole_number(user, "user"),
-            _whole_number(item, "item"), int(label))
+            _whole_number(item, "item"), int(value >= positive_rating))
 
 
 def interaction_rows(path: str, positive_rating: float) -> list[tuple[int, int, int, int]]:

@@ -111,14 +111,14 @@ def test_u_data_becomes_interactions_in_time_order_that_the_csv_loader_reads(
 @pytest.mark.parametrize("kind,line,problem", [
     ("kaggle", 3, "integer feature I4 is not an integer"),
     ("headed", 5, "expected 40 columns"),
-    ("movielens", 2, "rating"),
+    ("movielens", 2, "rating is not a number"),
 ])
 def test_a_damaged_line_names_its_file_and_line_and_leaves_no_output(
         real_data, tmp_path, kind, line, problem):
     output = tmp_path / "out.txt"
     if kind == "movielens":
         path = tmp_path / "u.data"
-        path.write_text("1\t2\t5\t880000000\n1\t3\tfive\t880000001\n")
+        path.write_text("1\t2\t5\t880000000\n1\t3\t\t880000001\n")  # a rating lost
         convert = lambda: real_data.write_interactions(str(path), str(output), 4)  # noqa: E731
     else:
         damaged = [*KAGGLE_ROWS[:1], [*KAGGLE_ROWS[1][:4], "4.5", *KAGGLE_ROWS[1][5:]]]
