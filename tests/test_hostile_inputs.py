@@ -1051,3 +1051,52 @@ def test_study_and_churn_callback_of_a_model_whose_output_is_not_named():
     churn = PredictionDifferenceCallback(reference, x[200:])
     history = build_model(1).fit(train, epochs=1, verbose=0, callbacks=[churn])
     assert history.history["churn_rel_pd"][0] > 0
+
+
+# ---- loose ends: stop signals, TFRecord files, held-out data (issue 21/22) ----
+
+_CLEANUP_PROGRAM = '''
+import time
+
+from tf_smelu.common import run_program
+
+
+class Cleanup:  # stands for TensorFlow's cleanup of iterators and functions
+    def __del__(self):
+        print("cleaning up", flush=True)
+        time.sleep(60)  # the signal's exception is raised here, where Python drops it
+
+
+def main(argv):
+    cleanup = Cleanup()
+    del cleanup
+    print("main went on", flush=True)
+
+
+run_program(main)
+'''
+
+
+@pytest.mark.slow  # two Python processes importing TensorFlow, side by side
+def test_a_stop_signal_dropped_in_a_del_still_ends_the_run_with_its_exit_code(tmp_path):
+    program = tmp_path / "cleanup.py"
+    program.write_text(_CLEANUP_PROGRAM)
+    processes = {signum: _start([str(program)]) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for signum, process in processes.items():
+            for line in process.stdout:
+                if line.startswith("cleaning up"):
+                    process.send_signal(signum)
+                    break
+        outputs = {signum: process.communicate(timeout=120)[0]
+                   for signum, process in processes.items()}
+    finally:
+        for process in processes.values():
+            process.kill()
+    for signum, words in ((signal.SIGINT, "interrupted (Ctrl-C)"),
+                          (signal.SIGTERM, "terminated (SIGTERM)")):
+        output = outputs[signum]
+        assert processes[signum].returncode == 128 + signum, output[-2000:]
+        assert "main went on" in output  # the signal's exception was dropped ...
+        assert f"error: {words}; what had finished is kept" in output  # ... yet it counts
+        assert "Traceback" not in output and "Exception ignored" not in output, output[-2000:]
