@@ -225,6 +225,43 @@ def test_a_corrupted_record_is_located_by_check_tfrecord_files(train_files, enco
     assert check_tfrecord_files(sorted(tf.io.gfile.glob(train_files))[0]) == RECORDS_PER_FILE
 
 
+@pytest.mark.parametrize("content, why", [
+    (b"user_id,item_id,label\n1,2,0\n" * 20, "its first bytes are no record header"),
+    (b"abc", "3 bytes, less than a record header"),
+])
+def test_a_file_that_is_not_tfrecord_is_refused_when_the_stream_is_made(train_files, encoding,
+                                                                        content, why):
+    path = os.path.join(os.path.dirname(train_files), "clicks.tfrecord")  # sorted first
+    open(path, "wb").write(content)
+    expected = (f"Bad TFRecord data in {path}: not a TFRecord file ({why}; a CSV file would "
+                "be csv:PATH)")
+    for make in (lambda: stream_tfrecords(train_files, encoding, batch_size=8),
+                 lambda: TFRecordStream(train_files, encoding, batch_size=8)(order_seed=1),
+                 lambda: check_tfrecord_files(train_files),
+                 lambda: fit_tfrecord_encoding(train_files)):
+        with pytest.raises(MalformedRecordError) as raised:
+            make()
+        assert str(raised.value) == expected
+
+
+def test_a_file_set_without_records_is_refused_and_an_empty_shard_is_fine(train_files, encoding,
+                                                                          tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("part-0.tfrecord", "part-1.tfrecord"):
+        (empty / name).write_bytes(b"")
+    pattern = str(empty / "*.tfrecord")
+    for make in (lambda: stream_tfrecords(pattern, encoding, batch_size=8),
+                 lambda: check_tfrecord_files(pattern)):
+        with pytest.raises(DataFileError) as raised:
+            make()
+        assert str(raised.value) == f"The TFRecord files hold no records. Received: path={pattern!r}"
+    (tmp_path / "train" / "part-99.tfrecord").write_bytes(b"")  # e.g. a writer's empty shard
+    rows = sum(len(labels) for _, labels in stream_tfrecords(train_files, encoding,
+                                                             batch_size=64))
+    assert rows == 3 * RECORDS_PER_FILE
+
+
 @pytest.mark.parametrize("arguments, message", [
     ({"batch_size": 0}, "batch_size"),
     ({"batch_size": 8, "shuffle_buffer": -1}, "shuffle_buffer"),

@@ -116,6 +116,8 @@ _TYPE_NAMES = {"int64_list": "int64", "float_list": "float", "bytes_list": "byte
 # SeedSequence spawn key of the reservoir samples (the split and the row
 # order have their own streams in `SplitConfig`).
 _SAMPLE_STREAM = 13
+# What TF's reader adds when the first record header of a file fails its checksum.
+_NOT_TFRECORD = "Is this even a TFRecord file?"
 _TF_ERROR_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", re.DOTALL)
 
 
@@ -184,10 +186,44 @@ def _damaged(path: str, compression: str, start: int, error: tf.errors.OpError
             index += 1
     except tf.errors.OpError:
         pass
+    if index == 0 and _NOT_TFRECORD in error.message:
+        return _not_tfrecord(path, "its first bytes are no record header")
     kind = "GZIP" if compression else "plain"
     return MalformedRecordError(
         path, index, f"the file is damaged ({kind} TFRecord): {_tf_problem(error)}"
     )
+
+
+def _not_tfrecord(path: str, why: str) -> MalformedRecordError:
+    return MalformedRecordError(
+        path, None, f"not a TFRecord file ({why}; a CSV file would be csv:PATH)")
+
+
+def _no_records(pattern: str) -> DataFileError:
+    return DataFileError(f"The TFRecord files hold no records. Received: path={pattern!r}")
+
+
+def check_tfrecord_starts(pattern: str, files: Sequence[str], compressions: Sequence[str]
+                          ) -> None:
+    """Reads the first record of every file: each is a TFRecord file, one holds records.
+
+    One small read per file, so that a stream refuses a file of another
+    format, or a set with nothing to train on, before the first step
+    instead of failing (or streaming nothing) inside `fit`.
+
+    Raises:
+        MalformedRecordError: Naming a file that is not TFRecord.
+        DataFileError: If no file holds a record.
+    """
+    any_records = False
+    for path, compression in zip(files, compressions, strict=True):
+        first = list(read_record_batches(path, compression, 1, limit=1))
+        if first:
+            any_records = True
+        elif not compression and (size := tf.io.gfile.stat(path).length):
+            raise _not_tfrecord(path, f"{size} bytes, less than a record header")
+    if not any_records:
+        raise _no_records(pattern)
 
 
 def read_record_batches(path: str, compression: str, batch_size: int,
@@ -250,14 +286,20 @@ def check_tfrecord_files(pattern: str | os.PathLike) -> int:
 
     Raises:
         FileNotFoundError: If no file matches.
-        MalformedRecordError: Naming the file, record and offset of damage.
-        DataFileError: If a file changes while it is read.
+        MalformedRecordError: Naming the file, record and offset of damage,
+            or a file that is not TFRecord.
+        DataFileError: If a file changes while it is read, or the files
+            hold no records.
     """
+    files = tfrecord_files(os.fspath(pattern))
+    check_tfrecord_starts(os.fspath(pattern), files, [compression_type(path) for path in files])
     records = 0
-    for path in tfrecord_files(os.fspath(pattern)):
+    for path in files:
         version = FileVersion.of(path)
         for _, batch in _every_record_batch(path, compression_type(path), version):
             records += len(batch)
+    if not records:
+        raise _no_records(os.fspath(pattern))
     return records
 
 
@@ -525,9 +567,10 @@ def inspect_tfrecords(pattern: str, options: SchemaOptions) -> TFRecordSource:
     files = tfrecord_files(pattern)
     versions = {path: FileVersion.of(path) for path in files}  # before reading any byte
     compressions = {path: compression_type(path) for path in files}
+    check_tfrecord_starts(pattern, files, [compressions[path] for path in files])
     survey = _survey(files, compressions)
     if not survey.records:
-        raise DataFileError(f"The TFRecord files hold no records. Received: path={pattern!r}")
+        raise _no_records(pattern)
     choices = _choose_columns(pattern, survey, options)
     categorical = tuple(name for name, (kind, _) in choices.items() if kind == CATEGORICAL)
     dense = tuple(name for name, (kind, _) in choices.items() if kind == DENSE)
