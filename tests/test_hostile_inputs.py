@@ -1100,3 +1100,24 @@ def test_a_stop_signal_dropped_in_a_del_still_ends_the_run_with_its_exit_code(tm
         assert "main went on" in output  # the signal's exception was dropped ...
         assert f"error: {words}; what had finished is kept" in output  # ... yet it counts
         assert "Traceback" not in output and "Exception ignored" not in output, output[-2000:]
+
+
+@pytest.mark.slow  # the main job as a user runs it
+def test_held_out_files_that_do_not_match_the_training_data_stop_before_training(tmp_path):
+    train, held_out = tmp_path / "train.csv", tmp_path / "held_out.tfrecord"
+    train.write_text("user_id,item_id,label\n" + "".join(
+        f"u{i % 9},{i % 5},{i % 2}\n" for i in range(200)))
+    (tmp_path / "held_out.csv").write_text("user_id,label\nu1,0\nu2,1\n")
+    held_out.write_text("user_id,item_id,label\nu1,1,0\n")  # a CSV named .tfrecord
+    cases = {  # flags -> fragments of the one line
+        "columns": ([f"--eval_dataset=csv:{tmp_path / 'held_out.csv'}"],
+                    [f"held-out data {tmp_path / 'held_out.csv'}", f"training data {train}",
+                     "missing ['item_id'], extra []"]),
+        "kind": ([f"--eval_dataset=tfrecord:{held_out}"],
+                 ["--eval_dataset must be csv data like --dataset"]),
+    }
+    for flags_, fragments in cases.values():
+        result = _run([MAIN_JOB, *TINY, f"--dataset=csv:{train}", *flags_,
+                       f"--output_dir={tmp_path / 'run'}"])
+        _assert_one_line_error(result, *fragments)
+        assert "tower_init" not in result.stdout  # no row trained
