@@ -255,7 +255,8 @@ def test_a_file_set_without_records_is_refused_and_an_empty_shard_is_fine(train_
                  lambda: check_tfrecord_files(pattern)):
         with pytest.raises(DataFileError) as raised:
             make()
-        assert str(raised.value) == f"The TFRecord files hold no records. Received: path={pattern!r}"
+        assert str(raised.value) == (
+            f"The TFRecord files hold no records. Received: path={pattern!r}")
     (tmp_path / "train" / "part-99.tfrecord").write_bytes(b"")  # e.g. a writer's empty shard
     rows = sum(len(labels) for _, labels in stream_tfrecords(train_files, encoding,
                                                              batch_size=64))

@@ -61,8 +61,9 @@ Errors
 Making a stream reads the first record of every file: a file that is not
 TFRecord (e.g. a CSV file matched by the glob) raises `MalformedRecordError`
 naming it, and a file set without any record a `DataFileError`, before
-any training step (an empty file among others is fine).  Schema problems and damage in the inspected or sampled records raise while
-fitting the encoding, as `load_tfrecord` raises them (`MalformedRecordError`
+any training step (an empty file among others is fine).  Schema problems
+and damage in the inspected or sampled records raise while fitting the
+encoding, as `load_tfrecord` raises them (`MalformedRecordError`
 naming file and record).  While streaming, errors surface from the iterator
 (from `fit`) as `tf.errors.InvalidArgumentError` whose message holds the
 in-memory reader's line, `Bad TFRecord data in FILE at record index I:

@@ -46,6 +46,8 @@ and the dense standardisation are fitted afterwards on the sampled training
 rows (no second pass).  The replica harness then trains on this in-memory
 `LoadedDataset` (R replicas share one copy of the rows): training on more
 rows than fit in memory is not supported; the caps choose which rows train.
+With `eval_pattern` (`--eval_dataset`) the test split is a sample of
+those separate files instead, parsed with the training files' schema.
 
 Errors
 ------
