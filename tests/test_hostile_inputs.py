@@ -1056,49 +1056,68 @@ def test_study_and_churn_callback_of_a_model_whose_output_is_not_named():
 # ---- loose ends: stop signals, TFRecord files, held-out data (issue 21/22) ----
 
 _CLEANUP_PROGRAM = '''
+import atexit
+import importlib.util
+import sys
 import time
 
-from tf_smelu.common import run_program
+# tf_smelu/common.py itself, without the package's TensorFlow import: a fast start.
+spec = importlib.util.spec_from_file_location("common", sys.argv[1])
+common = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(common)
 
 
 class Cleanup:  # stands for TensorFlow's cleanup of iterators and functions
     def __del__(self):
-        print("cleaning up", flush=True)
+        print("cleaning up in main", flush=True)
         time.sleep(60)  # the signal's exception is raised here, where Python drops it
 
 
+def cleanup_at_exit():  # a library's atexit hook: Python drops its exceptions too
+    print("cleaning up at exit", flush=True)
+    time.sleep(60)
+
+
 def main(argv):
-    cleanup = Cleanup()
-    del cleanup
+    if "--at_exit" in sys.argv:
+        atexit.register(cleanup_at_exit)
+    else:
+        cleanup = Cleanup()
+        del cleanup
     print("main went on", flush=True)
 
 
-run_program(main)
+common.run_program(main, argv=[sys.argv[0]])
 '''
 
 
-@pytest.mark.slow  # two Python processes importing TensorFlow, side by side
+@pytest.mark.slow  # three Python processes
 def test_a_stop_signal_dropped_in_a_del_still_ends_the_run_with_its_exit_code(tmp_path):
     program = tmp_path / "cleanup.py"
     program.write_text(_CLEANUP_PROGRAM)
-    processes = {signum: _start([str(program)]) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # (signal, when: in main's cleanup or in an atexit hook)
+    cases = [(signal.SIGINT, "in main"), (signal.SIGTERM, "in main"), (signal.SIGINT, "at exit")]
+    common = os.path.join(REPO, "tf_smelu", "common.py")
+    processes = [_start([str(program), common, *(["--at_exit"] if when == "at exit" else [])])
+                 for _, when in cases]
+    outputs = []
     try:
-        for signum, process in processes.items():
+        for (signum, when), process in zip(cases, processes):
+            lines = []
             for line in process.stdout:
-                if line.startswith("cleaning up"):
+                lines.append(line)
+                if line.startswith(f"cleaning up {when}"):
                     process.send_signal(signum)
                     break
-        outputs = {signum: process.communicate(timeout=120)[0]
-                   for signum, process in processes.items()}
+            outputs.append("".join(lines) + process.communicate(timeout=120)[0])
     finally:
-        for process in processes.values():
+        for process in processes:
             process.kill()
-    for signum, words in ((signal.SIGINT, "interrupted (Ctrl-C)"),
-                          (signal.SIGTERM, "terminated (SIGTERM)")):
-        output = outputs[signum]
-        assert processes[signum].returncode == 128 + signum, output[-2000:]
-        assert "main went on" in output  # the signal's exception was dropped ...
-        assert f"error: {words}; what had finished is kept" in output  # ... yet it counts
+    words = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
+    for (signum, when), process, output in zip(cases, processes, outputs):
+        assert process.returncode == 128 + signum, (when, output[-2000:])
+        assert "main went on" in output  # the signal's exception would be dropped ...
+        assert f"error: {words[signum]}; what had finished is kept" in output  # ... yet it counts
         assert "Traceback" not in output and "Exception ignored" not in output, output[-2000:]
 
 

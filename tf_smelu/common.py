@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -164,6 +165,29 @@ def _stopped(signum: int) -> NoReturn:
 _STOPS = _StopSignals()
 
 
+def _exit_at_once(signum: int, frame: object) -> NoReturn:
+    """Ends the process now, after its program ended: see `_stop_at_once_from_now_on`."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        print(f"error: {_STOP_SIGNALS[signum]}; what had finished is kept", file=sys.stderr,
+              flush=True)
+    os._exit(128 + signum)
+
+
+def _stop_at_once_from_now_on() -> None:
+    """From the interpreter's exit on, a stop signal ends the process with its code at once.
+
+    Registered with `atexit` by `run_program`: the program's work is done and
+    written, and an exception raised now, while modules and TensorFlow's
+    objects are torn down, would be dropped in a `__del__` and the process
+    would exit 0.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for signum in _STOP_SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, _exit_at_once)
+
+
 def _parse_flags_in_one_line(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
@@ -184,7 +208,8 @@ def run_program(
     line and exit code 130, SIGTERM (see `Terminated`) with one line and exit
     code 143 (128 + 15, as the shell reports a process it ended), even when
     the signal's exception was raised where Python drops it (a `__del__`,
-    e.g. TensorFlow's cleanup) and `main` went on to return. Anything
+    e.g. TensorFlow's cleanup) and `main` went on to return, or arrived
+    while the interpreter exits. Anything
     else is a bug and keeps its traceback. `--debug` (defined here) shows the
     traceback of every error, for bug reports.
 
@@ -232,6 +257,10 @@ def run_program(
         # The signal's exception was dropped (e.g. inside a __del__): it still ends the run.
         _stopped(stops.received)
     finally:
+        # Last registered, so first to run at exit: before the hooks of libraries, even
+        # those registered while `main` ran; once, however many programs run.
+        atexit.unregister(_stop_at_once_from_now_on)
+        atexit.register(_stop_at_once_from_now_on)
         sys.unraisablehook = previous_hook
         for signum, handler in previous.items():
             if handler is not None:  # None: set outside Python, cannot be restored
