@@ -171,3 +171,26 @@ def test_the_training_configuration_loads_the_eval_dataset(csv_files):
                             eval_examples=100)
     data = load_training_data(config)
     assert (len(data.train), len(data.test)) == (300, 100)
+
+
+def test_every_worker_of_a_replica_job_reads_the_held_out_files(csv_files, tmp_path,
+                                                                 monkeypatch):
+    """A multi-worker job's workers get --eval_dataset, absolute: they may run elsewhere."""
+    from absl import flags
+
+    from tf_smelu.training.distributed import define_flags, parse_flags
+    from tf_smelu.training.replica_jobs import ReplicaJob
+
+    train, held_out = csv_files
+    monkeypatch.chdir(os.path.dirname(held_out))
+    config = TrainingConfig(dataset=f"csv:{os.path.basename(train)}",
+                            eval_dataset=f"csv:{os.path.basename(held_out)}")
+    command = ReplicaJob("relu", "sync", 0, str(tmp_path)).command(config)
+    assert f"--eval_dataset=csv:{held_out}" in command
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(["worker", *command[3:]])
+    worker_config = parse_flags(flag_values)[0]
+    assert str(worker_config.eval_dataset) == f"csv:{held_out}"
+    data = load_training_data(worker_config)
+    assert (len(data.train), len(data.test)) == (300, 120)
