@@ -1051,3 +1051,92 @@ def test_study_and_churn_callback_of_a_model_whose_output_is_not_named():
     churn = PredictionDifferenceCallback(reference, x[200:])
     history = build_model(1).fit(train, epochs=1, verbose=0, callbacks=[churn])
     assert history.history["churn_rel_pd"][0] > 0
+
+
+# ---- loose ends: stop signals, TFRecord files, held-out data (issue 21/22) ----
+
+_CLEANUP_PROGRAM = '''
+import atexit
+import importlib.util
+import sys
+import time
+
+# tf_smelu/common.py itself, without the package's TensorFlow import: a fast start.
+spec = importlib.util.spec_from_file_location("common", sys.argv[1])
+common = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(common)
+
+
+class Cleanup:  # stands for TensorFlow's cleanup of iterators and functions
+    def __del__(self):
+        print("cleaning up in main", flush=True)
+        time.sleep(60)  # the signal's exception is raised here, where Python drops it
+
+
+def cleanup_at_exit():  # a library's atexit hook: Python drops its exceptions too
+    print("cleaning up at exit", flush=True)
+    time.sleep(60)
+
+
+def main(argv):
+    if "--at_exit" in sys.argv:
+        atexit.register(cleanup_at_exit)
+    else:
+        cleanup = Cleanup()
+        del cleanup
+    print("main went on", flush=True)
+
+
+common.run_program(main, argv=[sys.argv[0]])
+'''
+
+
+@pytest.mark.slow  # three Python processes
+def test_a_stop_signal_dropped_in_a_del_still_ends_the_run_with_its_exit_code(tmp_path):
+    program = tmp_path / "cleanup.py"
+    program.write_text(_CLEANUP_PROGRAM)
+    # (signal, when: in main's cleanup or in an atexit hook)
+    cases = [(signal.SIGINT, "in main"), (signal.SIGTERM, "in main"), (signal.SIGINT, "at exit")]
+    common = os.path.join(REPO, "tf_smelu", "common.py")
+    processes = [_start([str(program), common, *(["--at_exit"] if when == "at exit" else [])])
+                 for _, when in cases]
+    outputs = []
+    try:
+        for (signum, when), process in zip(cases, processes):
+            lines = []
+            for line in process.stdout:
+                lines.append(line)
+                if line.startswith(f"cleaning up {when}"):
+                    process.send_signal(signum)
+                    break
+            outputs.append("".join(lines) + process.communicate(timeout=120)[0])
+    finally:
+        for process in processes:
+            process.kill()
+    words = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
+    for (signum, when), process, output in zip(cases, processes, outputs):
+        assert process.returncode == 128 + signum, (when, output[-2000:])
+        assert "main went on" in output  # the signal's exception would be dropped ...
+        assert f"error: {words[signum]}; what had finished is kept" in output  # ... yet it counts
+        assert "Traceback" not in output and "Exception ignored" not in output, output[-2000:]
+
+
+@pytest.mark.slow  # the main job as a user runs it
+def test_held_out_files_that_do_not_match_the_training_data_stop_before_training(tmp_path):
+    train, held_out = tmp_path / "train.csv", tmp_path / "held_out.tfrecord"
+    train.write_text("user_id,item_id,label\n" + "".join(
+        f"u{i % 9},{i % 5},{i % 2}\n" for i in range(200)))
+    (tmp_path / "held_out.csv").write_text("user_id,label\nu1,0\nu2,1\n")
+    held_out.write_text("user_id,item_id,label\nu1,1,0\n")  # a CSV named .tfrecord
+    cases = {  # flags -> fragments of the one line
+        "columns": ([f"--eval_dataset=csv:{tmp_path / 'held_out.csv'}"],
+                    [f"held-out data {tmp_path / 'held_out.csv'}", f"training data {train}",
+                     "missing ['item_id'], extra []"]),
+        "kind": ([f"--eval_dataset=tfrecord:{held_out}"],
+                 ["--eval_dataset must be csv data like --dataset"]),
+    }
+    for flags_, fragments in cases.values():
+        result = _run([MAIN_JOB, *TINY, f"--dataset=csv:{train}", *flags_,
+                       f"--output_dir={tmp_path / 'run'}"])
+        _assert_one_line_error(result, *fragments)
+        assert "tower_init" not in result.stdout  # no row trained

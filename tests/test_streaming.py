@@ -225,6 +225,44 @@ def test_a_corrupted_record_is_located_by_check_tfrecord_files(train_files, enco
     assert check_tfrecord_files(sorted(tf.io.gfile.glob(train_files))[0]) == RECORDS_PER_FILE
 
 
+@pytest.mark.parametrize("content, why", [
+    (b"user_id,item_id,label\n1,2,0\n" * 20, "its first bytes are no record header"),
+    (b"abc", "3 bytes, less than a record header"),
+])
+def test_a_file_that_is_not_tfrecord_is_refused_when_the_stream_is_made(train_files, encoding,
+                                                                        content, why):
+    path = os.path.join(os.path.dirname(train_files), "clicks.tfrecord")  # sorted first
+    open(path, "wb").write(content)
+    expected = (f"Bad TFRecord data in {path}: not a TFRecord file ({why}; a CSV file would "
+                "be csv:PATH)")
+    for make in (lambda: stream_tfrecords(train_files, encoding, batch_size=8),
+                 lambda: TFRecordStream(train_files, encoding, batch_size=8)(order_seed=1),
+                 lambda: check_tfrecord_files(train_files),
+                 lambda: fit_tfrecord_encoding(train_files)):
+        with pytest.raises(MalformedRecordError) as raised:
+            make()
+        assert str(raised.value) == expected
+
+
+def test_a_file_set_without_records_is_refused_and_an_empty_shard_is_fine(train_files, encoding,
+                                                                          tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("part-0.tfrecord", "part-1.tfrecord"):
+        (empty / name).write_bytes(b"")
+    pattern = str(empty / "*.tfrecord")
+    for make in (lambda: stream_tfrecords(pattern, encoding, batch_size=8),
+                 lambda: check_tfrecord_files(pattern)):
+        with pytest.raises(DataFileError) as raised:
+            make()
+        assert str(raised.value) == (
+            f"The TFRecord files hold no records. Received: path={pattern!r}")
+    (tmp_path / "train" / "part-99.tfrecord").write_bytes(b"")  # e.g. a writer's empty shard
+    rows = sum(len(labels) for _, labels in stream_tfrecords(train_files, encoding,
+                                                             batch_size=64))
+    assert rows == 3 * RECORDS_PER_FILE
+
+
 @pytest.mark.parametrize("arguments, message", [
     ({"batch_size": 0}, "batch_size"),
     ({"batch_size": 8, "shuffle_buffer": -1}, "shuffle_buffer"),
@@ -257,63 +295,66 @@ def test_schema_problems_raise_while_fitting(train_files, tmp_path):
 # --------------------------------------------------------------------------
 
 _MEMORY_PROGRAM = textwrap.dedent("""
-    import json, sys, threading, time
+    import json, resource, sys, time
     import psutil
     from tf_smelu.data import fit_tfrecord_encoding, stream_tfrecords
-    process = psutil.Process()
 
-    def peak_growth(pattern):
-        encoding = fit_tfrecord_encoding(pattern, sample_records=200)
-        dataset = stream_tfrecords(pattern, encoding, batch_size=64, order_seed=1,
-                                   shuffle_buffer=200)
-        for _ in dataset.take(4):  # warm up: graph, tables, buffers
-            pass
-        start, peak, done = process.memory_info().rss, [0], threading.Event()
-
-        def watch():
-            while not done.is_set():
-                peak[0] = max(peak[0], process.memory_info().rss)
-                time.sleep(0.002)
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        rows = sum(len(labels) for _, labels in dataset)
-        done.set()
-        watcher.join()
-        return {"rows": rows, "growth": peak[0] - start}
-
-    print(json.dumps(peak_growth(sys.argv[1])))
+    pattern, shuffle_buffer = sys.argv[1], int(sys.argv[2])
+    encoding = fit_tfrecord_encoding(pattern, sample_records=200)
+    dataset = stream_tfrecords(pattern, encoding, batch_size=64, order_seed=1,
+                               shuffle_buffer=shuffle_buffer)
+    for _ in dataset.take(4):  # warm up: graph, tables, buffers
+        pass
+    start = psutil.Process().memory_info().rss
+    began = time.monotonic()
+    rows = sum(len(labels) for _, labels in dataset)
+    # ru_maxrss (KB) is the kernel's high-water mark since the start: never below the
+    # streaming peak, so the growth below is an upper bound.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"rows": rows, "growth": peak - start, "rss": start,
+                      "seconds": time.monotonic() - began}))
 """)
 
 _PAYLOAD_BYTES = 8192
+_MEMORY_CAP = 200 * 2**20  # peak RSS growth allowed while streaming
+_DATA_FILES, _FILE_RECORDS = 16, 2000  # 16 files of 2,000 records of 16 KB: 525 MB
 
 
 def _padded_records(directory, files: int, records: int) -> str:
-    """Files of records with an 8 KB bytes feature that is not used (bulk)."""
+    """Files of records with two 8 KB bytes values that are not used (bulk).
+
+    One file is written, the others are copies: a serialized `Example` is the
+    merge of concatenated parts, so the bulk is serialized once.
+    """
     directory.mkdir()
-    payload = b"x" * _PAYLOAD_BYTES
-    for f in range(files):
-        _write(directory / f"part-{f}.tfrecord",
-               [_serialize({**_record(i), "payload": [payload, payload]})
-                for i in range(f * records, (f + 1) * records)], serialized=True)
+    payload = _serialize({"payload": [b"x" * _PAYLOAD_BYTES] * 2})
+    first = directory / "part-00.tfrecord"
+    _write(first, [_serialize(_record(i)) + payload for i in range(records)], serialized=True)
+    for f in range(1, files):
+        shutil.copyfile(first, directory / f"part-{f:02d}.tfrecord")
     return str(directory / "*.tfrecord")
 
 
 @pytest.mark.slow
-def test_peak_memory_does_not_grow_with_the_data(tmp_path):
-    """Streams 64 MB and 256 MB of records, each in a fresh process: the same peak RSS growth."""
-    measured = {}
-    for files in (16, 64):
-        pattern = _padded_records(tmp_path / f"files-{files}", files, records=250)
-        result = subprocess.run([sys.executable, "-c", _MEMORY_PROGRAM, pattern],
-                                capture_output=True, text=True, timeout=300,
-                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        assert result.returncode == 0, result.stderr[-2000:]
-        measured[files] = json.loads(result.stdout.strip().splitlines()[-1])
-        shutil.rmtree(tmp_path / f"files-{files}")
-    assert [measured[files]["rows"] for files in (16, 64)] == [4000, 16000]
-    record_bytes = 2 * _PAYLOAD_BYTES
-    # Holding the data would take 62 and 250 MB. The stream holds its buffers (about 25 MB
-    # for records this large), whatever the size: 4x the data adds less than a tenth of it.
-    assert measured[64]["growth"] < 0.25 * 16000 * record_bytes, measured
-    assert measured[64]["growth"] - measured[16]["growth"] < 0.1 * 12000 * record_bytes, measured
+def test_streaming_reads_a_file_set_larger_than_a_memory_cap(tmp_path):
+    """Streams 525 MB in a fresh process whose peak RSS may grow by at most 200 MB."""
+    data_bytes = _DATA_FILES * _FILE_RECORDS * 2 * _PAYLOAD_BYTES
+    free = shutil.disk_usage(tmp_path).free
+    if free < 2 * data_bytes:
+        pytest.skip(f"{tmp_path} has {free / 2**20:,.0f} MB free; the test writes "
+                    f"{data_bytes / 2**20:,.0f} MB")
+    pattern = _padded_records(tmp_path / "data", _DATA_FILES, _FILE_RECORDS)
+    written = sum(os.path.getsize(path) for path in tf.io.gfile.glob(pattern))
+    assert written > 2.5 * _MEMORY_CAP
+    result = subprocess.run([sys.executable, "-c", _MEMORY_PROGRAM, pattern, "1000"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"streamed {written / 2**20:,.0f} MB ({measured['rows']:,} rows) in "
+          f"{measured['seconds']:.1f} s; peak RSS growth {measured['growth'] / 2**20:,.0f} MB "
+          f"over {measured['rss'] / 2**20:,.0f} MB after warm-up")
+    assert measured["rows"] == _DATA_FILES * _FILE_RECORDS  # every record, once
+    # Holding the records would take 525 MB; the stream holds its shuffle buffer (1,000
+    # records, 16 MB), a few files' read buffers and prefetched batches.
+    assert measured["growth"] < _MEMORY_CAP, measured

@@ -14,7 +14,8 @@ from tf_smelu.training.trainer import TrainerOptions
 # Every field differs from its default, so a field the round trip drops or
 # mangles cannot go unnoticed.
 NON_DEFAULT_TRAINING = TrainingConfig(
-    dataset="csv:/data/clicks.csv#clicked", train_examples=1234, eval_examples=56,
+    dataset="csv:/data/clicks.csv#clicked", eval_dataset="csv:/data/held_out.csv#clicked",
+    train_examples=1234, eval_examples=56,
     max_vocab_size=0, label_column="clicked", categorical_columns=("user_id", "item_id"),
     dense_columns=("price",), label_threshold=0.5, on_error="skip", seed=7, model="dcn", hidden_units=(32, 16),
     embedding_dim=3,

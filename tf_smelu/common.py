@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -99,10 +100,6 @@ class Terminated(BaseException):
     """
 
 
-def _raise_terminated(signum: int, frame: object) -> NoReturn:
-    raise Terminated
-
-
 def handle_sigterm() -> None:
     """Makes SIGTERM raise `Terminated` in the main thread (`run_program` does this).
 
@@ -111,12 +108,84 @@ def handle_sigterm() -> None:
     outside the main thread, where Python cannot handle signals.
     """
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, _STOPS.handle)
 
 
 def _fail(message: str, exit_code: int = 1) -> NoReturn:
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(exit_code)
+
+
+_STOP_SIGNALS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
+class _StopSignals:
+    """Remembers that SIGINT or SIGTERM arrived, then raises as usual.
+
+    Python prints and drops an exception raised in a `__del__` (TensorFlow
+    frees iterators and functions there) or another place that ignores
+    errors, so a Ctrl-C that lands in such cleanup is lost and the program
+    would go on and exit 0. The first signal that arrived decides the exit
+    code however the program ends.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def handle(self, signum: int, frame: object) -> NoReturn:
+        if self.received is None:
+            self.received = signum
+        if signum == signal.SIGTERM:
+            raise Terminated
+        raise KeyboardInterrupt
+
+    def exit_code(self) -> int:
+        return 128 + self.received
+
+    def install(self) -> dict[int, object]:
+        """Forgets earlier signals and installs `handle`; returns the replaced handlers.
+
+        An ignored SIGINT stays ignored (a job started in the background with
+        `&` or `nohup` must not stop at the terminal's Ctrl-C).
+        """
+        self.received = None
+        previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+        previous = {signum: handler for signum, handler in previous.items()
+                    if not (signum == signal.SIGINT and handler is signal.SIG_IGN)}
+        for signum in previous:
+            signal.signal(signum, self.handle)
+        return previous
+
+
+def _stopped(signum: int) -> NoReturn:
+    """Ends the run after a stop signal: one line, exit code 128 + `signum`."""
+    _fail(f"{_STOP_SIGNALS[signum]}; what had finished is kept", exit_code=128 + signum)
+
+
+_STOPS = _StopSignals()
+
+
+def _exit_at_once(signum: int, frame: object) -> NoReturn:
+    """Ends the process now, after its program ended: see `_stop_at_once_from_now_on`."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        print(f"error: {_STOP_SIGNALS[signum]}; what had finished is kept", file=sys.stderr,
+              flush=True)
+    os._exit(128 + signum)
+
+
+def _stop_at_once_from_now_on() -> None:
+    """From the interpreter's exit on, a stop signal ends the process with its code at once.
+
+    Registered with `atexit` by `run_program`: the program's work is done and
+    written, and an exception raised now, while modules and TensorFlow's
+    objects are torn down, would be dropped in a `__del__` and the process
+    would exit 0.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for signum in _STOP_SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, _exit_at_once)
 
 
 def _parse_flags_in_one_line(argv: list[str]) -> list[str]:
@@ -137,7 +206,10 @@ def run_program(
     `user_errors`, e.g. a damaged data file) ends with one line
     `error: <what and where>` on stderr and exit code 1; Ctrl-C ends with one
     line and exit code 130, SIGTERM (see `Terminated`) with one line and exit
-    code 143 (128 + 15, as the shell reports a process it ended). Anything
+    code 143 (128 + 15, as the shell reports a process it ended), even when
+    the signal's exception was raised where Python drops it (a `__del__`,
+    e.g. TensorFlow's cleanup) and `main` went on to return, or arrived
+    while the interpreter exits. Anything
     else is a bug and keeps its traceback. `--debug` (defined here) shows the
     traceback of every error, for bug reports.
 
@@ -160,20 +232,36 @@ def run_program(
             if flags.FLAGS.debug:
                 raise
             _fail(str(error) or type(error).__name__)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated) as stop:
             if flags.FLAGS.debug:
                 raise
-            _fail("interrupted (Ctrl-C); what had finished is kept", exit_code=130)
-        except Terminated:
-            if flags.FLAGS.debug:
-                raise
-            _fail("terminated (SIGTERM); what had finished is kept", exit_code=128 + 15)
+            _stopped(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
 
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
-    handle_sigterm()
+    stops = _STOPS
+    previous = stops.install() if in_main_thread else {}
+    previous_hook = sys.unraisablehook
+
+    def drop_stops(unraisable) -> None:
+        # A stop signal's exception dropped in a __del__ ends the run below, in one line.
+        stop = isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated))
+        if not stop or flags.FLAGS["debug"].value:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = drop_stops
     try:
         app.run(main_in_one_line, argv=argv, flags_parser=_parse_flags_in_one_line)
+    except SystemExit as exit_:
+        if stops.received is None or exit_.code == stops.exit_code():
+            raise
+        # The signal's exception was dropped (e.g. inside a __del__): it still ends the run.
+        _stopped(stops.received)
     finally:
-        if previous is not None:  # None: set outside Python, cannot be restored
-            signal.signal(signal.SIGTERM, previous)
+        # Last registered, so first to run at exit: before the hooks of libraries, even
+        # those registered while `main` ran; once, however many programs run.
+        atexit.unregister(_stop_at_once_from_now_on)
+        atexit.register(_stop_at_once_from_now_on)
+        sys.unraisablehook = previous_hook
+        for signum, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be restored
+                signal.signal(signum, handler)

@@ -243,6 +243,7 @@ def load_criteo(
     max_test_examples: int | None = None,
     on_error: str = "raise",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    eval_path: str | os.PathLike | None = None,
 ) -> LoadedDataset:
     """Train and test examples of a Criteo file, held in memory.
 
@@ -260,6 +261,11 @@ def load_criteo(
         max_test_examples: Cap on test rows; `None`: all.
         on_error: `"raise"` or `"skip"` malformed rows.
         chunk_rows: Rows parsed at a time.
+        eval_path: A separate held-out Criteo file (`--eval_dataset`): the
+            rows of `path` all train (at most `max_train_examples`), the
+            test split holds this file's rows (at most `max_test_examples`).
+            The encoding (hashing, `log1p`) is fitted on nothing, so both
+            files are encoded alike.
 
     Returns:
         `LoadedDataset` with fields `C1`..`C26`, dense `I1`..`I13` and the
@@ -269,22 +275,30 @@ def load_criteo(
     skipped = SkippedRows(os.fspath(path))
     buckets = resolve_num_buckets(num_buckets)
     kept: list[CriteoChunk] = []
-    num_train = num_test = 0
-    train_cap = max_train_examples or np.inf
-    test_cap = max_test_examples or np.inf
-    for chunk in read_criteo_file(
-        path, num_buckets=buckets, on_error=on_error, skipped=skipped, chunk_rows=chunk_rows
-    ):
-        # Drop rows of a split that is already full: they would only cost memory.
-        is_test = split.is_test(chunk.line_numbers)
-        keep = np.where(is_test, num_test < test_cap, num_train < train_cap)
-        kept.append(chunk.take(keep))
-        num_test += int(np.sum(is_test & keep))
-        num_train += int(np.sum(~is_test & keep))
-        if num_train >= train_cap and num_test >= test_cap:
-            break
-    log_skipped(skipped)
-    if not num_train + num_test:
+    held_out_masks: list[np.ndarray] = []
+    counts = {False: 0, True: 0}  # rows kept: train, test
+    caps = {False: max_train_examples or np.inf, True: max_test_examples or np.inf}
+    # (file, whether it is held out; None: the hash split takes test rows from it)
+    files = [(path, None)] if eval_path is None else [(path, False), (eval_path, True)]
+    for number, (file, held_out) in enumerate(files):
+        file_skipped = SkippedRows(os.fspath(file)) if number else skipped
+        for chunk in read_criteo_file(file, num_buckets=buckets, on_error=on_error,
+                                      skipped=file_skipped, chunk_rows=chunk_rows):
+            is_test = (split.is_test(chunk.line_numbers) if held_out is None
+                       else np.full(len(chunk), held_out))
+            # Drop rows of a split that is already full: they would only cost memory.
+            keep = np.where(is_test, counts[True] < caps[True], counts[False] < caps[False])
+            kept.append(chunk.take(keep))
+            held_out_masks.append(is_test[keep])
+            counts[True] += int(np.sum(is_test & keep))
+            counts[False] += int(np.sum(~is_test & keep))
+            splits = (False, True) if held_out is None else (held_out,)
+            if all(counts[split_] >= caps[split_] for split_ in splits):
+                break
+        log_skipped(file_skipped)
+        if number:
+            skipped.merge(file_skipped)
+    if not counts[False] + counts[True]:
         raise ValueError(
             f"The Criteo file has no valid rows. Received: path={os.fspath(path)!r}, "
             f"skipped_rows={skipped.count}"
@@ -299,7 +313,8 @@ def load_criteo(
     )
     line_numbers = np.concatenate([chunk.line_numbers for chunk in kept])
     del kept  # the concatenated copy is all that is needed from here on
-    train_rows, test_rows = split.rows(line_numbers, source=os.fspath(path))
+    is_test = None if eval_path is None else np.concatenate(held_out_masks)
+    train_rows, test_rows = split.rows(line_numbers, source=os.fspath(path), is_test=is_test)
     train, test, feature_spec = encode_splits(
         columns,
         train_rows,

@@ -77,6 +77,7 @@ from tf_smelu.data.schema import (
     require_a_categorical_column,
     require_both_labels,
     require_columns,
+    require_same_columns,
 )
 from tf_smelu.data.tabular import (
     DEFAULT_TEST_FRACTION,
@@ -114,6 +115,59 @@ def _read_header(path: str, rows, delimiter: str) -> list[str]:
             f"(is delimiter={delimiter!r} right?). Received: header={header!r}"
         )
     return header
+
+
+def _read_rows(path: str, delimiter: str, options: SchemaOptions, on_error: str,
+               training: tuple[str, list[str]] | None = None,
+               ) -> tuple[list[str], list[tuple[int, tuple[float, list[str]]]], SkippedRows]:
+    """`(header, [(line number, (label, fields))], skipped rows)` of one CSV file.
+
+    Args:
+        training: For a held-out file, `(path, header)` of the training
+            file, whose columns it must have (in any order).
+
+    Raises:
+        DataFileError: For no header, no label column, other columns than
+            the training file's, or no valid row; `MalformedRowError` for a
+            bad row (`on_error="raise"`).
+    """
+    label_column, label_threshold = options.label_column, options.label_threshold
+    rows = read_delimited(path, delimiter=delimiter, quoted=True)
+    header = _read_header(path, rows, delimiter)
+    if training is not None:
+        require_same_columns(path, header, *training)
+    require_columns(path, header, "label_column", [label_column])
+    options.given_columns(header, path)  # a named column must be in the file
+    label_index = header.index(label_column)
+    checked_dense = [header.index(name) for name in options.dense_columns]
+    layout = f"one per header column of {path}"
+
+    def parse_row(fields: list[str]) -> tuple[float, list[str]]:
+        require_column_count(fields, len(header), layout)
+        fields = [text.strip() for text in fields]
+        label = parse_binary_label(
+            fields[label_index],
+            label_column,
+            label_threshold,
+            hint=" (set --label_threshold to binarize other values, e.g. 4 for ratings)",
+        )
+        for index in checked_dense:
+            if parse_number(fields[index]) is None:
+                name = header[index]
+                raise RowProblem(
+                    f"dense column {name!r} is not a number. Received: {name}={fields[index]!r}"
+                )
+        return label, fields
+
+    skipped = SkippedRows(path)
+    parsed = list(parse_rows(path, rows, parse_row, on_error=on_error, skipped=skipped))
+    log_skipped(skipped)
+    if not parsed:
+        raise DataFileError(
+            f"The CSV file has no valid data rows. Received: path={path!r}, "
+            f"skipped_rows={skipped.count}"
+        )
+    return header, parsed, skipped
 
 
 def _typed_columns(
@@ -166,6 +220,7 @@ def load_csv(
     max_test_examples: int | None = None,
     on_error: str = "raise",
     dataset: str | None = None,
+    eval_path: str | os.PathLike | None = None,
 ) -> LoadedDataset:
     """Train and test examples of a CSV file with a label column.
 
@@ -191,6 +246,12 @@ def load_csv(
         max_test_examples: Cap on test rows; `None`: all.
         on_error: `"raise"` or `"skip"` malformed rows.
         dataset: Name of the data in the schema (default `csv:PATH`).
+        eval_path: A separate held-out CSV file with the same columns (in
+            any order; `--eval_dataset`): every row of `path` trains (at
+            most `max_train_examples`), the test split is a seeded sample
+            of this file's rows (at most `max_test_examples`), encoded with
+            the vocabularies and statistics of the training rows.
+            Column types are inferred from both files' rows.
 
     Returns:
         `LoadedDataset`; the categorical fields and dense columns are named
@@ -212,44 +273,22 @@ def load_csv(
     label_column = options.label_column
     dataset = dataset or f"csv:{path}"
 
-    rows = read_delimited(path, delimiter=delimiter, quoted=True)
-    header = _read_header(path, rows, delimiter)
-    require_columns(path, header, "label_column", [label_column])
+    header, parsed, skipped = _read_rows(path, delimiter, options, on_error)
+    num_train = len(parsed)
+    if eval_path is not None:
+        eval_header, eval_parsed, eval_skipped = _read_rows(
+            require_file(eval_path), delimiter, options, on_error, training=(path, header))
+        order = [eval_header.index(name) for name in header]
+        parsed += [(line, (label, [fields[i] for i in order]))
+                   for line, (label, fields) in eval_parsed]
+        skipped.merge(eval_skipped)
     given = options.given_columns(header, path)
-    label_index = header.index(label_column)
-    checked_dense = [header.index(name) for name in options.dense_columns]
-    layout = f"one per header column of {path}"
-
-    def parse_row(fields: list[str]) -> tuple[float, list[str]]:
-        require_column_count(fields, len(header), layout)
-        fields = [text.strip() for text in fields]
-        label = parse_binary_label(
-            fields[label_index],
-            label_column,
-            label_threshold,
-            hint=" (set --label_threshold to binarize other values, e.g. 4 for ratings)",
-        )
-        for index in checked_dense:
-            if parse_number(fields[index]) is None:
-                name = header[index]
-                raise RowProblem(
-                    f"dense column {name!r} is not a number. Received: {name}={fields[index]!r}"
-                )
-        return label, fields
-
-    skipped = SkippedRows(path)
-    parsed = list(parse_rows(path, rows, parse_row, on_error=on_error, skipped=skipped))
-    log_skipped(skipped)
-    if not parsed:
-        raise DataFileError(
-            f"The CSV file has no valid data rows. Received: path={path!r}, "
-            f"skipped_rows={skipped.count}"
-        )
     line_numbers = np.array([line_number for line_number, _ in parsed], dtype=np.int64)
     labels = np.array([label for _, (label, _) in parsed], dtype=np.float32)
     table = np.array([fields for _, (_, fields) in parsed], dtype=object)
     del parsed
-    require_both_labels(path, int(labels.sum()), len(labels), label_column, label_threshold)
+    require_both_labels(path, int(labels[:num_train].sum()), num_train, label_column,
+                        label_threshold)
     by_name = {name: table[:, index] for index, name in enumerate(header)}
 
     choices, categorical_values, numbers = _typed_columns(
@@ -280,7 +319,8 @@ def load_csv(
 
     columns = RawColumns({name: categorical_values[name] for name in categorical},
                          dense_matrix, labels)
-    train_rows, test_rows = split.rows(line_numbers, source=path)
+    held_out = None if eval_path is None else np.arange(len(labels)) >= num_train
+    train_rows, test_rows = split.rows(line_numbers, source=path, is_test=held_out)
     train, test, feature_spec = encode_splits(
         columns, train_rows, test_rows, fit_encoder=fit_encoder, standardize=True
     )

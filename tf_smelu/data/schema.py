@@ -316,6 +316,21 @@ def require_columns(
         )
 
 
+def require_same_columns(source: str, columns: Sequence[str], training_source: str,
+                         training_columns: Sequence[str], what: str = "columns") -> None:
+    """Raises `DataFileError` unless held-out data has the training data's columns.
+
+    The order may differ; the message names the missing and the extra ones.
+    """
+    missing = [name for name in training_columns if name not in columns]
+    extra = [name for name in columns if name not in training_columns]
+    if missing or extra:
+        raise DataFileError(
+            f"The held-out data {source} must have the {what} of the training data "
+            f"{training_source}: missing {missing}, extra {extra}"
+        )
+
+
 def require_both_labels(source: str, positives: int, rows: int, label_column: str,
                         label_threshold: float | None) -> None:
     """Raises `DataFileError` if every label is 0 or every label is 1.

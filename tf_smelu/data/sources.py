@@ -290,6 +290,49 @@ def check_dataset_options(
                            and spec.label_column is None)
 
 
+def check_eval_dataset(spec: str | DatasetSpec, eval_spec: str | DatasetSpec | None,
+                       label_column: str | None = None) -> DatasetSpec | None:
+    """Checks a separate held-out dataset (`--eval_dataset`) against the training data's.
+
+    Held-out rows are read with the training data's schema and encoded with
+    the vocabularies and statistics fitted on its training rows, so the
+    held-out data must be files of the same kind (csv, tfrecord or criteo)
+    with the same label column. Their columns are checked when they are
+    loaded.
+
+    Args:
+        spec: The training data (`--dataset`).
+        eval_spec: The held-out data, or `None` (the held-out split is
+            carved from `spec`).
+        label_column: The `--label_column` flag.
+
+    Returns:
+        The parsed held-out spec, or `None`.
+
+    Raises:
+        ValueError: Naming both specs.
+    """
+    if eval_spec is None:
+        return None
+    spec, eval_spec = parse_dataset_spec(spec), parse_dataset_spec(eval_spec)
+    received = f"Received: dataset={spec.to_text()!r}, eval_dataset={eval_spec.to_text()!r}"
+    if spec.kind not in _PATH_KINDS:
+        raise ValueError(f"--eval_dataset applies to {', '.join(_PATH_KINDS)} data only (the "
+                         f"held-out split of {spec.kind} data is built in). {received}")
+    if eval_spec.kind != spec.kind:
+        raise ValueError(
+            f"--eval_dataset must be {spec.kind} data like --dataset: held-out rows are read "
+            f"with the training data's schema and encoding, which a {eval_spec.kind} file "
+            f"cannot match. {received}")
+    label = spec.label_column or label_column
+    if eval_spec.label_column not in (None, label or DEFAULT_LABEL_COLUMN):
+        raise ValueError(
+            f"--eval_dataset names the label column {eval_spec.label_column!r}, the training "
+            f"data {label or DEFAULT_LABEL_COLUMN!r}: held-out data has the training data's "
+            f"columns. {received}")
+    return eval_spec
+
+
 def load_dataset(
     spec: str | DatasetSpec,
     *,
@@ -303,6 +346,7 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     on_error: str = "raise",
     max_vocab_size: int | None = None,
+    eval_dataset: str | DatasetSpec | None = None,
 ) -> LoadedDataset:
     """Loads train and test examples and the feature spec named by `spec`.
 
@@ -327,6 +371,12 @@ def load_dataset(
             files (tfrecord data always raises).
         max_vocab_size: Synthetic only: caps every field's vocabulary;
             `None` or `0`: no cap (see `vocab_cap`).
+        eval_dataset: csv, tfrecord, criteo: separate held-out files of
+            the same kind (`check_eval_dataset`); every row of `spec` may
+            then train, and the test split is a seeded sample of at most
+            `eval_examples` held-out rows, encoded with what was fitted on
+            the training rows.  `None`: the test split is a seeded hash
+            split of `spec`'s rows.
 
     Returns:
         `tf_smelu.data.tabular.LoadedDataset`: `train`, `test`,
@@ -345,7 +395,9 @@ def load_dataset(
         spec, label_column=label_column, categorical_columns=categorical_columns,
         dense_columns=dense_columns, label_threshold=label_threshold, data_dir=data_dir,
     )
+    eval_spec = check_eval_dataset(spec, eval_dataset, label_column)
     caps = dict(max_train_examples=train_examples, max_test_examples=eval_examples)
+    eval_path = None if eval_spec is None else eval_spec.path
     if spec.kind in _LABELLED_KINDS:
         schema_options = dict(
             label_column=spec.label_column or label_column,
@@ -357,13 +409,14 @@ def load_dataset(
             **caps,
         )
         if spec.kind == "csv":
-            return csv_data.load_csv(spec.path, on_error=on_error, **schema_options)
+            return csv_data.load_csv(spec.path, on_error=on_error, eval_path=eval_path,
+                                     **schema_options)
         if on_error != "raise":
             raise ValueError(
                 "TFRecord data is always checked (on_error='raise'). "
                 f"Received: on_error={on_error!r}"
             )
-        return tfrecord.load_tfrecord(spec.path, **schema_options)
+        return tfrecord.load_tfrecord(spec.path, eval_pattern=eval_path, **schema_options)
     threshold_decision, missing_values = "fixed", None
     if spec.is_synthetic:
         loaded, missing_values = _load_synthetic(train_examples, eval_examples, seed, cap), {}
@@ -376,7 +429,8 @@ def load_dataset(
             data_dir=data_dir, **caps,
         )
     else:
-        loaded = criteo.load_criteo(spec.path, seed=seed, on_error=on_error, **caps)
+        loaded = criteo.load_criteo(spec.path, seed=seed, on_error=on_error,
+                                    eval_path=eval_path, **caps)
     return dataclasses.replace(
         loaded,
         schema=_fixed_schema(spec, loaded, label_threshold, threshold_decision, missing_values),

@@ -58,8 +58,12 @@ is left to TF's AUTO policy.
 
 Errors
 ------
-Schema problems and damage in the inspected or sampled records raise while
-fitting the encoding, as `load_tfrecord` raises them (`MalformedRecordError`
+Making a stream reads the first record of every file: a file that is not
+TFRecord (e.g. a CSV file matched by the glob) raises `MalformedRecordError`
+naming it, and a file set without any record a `DataFileError`, before
+any training step (an empty file among others is fine).  Schema problems
+and damage in the inspected or sampled records raise while fitting the
+encoding, as `load_tfrecord` raises them (`MalformedRecordError`
 naming file and record).  While streaming, errors surface from the iterator
 (from `fit`) as `tf.errors.InvalidArgumentError` whose message holds the
 in-memory reader's line, `Bad TFRecord data in FILE at record index I:
@@ -95,6 +99,7 @@ from tf_smelu.data.tfrecord import (
     READ_BATCH_RECORDS,
     MalformedRecordError,
     TFRecordSource,
+    check_tfrecord_starts,
     compression_type,
     inspect_tfrecords,
     read_record_batches,
@@ -323,6 +328,9 @@ def stream_tfrecords(
 
     Raises:
         FileNotFoundError: If no file matches.
+        MalformedRecordError: For a file that is not TFRecord (its first
+            record is read when the stream is made).
+        DataFileError: If no file holds a record.
         ValueError: For a bad argument.
     """
     require_positive_int("batch_size", batch_size)
@@ -335,6 +343,7 @@ def stream_tfrecords(
                          f"training files). Received: {type(encoding).__name__}")
     files = tfrecord_files(os.fspath(pattern))
     compressions = [compression_type(path) for path in files]
+    check_tfrecord_starts(os.fspath(pattern), files, compressions)
     sizes = [_FILE_SIZE_UNKNOWN if compression else tf.io.gfile.stat(path).length
              for path, compression in zip(files, compressions, strict=True)]
     file_ids, data_shard = _shard(len(files), input_context)

@@ -146,6 +146,12 @@ class SkippedRows:
         """Line numbers of the first `MAX_REPORTED_ROWS` skipped rows."""
         return [line_number for line_number, _ in self.first]
 
+    def merge(self, other: SkippedRows) -> None:
+        """Adds the rows skipped in another file (its problems name that file)."""
+        for line_number, problem in other.first:
+            self.record(line_number, f"{other.path}: {problem}")
+        self.count += other.count - len(other.first)
+
     def summary(self) -> str:
         if not self.count:
             return f"No malformed rows skipped in {self.path}."
@@ -433,13 +439,21 @@ class SplitConfig:
         buckets = tf.strings.to_hash_bucket_fast(salted, _SPLIT_HASH_BUCKETS).numpy()
         return buckets < round(self.test_fraction * _SPLIT_HASH_BUCKETS)
 
-    def rows(self, keys: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+    def rows(self, keys: np.ndarray, source: str, is_test: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
         """Shuffled, capped row indices `(train_rows, test_rows)`.
+
+        Args:
+            keys: The rows' keys.
+            source: Names the data in errors.
+            is_test: The test rows when they come from a separate held-out
+                file (`--eval_dataset`); `None`: the seeded hash split.
 
         Raises:
             DataFileError: If a split is empty (too few rows in `source`).
         """
-        is_test = self.is_test(keys)
+        if is_test is None:
+            is_test = self.is_test(keys)
         rng = self.row_order_rng()
         train_rows = rng.permutation(np.flatnonzero(~is_test))[: self.max_train_examples]
         test_rows = rng.permutation(np.flatnonzero(is_test))[: self.max_test_examples]

@@ -46,6 +46,8 @@ and the dense standardisation are fitted afterwards on the sampled training
 rows (no second pass).  The replica harness then trains on this in-memory
 `LoadedDataset` (R replicas share one copy of the rows): training on more
 rows than fit in memory is not supported; the caps choose which rows train.
+With `eval_pattern` (`--eval_dataset`) the test split is a sample of
+those separate files instead, parsed with the training files' schema.
 
 Errors
 ------
@@ -92,6 +94,7 @@ from tf_smelu.data.schema import (
     require_a_categorical_column,
     require_both_labels,
     require_columns,
+    require_same_columns,
 )
 from tf_smelu.data.tabular import (
     DEFAULT_TEST_FRACTION,
@@ -116,6 +119,8 @@ _TYPE_NAMES = {"int64_list": "int64", "float_list": "float", "bytes_list": "byte
 # SeedSequence spawn key of the reservoir samples (the split and the row
 # order have their own streams in `SplitConfig`).
 _SAMPLE_STREAM = 13
+# What TF's reader adds when the first record header of a file fails its checksum.
+_NOT_TFRECORD = "Is this even a TFRecord file?"
 _TF_ERROR_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", re.DOTALL)
 
 
@@ -184,10 +189,44 @@ def _damaged(path: str, compression: str, start: int, error: tf.errors.OpError
             index += 1
     except tf.errors.OpError:
         pass
+    if index == 0 and _NOT_TFRECORD in error.message:
+        return _not_tfrecord(path, "its first bytes are no record header")
     kind = "GZIP" if compression else "plain"
     return MalformedRecordError(
         path, index, f"the file is damaged ({kind} TFRecord): {_tf_problem(error)}"
     )
+
+
+def _not_tfrecord(path: str, why: str) -> MalformedRecordError:
+    return MalformedRecordError(
+        path, None, f"not a TFRecord file ({why}; a CSV file would be csv:PATH)")
+
+
+def _no_records(pattern: str) -> DataFileError:
+    return DataFileError(f"The TFRecord files hold no records. Received: path={pattern!r}")
+
+
+def check_tfrecord_starts(pattern: str, files: Sequence[str], compressions: Sequence[str]
+                          ) -> None:
+    """Reads the first record of every file: each is a TFRecord file, one holds records.
+
+    One small read per file, so that a stream refuses a file of another
+    format, or a set with nothing to train on, before the first step
+    instead of failing (or streaming nothing) inside `fit`.
+
+    Raises:
+        MalformedRecordError: Naming a file that is not TFRecord.
+        DataFileError: If no file holds a record.
+    """
+    any_records = False
+    for path, compression in zip(files, compressions, strict=True):
+        first = list(read_record_batches(path, compression, 1, limit=1))
+        if first:
+            any_records = True
+        elif not compression and (size := tf.io.gfile.stat(path).length):
+            raise _not_tfrecord(path, f"{size} bytes, less than a record header")
+    if not any_records:
+        raise _no_records(pattern)
 
 
 def read_record_batches(path: str, compression: str, batch_size: int,
@@ -250,14 +289,20 @@ def check_tfrecord_files(pattern: str | os.PathLike) -> int:
 
     Raises:
         FileNotFoundError: If no file matches.
-        MalformedRecordError: Naming the file, record and offset of damage.
-        DataFileError: If a file changes while it is read.
+        MalformedRecordError: Naming the file, record and offset of damage,
+            or a file that is not TFRecord.
+        DataFileError: If a file changes while it is read, or the files
+            hold no records.
     """
+    files = tfrecord_files(os.fspath(pattern))
+    check_tfrecord_starts(os.fspath(pattern), files, [compression_type(path) for path in files])
     records = 0
-    for path in tfrecord_files(os.fspath(pattern)):
+    for path in files:
         version = FileVersion.of(path)
         for _, batch in _every_record_batch(path, compression_type(path), version):
             records += len(batch)
+    if not records:
+        raise _no_records(os.fspath(pattern))
     return records
 
 
@@ -525,9 +570,10 @@ def inspect_tfrecords(pattern: str, options: SchemaOptions) -> TFRecordSource:
     files = tfrecord_files(pattern)
     versions = {path: FileVersion.of(path) for path in files}  # before reading any byte
     compressions = {path: compression_type(path) for path in files}
+    check_tfrecord_starts(pattern, files, [compressions[path] for path in files])
     survey = _survey(files, compressions)
     if not survey.records:
-        raise DataFileError(f"The TFRecord files hold no records. Received: path={pattern!r}")
+        raise _no_records(pattern)
     choices = _choose_columns(pattern, survey, options)
     categorical = tuple(name for name, (kind, _) in choices.items() if kind == CATEGORICAL)
     dense = tuple(name for name, (kind, _) in choices.items() if kind == DENSE)
@@ -535,6 +581,42 @@ def inspect_tfrecords(pattern: str, options: SchemaOptions) -> TFRecordSource:
     parser = _BatchParser(survey, options.label_column, categorical, dense,
                           options.label_threshold)
     return TFRecordSource(pattern, files, versions, compressions, choices, parser)
+
+
+def _test_rows(split: SplitConfig, file_name: str, start: int, count: int,
+               held_out: bool | None) -> np.ndarray:
+    """Which of `count` records from index `start` of a file are test rows.
+
+    `held_out`: whether the file is held-out data (`eval_pattern`); `None`:
+    no held-out files, the seeded hash of `"<file name>:<record index>"` splits.
+    """
+    if held_out is not None:
+        return np.full(count, held_out)
+    return split.is_test(np.array([f"{file_name}:{start + offset}" for offset in range(count)],
+                                  dtype=object))
+
+
+def _held_out_source(pattern: str, training: TFRecordSource, options: SchemaOptions
+                     ) -> TFRecordSource:
+    """The held-out files, checked to hold the training files' features and types.
+
+    Raises:
+        DataFileError: Naming the held-out files and the missing, extra or
+            retyped feature.
+    """
+    held_out = inspect_tfrecords(pattern, options)
+    kinds, training_kinds = held_out.parser.survey.kinds, training.parser.survey.kinds
+    require_same_columns(pattern, sorted(kinds), training.pattern, sorted(training_kinds),
+                         what="features")
+    for name, (kind, path, index) in kinds.items():
+        if kind != training_kinds[name][0]:
+            raise DataFileError(
+                f"The held-out data {pattern} must have the features of the training data "
+                f"{training.pattern}: feature {name!r} holds {_TYPE_NAMES[kind]} values at "
+                f"record index {index} of {path}, {_TYPE_NAMES[training_kinds[name][0]]} "
+                "values in the training data"
+            )
+    return held_out
 
 
 def load_tfrecord(
@@ -549,6 +631,7 @@ def load_tfrecord(
     max_train_examples: int | None = None,
     max_test_examples: int | None = None,
     dataset: str | None = None,
+    eval_pattern: str | os.PathLike | None = None,
 ) -> LoadedDataset:
     """Train and test examples sampled, in one streaming pass, from TFRecord files.
 
@@ -568,6 +651,13 @@ def load_tfrecord(
             uniform sample); `None`: all (then all must fit in memory).
         max_test_examples: The same for the test split.
         dataset: Name of the data in the schema (default `tfrecord:PATTERN`).
+        eval_pattern: Separate held-out files (`--eval_dataset`): every
+            record of `pattern` may train (a sample of at most
+            `max_train_examples`), the test split is a sample of these
+            files' records (at most `max_test_examples`), parsed with the
+            training files' schema and encoded with the vocabularies and
+            statistics of the training rows. Their inspected records must
+            hold the same features with the same types.
 
     Returns:
         `LoadedDataset` with `schema`; `item_field` is a categorical
@@ -586,29 +676,35 @@ def load_tfrecord(
     dataset = dataset or f"tfrecord:{pattern}"
 
     source = inspect_tfrecords(pattern, options)
-    files, versions, compressions = source.files, source.versions, source.compressions
-    choices, parser = source.choices, source.parser
+    parser, choices = source.parser, source.choices
     categorical, dense = list(parser.categorical), list(parser.dense)
+    # (source, held-out rows or None: the hash split) in reading order.
+    sources: list[tuple[TFRecordSource, bool | None]] = [(source, None if eval_pattern is None
+                                                          else False)]
+    if eval_pattern is not None:
+        sources.append((_held_out_source(os.fspath(eval_pattern), source, options), True))
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SAMPLE_STREAM]))
     samples = {"train": ReservoirSample(max_train_examples, rng),
                "test": ReservoirSample(max_test_examples, rng)}
     missing = np.zeros(len(dense), dtype=np.int64)
-    rows_read = positives = 0
-    for path in files:
-        file_name = os.path.basename(path)
-        for start, serialized in _every_record_batch(path, compressions[path], versions[path]):
-            rows = parser.parse(path, start, serialized)
-            missing += np.isnan(rows["dense"]).sum(axis=0)
-            positives += int(rows["label"].sum())
-            keys = np.array([f"{file_name}:{start + offset}" for offset in range(len(serialized))],
-                            dtype=object)
-            is_test = split.is_test(keys)
-            samples["train"].add({name: values[~is_test] for name, values in rows.items()})
-            samples["test"].add({name: values[is_test] for name, values in rows.items()})
-            rows_read += len(serialized)
+    rows_read = positives = training_rows = 0
+    for read, held_out in sources:
+        for path in read.files:
+            file_name = os.path.basename(path)  # the split's key: files may move
+            for start, serialized in _every_record_batch(path, read.compressions[path],
+                                                         read.versions[path]):
+                rows = parser.parse(path, start, serialized)
+                missing += np.isnan(rows["dense"]).sum(axis=0)
+                is_test = _test_rows(split, file_name, start, len(serialized), held_out)
+                if not held_out:
+                    positives += int(rows["label"].sum())
+                    training_rows += len(serialized)
+                samples["train"].add({name: values[~is_test] for name, values in rows.items()})
+                samples["test"].add({name: values[is_test] for name, values in rows.items()})
+                rows_read += len(serialized)
 
-    require_both_labels(pattern, positives, rows_read, label_column, label_threshold)
+    require_both_labels(pattern, positives, training_rows, label_column, label_threshold)
     train_rows, test_rows = samples["train"].rows(), samples["test"].rows()
     split.require_rows(samples["train"].seen, samples["test"].seen, rows_read, pattern)
     all_rows = concatenate_rows([train_rows, test_rows])

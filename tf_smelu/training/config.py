@@ -29,6 +29,7 @@ from tf_smelu.data.sources import (
     DATASET_SPEC_HELP,
     DatasetSpec,
     check_dataset_options,
+    check_eval_dataset,
     parse_dataset_spec,
     vocab_cap,
 )
@@ -142,6 +143,13 @@ class TrainingConfig:
         "and tfrecord data are inferred unless set with --label_column, --categorical_columns, "
         "--dense_columns and --label_threshold.",
         check=lambda spec: spec if isinstance(spec, DatasetSpec) else parse_dataset_spec(spec))
+    eval_dataset: DatasetSpec | None = option(
+        None, "Held-out data for AUC and PD from separate files of --dataset's kind: "
+        "csv:PATH[#LABEL_COLUMN], tfrecord:GLOB[#LABEL_COLUMN] or criteo:PATH, with the "
+        "training data's columns (checked before training). Read with the training data's "
+        "schema and encoded with what its rows fitted (vocabularies, dense statistics); "
+        "every --dataset row may then train. Unset: a seeded tenth of --dataset is held out.",
+        check=lambda spec: spec if isinstance(spec, DatasetSpec) else parse_dataset_spec(spec))
     train_examples: int = option(
         500_000, "Training examples (synthetic: generated; real data: a seeded subset of at "
         "most this many).", minimum=1)
@@ -216,6 +224,8 @@ class TrainingConfig:
             object.__setattr__(self, "dataset", parse_dataset_spec(self.dataset))
         if not isinstance(self.dataset, DatasetSpec):
             raise ValueError(f"`dataset` must be a spec string. Received: {self.dataset!r}")
+        if isinstance(self.eval_dataset, str):
+            object.__setattr__(self, "eval_dataset", parse_dataset_spec(self.eval_dataset))
         units = self.hidden_units
         units = units.split(",") if isinstance(units, str) else units
         try:  # flags give strings
@@ -235,6 +245,7 @@ class TrainingConfig:
         check_dataset_options(self.dataset, **{name: getattr(self, name) for name in (
             "label_column", "categorical_columns", "dense_columns", "label_threshold",
             "data_dir")})
+        check_eval_dataset(self.dataset, self.eval_dataset, self.label_column)
         if self.jit_compile and self.sparse_gradients:
             raise ValueError("`jit_compile` needs dense gradients: unset `sparse_gradients`.")
 

@@ -68,9 +68,14 @@ class UserModelError(ValueError):
 
 
 def load_training_data(config: TrainingConfig) -> LoadedDataset:
-    """The train and test splits and feature spec of `config`'s data."""
+    """The train and test splits and feature spec of `config`'s data.
+
+    With `config.eval_dataset` the test split comes from those files,
+    encoded with what the training rows fitted (`load_dataset`).
+    """
     return load_dataset(
         config.dataset,
+        eval_dataset=config.eval_dataset,
         train_examples=config.train_examples,
         eval_examples=config.eval_examples,
         seed=config.seed,

@@ -88,13 +88,14 @@ class ReplicaJob:
     def command(self, config: TrainingConfig) -> list[str]:
         """The command every worker of this job runs.
 
-        The job's update mode replaces `config.update_mode`; the dataset's
-        path is made absolute, since workers may run in another directory.
+        The job's update mode replaces `config.update_mode`; the datasets'
+        paths are made absolute, since workers may run in another directory.
         With `config.schedule_seed` unset each job's chief draws one from OS
         entropy.
         """
         config = dataclasses.replace(
             config, update_mode=self.update_mode, dataset=config.dataset.absolute(),
+            eval_dataset=config.eval_dataset and config.eval_dataset.absolute(),
             data_dir=config.data_dir and os.path.abspath(config.data_dir),
         )
         job = WorkerJob(
