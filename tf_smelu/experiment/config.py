@@ -52,6 +52,10 @@ class CTRExperimentConfig:
         update_mode: Update modes of multi-worker rows (empty: in process).
         workers: Processes per replica job (`> 1`: multi-worker jobs).
         job_timeout: Seconds before a replica job is killed.
+        tune_learning_rate: Train the rows at the baseline's best learning
+            rate on this data, found by a sweep around `training.learning_rate`
+            (`tf_smelu.experiment.learning_rate`); None (the default): with
+            `max_auc_loss` only (see `tunes_learning_rate`).
         progress: Show progress bars.
         work_dir: Where replica jobs write weights, predictions and logs
             (`None`: a new temporary directory, kept and logged).
@@ -102,6 +106,15 @@ class CTRExperimentConfig:
         "unset: one replica's whole schedule (--epochs or --steps), so sigma is the spread at "
         "the end of training, which keeps growing all epoch at learning rate 1e-2; 0: at init, "
         "where it is up to 19x smaller.", minimum=0)
+    # None: decided by max_auc_loss (`tunes_learning_rate`); kept None here so that the
+    # flag's default stays "unset", while `to_dict` records (and a resume compares) what ran.
+    tune_learning_rate: bool | None = option(
+        None, "--max_auc_loss: first find relu's best Adam learning rate on this data with a "
+        "short sweep (a few replicas at half-decade steps around --learning_rate, extended "
+        "while the best mean held-out AUC is at an edge), then train every row at it; cached "
+        "in --output_dir/learning_rate.json and reused on resume (delete it to sweep again). "
+        "Unset: on with --max_auc_loss, off otherwise; --notune_learning_rate keeps "
+        "--learning_rate (in process only).")
     progress: bool = option(True, "Show progress bars.")
     work_dir: str | None = option(None, "Replica jobs' directory.", flag=False)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
@@ -122,6 +135,8 @@ class CTRExperimentConfig:
                 "`train_examples` must hold at least one batch (batch_size="
                 f"{self.training.batch_size}). Received: train_examples="
                 f"{self.training.train_examples}")
+        if self.tune_learning_rate:
+            self._check_tuning()
         if self.max_auc_loss is not None:
             self._check_search()
         elif self.time_budget is not None:
@@ -138,6 +153,15 @@ class CTRExperimentConfig:
             self._check_multi_worker()
         elif self.training.update_mode == "local_sgd":
             raise ValueError("update_mode=local_sgd needs multi-worker jobs (`update_mode`).")
+
+    def _check_tuning(self) -> None:
+        where = ("runs in process only: unset `workers` and `update_mode`" if self.multi_worker
+                 else "tunes the `max_auc_loss` search's operating point: set `max_auc_loss` too")
+        if self.multi_worker or self.max_auc_loss is None:
+            raise ValueError(
+                f"`tune_learning_rate` {where}, or unset `tune_learning_rate`. Received: "
+                f"max_auc_loss={self.max_auc_loss}, workers={self.workers}, "
+                f"update_mode={list(self.update_mode)}")
 
     def _check_search(self) -> None:
         if self.multi_worker:
@@ -176,6 +200,13 @@ class CTRExperimentConfig:
         return self.workers > 1 or bool(self.update_mode)
 
     @property
+    def tunes_learning_rate(self) -> bool:
+        """`tune_learning_rate`, with unset meaning on with `max_auc_loss`, off otherwise."""
+        if self.tune_learning_rate is None:
+            return self.max_auc_loss is not None
+        return self.tune_learning_rate
+
+    @property
     def update_modes(self) -> tuple[str, ...]:
         """The update modes of the rows: `update_mode`, or `("sync",)`."""
         return self.update_mode or ("sync",)
@@ -183,6 +214,7 @@ class CTRExperimentConfig:
     def to_dict(self) -> dict[str, object]:
         """Flat, JSON-ready values of every flag field (the inverse of `from_dict`)."""
         return {**as_flag_dict(self), "activations": [str(a) for a in self.activations],
+                "tune_learning_rate": self.tunes_learning_rate,  # what ran, not "unset"
                 **as_flag_dict(self.training, exclude=TRAINING_FIELDS_SET_BY_THE_EXPERIMENT)}
 
     @classmethod
