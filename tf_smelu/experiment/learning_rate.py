@@ -283,13 +283,13 @@ def read_cache(path: str, key: Mapping[str, object], configured: float,
     try:
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
-        earlier_key, rates = content["key"], content["rates"]
-        results = [RateResult.from_json(rate, configured) for rate in rates]
+        differences = field_differences(content["key"], key)
+        if not differences:  # (another configuration's rates are another grid)
+            results = [RateResult.from_json(rate, configured) for rate in content["rates"]]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
         log(f"{path}: not a learning-rate sweep this run can reuse ({type(error).__name__}: "
             f"{error}); the sweep runs again and replaces it")
         return {}
-    differences = field_differences(earlier_key, key)
     if differences:
         log(f"{path} holds the sweep of another configuration (differs in "
             f"{', '.join(name for name, _, _ in differences)}); the sweep runs again and "
