@@ -240,16 +240,15 @@ def test_without_tuning_nothing_is_trained_or_written(tmp_path):
 
 
 def test_tuning_is_on_with_the_advisor_and_recorded_resolved():
-    assert CTRExperimentConfig(max_auc_loss=0.002, replicas=4).tunes_learning_rate
-    assert not CTRExperimentConfig().tunes_learning_rate
-    assert CTRExperimentConfig().tune_learning_rate is None  # the flag's default stays "unset"
     config = CTRExperimentConfig(max_auc_loss=0.002, replicas=4)
-    assert config.to_dict()["tune_learning_rate"] is True
-    assert CTRExperimentConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
-    explicit = CTRExperimentConfig(max_auc_loss=0.002, replicas=4, tune_learning_rate=True)
-    assert explicit.to_dict() == config.to_dict()  # explicit on resumes an unset run
-    assert not CTRExperimentConfig(max_auc_loss=0.002, replicas=4,
-                                   tune_learning_rate=False).tunes_learning_rate
+    assert config.tune_learning_rate is True and config.to_dict()["tune_learning_rate"] is True
+    assert CTRExperimentConfig.from_dict(config.to_dict()) == config
+    # explicit on resumes an unset run: the same configuration
+    assert CTRExperimentConfig(max_auc_loss=0.002, replicas=4, tune_learning_rate=True) == config
+    assert CTRExperimentConfig(max_auc_loss=0.002, replicas=4,
+                               tune_learning_rate=False).tune_learning_rate is False
+    assert CTRExperimentConfig().tune_learning_rate is None  # the flag's default stays unset
+    assert CTRExperimentConfig(tune_learning_rate=False) == CTRExperimentConfig()
 
 
 # ---- end to end ----

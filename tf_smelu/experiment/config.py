@@ -54,8 +54,8 @@ class CTRExperimentConfig:
         job_timeout: Seconds before a replica job is killed.
         tune_learning_rate: Train the rows at the baseline's best learning
             rate on this data, found by a sweep around `training.learning_rate`
-            (`tf_smelu.experiment.learning_rate`); None (the default): with
-            `max_auc_loss` only (see `tunes_learning_rate`).
+            (`tf_smelu.experiment.learning_rate`). Unset (None) means on
+            with `max_auc_loss`; without it, it is None (nothing to tune).
         progress: Show progress bars.
         work_dir: Where replica jobs write weights, predictions and logs
             (`None`: a new temporary directory, kept and logged).
@@ -106,8 +106,8 @@ class CTRExperimentConfig:
         "unset: one replica's whole schedule (--epochs or --steps), so sigma is the spread at "
         "the end of training, which keeps growing all epoch at learning rate 1e-2; 0: at init, "
         "where it is up to 19x smaller.", minimum=0)
-    # None: decided by max_auc_loss (`tunes_learning_rate`); kept None here so that the
-    # flag's default stays "unset", while `to_dict` records (and a resume compares) what ran.
+    # Resolved on construction (None without max_auc_loss, else True or False), so that
+    # results.json records, and a resume compares, what ran; the flag's default stays unset.
     tune_learning_rate: bool | None = option(
         None, "--max_auc_loss: first find relu's best Adam learning rate on this data with a "
         "short sweep (a few replicas at half-decade steps around --learning_rate, extended "
@@ -137,6 +137,8 @@ class CTRExperimentConfig:
                 f"{self.training.train_examples}")
         if self.tune_learning_rate:
             self._check_tuning()
+        object.__setattr__(self, "tune_learning_rate", None if self.max_auc_loss is None else (
+            self.tune_learning_rate is not False))
         if self.max_auc_loss is not None:
             self._check_search()
         elif self.time_budget is not None:
@@ -200,13 +202,6 @@ class CTRExperimentConfig:
         return self.workers > 1 or bool(self.update_mode)
 
     @property
-    def tunes_learning_rate(self) -> bool:
-        """`tune_learning_rate`, with unset meaning on with `max_auc_loss`, off otherwise."""
-        if self.tune_learning_rate is None:
-            return self.max_auc_loss is not None
-        return self.tune_learning_rate
-
-    @property
     def update_modes(self) -> tuple[str, ...]:
         """The update modes of the rows: `update_mode`, or `("sync",)`."""
         return self.update_mode or ("sync",)
@@ -214,7 +209,6 @@ class CTRExperimentConfig:
     def to_dict(self) -> dict[str, object]:
         """Flat, JSON-ready values of every flag field (the inverse of `from_dict`)."""
         return {**as_flag_dict(self), "activations": [str(a) for a in self.activations],
-                "tune_learning_rate": self.tunes_learning_rate,  # what ran, not "unset"
                 **as_flag_dict(self.training, exclude=TRAINING_FIELDS_SET_BY_THE_EXPERIMENT)}
 
     @classmethod

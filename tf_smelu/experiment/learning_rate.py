@@ -354,7 +354,7 @@ def tune(
 ) -> tuple[CTRExperimentConfig, Sweep | None, list[dict]]:
     """The main job's configuration at the baseline's best learning rate on its data.
 
-    Does nothing unless `config.tunes_learning_rate`. Otherwise runs (or
+    Does nothing unless `config.tune_learning_rate`. Otherwise runs (or
     reuses) the sweep, prints its table and choice, and returns `config`
     with `training.learning_rate` the chosen rate.
 
@@ -374,7 +374,7 @@ def tune(
     Raises:
         AllDivergedError: Every rate the sweep may try diverged.
     """
-    if not config.tunes_learning_rate:
+    if not config.tune_learning_rate:
         return config, None, list(finished)
     path = None if output_dir is None else os.path.join(output_dir, CACHE_FILE)
     key = cache_key(config)
