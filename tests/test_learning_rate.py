@@ -258,7 +258,9 @@ def _main_job(output_dir):
     return subprocess.run(
         [sys.executable, MAIN_JOB, "--train_examples=2000", "--eval_examples=1000",
          "--hidden_units=8", "--activations=relu,gelu", "--replicas=4", "--max_replicas=4",
-         "--max_auc_loss=0.01", f"--output_dir={output_dir}", "--noprogress"],
+         # 0.1: tiny data's best rate, so that the base grid decides (3 rates, no extension)
+         "--learning_rate=0.1", "--max_auc_loss=0.01", f"--output_dir={output_dir}",
+         "--noprogress"],
         capture_output=True, text=True, timeout=600, cwd=REPO,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
@@ -270,12 +272,12 @@ def test_the_main_job_tunes_once_and_a_rerun_reuses_the_sweep_and_the_rows(tmp_p
     assert first.returncode == 0, first.stderr[-3000:]
     content = validate_results(tmp_path / "results.json")
     sweep = content["advice"]["tower_init"]["learning_rate"]
-    assert sweep["configured"] == 0.01 and sweep["text"] in first.stdout
+    assert sweep["configured"] == 0.1 and sweep["text"] in first.stdout
     assert f"learning rate: chose {sweep['chosen']:g}" in first.stdout
     assert len(sweep["grid"]) >= 3 and sweep["chosen"] in sweep["grid"]
     assert all(r["learning_rate"] == sweep["chosen"] for r in content["results"])
     assert [r["label"] for r in content["results"]] == ["relu", "gelu"]  # no sweep rows
-    assert content["config"]["learning_rate"] == 0.01  # the user's, so that a rerun matches
+    assert content["config"]["learning_rate"] == 0.1  # the user's, so that a rerun matches
     assert content["config"]["tune_learning_rate"] is True
     cache = json.loads((tmp_path / lr.CACHE_FILE).read_text())
     assert [r["learning_rate"] for r in cache["rates"]] == sweep["grid"]
