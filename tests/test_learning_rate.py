@@ -1,4 +1,4 @@
-"""The baseline's learning-rate sweep before the `--max_auc_loss` search (experiment.learning_rate)."""
+"""The baseline's learning-rate sweep before the `--max_auc_loss` search (`learning_rate`)."""
 
 from __future__ import annotations
 
@@ -63,15 +63,16 @@ def test_a_best_rate_at_an_edge_extends_the_grid_one_step(aucs, extension):
     assert lr.next_step(_results(aucs)) == extension
 
 
-@pytest.mark.parametrize("aucs, edge, bound", [
+@pytest.mark.parametrize("aucs, edge, chosen", [
     ({-3: 0.75, -2: 0.74, -1: 0.73, 0: 0.72, 1: 0.71}, "low", "0.00032"),
     ({-1: 0.70, 0: 0.71, 1: 0.72, 2: 0.73, 3: 0.74}, "high", "0.32"),
 ])
-def test_the_extension_is_bounded_and_an_edge_is_said(aucs, edge, bound):
+def test_the_extension_is_bounded_and_an_edge_is_said(aucs, edge, chosen):
     sweep = _sweep(aucs)
     assert lr.next_step(sweep.results) is None
     assert sweep.at_edge == edge
-    assert f"It is the {edge}est rate the sweep may try ({bound})" in sweep.text()
+    assert sweep.text().startswith(f"learning rate: chose {chosen} ")
+    assert f"It is the {edge}est rate the sweep may try" in sweep.text()
     assert sweep.to_json()["at_edge"] == edge
 
 

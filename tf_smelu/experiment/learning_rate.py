@@ -11,8 +11,9 @@ The grid is in half-decade steps (`STEP`, ×√10 ≈ 3.2) around the configured
 rate: on the default data ReLU loses 0.006–0.007 AUC half a decade either side
 of its best (0.7313, 0.7372, 0.7299 at 3e-3, 1e-2, 2e-2), a peak too broad to
 step over and, at about 3 standard errors of a `REPLICAS`-replica mean (one
-replica's AUC varies by 0.002–0.003), wide enough to see. It starts with three points (×1/3.2, ×1, ×3.2: nine replicas when the
-configured rate is already near the best) and is extended one step at a time
+replica's AUC varies by 0.002–0.003), wide enough to see. It starts with
+three points (×1/3.2, ×1, ×3.2: nine replicas when the configured rate is
+already near the best) and is extended one step at a time
 while the best rate is at an edge, up to `MAX_STEPS` steps (×10^±1.5) either
 way; a best rate still at an edge then is reported as such. A training that
 diverges (`DivergedError`) counts as the worst rate, never stops the sweep.
@@ -217,16 +218,16 @@ class Sweep:
             else None
 
     def text(self) -> str:
-        """The line the main job prints, e.g. `learning rate: chose 3.2e-3 (AUC ...) ...`."""
-        chosen, rates = self.chosen, sorted(self.results)
+        """The line the main job prints, e.g. `learning rate: chose 0.0032 (AUC ...) ...`."""
+        chosen = self.chosen
+        low, high = (self.results[step].learning_rate for step in (min(self.results),
+                                                                     max(self.results)))
         line = (f"learning rate: chose {chosen.learning_rate:g} (AUC {chosen.auc_mean:.4f}, mean "
-                f"of {len(chosen.aucs)} relu replicas) from the sweep over "
-                f"{self.results[rates[0]].learning_rate:g}…{self.results[rates[-1]].learning_rate:g}"
-                f" (configured {self.configured:g}); every row trains at it")
+                f"of {len(chosen.aucs)} relu replicas) from the sweep over {low:g}…{high:g} "
+                f"(configured {self.configured:g}); every row trains at it")
         if self.at_edge:
-            bound = f"{rate_at(self.configured, -MAX_STEPS if self.at_edge == 'low' else MAX_STEPS):g}"
-            line += (f". It is the {self.at_edge}est rate the sweep may try ({bound}): the best may "
-                     f"lie beyond; set --learning_rate nearer to it to look further")
+            line += (f". It is the {self.at_edge}est rate the sweep may try: the best may lie "
+                     f"beyond; set --learning_rate nearer to it to look further")
         return line
 
     def table(self) -> str:
