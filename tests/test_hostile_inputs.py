@@ -1140,3 +1140,44 @@ def test_held_out_files_that_do_not_match_the_training_data_stop_before_training
                        f"--output_dir={tmp_path / 'run'}"])
         _assert_one_line_error(result, *fragments)
         assert "tower_init" not in result.stdout  # no row trained
+# ---- learning-rate sweep (issue 22) ----
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"tune_learning_rate": True}, "set `max_auc_loss` too"),
+    ({"tune_learning_rate": True, "workers": 2}, "runs in process only"),
+    ({"tune_learning_rate": True, "update_mode": ["stale"], "sources": ["none"]},
+     "runs in process only"),
+])
+def test_tune_learning_rate_where_it_cannot_run_is_one_usage_line(values, message):
+    with pytest.raises(app.UsageError, match=message) as raised:
+        cli.experiment_config(values)
+    assert "\n" not in str(raised.value) and "tune_learning_rate" in str(raised.value)
+
+
+def test_a_sweep_that_diverges_everywhere_is_one_line_and_keeps_what_it_trained(tmp_path):
+    from tf_smelu.experiment import learning_rate
+    from tf_smelu.training.replicas import DivergedError
+
+    class Diverging:
+        def row(self, recipe, sources, replicas, *, seed=None, learning_rate=None):
+            raise DivergedError(f"training diverged: loss became nan at step 2 (relu, learning "
+                                f"rate {learning_rate:g}); lower --learning_rate")
+
+    config = CTRExperimentConfig(max_auc_loss=0.002, replicas=4)
+    with pytest.raises(learning_rate.AllDivergedError) as raised:
+        learning_rate.tune(config, lambda c: Diverging(), str(tmp_path), (), lambda line: None)
+    message = str(raised.value)
+    assert isinstance(raised.value, UserError) and "\n" not in message
+    assert "diverged at every rate down to 0.00032" in message and "--learning_rate" in message
+    cached = json.loads((tmp_path / learning_rate.CACHE_FILE).read_text())
+    assert [rate["step"] for rate in cached["rates"]] == [-3, -2, -1, 0, 1]  # lower, then stop
+    assert all(rate["diverged"] for rate in cached["rates"])
+
+
+@pytest.mark.slow
+def test_main_job_tune_learning_rate_with_multi_worker_jobs_is_one_line(tmp_path):
+    result = _run([MAIN_JOB, *TINY, "--tune_learning_rate", "--update_mode=stale",
+                   f"--output_dir={tmp_path}"], timeout=120)
+    _assert_one_line_error(result, "tune_learning_rate", "in process only")
+    assert not os.listdir(tmp_path)

@@ -155,7 +155,8 @@ def _run_locked_experiment(
                                              on_data=data.update)
     else:
         rows, advice = experiment.advise_ctr_experiment(
-            config, log, finished, on_row=write_unfinished, on_data=data.update)
+            config, log, finished, on_row=write_unfinished, on_data=data.update,
+            output_dir=output_dir)
     experiment.report(rows, record, output_dir, log, advice=advice, data=data)
     return rows
 

@@ -52,6 +52,10 @@ class CTRExperimentConfig:
         update_mode: Update modes of multi-worker rows (empty: in process).
         workers: Processes per replica job (`> 1`: multi-worker jobs).
         job_timeout: Seconds before a replica job is killed.
+        tune_learning_rate: Train the rows at the baseline's best learning
+            rate on this data, found by a sweep around `training.learning_rate`
+            (`tf_smelu.experiment.learning_rate`). Unset (None) means on
+            with `max_auc_loss`; without it, it is None (nothing to tune).
         progress: Show progress bars.
         work_dir: Where replica jobs write weights, predictions and logs
             (`None`: a new temporary directory, kept and logged).
@@ -102,6 +106,15 @@ class CTRExperimentConfig:
         "unset: one replica's whole schedule (--epochs or --steps), so sigma is the spread at "
         "the end of training, which keeps growing all epoch at learning rate 1e-2; 0: at init, "
         "where it is up to 19x smaller.", minimum=0)
+    # Resolved on construction (None without max_auc_loss, else True or False), so that
+    # results.json records, and a resume compares, what ran; the flag's default stays unset.
+    tune_learning_rate: bool | None = option(
+        None, "--max_auc_loss: first find relu's best Adam learning rate on this data with a "
+        "short sweep (a few replicas at half-decade steps around --learning_rate, extended "
+        "while the best mean held-out AUC is at an edge), then train every row at it; cached "
+        "in --output_dir/learning_rate.json and reused on resume (delete it to sweep again). "
+        "Unset: on with --max_auc_loss, off otherwise; --notune_learning_rate keeps "
+        "--learning_rate (in process only).")
     progress: bool = option(True, "Show progress bars.")
     work_dir: str | None = option(None, "Replica jobs' directory.", flag=False)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
@@ -122,6 +135,10 @@ class CTRExperimentConfig:
                 "`train_examples` must hold at least one batch (batch_size="
                 f"{self.training.batch_size}). Received: train_examples="
                 f"{self.training.train_examples}")
+        if self.tune_learning_rate:
+            self._check_tuning()
+        object.__setattr__(self, "tune_learning_rate", None if self.max_auc_loss is None else (
+            self.tune_learning_rate is not False))
         if self.max_auc_loss is not None:
             self._check_search()
         elif self.time_budget is not None:
@@ -138,6 +155,15 @@ class CTRExperimentConfig:
             self._check_multi_worker()
         elif self.training.update_mode == "local_sgd":
             raise ValueError("update_mode=local_sgd needs multi-worker jobs (`update_mode`).")
+
+    def _check_tuning(self) -> None:
+        where = ("runs in process only: unset `workers` and `update_mode`" if self.multi_worker
+                 else "tunes the `max_auc_loss` search's operating point: set `max_auc_loss` too")
+        if self.multi_worker or self.max_auc_loss is None:
+            raise ValueError(
+                f"`tune_learning_rate` {where}, or unset `tune_learning_rate`. Received: "
+                f"max_auc_loss={self.max_auc_loss}, workers={self.workers}, "
+                f"update_mode={list(self.update_mode)}")
 
     def _check_search(self) -> None:
         if self.multi_worker:

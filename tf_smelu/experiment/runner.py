@@ -19,13 +19,14 @@ import numpy as np
 from tf_smelu.common import UserError
 from tf_smelu.data import LoadedDataset, describe_schema, popularity_buckets
 from tf_smelu.data.in_memory import batched_dataset
-from tf_smelu.experiment import advisor
+from tf_smelu.experiment import advisor, learning_rate
 from tf_smelu.experiment.config import CTRExperimentConfig
 from tf_smelu.experiment.harness import run_replicas, summarize_predictions
 from tf_smelu.experiment.report import format_table
 from tf_smelu.experiment.results import row_key
 from tf_smelu.experiment.seeds import op_determinism, replica_seeds
 from tf_smelu.registry import Activation
+from tf_smelu.remedies import Recipe
 from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.preactivation import (
     RelativeModelFn,
@@ -251,20 +252,30 @@ class _InProcessProblem:
         return batched_dataset(self._train.features, self._train.labels,
                                self._config.training.batch_size, order_seed)
 
-    def row(self, activation: Activation, sources: Sequence[str], replicas: int,
+    def row(self, recipe: Recipe | Activation, sources: Sequence[str], replicas: int, *,
+            seed: int | None = None, learning_rate: float | None = None,
             previous: np.ndarray | None = None,
             on_predictions: Callable[[np.ndarray], None] | None = None) -> dict:
-        """Trains one row (replicas after `previous`'s, if given); see `run_replicas`."""
+        """Trains one row (replicas after `previous`'s, if given); see `run_replicas`.
+
+        `seed` and `learning_rate` replace the configured ones; the row
+        records the rate it was trained at (`learning_rate`).
+        """
+        activation = recipe.activation if isinstance(recipe, Recipe) else recipe
         training = self._config.training
+        if learning_rate is not None:
+            training = dataclasses.replace(training, learning_rate=learning_rate)
         row = run_replicas(
             self._model_fn, self._train_data, self._eval_data, activation, sources,
-            replicas, training, seed=training.seed, steps_per_epoch=self._steps_per_epoch,
+            replicas, training, seed=training.seed if seed is None else seed,
+            steps_per_epoch=self._steps_per_epoch,
             progress=self._config.progress, eval_groups=self._eval_groups, previous=previous,
             on_predictions=on_predictions,
         )
         if self._relative is not None:
             row.update(label=relative_label(activation),
                        **self._relative.describe(activation.to_keras()))
+        row["learning_rate"] = training.learning_rate
         return row
 
 
@@ -274,6 +285,7 @@ def advise_ctr_experiment(
     finished: Sequence[dict] = (),
     on_row: RowsCallback | None = None,
     on_data: DataCallback | None = None,
+    output_dir: str | None = None,
 ) -> tuple[list[dict], dict[str, dict]]:
     """Searches, per source set, the activation and β to use within `config.max_auc_loss`.
 
@@ -284,13 +296,19 @@ def advise_ctr_experiment(
     replicas trains only the new ones. The search stops when it is decided
     or when `config.time_budget` seconds are spent (shared equally by the
     source sets still to search); `finished` rows continue it. `log`,
-    `on_row` and `on_data` as in `run_ctr_experiment`.
+    `on_row` and `on_data` as in `run_ctr_experiment`. First, with
+    `config.tune_learning_rate`, the baseline's learning rate is tuned
+    (`tf_smelu.experiment.learning_rate.tune`; the sweep cached in
+    `output_dir`) and every row trains at it.
 
     Returns:
         `(rows, advice)`: every row trained (and reused), and per source set
         (`"+".join(sources)`) the search's result (`SearchResult.to_json()`:
         the recommendation and its text, the frontiers, the trials).
     """
+    config, sweep, finished = learning_rate.tune(
+        config, lambda c: _InProcessProblem(c, _RunRows((), None, log, on_data)), output_dir,
+        finished, log)
     run = _RunRows(finished, on_row, log, on_data)
     problem: _InProcessProblem | None = None
     advice: dict[str, dict] = {}
@@ -325,6 +343,8 @@ def advise_ctr_experiment(
             if row_key(row) not in {row_key(r) for r in run.rows}:
                 run.reuse(row_key(row))
         advice[tag] = result.to_json()
+        if sweep is not None:
+            advice[tag]["learning_rate"] = sweep.to_json()
     return run.all(), advice
 
 
