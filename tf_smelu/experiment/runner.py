@@ -26,6 +26,7 @@ from tf_smelu.experiment.report import format_table
 from tf_smelu.experiment.results import row_key
 from tf_smelu.experiment.seeds import op_determinism, replica_seeds
 from tf_smelu.registry import Activation
+from tf_smelu.remedies import Recipe
 from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.preactivation import (
     RelativeModelFn,
@@ -251,16 +252,31 @@ class _InProcessProblem:
         return batched_dataset(self._train.features, self._train.labels,
                                self._config.training.batch_size, order_seed)
 
-    def row(self, activation: Activation, sources: Sequence[str], replicas: int,
+    def row(self, recipe: Recipe | Activation, sources: Sequence[str], replicas: int, *,
+            seed: int | None = None, learning_rate: float | None = None,
             previous: np.ndarray | None = None,
             on_predictions: Callable[[np.ndarray], None] | None = None) -> dict:
-        """Trains one row (replicas after `previous`'s, if given); see `run_replicas`."""
+        """Trains one row (replicas after `previous`'s, if given); see `run_replicas`.
+
+        `seed` is the base seed of the replica seeds (None: the configured
+        one); `learning_rate` replaces the configured one.
+
+        Raises:
+            ValueError: `recipe` has remedies: this trainer runs activations only.
+        """
+        recipe = Recipe.parse(recipe)
+        if recipe.remedies:
+            raise ValueError(f"The built-in trainer runs activations only, not the remedies "
+                             f"of {recipe.remedy_spec!r}.")
+        activation = recipe.activation
         training = self._config.training
+        if learning_rate is not None:
+            training = dataclasses.replace(training, learning_rate=learning_rate)
         row = run_replicas(
             self._model_fn, self._train_data, self._eval_data, activation, sources,
-            replicas, training, seed=training.seed, steps_per_epoch=self._steps_per_epoch,
-            progress=self._config.progress, eval_groups=self._eval_groups, previous=previous,
-            on_predictions=on_predictions,
+            replicas, training, seed=training.seed if seed is None else seed,
+            steps_per_epoch=self._steps_per_epoch, progress=self._config.progress,
+            eval_groups=self._eval_groups, previous=previous, on_predictions=on_predictions,
         )
         if self._relative is not None:
             row.update(label=relative_label(activation),
@@ -275,21 +291,26 @@ def advise_ctr_experiment(
     on_row: RowsCallback | None = None,
     on_data: DataCallback | None = None,
 ) -> tuple[list[dict], dict[str, dict]]:
-    """Searches, per source set, the activation and β to use within `config.max_auc_loss`.
+    """Searches, per source set, the activation, β or remedy to use within the budgets.
 
     The advisor (`tf_smelu.experiment.advisor`) decides which rows to train
     and with how many replicas: each smooth family among `config.activations`
     (an activation with β stands for its family) is searched over β, the
-    others are reference points, ReLU is the baseline. A row that gets more
-    replicas trains only the new ones. The search stops when it is decided
-    or when `config.time_budget` seconds are spent (shared equally by the
-    source sets still to search); `finished` rows continue it. `log`,
-    `on_row` and `on_data` as in `run_ctr_experiment`.
+    others and `config.remedies` are candidates with fixed parameters, ReLU
+    is the baseline; remedies over `config.max_train_cost` or
+    `config.max_serve_cost` are not trained. A row that gets more replicas
+    trains only the new ones. The search stops when it is decided or when
+    `config.time_budget` seconds are spent (shared equally by the source sets
+    still to search; the confirmation comes on top). A choice is then
+    measured again with the baseline on fresh replica seeds (`advisor.confirm`;
+    rows marked `confirmation`). `finished` rows continue the search and the
+    confirmation. `log`, `on_row` and `on_data` as in `run_ctr_experiment`.
 
     Returns:
         `(rows, advice)`: every row trained (and reused), and per source set
         (`"+".join(sources)`) the search's result (`SearchResult.to_json()`:
-        the recommendation and its text, the frontiers, the trials).
+        the recommendation and its text, the frontiers, the trials, the
+        confirmation).
     """
     run = _RunRows(finished, on_row, log, on_data)
     problem: _InProcessProblem | None = None
@@ -304,25 +325,32 @@ def advise_ctr_experiment(
         settings = advisor.SearchSettings.from_activations(
             config.activations, config.max_auc_loss, replicas=config.replicas,
             max_replicas=config.max_replicas, time_budget=budget, seed=config.training.seed,
-            relative=config.beta_scale == "relative")
+            relative=config.beta_scale == "relative", remedies=config.remedies,
+            max_train_cost=config.max_train_cost, max_serve_cost=config.max_serve_cost)
         earlier = [r for r in finished if "+".join(r["sources"]) == tag]
-        predictions: dict[str, np.ndarray] = {}
+        predictions: dict[tuple[str, int | None], np.ndarray] = {}
 
         def run_trial(trial: advisor.Trial, existing: dict | None, sources=sources,
                       predictions=predictions) -> dict:
             nonlocal problem
             if problem is None:
                 problem = _InProcessProblem(config, run)
-            previous = predictions.get(trial.label) if existing is not None else None
+            key = (trial.label, trial.seed)  # search and confirmation rows share labels
+            previous = predictions.get(key) if existing is not None else None
             row = problem.row(
-                trial.activation, sources, trial.replicas, previous=previous,
-                on_predictions=lambda p, label=trial.label: predictions.__setitem__(label, p))
+                trial.recipe, sources, trial.replicas, seed=trial.seed, previous=previous,
+                on_predictions=lambda p, key=key: predictions.__setitem__(key, p))
+            row.update(trial.row_fields)
             run.add(row)
             return row
 
-        result = advisor.search(run_trial, settings, earlier, log=log)
-        for row in result.rows:
-            if row_key(row) not in {row_key(r) for r in run.rows}:
+        result = advisor.search(
+            run_trial, settings, [r for r in earlier if not advisor.is_confirmation(r)], log=log)
+        result = advisor.confirm(run_trial, result, settings,
+                                 [r for r in earlier if advisor.is_confirmation(r)], log=log)
+        trained = {row_key(r) for r in run.rows}
+        for row in (*result.rows, *result.confirmation_rows):
+            if row_key(row) not in trained:
                 run.reuse(row_key(row))
         advice[tag] = result.to_json()
     return run.all(), advice
