@@ -52,6 +52,12 @@ def format_group_table(rows: list[dict]) -> str:
 
 
 def plot_tradeoff(rows: list[dict], path: str, advice: Mapping[str, dict] | None = None) -> str:
+    """Writes `tradeoff_figure(rows, advice)` to `path` (PNG); returns `path`."""
+    tradeoff_figure(rows, advice).savefig(path, dpi=120)
+    return path
+
+
+def tradeoff_figure(rows: list[dict], advice: Mapping[str, dict] | None = None):
     """Relative PD against AUC, one point per row, one panel per source set.
 
     A source set with `advice` (the `--max_auc_loss` search's result) is
@@ -59,6 +65,9 @@ def plot_tradeoff(rows: list[dict], path: str, advice: Mapping[str, dict] | None
     activations and remedies alike, with its intervals and its training cost
     as marker size, the Pareto frontier across all of them, the AUC budget,
     the recommended row and its confirmation on fresh seeds.
+
+    Returns:
+        A `matplotlib.figure.Figure` (drawn off-screen).
     """
     # A bare Figure draws off-screen without switching pyplot's backend, so
     # notebooks that show their own plots keep working.
@@ -87,8 +96,7 @@ def plot_tradeoff(rows: list[dict], path: str, advice: Mapping[str, dict] | None
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle("Accuracy–reproducibility tradeoff: lower right is better")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return fig
 
 
 def _draw_rows(ax, group: list[dict], colours) -> None:
