@@ -547,7 +547,7 @@ def test_a_remedy_row_without_cost_fields_costs_what_its_recipe_says():
 
 
 def test_a_mislabelled_remedy_row_is_named():
-    with pytest.raises(ValueError, match=r"describes 'relu\+ema\(0.999\)'"):
+    with pytest.raises(ValueError, match=r"describes recipe 'relu\+ema\(0.999\)'"):
         advisor.analyze([RELU, {**EMA, "label": "relu+ema(0.99)"}])
     with pytest.raises(ValueError, match="Result row 'relu\\+ema\\(0.999\\)': .*bogus"):
         advisor.analyze([RELU, {**EMA, "remedy": "bogus:1"}])
@@ -737,3 +737,59 @@ def test_keep_relu_needs_no_confirmation():
                                 log=said.append)
     assert confirmed is result and confirmed.to_json()["confirmation"] is None
     assert said == ["advisor: keep relu needs no confirmation (nothing would change)"]
+
+
+@pytest.mark.slow
+def test_main_job_confirms_its_choice_on_fresh_seeds_and_resumes_the_confirmation(
+        tmp_path, validate_results):
+    """One search through the main job (built-in trainer, activations), then a resume that
+    finds one confirmation row finished and trains only the other."""
+    import os
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "examples" / \
+        "recsys_reproducibility.py"
+    args = [sys.executable, str(script), "--quick", "--train_examples=10000",
+            "--eval_examples=2000", "--hidden_units=16,8", "--activations=relu,softplus,swish",
+            "--replicas=4", "--max_replicas=4", "--max_auc_loss=0.05",
+            f"--output_dir={tmp_path}", "--noprogress"]
+
+    def run():
+        result = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    first = run()
+    content = validate_results(tmp_path / "results.json")
+    advice = content["advice"]["tower_init"]
+    # At this seed swish cuts PD within the generous budget (the decision is deterministic).
+    assert advice["choice"] == "swish"
+    confirmation = advice["confirmation"]
+    fresh = advisor.confirmation_seed(content["config"]["seed"])
+    assert confirmation["seed"] == fresh and confirmation["rows"] == ["relu", "swish"]
+    assert confirmation["held"] == (not confirmation["problems"])
+    assert confirmation["text"] in first and advice["text"].endswith(confirmation["text"])
+    search = [r for r in content["results"] if not r.get("confirmation")]
+    confirmations = [r for r in content["results"] if r.get("confirmation")]
+    assert [r["label"] for r in search] == ["relu", "softplus", "swish"]
+    assert [(r["label"], r["seed"], r["replicas"]) for r in confirmations] == [
+        ("relu", fresh, 4), ("swish", fresh, 4)]
+    # Fresh seeds, other replicas: not one AUC in common with the search's rows.
+    assert not set(confirmations[0]["aucs"]) & set(search[0]["aucs"])
+    assert "relu [confirmation]" in first
+
+    # Interrupted before the last confirmation row: the resume trains only that one, again.
+    kept = content["results"][:-1]
+    (tmp_path / "results.json").write_text(
+        json.dumps({**content, "results": kept, "complete": False}), encoding="utf-8")
+    second = run()
+    resumed = validate_results(tmp_path / "results.json")
+    assert "advisor: relu to R=4: confirmation" not in second
+    assert "advisor: swish to R=4: confirmation" in second
+    def numbers(rows):  # all but the time taken
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+    assert numbers(resumed["results"]) == numbers(content["results"])  # the same, in place
+    assert resumed["advice"]["tower_init"]["confirmation"] == confirmation

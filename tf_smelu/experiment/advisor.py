@@ -1,9 +1,11 @@
-"""The advisor: which activation, at which β, at what AUC cost, and how sure.
+"""The advisor: which activation or remedy, at which β (λ, K, decay), at what cost, how sure.
 
 Given result rows of one source set (`results.schema.json`, next to this
 module), the advisor answers "should I switch from ReLU, and to what?" for an AUC budget
-`max_auc_loss` the user is willing to give up, and plans which rows to train
-next to answer it with as few replicas as possible. Everything here is a pure
+`max_auc_loss` the user is willing to give up (and optional cost budgets
+`max_train_cost`, `max_serve_cost`), plans which rows to train next to answer
+it with as few replicas as possible, and confirms its answer on fresh replica
+seeds. Everything here is a pure
 function of the rows (NumPy only, nothing trains): the runner trains what
 `plan` asks for and calls it again, so a resumed run continues where it
 stopped.
@@ -13,6 +15,19 @@ carries every replica's AUC (`aucs`, R numbers) and every replica pair's
 relative PD (`rel_pd_pairs`, R (R - 1) / 2 numbers in `numpy.triu_indices(R,
 1)` order). Rows of activations with parameters besides β (RESCU's order)
 also need `spec`, e.g. `"rescu:0.3:3"`. Rows need at least `MIN_REPLICAS`.
+Rows of remedies (`tf_smelu.remedies`) carry `remedy` (e.g. `"ema:0.999"`)
+and are labelled `relu+ema(0.999)`; they are candidates with fixed
+parameters, like the reference activations.
+
+Costs (`tf_smelu.experiment.costs.row_costs`). Every row's training cost is
+its `train_steps_ratio` to the baseline row (steps, not seconds: exact and
+repeatable, where seconds depend on the machine's load and on whether the
+replicas trained side by side) and its serving cost its `serve_flops_ratio`,
+else `serve_params_ratio`; a ratio the row lacks is what its recipe costs
+(`costs.expected_costs`: 1 for an activation, K for `ensemble:K`). A
+candidate over a cost budget (by more than `costs.COST_TOLERANCE`) is never
+chosen and gets no replicas; a remedy whose expected cost is over one is
+never trained (`SearchSettings.ruled_out`).
 
 Intervals (`analyze`). A row's replicas are resampled with replacement
 (`n_resamples` times, at least two distinct replicas per resample): its mean
@@ -37,12 +52,12 @@ Decision rule (`recommend`), for budget L:
 * within budget: the upper end of the AUC-loss interval is <= L (the lower
   end of the AUC-change interval is >= -L). Point estimates would accept,
   half of the time, a β that costs more than L, and the search pushes β to
-  exactly that edge;
+  exactly that edge; and the costs are within the cost budgets;
 * PD reduced: the upper end of the relative-PD-change interval is < 0;
 * the choice is the candidate that is both, with the largest PD reduction
   (point estimate); ties go to the higher AUC, then the label. Reference
-  activations (GELU, Swish, Softplus) are candidates too: "use gelu" is a
-  valid answer;
+  activations (GELU, Swish, Softplus) and remedies are candidates too: "use
+  gelu" and "use relu+ema(0.999)" are valid answers;
 * other such candidates whose PD is indistinguishable from the choice's (the
   interval of the difference of their relative PDs contains 0) are named;
 * no such candidate: keep ReLU, naming the closest miss within budget and
@@ -50,7 +65,16 @@ Decision rule (`recommend`), for budget L:
 
 The choice is the best of several candidates, so its PD reduction is
 somewhat optimistic (the winner's curse); the intervals are not corrected
-for that selection.
+for that selection. The confirmation (`confirm`) measures it again instead:
+the choice and the baseline are trained once more, at the choice's R, on
+replica seeds the search never used (`confirmation_seed`), and the rule
+above is applied to those two rows: the answer *held* when the choice is
+still within every budget and still reduces PD significantly. "Keep relu"
+needs no confirmation: nothing would change. Confirmation rows carry
+`"confirmation": true` and their `seed`, so they never mix with the
+search's rows (`tf_smelu.experiment.results.row_key` keys them apart), and
+a resumed run reuses those finished. The Pareto frontier across every
+candidate within the cost budgets (`frontier`) is what the plot draws.
 
 Search (`plan`), per family (an activation with a scale parameter β, e.g.
 SmeLU; RESCU of each order is its own family). It assumes that AUC loss and
@@ -59,8 +83,9 @@ row's status is *within* or *over* budget (the whole AUC-loss interval on one
 side of L) or *open* (the interval straddles L and R < `max_replicas`); an
 interval still straddling L at `max_replicas` counts as over.
 
-1. Baseline, reference points and the first β of the coarse grid
-   (`scale_grid`) are trained with `replicas` replicas.
+1. Baseline, reference points, remedies within the cost budgets and the
+   first β of the coarse grid (`scale_grid`) are trained with `replicas`
+   replicas.
 2. While no β is over budget, the next grid β is trained (rows straddling
    the budget wait: with noisy AUCs nearly every row straddles it at first,
    and the frontier over the whole grid is worth more than one β's R).
@@ -75,8 +100,9 @@ interval still straddling L at `max_replicas` counts as over.
    baseline is brought to the same R first (a change vs ReLU is only as
    sure as both rows).
 4. When no family has a step left, replicas go where the decision is
-   uncertain: reference rows whose AUC-loss interval straddles the budget
-   and whose PD could beat the choice; candidates within budget whose PD
+   uncertain (never to a row over a cost budget): reference and remedy rows
+   whose AUC-loss interval straddles the budget and whose PD could beat the
+   choice; candidates within budget whose PD
    point beats the choice but whose reduction is not yet significant (and
    the baseline with them); the best of another family (or a reference)
    whose PD is indistinguishable from the choice's (and the choice with
@@ -89,12 +115,19 @@ so far; before each trial, its estimated time (seconds per replica x its new
 replicas) is compared with the time left, and the search stops at the first
 trial that does not fit. The first trial always runs (nothing is measured
 before it). The trials are a deterministic sequence for fixed seeds and
-rows, so a larger budget runs the same trials and more.
+rows, so a larger budget runs the same trials and more. The confirmation
+comes on top of the time budget.
 
 Example, with `rows` of one source set:
 
-    advice = recommend(rows, max_auc_loss=0.002)
+    advice = recommend(rows, max_auc_loss=0.002, max_serve_cost=1)
     print(advice.text)   # use smelu(β=0.3) (smelu:0.3): relative PD -18% [-23%, -13%] ...
+
+and a whole search, confirmed, with `run_trial` training one `Trial`:
+
+    settings = SearchSettings(0.002, remedies=("ema:0.999", "ensemble:2"), max_serve_cost=1)
+    result = confirm(run_trial, search(run_trial, settings), settings)
+    print(result.text)   # ... then "Confirmed on fresh replica seeds ..." or "NOT confirmed ..."
 """
 
 from __future__ import annotations
@@ -308,7 +341,8 @@ def row_recipe(row: Mapping[str, object]) -> Recipe:
                             else activation.label)
     if expected != label:
         raise ValueError(
-            f"Result row {label!r} describes {expected!r}; rows of "
+            f"Result row {label!r} describes {'recipe' if remedies else 'activation'} "
+            f"{expected!r}; rows of "
             "activations with parameters besides beta need `spec` (e.g. 'rescu:0.3:3'). "
             f"Received: spec={row.get('spec')!r}, activation={row.get('activation')!r}, "
             f"beta={row.get('beta')!r}, remedy={row.get('remedy')!r}"

@@ -76,6 +76,12 @@ class CTRExperimentConfig:
         progress: Show progress bars.
         work_dir: Where replica jobs write weights, predictions and logs
             (`None`: a new temporary directory, kept and logged).
+        remedies: Recipes with remedies (`tf_smelu.remedies.Recipe`), e.g.
+            `ensemble:2`, `smelu:1+ema:0.999`; one without an activation applies to relu.
+        max_train_cost: With `max_auc_loss`: most training cost (steps
+            relative to one relu model) a recommendation may have, >= 1; None: no limit.
+        max_serve_cost: With `max_auc_loss`: most serving cost (FLOPs per
+            example, else parameters, relative to one relu model), >= 1; None: no limit.
         training: How every replica is trained.
     """
 

@@ -328,6 +328,8 @@ def advise_ctr_experiment(
             relative=config.beta_scale == "relative", remedies=config.remedies,
             max_train_cost=config.max_train_cost, max_serve_cost=config.max_serve_cost)
         earlier = [r for r in finished if "+".join(r["sources"]) == tag]
+        for row in earlier:  # in the file's order; a row given more replicas is replaced
+            run.reuse(row_key(row))
         predictions: dict[tuple[str, int | None], np.ndarray] = {}
 
         def run_trial(trial: advisor.Trial, existing: dict | None, sources=sources,
@@ -348,10 +350,6 @@ def advise_ctr_experiment(
             run_trial, settings, [r for r in earlier if not advisor.is_confirmation(r)], log=log)
         result = advisor.confirm(run_trial, result, settings,
                                  [r for r in earlier if advisor.is_confirmation(r)], log=log)
-        trained = {row_key(r) for r in run.rows}
-        for row in (*result.rows, *result.confirmation_rows):
-            if row_key(row) not in trained:
-                run.reuse(row_key(row))
         advice[tag] = result.to_json()
     return run.all(), advice
 
