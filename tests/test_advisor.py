@@ -743,7 +743,12 @@ def test_keep_relu_needs_no_confirmation():
 def test_main_job_confirms_its_choice_on_fresh_seeds_and_resumes_the_confirmation(
         tmp_path, validate_results):
     """One search through the main job (built-in trainer, activations), then a resume that
-    finds one confirmation row finished and trains only the other."""
+    finds the search and one confirmation row finished and trains only the other.
+
+    On this tiny model swish's PD cut is within the replicas' noise: at seed 0 (R = 4) the
+    search picks it, on another CPU (oneDNN kernels differ in the last bits) it may keep
+    relu; both outcomes are checked for what they must write.
+    """
     import os
     import subprocess
     import sys
@@ -761,35 +766,41 @@ def test_main_job_confirms_its_choice_on_fresh_seeds_and_resumes_the_confirmatio
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
+    def numbers(rows):  # all but the time taken
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
     first = run()
     content = validate_results(tmp_path / "results.json")
     advice = content["advice"]["tower_init"]
-    # At this seed swish cuts PD within the generous budget (the decision is deterministic).
-    assert advice["choice"] == "swish"
-    confirmation = advice["confirmation"]
-    fresh = advisor.confirmation_seed(content["config"]["seed"])
-    assert confirmation["seed"] == fresh and confirmation["rows"] == ["relu", "swish"]
-    assert confirmation["held"] == (not confirmation["problems"])
-    assert confirmation["text"] in first and advice["text"].endswith(confirmation["text"])
     search = [r for r in content["results"] if not r.get("confirmation")]
     confirmations = [r for r in content["results"] if r.get("confirmation")]
     assert [r["label"] for r in search] == ["relu", "softplus", "swish"]
-    assert [(r["label"], r["seed"], r["replicas"]) for r in confirmations] == [
-        ("relu", fresh, 4), ("swish", fresh, 4)]
-    # Fresh seeds, other replicas: not one AUC in common with the search's rows.
-    assert not set(confirmations[0]["aucs"]) & set(search[0]["aucs"])
-    assert "relu [confirmation]" in first
+    confirmation = advice["confirmation"]
+    if advice["choice"] is None:
+        assert confirmation is None and not confirmations
+        assert "advisor: keep relu needs no confirmation (nothing would change)" in first
+        kept = content["results"]
+    else:
+        fresh = advisor.confirmation_seed(content["config"]["seed"])
+        chosen = advice["choice"]
+        assert confirmation["seed"] == fresh and confirmation["rows"] == ["relu", chosen]
+        assert confirmation["held"] == (not confirmation["problems"])
+        assert confirmation["text"] in first and advice["text"].endswith(confirmation["text"])
+        assert [(r["label"], r["seed"], r["replicas"]) for r in confirmations] == [
+            ("relu", fresh, 4), (chosen, fresh, 4)]
+        # Fresh seeds, other replicas: not one AUC in common with the search's rows.
+        assert not set(confirmations[0]["aucs"]) & set(search[0]["aucs"])
+        assert "relu [confirmation]" in first
+        kept = content["results"][:-1]  # interrupted before the last confirmation row
 
-    # Interrupted before the last confirmation row: the resume trains only that one, again.
-    kept = content["results"][:-1]
     (tmp_path / "results.json").write_text(
         json.dumps({**content, "results": kept, "complete": False}), encoding="utf-8")
     second = run()
     resumed = validate_results(tmp_path / "results.json")
-    assert "advisor: relu to R=4: confirmation" not in second
-    assert "advisor: swish to R=4: confirmation" in second
-    def numbers(rows):  # all but the time taken
-        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
-
+    assert "advisor: relu to R=4" not in second  # neither the search's relu nor the fresh one
     assert numbers(resumed["results"]) == numbers(content["results"])  # the same, in place
     assert resumed["advice"]["tower_init"]["confirmation"] == confirmation
+    if confirmation is None:
+        assert "Loaded " not in second  # nothing left to train: the data is not even read
+    else:
+        assert f"advisor: {advice['choice']} to R=4: confirmation" in second
