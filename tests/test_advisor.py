@@ -6,6 +6,7 @@ whose truth is known: nothing trains here.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import pathlib
@@ -16,6 +17,7 @@ import pytest
 
 from tf_smelu.experiment import advisor
 from tf_smelu.registry import Activation
+from tf_smelu.remedies import Recipe
 from tf_smelu.training.preactivation import relative_label
 
 BUDGET = 0.002
@@ -27,10 +29,13 @@ def _standard(rng: np.random.Generator, size: int) -> np.ndarray:
     return (x - x.mean()) / x.std()
 
 
-def make_row(spec, auc, pd, *, replicas=8, auc_sd=0.0002, pd_sd=0.05, sources=("tower_init",)):
-    """A result row whose mean AUC is `auc` and mean relative PD `pd`, exactly."""
+def make_row(spec, auc, pd, *, replicas=8, auc_sd=0.0002, pd_sd=0.05, sources=("tower_init",),
+             key=None):
+    """A result row whose mean AUC is `auc` and mean relative PD `pd`, exactly.
+
+    Its replicas' noise is drawn from `key` (default: `spec`)."""
     activation = Activation.parse(spec)
-    rng = np.random.default_rng(zlib.crc32(spec.encode()))
+    rng = np.random.default_rng(zlib.crc32((key or spec).encode()))
     aucs = auc + auc_sd * _standard(rng, replicas)
     weights = np.exp(pd_sd * _standard(rng, replicas * (replicas - 1) // 2))
     pairs = pd * weights / weights.mean()
@@ -501,3 +506,301 @@ def test_every_trial_of_the_default_search_is_a_valid_spec():
                  for label, group in itertools.groupby(sorted(trials, key=lambda t: t.label),
                                                        key=lambda t: t.label)}
     assert all(r == sorted(set(r)) for r in per_label.values())  # replicas only grow
+
+
+# --- remedies, cost budgets and the confirmation (issue 22) -----------------------------------
+
+
+def remedy_row(spec, auc, pd, *, remedy=None, steps=None, params=None, **kwargs):
+    """`make_row` of a recipe: `remedy` (e.g. `ensemble:2`) and cost totals if given."""
+    row = make_row(spec, auc, pd, key=f"{spec}+{remedy}", **kwargs)
+    activation = Activation.parse(spec)
+    row.update(activation=activation.name, beta=activation.beta, spec=str(activation))
+    if remedy is not None:
+        row.update(remedy=remedy, label=Recipe.parse(remedy).label(activation.label))
+    row.update({k: v for k, v in (("steps", steps), ("params", params)) if v is not None})
+    return row
+
+
+COSTED_RELU = {**RELU, "steps": 1000, "params": 5000}
+ENSEMBLE = remedy_row("relu", 0.7205, 0.030, remedy="ensemble:2", steps=2000, params=10000)
+EMA = remedy_row("relu", 0.7200, 0.044, remedy="ema:0.999", steps=1000, params=5000)
+SMELU = remedy_row("smelu:0.2", 0.7195, 0.040)  # the built-in trainer's row: no cost fields
+
+
+def test_remedy_rows_are_read_with_their_remedies_and_costs():
+    analysis = advisor.analyze([COSTED_RELU, ENSEMBLE, EMA, SMELU])
+    ensemble, ema, smelu = analysis.candidates
+    assert ensemble.label == "relu+ensemble(K=2)" and ensemble.spec == "relu+ensemble:2"
+    assert (ensemble.train_cost, ensemble.serve_cost) == (2.0, 2.0)
+    assert (ema.train_cost, ema.serve_cost) == (1.0, 1.0)
+    assert (smelu.train_cost, smelu.serve_cost) == (1.0, 1.0)  # no cost fields: an activation
+    # A remedy is its own family with fixed parameters: no β, no member of relu's.
+    assert ensemble.family == "relu+ensemble(K=2)" and ensemble.scale is None
+    assert advisor.row_recipe(ENSEMBLE).remedies == Recipe.parse("ensemble:2").remedies
+
+
+def test_a_remedy_row_without_cost_fields_costs_what_its_recipe_says():
+    bare = {k: v for k, v in ENSEMBLE.items() if k not in ("steps", "params")}
+    (ensemble,) = advisor.analyze([RELU, bare]).candidates
+    assert (ensemble.train_cost, ensemble.serve_cost) == (2.0, 2.0)
+
+
+def test_a_mislabelled_remedy_row_is_named():
+    with pytest.raises(ValueError, match=r"describes recipe 'relu\+ema\(0.999\)'"):
+        advisor.analyze([RELU, {**EMA, "label": "relu+ema(0.99)"}])
+    with pytest.raises(ValueError, match="Result row 'relu\\+ema\\(0.999\\)': .*bogus"):
+        advisor.analyze([RELU, {**EMA, "remedy": "bogus:1"}])
+
+
+def test_budgets_rank_remedies_and_activations_together():
+    rows = [COSTED_RELU, ENSEMBLE, EMA, SMELU]
+    free = advisor.recommend(rows, BUDGET)
+    assert free.choice.label == "relu+ensemble(K=2)"
+    assert free.text.startswith("use relu+ensemble(K=2) (relu+ensemble:2): relative PD -40% [")
+    assert "cost ×2 to train, ×2 to serve" in free.text.splitlines()[0]
+    serve_one = advisor.recommend(rows, BUDGET, max_serve_cost=1)
+    assert serve_one.choice.label == "smelu(β=0.2)"
+    assert "budget: AUC loss <= 0.002, serve cost <= 1" in serve_one.text
+    assert ("relu+ensemble(K=2): relative PD -40%" in serve_one.text
+            and "over the cost budget: serve cost 2 > --max_serve_cost=1" in serve_one.text)
+    train = advisor.recommend(rows, BUDGET, max_train_cost=1.5)
+    assert train.choice.label == "smelu(β=0.2)"
+    assert advisor.recommend(rows, BUDGET, max_train_cost=2, max_serve_cost=2).choice.label == (
+        "relu+ensemble(K=2)")
+    content = json.loads(json.dumps(serve_one.to_json(), allow_nan=False))
+    assert content["max_serve_cost"] == 1 and content["max_train_cost"] is None
+    by_label = {c["label"]: c for c in content["candidates"]}
+    assert by_label["relu+ensemble(K=2)"]["over_cost"] == ["serve cost 2 > --max_serve_cost=1"]
+    assert by_label["relu+ensemble(K=2)"]["remedy"] == "ensemble:2"
+    assert by_label["smelu(β=0.2)"]["over_cost"] == [] and by_label["smelu(β=0.2)"]["remedy"] is None
+
+
+def test_a_remedy_can_be_the_answer_and_keep_relu_names_the_remedy_over_budget():
+    ema = remedy_row("relu", 0.7200, 0.035, remedy="ema:0.999", steps=1000, params=5000)
+    advice = advisor.recommend([COSTED_RELU, ema, SMELU], BUDGET)
+    assert advice.choice.spec == "relu+ema:0.999"
+    assert "Remedies: relu+ema(0.999): relative PD -30%" in advice.text
+    keep = advisor.recommend([COSTED_RELU, ENSEMBLE], BUDGET, max_serve_cost=1)
+    assert keep.choice is None
+    assert "Best beyond budget: relu+ensemble(K=2)" in keep.text and "serve cost <= 1" in keep.text
+
+
+def test_a_cost_a_hair_over_the_budget_is_within_it():
+    # Generalized SmeLU learns a few parameters per unit: not a bigger model to serve.
+    slightly = remedy_row("smelu:0.2", 0.7195, 0.040, steps=1000, params=5010)
+    advice = advisor.recommend([COSTED_RELU, slightly], BUDGET, max_serve_cost=1)
+    assert advice.choice.serve_cost == pytest.approx(1.002)
+    bigger = remedy_row("smelu:0.2", 0.7195, 0.040, steps=1000, params=5100)
+    assert advisor.recommend([COSTED_RELU, bigger], BUDGET, max_serve_cost=1).choice is None
+
+
+def test_the_frontier_spans_every_remedy_within_the_cost_budgets():
+    analysis = advisor.analyze([COSTED_RELU, ENSEMBLE, EMA, SMELU])
+    assert [c.label for c in advisor.frontier(analysis)] == ["relu+ensemble(K=2)"]
+    cheap = advisor.frontier(analysis, {"max_serve_cost": 1})
+    # ema keeps relu's AUC with less PD: relu is dominated; smelu trades AUC for PD.
+    assert [c.label for c in cheap] == ["relu+ema(0.999)", "smelu(β=0.2)"]
+    content = advisor.recommend([COSTED_RELU, ENSEMBLE, EMA, SMELU], BUDGET,
+                                max_serve_cost=1).to_json()
+    assert [p["label"] for p in content["frontier"]] == [c.label for c in cheap]
+    assert "relu+ensemble(K=2)" not in content["frontiers"]  # per-family: β families only
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"max_serve_cost": 0.5}, r"`max_serve_cost` must be a number >= 1.*rule out even relu"),
+        ({"max_train_cost": -1}, r"`max_train_cost` must be a number >= 1"),
+        ({"max_train_cost": float("nan")}, "max_train_cost"),
+        ({"families": (), "references": (), "remedies": ("ensemble:2", "smelu:1+ensemble:3"),
+          "max_serve_cost": 1},
+         r"rule out every candidate.*relu\+ensemble\(K=2\) \(serve cost 2 > "
+         r"--max_serve_cost=1\); smelu\(β=1\)\+ensemble\(K=3\) \(serve cost 3"),
+        ({"remedies": ("gelu",)}, "must each name a remedy"),
+    ],
+)
+def test_budgets_that_rule_out_too_much_are_refused_before_training(settings, message):
+    with pytest.raises(ValueError, match=message):
+        advisor.SearchSettings(BUDGET, **settings)
+
+
+def test_recommend_refuses_a_budget_below_one():
+    with pytest.raises(ValueError, match="max_train_cost"):
+        advisor.recommend([RELU, SMELU], BUDGET, max_train_cost=0.9)
+
+
+def test_remedies_are_planned_like_reference_points_and_those_over_budget_never():
+    settings = advisor.SearchSettings(
+        BUDGET, families=("smelu",), references=("gelu",), max_serve_cost=1,
+        remedies=("ema:0.999", "ensemble:2", "smelu:1+ema:0.9"))
+    assert settings.ruled_out == {"relu+ensemble(K=2)": "serve cost 2 > --max_serve_cost=1"}
+    trials = advisor.plan([], settings)
+    assert [(t.label, t.replicas) for t in trials] == [
+        ("relu", 8), ("gelu", 8), ("relu+ema(0.999)", 8), ("smelu(β=1)+ema(0.9)", 8),
+        ("smelu(β=0.05)", 8)]
+    assert trials[3].to_json()["spec"] == "smelu:1.0+ema:0.9"
+    assert trials[3].recipe == Recipe.parse("smelu:1+ema:0.9")
+    # smelu(β=1)+ema(0.9) is not a member of the smelu family: the β search starts anyway.
+    done = [RELU, make_row("gelu", 0.7190, 0.049),
+            remedy_row("relu", 0.72, 0.04, remedy="ema:0.999"),
+            remedy_row("smelu:1", 0.71, 0.03, remedy="ema:0.9")]
+    assert [t.label for t in advisor.plan(done, settings)] == ["smelu(β=0.05)"]
+
+
+def test_replicas_go_to_a_promising_remedy_but_not_to_one_measured_over_a_cost_budget():
+    noisy_ema = remedy_row("relu", 0.7199, 0.045, remedy="ema:0.999", pd_sd=0.5)
+    settings = advisor.SearchSettings(BUDGET, families=(), references=(),
+                                      remedies=("ema:0.999",))
+    assert [(t.label, t.replicas) for t in advisor.plan([RELU, noisy_ema], settings)] == [
+        ("relu+ema(0.999)", 16), ("relu", 16)]
+    # Measured serving twice relu's parameters: over the budget, however many replicas.
+    bigger = {**noisy_ema, "params": 10000}
+    settings = dataclasses.replace(settings, max_serve_cost=1)
+    rows = [COSTED_RELU, bigger]
+    assert advisor.plan(rows, settings) == []
+
+
+def simulated_remedy_row(trial, seed_effect=0.0):
+    """`simulated_row` of a trial: ema:0.999 cuts PD by 30% for free; ensemble:2 by 50%."""
+    row = simulated_row(str(trial.activation), trial.replicas)
+    factor = {"": 1.0, "ema:0.999": 0.7, "ensemble:2": 0.5}[trial.recipe.remedy_spec]
+    factor *= 1 + (seed_effect if trial.seed is not None and trial.remedies else 0.0)
+    pairs = [p * factor for p in row["rel_pd_pairs"]]
+    members = len(trial.recipe.member_seeds(0))
+    row.update(rel_pd_pairs=pairs, rel_pd=float(np.mean(pairs)), label=trial.label,
+               steps=1000 * members, params=5000 * members, **trial.row_fields)
+    if trial.remedies:
+        row["remedy"] = trial.recipe.remedy_spec
+    return row
+
+
+REMEDY_SETTINGS = advisor.SearchSettings(BUDGET, families=(), references=("gelu",),
+                                         remedies=("ema:0.999", "ensemble:2"), n_resamples=500)
+
+
+def test_search_with_remedies_then_a_confirmation_that_holds():
+    trained = []
+
+    def run_trial(trial, row):
+        trained.append(trial)
+        return simulated_remedy_row(trial)
+
+    result = advisor.search(run_trial, REMEDY_SETTINGS, log=lambda _: None)
+    assert result.recommendation.choice.label == "relu+ensemble(K=2)"
+    assert result.confirmation is None and not any(t.seed for t in trained)
+    confirmed = advisor.confirm(run_trial, result, REMEDY_SETTINGS, log=lambda _: None)
+    fresh = advisor.confirmation_seed(REMEDY_SETTINGS.seed)
+    assert fresh != REMEDY_SETTINGS.seed
+    assert [(t.label, t.seed, t.replicas) for t in trained[-2:]] == [
+        ("relu", fresh, 8), ("relu+ensemble(K=2)", fresh, 8)]
+    assert confirmed.confirmation.held and confirmed.confirmation.problems == ()
+    assert [r["confirmation"] for r in confirmed.confirmation_rows] == [True, True]
+    assert confirmed.rows == result.rows  # the confirmation's rows stay apart
+    assert confirmed.text.splitlines()[-1].startswith(
+        f"Confirmed on fresh replica seeds (base seed {fresh}, R=8 for relu and "
+        "relu+ensemble(K=2)): relative PD -50% [")
+    content = json.loads(json.dumps(confirmed.to_json(), allow_nan=False))
+    assert content["confirmation"]["held"] and content["confirmation"]["seed"] == fresh
+    assert content["confirmation"]["rows"] == ["relu", "relu+ensemble(K=2)"]
+    assert content["text"].endswith(confirmed.confirmation.text)
+    # Resumed: the finished confirmation rows are reused, nothing trains.
+    again = advisor.confirm(lambda *_: pytest.fail("trained again"), result, REMEDY_SETTINGS,
+                            confirmed.confirmation_rows, log=lambda _: None)
+    assert again.confirmation == confirmed.confirmation
+
+
+def test_a_confirmation_that_does_not_hold_says_why():
+    result = advisor.search(lambda t, r: simulated_remedy_row(t), REMEDY_SETTINGS,
+                            log=lambda _: None)
+    # On the fresh seeds the ensemble's PD cut is gone (x 0.5 x 2 = relu's PD).
+    confirmed = advisor.confirm(lambda t, r: simulated_remedy_row(t, seed_effect=1.0), result,
+                                REMEDY_SETTINGS, log=lambda _: None)
+    assert not confirmed.confirmation.held
+    assert confirmed.confirmation.problems == ("its PD reduction is no longer significant",)
+    assert confirmed.text.splitlines()[-1].startswith("NOT confirmed on fresh replica seeds")
+    assert confirmed.to_json()["confirmation"]["held"] is False
+    # Served at cost 2 while the budget now says 1: judged from the same rows, it fails on cost.
+    strict = dataclasses.replace(REMEDY_SETTINGS, max_serve_cost=1)
+    judged = advisor.judge_confirmation(
+        confirmed.confirmation_rows, result.recommendation, strict)
+    assert "serve cost 2 > --max_serve_cost=1" in judged.problems
+
+
+def test_keep_relu_needs_no_confirmation():
+    settings = advisor.SearchSettings(0.0001, families=(), references=("softplus",),
+                                      n_resamples=500)
+    result = advisor.search(lambda t, r: simulated_remedy_row(t), settings, log=lambda _: None)
+    assert result.recommendation.choice is None
+    said = []
+    confirmed = advisor.confirm(lambda *_: pytest.fail("trained"), result, settings,
+                                log=said.append)
+    assert confirmed is result and confirmed.to_json()["confirmation"] is None
+    assert said == ["advisor: keep relu needs no confirmation (nothing would change)"]
+
+
+@pytest.mark.slow
+def test_main_job_confirms_its_choice_on_fresh_seeds_and_resumes_the_confirmation(
+        tmp_path, validate_results):
+    """One search through the main job (built-in trainer, activations), then a resume that
+    finds the search and one confirmation row finished and trains only the other.
+
+    On this tiny model swish's PD cut is within the replicas' noise: at seed 0 (R = 4) the
+    search picks it, on another CPU (oneDNN kernels differ in the last bits) it may keep
+    relu; both outcomes are checked for what they must write.
+    """
+    import os
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "examples" / \
+        "recsys_reproducibility.py"
+    args = [sys.executable, str(script), "--quick", "--train_examples=10000",
+            "--eval_examples=2000", "--hidden_units=16,8", "--activations=relu,softplus,swish",
+            "--replicas=4", "--max_replicas=4", "--max_auc_loss=0.05",
+            f"--output_dir={tmp_path}", "--noprogress"]
+
+    def run():
+        result = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    def numbers(rows):  # all but the time taken
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+    first = run()
+    content = validate_results(tmp_path / "results.json")
+    advice = content["advice"]["tower_init"]
+    search = [r for r in content["results"] if not r.get("confirmation")]
+    confirmations = [r for r in content["results"] if r.get("confirmation")]
+    assert [r["label"] for r in search] == ["relu", "softplus", "swish"]
+    confirmation = advice["confirmation"]
+    if advice["choice"] is None:
+        assert confirmation is None and not confirmations
+        assert "advisor: keep relu needs no confirmation (nothing would change)" in first
+        kept = content["results"]
+    else:
+        fresh = advisor.confirmation_seed(content["config"]["seed"])
+        chosen = advice["choice"]
+        assert confirmation["seed"] == fresh and confirmation["rows"] == ["relu", chosen]
+        assert confirmation["held"] == (not confirmation["problems"])
+        assert confirmation["text"] in first and advice["text"].endswith(confirmation["text"])
+        assert [(r["label"], r["seed"], r["replicas"]) for r in confirmations] == [
+            ("relu", fresh, 4), (chosen, fresh, 4)]
+        # Fresh seeds, other replicas: not one AUC in common with the search's rows.
+        assert not set(confirmations[0]["aucs"]) & set(search[0]["aucs"])
+        assert "relu [confirmation]" in first
+        kept = content["results"][:-1]  # interrupted before the last confirmation row
+
+    (tmp_path / "results.json").write_text(
+        json.dumps({**content, "results": kept, "complete": False}), encoding="utf-8")
+    second = run()
+    resumed = validate_results(tmp_path / "results.json")
+    assert "advisor: relu to R=4" not in second  # neither the search's relu nor the fresh one
+    assert numbers(resumed["results"]) == numbers(content["results"])  # the same, in place
+    assert resumed["advice"]["tower_init"]["confirmation"] == confirmation
+    if confirmation is None:
+        assert "Loaded " not in second  # nothing left to train: the data is not even read
+    else:
+        assert f"advisor: {advice['choice']} to R=4: confirmation" in second

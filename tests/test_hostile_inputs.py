@@ -1181,3 +1181,47 @@ def test_main_job_tune_learning_rate_with_multi_worker_jobs_is_one_line(tmp_path
                    f"--output_dir={tmp_path}"], timeout=120)
     _assert_one_line_error(result, "tune_learning_rate", "in process only")
     assert not os.listdir(tmp_path)
+# ---- the advisor's cost budgets (issue 22) ----
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"max_serve_cost": 0.5}, "`max_serve_cost` must be a number >= 1"),
+        ({"max_train_cost": -1.0}, "`max_train_cost` must be a number >= 1"),
+        ({"max_train_cost": math.nan}, "max_train_cost"),
+        ({"max_serve_cost": math.inf}, "max_serve_cost"),
+        ({"max_auc_loss": None, "max_serve_cost": 2.0},
+         "`max_serve_cost` limits the `max_auc_loss` search only"),
+        ({"activations": ["relu"], "remedies": ["ensemble:2", "smelu:1+ensemble:3"],
+          "max_serve_cost": 1.0},
+         "rule out every candidate, so relu would be compared with nothing: relu+ensemble(K=2) "
+         "(serve cost 2 > --max_serve_cost=1); smelu(β=1)+ensemble(K=3) (serve cost 3 > "
+         "--max_serve_cost=1)"),
+        ({"activations": ["relu"], "remedies": ["ensemble:2"], "max_train_cost": 1.5},
+         "relu+ensemble(K=2) (train cost 2 > --max_train_cost=1.5)"),
+    ],
+)
+def test_a_cost_budget_that_rules_out_even_relu_or_everything_is_one_usage_line(values, message):
+    with pytest.raises(app.UsageError) as raised:
+        cli.experiment_config({"max_auc_loss": 0.002, **values})
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_cost_budget_that_leaves_an_activation_is_accepted():
+    config = cli.experiment_config({"max_auc_loss": 0.002, "activations": ["relu", "gelu"],
+                                    "remedies": ["ensemble:2"], "max_serve_cost": 1.0})
+    assert config.max_serve_cost == 1.0 and config.to_dict()["remedies"] == ["ensemble:2"]
+
+
+@pytest.mark.slow
+def test_budgets_that_rule_out_everything_stop_the_main_job_before_it_starts(tmp_path):
+    result = _run([MAIN_JOB, *TINY, "--activations=relu", "--remedies=ensemble:2",
+                   "--max_auc_loss=0.002", "--max_serve_cost=1", "--replicas=4",
+                   f"--output_dir={tmp_path / 'out'}"])
+    _assert_one_line_error(result, "rule out every candidate", "relu+ensemble(K=2)",
+                           "serve cost 2 > --max_serve_cost=1")
+    assert not (tmp_path / "out").exists()
+    result = _run([MAIN_JOB, *TINY, "--max_auc_loss=0.002", "--max_serve_cost=0.5",
+                   f"--output_dir={tmp_path / 'out'}"])
+    _assert_one_line_error(result, "`max_serve_cost` must be a number >= 1", "0.5")

@@ -1,9 +1,11 @@
-"""The advisor: which activation, at which β, at what AUC cost, and how sure.
+"""The advisor: which activation or remedy, at which β (λ, K, decay), at what cost, how sure.
 
 Given result rows of one source set (`results.schema.json`, next to this
 module), the advisor answers "should I switch from ReLU, and to what?" for an AUC budget
-`max_auc_loss` the user is willing to give up, and plans which rows to train
-next to answer it with as few replicas as possible. Everything here is a pure
+`max_auc_loss` the user is willing to give up (and optional cost budgets
+`max_train_cost`, `max_serve_cost`), plans which rows to train next to answer
+it with as few replicas as possible, and confirms its answer on fresh replica
+seeds. Everything here is a pure
 function of the rows (NumPy only, nothing trains): the runner trains what
 `plan` asks for and calls it again, so a resumed run continues where it
 stopped.
@@ -13,6 +15,19 @@ carries every replica's AUC (`aucs`, R numbers) and every replica pair's
 relative PD (`rel_pd_pairs`, R (R - 1) / 2 numbers in `numpy.triu_indices(R,
 1)` order). Rows of activations with parameters besides β (RESCU's order)
 also need `spec`, e.g. `"rescu:0.3:3"`. Rows need at least `MIN_REPLICAS`.
+Rows of remedies (`tf_smelu.remedies`) carry `remedy` (e.g. `"ema:0.999"`)
+and are labelled `relu+ema(0.999)`; they are candidates with fixed
+parameters, like the reference activations.
+
+Costs (`tf_smelu.experiment.costs.row_costs`). Every row's training cost is
+its `train_steps_ratio` to the baseline row (steps, not seconds: exact and
+repeatable, where seconds depend on the machine's load and on whether the
+replicas trained side by side) and its serving cost its `serve_flops_ratio`,
+else `serve_params_ratio`; a ratio the row lacks is what its recipe costs
+(`costs.expected_costs`: 1 for an activation, K for `ensemble:K`). A
+candidate over a cost budget (by more than `costs.COST_TOLERANCE`) is never
+chosen and gets no replicas; a remedy whose expected cost is over one is
+never trained (`SearchSettings.ruled_out`).
 
 Intervals (`analyze`). A row's replicas are resampled with replacement
 (`n_resamples` times, at least two distinct replicas per resample): its mean
@@ -37,12 +52,12 @@ Decision rule (`recommend`), for budget L:
 * within budget: the upper end of the AUC-loss interval is <= L (the lower
   end of the AUC-change interval is >= -L). Point estimates would accept,
   half of the time, a β that costs more than L, and the search pushes β to
-  exactly that edge;
+  exactly that edge; and the costs are within the cost budgets;
 * PD reduced: the upper end of the relative-PD-change interval is < 0;
 * the choice is the candidate that is both, with the largest PD reduction
   (point estimate); ties go to the higher AUC, then the label. Reference
-  activations (GELU, Swish, Softplus) are candidates too: "use gelu" is a
-  valid answer;
+  activations (GELU, Swish, Softplus) and remedies are candidates too: "use
+  gelu" and "use relu+ema(0.999)" are valid answers;
 * other such candidates whose PD is indistinguishable from the choice's (the
   interval of the difference of their relative PDs contains 0) are named;
 * no such candidate: keep ReLU, naming the closest miss within budget and
@@ -50,7 +65,16 @@ Decision rule (`recommend`), for budget L:
 
 The choice is the best of several candidates, so its PD reduction is
 somewhat optimistic (the winner's curse); the intervals are not corrected
-for that selection.
+for that selection. The confirmation (`confirm`) measures it again instead:
+the choice and the baseline are trained once more, at the choice's R, on
+replica seeds the search never used (`confirmation_seed`), and the rule
+above is applied to those two rows: the answer *held* when the choice is
+still within every budget and still reduces PD significantly. "Keep relu"
+needs no confirmation: nothing would change. Confirmation rows carry
+`"confirmation": true` and their `seed`, so they never mix with the
+search's rows (`tf_smelu.experiment.results.row_key` keys them apart), and
+a resumed run reuses those finished. The Pareto frontier across every
+candidate within the cost budgets (`frontier`) is what the plot draws.
 
 Search (`plan`), per family (an activation with a scale parameter β, e.g.
 SmeLU; RESCU of each order is its own family). It assumes that AUC loss and
@@ -59,8 +83,9 @@ row's status is *within* or *over* budget (the whole AUC-loss interval on one
 side of L) or *open* (the interval straddles L and R < `max_replicas`); an
 interval still straddling L at `max_replicas` counts as over.
 
-1. Baseline, reference points and the first β of the coarse grid
-   (`scale_grid`) are trained with `replicas` replicas.
+1. Baseline, reference points, remedies within the cost budgets and the
+   first β of the coarse grid (`scale_grid`) are trained with `replicas`
+   replicas.
 2. While no β is over budget, the next grid β is trained (rows straddling
    the budget wait: with noisy AUCs nearly every row straddles it at first,
    and the frontier over the whole grid is worth more than one β's R).
@@ -75,8 +100,9 @@ interval still straddling L at `max_replicas` counts as over.
    baseline is brought to the same R first (a change vs ReLU is only as
    sure as both rows).
 4. When no family has a step left, replicas go where the decision is
-   uncertain: reference rows whose AUC-loss interval straddles the budget
-   and whose PD could beat the choice; candidates within budget whose PD
+   uncertain (never to a row over a cost budget): reference and remedy rows
+   whose AUC-loss interval straddles the budget and whose PD could beat the
+   choice; candidates within budget whose PD
    point beats the choice but whose reduction is not yet significant (and
    the baseline with them); the best of another family (or a reference)
    whose PD is indistinguishable from the choice's (and the choice with
@@ -89,12 +115,19 @@ so far; before each trial, its estimated time (seconds per replica x its new
 replicas) is compared with the time left, and the search stops at the first
 trial that does not fit. The first trial always runs (nothing is measured
 before it). The trials are a deterministic sequence for fixed seeds and
-rows, so a larger budget runs the same trials and more.
+rows, so a larger budget runs the same trials and more. The confirmation
+comes on top of the time budget.
 
 Example, with `rows` of one source set:
 
-    advice = recommend(rows, max_auc_loss=0.002)
+    advice = recommend(rows, max_auc_loss=0.002, max_serve_cost=1)
     print(advice.text)   # use smelu(β=0.3) (smelu:0.3): relative PD -18% [-23%, -13%] ...
+
+and a whole search, confirmed, with `run_trial` training one `Trial`:
+
+    settings = SearchSettings(0.002, remedies=("ema:0.999", "ensemble:2"), max_serve_cost=1)
+    result = confirm(run_trial, search(run_trial, settings), settings)
+    print(result.text)   # ... then "Confirmed on fresh replica seeds ..." or "NOT confirmed ..."
 """
 
 from __future__ import annotations
@@ -107,12 +140,37 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from tf_smelu.common import derived_seed
+from tf_smelu.experiment import config as experiment_config
+from tf_smelu.experiment.config import recipe_spec
+from tf_smelu.experiment.costs import (
+    BUDGETS,
+    budget_problems,
+    check_budget,
+    expected_costs,
+    require_candidates,
+    row_costs,
+    ruled_out,
+    with_costs,
+)
 from tf_smelu.registry import ACTIVATIONS, Activation
+from tf_smelu.remedies import Recipe, Remedy
 from tf_smelu.training.preactivation import relative_label
 from tf_smelu.validation import is_int, require_in_range, require_positive_int
 
-BASELINE = "relu"
+BASELINE = str(experiment_config.BASELINE)
 """What every candidate is compared with."""
+
+CONFIRMATION = "confirmation"
+"""Row field marking the confirmation's rows (fresh replica seeds), kept apart from the
+search's rows of the same label."""
+
+CONFIRMATION_SEED_KIND = 5
+"""`derived_seed(seed, 5)` is the confirmation's base seed: replica seeds of the search are
+`derived_seed(seed, kind, r)` with kinds 1-4 (`tf_smelu.experiment.replica_seeds`)."""
+
+Budgets = Mapping[str, "float | None"]
+"""Cost budget field (`costs.BUDGETS`: `max_train_cost`, `max_serve_cost`) -> limit or None."""
 
 DEFAULT_REFERENCES = ("gelu", "swish", "softplus")
 """Smooth activations without a scale parameter: the usual alternatives to SmeLU."""
@@ -156,6 +214,9 @@ class Comparison:
         rel_pd: Mean relative PD over the replica pairs.
         auc_change: AUC minus the baseline's (negative: a loss).
         rel_pd_change: Relative PD over the baseline's, minus 1.
+        remedies: The row's remedies (`tf_smelu.remedies`), e.g. `ema:0.999`.
+        train_cost: Training cost relative to the baseline (`costs.row_costs`).
+        serve_cost: Serving cost relative to the baseline (`costs.row_costs`).
     """
 
     label: str
@@ -165,20 +226,42 @@ class Comparison:
     rel_pd: float
     auc_change: Interval
     rel_pd_change: Interval
+    remedies: tuple[Remedy, ...] = ()
+    train_cost: float = 1.0
+    serve_cost: float = 1.0
+
+    @property
+    def recipe(self) -> Recipe:
+        """The activation and the remedies."""
+        return Recipe(self.activation, self.remedies)
 
     @property
     def spec(self) -> str:
-        """The activation spec, e.g. `smelu:0.3`."""
-        return str(self.activation)
+        """The spec, e.g. `smelu:0.3` or `relu+ema:0.999`."""
+        return recipe_spec(self.recipe)
 
     @property
     def family(self) -> str:
-        return family_name(self.activation)
+        """The activation's family; a remedy recipe (fixed parameters) is its own."""
+        return self.label if self.remedies else family_name(self.activation)
 
     @property
     def scale(self) -> float | None:
-        """The family's scale parameter β, `None` for activations without one."""
-        return scale_of(self.activation)
+        """The family's scale parameter β, `None` for activations without one and remedies."""
+        return None if self.remedies else scale_of(self.activation)
+
+    @property
+    def costs(self) -> dict[str, float]:
+        """`{"train": ..., "serve": ...}` as the budgets compare them."""
+        return {"train": self.train_cost, "serve": self.serve_cost}
+
+    def cost_problems(self, budgets: Budgets | None) -> list[str]:
+        """How the row exceeds the cost budgets, e.g. `["serve cost 2 > --max_serve_cost=1"]`."""
+        return budget_problems(self.costs, budgets or {})
+
+    def fits(self, max_auc_loss: float, budgets: Budgets | None) -> bool:
+        """Within the AUC budget (whole interval) and every cost budget."""
+        return self.budget_status(max_auc_loss) == WITHIN and not self.cost_problems(budgets)
 
     def budget_status(self, max_auc_loss: float) -> str:
         """`WITHIN`, `OVER` or `STRADDLES` the AUC budget (see the module docstring)."""
@@ -193,19 +276,24 @@ class Comparison:
         """Whether the whole relative-PD-change interval is below 0."""
         return self.rel_pd_change.high < 0
 
-    def to_json(self, max_auc_loss: float | None = None) -> dict[str, object]:
-        """JSON-ready: the row, its changes vs the baseline with their intervals, and, given
-        `max_auc_loss`, its budget status and whether its PD reduction is significant."""
+    def to_json(self, max_auc_loss: float | None = None,
+                budgets: Budgets | None = None) -> dict[str, object]:
+        """JSON-ready: the row, its changes vs the baseline with their intervals, its costs,
+        and, given `max_auc_loss`, its budget status, whether its PD reduction is
+        significant and how it exceeds the cost `budgets` (`over_cost`)."""
         content = {
             "label": self.label, "spec": self.spec, "family": self.family, "beta": self.scale,
+            "remedy": self.recipe.remedy_spec or None,
             "replicas": self.replicas, "auc_mean": self.auc_mean, "rel_pd": self.rel_pd,
             "auc_change": self.auc_change.estimate,
             "auc_change_ci": [self.auc_change.low, self.auc_change.high],
             "rel_pd_change": self.rel_pd_change.estimate,
             "rel_pd_change_ci": [self.rel_pd_change.low, self.rel_pd_change.high],
+            "train_cost": self.train_cost, "serve_cost": self.serve_cost,
         }
         if max_auc_loss is not None:
-            content.update(budget=self.budget_status(max_auc_loss), pd_reduced=self.pd_reduced)
+            content.update(budget=self.budget_status(max_auc_loss), pd_reduced=self.pd_reduced,
+                           over_cost=self.cost_problems(budgets))
         return content
 
 
@@ -227,31 +315,48 @@ def family_name(activation: Activation) -> str:
     return f"{activation.name}({', '.join(f'{p}={getattr(activation, p)}' for p in fixed)})"
 
 
-def row_activation(row: Mapping[str, object]) -> Activation:
-    """The activation of a result row, checked against the row's label.
+def row_recipe(row: Mapping[str, object]) -> Recipe:
+    """The activation and remedies of a result row, checked against the row's label.
 
     Rows of `--beta_scale=relative` (`"beta_scale": "relative"`) are labelled
-    `smelu(β=1.2σ)`: their activation's β is then k.
+    `smelu(β=1.2σ)`: their activation's β is then k. Rows with remedies
+    carry them in `remedy` (e.g. `ema:0.999`) and are labelled
+    `relu+ema(0.999)`.
 
     Raises:
-        ValueError: The row's activation fields do not give its label (e.g.
-            a RESCU row without `spec`).
+        ValueError: The row's activation and remedy fields do not give its
+            label (e.g. a RESCU row without `spec`), or its `remedy` does not parse.
     """
     label = row.get("label")
     if "spec" in row:
         activation = Activation.parse(row["spec"])
     else:
         activation = Activation(row.get("activation"), beta=row.get("beta"))
-    expected = relative_label(activation) if row.get("beta_scale") == "relative" \
-        else activation.label
+    try:
+        remedies = Recipe.parse(row["remedy"]).remedies if row.get("remedy") else ()
+    except ValueError as error:
+        raise ValueError(f"Result row {label!r}: {error}") from None
+    recipe = Recipe(activation, remedies)
+    expected = recipe.label(relative_label(activation) if row.get("beta_scale") == "relative"
+                            else activation.label)
     if expected != label:
         raise ValueError(
-            f"Result row {label!r} describes activation {expected!r}; rows of "
+            f"Result row {label!r} describes {'recipe' if remedies else 'activation'} "
+            f"{expected!r}; rows of "
             "activations with parameters besides beta need `spec` (e.g. 'rescu:0.3:3'). "
             f"Received: spec={row.get('spec')!r}, activation={row.get('activation')!r}, "
-            f"beta={row.get('beta')!r}"
+            f"beta={row.get('beta')!r}, remedy={row.get('remedy')!r}"
         )
-    return activation
+    return recipe
+
+
+def row_activation(row: Mapping[str, object]) -> Activation:
+    """The activation of a result row (`row_recipe`'s), checked against the row's label.
+
+    Raises:
+        ValueError: As `row_recipe`.
+    """
+    return row_recipe(row).activation
 
 
 def _checked_array(row, field, size, label) -> np.ndarray:
@@ -408,7 +513,8 @@ def analyze(
             intervals.
 
     Returns:
-        An `Analysis`.
+        An `Analysis`; each comparison carries its costs relative to the
+        baseline row (`tf_smelu.experiment.costs.row_costs`).
 
     Raises:
         ValueError: Rows lack fields or replicas, mix source sets, repeat an
@@ -418,7 +524,8 @@ def analyze(
     """
     _require_settings(confidence, n_resamples)
     rows = _check_rows(rows)
-    baseline_label = _baseline_row(rows, baseline)["label"]
+    baseline_row = _baseline_row(rows, baseline)
+    baseline_label = baseline_row["label"]
     draws, means = {}, {}
     for row in rows:
         aucs, distances = _replica_data(row)
@@ -437,10 +544,14 @@ def analyze(
     for row in rows:
         label = row["label"]
         (auc_mean, rel_pd), (auc_draws, pd_draws) = means[label], draws[label]
+        recipe = row_recipe(row)
+        [with_ratios] = with_costs([dict(row)], baseline_row)
+        costs = row_costs(with_ratios, expected_costs(recipe))
         results[label] = Comparison(
-            label, row_activation(row), row["replicas"], auc_mean, rel_pd,
+            label, recipe.activation, row["replicas"], auc_mean, rel_pd,
             _interval(auc_mean - base_auc_mean, auc_draws - base_auc, confidence),
             _interval(rel_pd / base_rel_pd - 1, pd_draws / base_pd - 1, confidence),
+            recipe.remedies, costs["train"], costs["serve"],
         )
     zero = Interval(0.0, 0.0, 0.0)
     return Analysis(
@@ -491,11 +602,23 @@ def family_frontiers(analysis: Analysis) -> dict[str, tuple[Comparison, ...]]:
     for c in analysis.candidates:
         if c.scale is not None:
             families.setdefault(c.family, [analysis.baseline]).append(c)
-    return {
-        family: tuple(members[i] for i in pareto_frontier(
-            [m.rel_pd for m in members], [m.auc_mean for m in members]))
-        for family, members in families.items()
-    }
+    return {family: _frontier(members) for family, members in families.items()}
+
+
+def _frontier(members: Sequence[Comparison]) -> tuple[Comparison, ...]:
+    return tuple(members[i] for i in pareto_frontier([m.rel_pd for m in members],
+                                                     [m.auc_mean for m in members]))
+
+
+def frontier(analysis: Analysis, budgets: Budgets | None = None) -> tuple[Comparison, ...]:
+    """The Pareto frontier across every row, remedies and activations alike.
+
+    Point estimates of relative PD and AUC (equivalently, of their changes
+    vs the baseline), over the baseline and every candidate within the cost
+    `budgets` (one over a budget is no option, however good).
+    """
+    return _frontier([analysis.baseline, *(c for c in analysis.candidates
+                                           if not c.cost_problems(budgets))])
 
 
 def _percent(i: Interval) -> str:
@@ -513,16 +636,33 @@ def format_changes(comparison: Mapping[str, object]) -> str:
     return f"{_auc(auc):>26}  {_percent(pd):>18}"
 
 
-def _describe(c: Comparison, max_auc_loss: float | None = None) -> str:
+def _costs(c: Comparison) -> str:
+    return f"cost ×{c.train_cost:.3g} to train, ×{c.serve_cost:.3g} to serve"
+
+
+def _describe(c: Comparison, max_auc_loss: float | None = None,
+              budgets: Budgets | None = None) -> str:
     text = f"{c.label}: relative PD {_percent(c.rel_pd_change)} at AUC {_auc(c.auc_change)}"
     text += f" (R={c.replicas}"
+    if c.costs != {"train": 1.0, "serve": 1.0}:
+        text += f", {_costs(c)}"
     if max_auc_loss is not None:
         status = c.budget_status(max_auc_loss)
         text += {WITHIN: ", within budget", OVER: ", over budget",
                  STRADDLES: ", may exceed the budget"}[status]
         if status == WITHIN and not c.pd_reduced:
             text += ", PD reduction not significant"
+    problems = c.cost_problems(budgets)
+    if problems:
+        text += f", over the cost budget: {', '.join(problems)}"
     return text + ")"
+
+
+def _budget_text(max_auc_loss: float, budgets: Budgets | None) -> str:
+    """`AUC loss <= 0.002, serve cost <= 1`."""
+    return ", ".join([f"AUC loss <= {max_auc_loss:g}", *(
+        f"{kind} cost <= {budgets[name]:g}" for name, kind in BUDGETS.items()
+        if (budgets or {}).get(name) is not None)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,6 +679,9 @@ class Recommendation:
             told apart from the choice's.
         best_per_family: Per family (and reference), its candidate with the
             largest significant PD reduction within budget, or `None`.
+        budgets: The cost budgets (`max_train_cost`, `max_serve_cost`: limit or None).
+        ruled_out: Remedies not trained because their expected costs exceed
+            `budgets`: label -> why.
     """
 
     choice: Comparison | None
@@ -547,29 +690,42 @@ class Recommendation:
     analysis: Analysis | None
     indistinguishable: tuple[Comparison, ...] = ()
     best_per_family: Mapping[str, Comparison | None] = dataclasses.field(default_factory=dict)
+    budgets: Budgets = dataclasses.field(default_factory=dict)
+    ruled_out: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def frontiers(self) -> dict[str, tuple[Comparison, ...]]:
         """`family_frontiers` of the analysis (empty without one)."""
         return family_frontiers(self.analysis) if self.analysis else {}
 
+    @property
+    def frontier(self) -> tuple[Comparison, ...]:
+        """`frontier` of the analysis across every remedy (empty without one)."""
+        return frontier(self.analysis, self.budgets) if self.analysis else ()
+
     def to_json(self) -> dict[str, object]:
-        """JSON-ready: the choice, the text, every candidate and the frontiers."""
+        """JSON-ready: the choice, the text, every candidate, the frontiers and the budgets."""
         budget = self.max_auc_loss
         analysis = self.analysis
         return {
             "max_auc_loss": budget,
+            **{name: self.budgets.get(name) for name in BUDGETS},
             "confidence": analysis.confidence if analysis else None,
-            "baseline": analysis.baseline.to_json(budget) if analysis else None,
+            "baseline": analysis.baseline.to_json(budget, self.budgets) if analysis else None,
             "choice": self.choice.spec if self.choice else None,
             "indistinguishable": [c.spec for c in self.indistinguishable],
             "text": self.text,
-            "candidates": [c.to_json(budget) for c in analysis.candidates] if analysis else [],
+            "candidates": [c.to_json(budget, self.budgets)
+                           for c in analysis.candidates] if analysis else [],
             "frontiers": {
                 family: [{"label": c.label, "spec": c.spec, "auc_mean": c.auc_mean,
                           "rel_pd": c.rel_pd} for c in members]
                 for family, members in self.frontiers.items()
             },
+            "frontier": [{"label": c.label, "spec": c.spec, "auc_change": c.auc_change.estimate,
+                          "rel_pd_change": c.rel_pd_change.estimate, "train_cost": c.train_cost,
+                          "serve_cost": c.serve_cost} for c in self.frontier],
+            "ruled_out": dict(self.ruled_out),
         }
 
 
@@ -578,10 +734,9 @@ def _preference(c: Comparison) -> tuple:
     return c.rel_pd_change.estimate, -c.auc_change.estimate, c.label
 
 
-def _decide(analysis: Analysis, max_auc_loss: float):
+def _decide(analysis: Analysis, max_auc_loss: float, budgets: Budgets | None = None):
     """The choice (or None), the candidates indistinguishable from it, each family's best."""
-    eligible = [c for c in analysis.candidates
-                if c.budget_status(max_auc_loss) == WITHIN and c.pd_reduced]
+    eligible = [c for c in analysis.candidates if c.fits(max_auc_loss, budgets) and c.pd_reduced]
     best_per_family: dict[str, Comparison | None] = dict.fromkeys(
         c.family for c in analysis.candidates)
     for c in sorted(eligible, key=_preference):
@@ -600,12 +755,15 @@ def recommend(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
+    max_train_cost: float | None = None,
+    max_serve_cost: float | None = None,
+    ruled_out: Mapping[str, str] | None = None,
 ) -> Recommendation:
-    """Recommends an activation for one source set, or keeping the baseline.
+    """Recommends an activation or remedy for one source set, or keeping the baseline.
 
     The decision rule is the module docstring's: the largest significant PD
     reduction among candidates whose whole AUC-loss interval is within
-    `max_auc_loss`.
+    `max_auc_loss` and whose costs are within the cost budgets.
 
     Args:
         rows: Result rows of one source set (see `analyze`).
@@ -614,25 +772,35 @@ def recommend(
         confidence: Level of every interval, in (0, 1).
         n_resamples: Bootstrap resamples per row.
         seed: Seed of the resampling.
+        max_train_cost: Most training cost relative to the baseline (>= 1), or None.
+        max_serve_cost: Most serving cost relative to the baseline (>= 1), or None.
+        ruled_out: Candidates not trained because of the cost budgets, label -> why
+            (named in the text).
 
     Returns:
         A `Recommendation`.
 
     Raises:
-        ValueError: As `analyze`, except that a baseline whose replicas all
-            agree gives "keep" (there is nothing to reduce).
+        ValueError: As `analyze`, or a cost budget below 1; a baseline whose
+            replicas all agree gives "keep" (there is nothing to reduce).
     """
     require_in_range("max_auc_loss", max_auc_loss, low=0)
     _require_settings(confidence, n_resamples)
+    budgets = {"max_train_cost": max_train_cost, "max_serve_cost": max_serve_cost}
+    for name, value in budgets.items():
+        check_budget(name, value)
+    ruled_out = dict(ruled_out or {})
     base_label = Activation.parse(baseline).label
     if not baseline_has_pd(rows, baseline):
         return Recommendation(
             None, max_auc_loss, f"keep {base_label}: its replicas predict identically under "
-            "these sources (relative PD 0); there is nothing to reduce.", None)
+            "these sources (relative PD 0); there is nothing to reduce.", None,
+            budgets=budgets, ruled_out=ruled_out)
     analysis = analyze(rows, baseline=baseline, confidence=confidence,
                        n_resamples=n_resamples, seed=seed)
-    choice, ties, best_per_family = _decide(analysis, max_auc_loss)
+    choice, ties, best_per_family = _decide(analysis, max_auc_loss, budgets)
     level = f"{confidence:.0%} intervals"
+    budget_text = _budget_text(max_auc_loss, budgets)
     lines = []
     if choice is not None:
         chosen = next(r for r in rows if r["label"] == choice.label)
@@ -642,7 +810,8 @@ def recommend(
         lines.append(
             f"use {choice.label} ({spec}): relative PD {_percent(choice.rel_pd_change)} "
             f"at AUC {_auc(choice.auc_change)} vs {base_label} (R={choice.replicas} vs "
-            f"R={analysis.baseline.replicas}; budget: AUC loss <= {max_auc_loss:g}, {level})."
+            f"R={analysis.baseline.replicas}; {_costs(choice)}; budget: {budget_text}, "
+            f"{level})."
         )
         if ties:
             lines.append(
@@ -652,34 +821,40 @@ def recommend(
             )
     else:
         lines.append(
-            f"keep {base_label}: nothing reduces relative PD significantly within the AUC budget "
-            f"of {max_auc_loss:g} (R={analysis.baseline.replicas} for {base_label}, {level})."
+            f"keep {base_label}: nothing reduces relative PD significantly within the budget "
+            f"({budget_text}; R={analysis.baseline.replicas} for {base_label}, {level})."
         )
-        within = [c for c in analysis.candidates if c.budget_status(max_auc_loss) == WITHIN]
+        within = [c for c in analysis.candidates if c.fits(max_auc_loss, budgets)]
         if within:
             closest = min(within, key=lambda c: (c.rel_pd_change.estimate, c.label))
             lines.append(f"Closest within budget: {_describe(closest, max_auc_loss)}.")
-        beyond = [c for c in analysis.candidates if c.budget_status(max_auc_loss) != WITHIN]
+        beyond = [c for c in analysis.candidates if not c.fits(max_auc_loss, budgets)]
         if beyond:
             best = min(beyond, key=lambda c: (c.rel_pd_change.estimate, c.label))
-            lines.append(f"Best beyond budget: {_describe(best, max_auc_loss)}.")
+            lines.append(f"Best beyond budget: {_describe(best, max_auc_loss, budgets)}.")
     families = [f for f in best_per_family
                 if any(c.family == f and c.scale is not None for c in analysis.candidates)]
     if families:
         lines.append("Best of each family within budget: " + "; ".join(
             _describe(best_per_family[f]) if best_per_family[f] else f"{f}: none"
             for f in families) + ".")
-    references = [c for c in analysis.candidates if c.scale is None]
-    if references:
-        lines.append("Reference points: " + "; ".join(
-            _describe(c, max_auc_loss) for c in references) + ".")
+    for title, members in (
+            ("Reference points", [c for c in analysis.candidates
+                                  if c.scale is None and not c.remedies]),
+            ("Remedies", [c for c in analysis.candidates if c.remedies])):
+        if members:
+            lines.append(f"{title}: " + "; ".join(
+                _describe(c, max_auc_loss, budgets) for c in members) + ".")
+    if ruled_out:
+        lines.append("Not trained, over the cost budget: " + "; ".join(
+            f"{label} ({why})" for label, why in ruled_out.items()) + ".")
     return Recommendation(choice, max_auc_loss, "\n".join(lines), analysis, ties,
-                          best_per_family)
+                          best_per_family, budgets, ruled_out)
 
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
-    """One step of the search: train the row of `activation` up to `replicas`.
+    """One step of the search: train the row of `activation` (and `remedies`) up to `replicas`.
 
     Attributes:
         activation: What to train.
@@ -691,6 +866,10 @@ class Trial:
         reason: Why, in plain words.
         relative: β is k, a multiple of each layer's pre-activation σ
             (`--beta_scale=relative`): the row is labelled `smelu(β=1σ)`.
+        remedies: The remedies to train with (`tf_smelu.remedies`).
+        seed: Base seed of the replica seeds; None: the search's (the
+            configured seed). The confirmation trains on a fresh one, and
+            its rows carry `row_fields`.
     """
 
     activation: Activation
@@ -698,15 +877,29 @@ class Trial:
     extra_replicas: int
     reason: str
     relative: bool = False
+    remedies: tuple[Remedy, ...] = ()
+    seed: int | None = None
+
+    @property
+    def recipe(self) -> Recipe:
+        """The activation and the remedies, as the row trainers take them."""
+        return Recipe(self.activation, self.remedies)
 
     @property
     def label(self) -> str:
         """The label of the row this trial trains."""
-        return relative_label(self.activation) if self.relative else self.activation.label
+        return self.recipe.label(relative_label(self.activation) if self.relative
+                                 else self.activation.label)
+
+    @property
+    def row_fields(self) -> dict[str, object]:
+        """What the runner adds to the trial's row: `confirmation` and `seed` on fresh seeds."""
+        return {} if self.seed is None else {CONFIRMATION: True, "seed": self.seed}
 
     def to_json(self) -> dict[str, object]:
-        return {"spec": str(self.activation), "label": self.label, "replicas": self.replicas,
-                "extra_replicas": self.extra_replicas, "reason": self.reason}
+        return {"spec": recipe_spec(self.recipe), "label": self.label,
+                "replicas": self.replicas, "extra_replicas": self.extra_replicas,
+                "reason": self.reason, **({} if self.seed is None else {"seed": self.seed})}
 
 
 def _as_activation(value: Activation | str) -> Activation:
@@ -733,10 +926,23 @@ class SearchSettings:
         time_budget: Seconds the search may take (`None`: no limit).
         confidence: Level of every interval.
         n_resamples: Bootstrap resamples per row.
-        seed: Seed of the resampling.
+        seed: Seed of the resampling; the confirmation's replica seeds derive
+            from it (`confirmation_seed`), the search's are the runner's.
         relative: β is k, a multiple of each layer's pre-activation σ
             (trials are labelled `smelu(β=1σ)`); `scale_grid` is then in k
             (default `RELATIVE_SCALE_GRID`).
+        remedies: Recipes with remedies (`tf_smelu.remedies.Recipe` or
+            specs such as `ensemble:2`, `smelu:1+ema:0.999`; one without an
+            activation applies to the baseline), candidates with fixed
+            parameters, trained like references.
+        max_train_cost: Most training cost a choice may have (training steps
+            relative to one baseline model), >= 1; None: no limit.
+        max_serve_cost: Most serving cost a choice may have (FLOPs, else
+            parameters, relative to one baseline model), >= 1; None: no limit.
+
+    Raises:
+        ValueError: A setting out of range, or cost budgets that rule out
+            every remedy when no activation is searched or referenced.
     """
 
     max_auc_loss: float
@@ -753,9 +959,13 @@ class SearchSettings:
     n_resamples: int = 2000
     seed: int = 0
     relative: bool = False
+    remedies: tuple[Recipe, ...] = ()
+    max_train_cost: float | None = None
+    max_serve_cost: float | None = None
 
     def __post_init__(self):
         require_in_range("max_auc_loss", self.max_auc_loss, low=0)
+        self._check_remedies_and_budgets()
         if self.scale_grid is None:
             object.__setattr__(self, "scale_grid",
                                RELATIVE_SCALE_GRID if self.relative else DEFAULT_SCALE_GRID)
@@ -789,6 +999,36 @@ class SearchSettings:
             require_in_range("time_budget", self.time_budget, low=0, low_inclusive=False)
         _require_settings(self.confidence, self.n_resamples)
 
+    def _check_remedies_and_budgets(self) -> None:
+        object.__setattr__(self, "baseline", _as_activation(self.baseline))
+        recipes = tuple(Recipe.parse(r).with_activation(self.baseline) for r in self.remedies)
+        plain = [str(r.activation) for r in recipes if not r.remedies]
+        if plain:
+            raise ValueError(f"`remedies` must each name a remedy; put {plain} in `families` "
+                             f"or `references`. Received: remedies={self.remedies!r}")
+        object.__setattr__(self, "remedies", recipes)
+        for name in BUDGETS:
+            check_budget(name, getattr(self, name))
+        references = [a for a in self.references if _as_activation(a) != self.baseline]
+        require_candidates(self.ruled_out, len(self.families) + len(references)
+                           + len(recipes) - len(self.ruled_out), self.budgets)
+
+    @property
+    def budgets(self) -> dict[str, float | None]:
+        """`max_train_cost` and `max_serve_cost` by name."""
+        return {name: getattr(self, name) for name in BUDGETS}
+
+    @property
+    def ruled_out(self) -> dict[str, str]:
+        """Remedies whose expected costs exceed the budgets (never trained): label -> why."""
+        return ruled_out(self.remedies, self.budgets, self.baseline)
+
+    @property
+    def affordable_remedies(self) -> tuple[Recipe, ...]:
+        """`remedies` that `ruled_out` keeps."""
+        excluded = self.ruled_out
+        return tuple(r for r in self.remedies if r.label(r.activation.label) not in excluded)
+
     @classmethod
     def from_activations(
         cls, activations: Sequence[Activation | str], max_auc_loss: float, **settings
@@ -811,15 +1051,16 @@ def _round(value: float) -> float:
     return float(f"{value:.2g}")
 
 
-def _new(activation: Activation, settings: SearchSettings, reason: str) -> Trial:
-    return Trial(activation, settings.replicas, settings.replicas, reason,
-                 relative=settings.relative)
+def _new(what: Activation | Recipe, settings: SearchSettings, reason: str) -> Trial:
+    recipe = Recipe.parse(what)
+    return Trial(recipe.activation, settings.replicas, settings.replicas, reason,
+                 relative=settings.relative, remedies=recipe.remedies)
 
 
 def _more(c: Comparison, settings: SearchSettings, reason: str) -> Trial | None:
     target = min(2 * c.replicas, settings.max_replicas)
     return Trial(c.activation, target, target - c.replicas, reason,
-                 relative=settings.relative) if target > c.replicas \
+                 relative=settings.relative, remedies=c.remedies) if target > c.replicas \
         else None
 
 
@@ -872,11 +1113,12 @@ def _family_step(family: Activation, analysis: Analysis, settings: SearchSetting
 def _refinements(analysis: Analysis, settings: SearchSettings) -> list[Trial]:
     """Replicas where the decision is uncertain (step 4 of the module docstring)."""
     budget = settings.max_auc_loss
-    choice, ties, best_per_family = _decide(analysis, budget)
+    choice, ties, best_per_family = _decide(analysis, budget, settings.budgets)
     best = choice.rel_pd_change.estimate if choice else 0.0
     searched = {family_name(f) for f in settings.families}
     wanted: list[tuple[Comparison, str]] = []
-    for c in analysis.candidates:
+    # Replicas cannot bring a row within a cost budget: rows over one get none.
+    for c in (c for c in analysis.candidates if not c.cost_problems(settings.budgets)):
         status = c.budget_status(budget)
         if status == STRADDLES and c.family not in searched and c.rel_pd_change.estimate < best:
             reason = (f"its AUC-loss interval straddles the budget {budget:g} and its PD could "
@@ -933,12 +1175,15 @@ def plan(rows: Sequence[Mapping[str, object]], settings: SearchSettings) -> list
         has ended.
     """
     rows = list(rows)
-    done = {row_activation(r).label for r in rows}
-    trials = [_new(a, settings, reason) for a, reason in (
+    done = {r["label"] for r in rows}
+    trials = [trial for trial in (_new(a, settings, reason) for a, reason in (
         (settings.baseline, "the baseline"),
-        *((r, "reference point") for r in settings.references)) if a.label not in done]
+        *((r, "reference point") for r in settings.references),
+        *((r, "remedy") for r in settings.affordable_remedies))) if trial.label not in done]
+    # A remedy row (`smelu:1+ema:0.999`) is no member of its activation's β family.
+    activations = [row_activation(r) for r in rows if not r.get("remedy")]
     unsearched = [f for f in settings.families
-                  if not any(family_name(row_activation(r)) == family_name(f) for r in rows)]
+                  if not any(family_name(a) == family_name(f) for a in activations)]
     trials += [_new(with_scale(f, settings.scale_grid[0]), settings, "coarse grid of β")
                for f in unsearched]
     if settings.baseline.label not in done:
@@ -972,23 +1217,87 @@ def _baseline_keeps_up(trials: list[Trial], analysis: Analysis, settings: Search
 
 
 @dataclasses.dataclass(frozen=True)
+class Confirmation:
+    """The choice and the baseline measured again on fresh replica seeds (see `confirm`).
+
+    Attributes:
+        seed: Base seed of the fresh replicas (`confirmation_seed`).
+        baseline: The baseline's new row against itself.
+        choice: The choice's new row against the new baseline row.
+        problems: Why the answer did not hold (empty: it held).
+        text: One line in plain words.
+    """
+
+    seed: int
+    baseline: Comparison
+    choice: Comparison
+    problems: tuple[str, ...]
+    text: str
+
+    @property
+    def held(self) -> bool:
+        """Still within every budget, and PD still significantly reduced."""
+        return not self.problems
+
+    def to_json(self, max_auc_loss: float, budgets: Budgets) -> dict[str, object]:
+        """JSON-ready: whether it held, why not, the seed and both rows' comparisons."""
+        return {"held": self.held, "problems": list(self.problems), "seed": self.seed,
+                "rows": [self.baseline.label, self.choice.label], "text": self.text,
+                "baseline": self.baseline.to_json(max_auc_loss, budgets),
+                "choice": self.choice.to_json(max_auc_loss, budgets)}
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchResult:
-    """The rows a search ended with, the trials it ran, why it stopped, its advice."""
+    """The rows a search ended with, the trials it ran, why it stopped, its advice.
+
+    Attributes:
+        rows: The search's rows (never the confirmation's).
+        trials: The trials run, in order.
+        stopped: Why the search stopped.
+        recommendation: The advice over `rows`.
+        confirmation: The choice re-measured on fresh seeds (`confirm`);
+            None before `confirm`, or when the advice is to keep the baseline.
+        confirmation_rows: The confirmation's rows (baseline, choice).
+    """
 
     rows: tuple[dict, ...]
     trials: tuple[Trial, ...]
     stopped: str
     recommendation: Recommendation
+    confirmation: Confirmation | None = None
+    confirmation_rows: tuple[dict, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The recommendation's text, then whether the confirmation held."""
+        return "\n".join([self.recommendation.text, *(
+            [self.confirmation.text] if self.confirmation else [])])
 
     def to_json(self) -> dict[str, object]:
-        """JSON-ready: the recommendation's, plus the trials and why the search stopped."""
-        return {**self.recommendation.to_json(), "stopped": self.stopped,
-                "trials": [t.to_json() for t in self.trials]}
+        """JSON-ready: the recommendation's, plus the trials, why the search stopped and the
+        confirmation (`null` for "keep")."""
+        recommendation = self.recommendation
+        return {**recommendation.to_json(), "text": self.text, "stopped": self.stopped,
+                "trials": [t.to_json() for t in self.trials],
+                "confirmation": self.confirmation.to_json(
+                    recommendation.max_auc_loss, recommendation.budgets)
+                if self.confirmation else None}
 
 
 RunTrial = Callable[[Trial, Mapping[str, object] | None], dict]
 """`run_trial(trial, row)` trains `trial` (extending `row`, the activation's
-current row or `None`) and returns its new row with `trial.replicas` replicas."""
+current row or `None`; replica seeds from `trial.seed`, the configured seed when
+None) and returns its new row with `trial.replicas` replicas."""
+
+
+def _checked(trial: Trial, row: dict) -> dict:
+    if row.get("label") != trial.label or row.get("replicas") != trial.replicas:
+        raise ValueError(
+            f"`run_trial` must return the row of {trial.label!r} with "
+            f"{trial.replicas} replicas. Received: label={row.get('label')!r}, "
+            f"replicas={row.get('replicas')!r}")
+    return row
 
 
 def search(
@@ -1004,17 +1313,21 @@ def search(
     Args:
         run_trial: Trains one trial and returns the new row (see `RunTrial`).
         settings: The search's settings.
-        rows: Rows of the same source set from before (e.g. a resumed run).
+        rows: Rows of the same source set from before (e.g. a resumed run;
+            never the confirmation's).
         clock: Seconds, for the time budget.
         log: Where to say what runs and why.
 
     Returns:
-        A `SearchResult` whose recommendation covers all rows.
+        A `SearchResult` whose recommendation covers all rows (not yet
+        confirmed: see `confirm`).
 
     Raises:
         ValueError: `run_trial` returned a row of another activation or R.
     """
     rows = [dict(r) for r in rows]
+    for label, why in settings.ruled_out.items():
+        log(f"advisor: {label} is not trained: {why}")
     start, spent, trained, ran = clock(), 0.0, 0, []
     stopped = None
     while stopped is None:
@@ -1032,13 +1345,8 @@ def search(
             log(f"advisor: {trial.label} to R={trial.replicas}: {trial.reason}")
             index = next((i for i, r in enumerate(rows) if r["label"] == trial.label), None)
             began = clock()
-            row = run_trial(trial, None if index is None else rows[index])
+            row = _checked(trial, run_trial(trial, None if index is None else rows[index]))
             spent, trained = spent + clock() - began, trained + trial.extra_replicas
-            if row.get("label") != trial.label or row.get("replicas") != trial.replicas:
-                raise ValueError(
-                    f"`run_trial` must return the row of {trial.label!r} with "
-                    f"{trial.replicas} replicas. Received: label={row.get('label')!r}, "
-                    f"replicas={row.get('replicas')!r}")
             if index is None:
                 rows.append(row)
             else:
@@ -1046,6 +1354,131 @@ def search(
             ran.append(trial)
     recommendation = recommend(
         rows, settings.max_auc_loss, baseline=str(settings.baseline),
-        confidence=settings.confidence, n_resamples=settings.n_resamples, seed=settings.seed)
+        confidence=settings.confidence, n_resamples=settings.n_resamples, seed=settings.seed,
+        ruled_out=settings.ruled_out, **settings.budgets)
     log(f"advisor ({stopped}):\n{recommendation.text}")
     return SearchResult(tuple(rows), tuple(ran), stopped, recommendation)
+
+
+def confirmation_seed(seed: int) -> int:
+    """Base seed of the confirmation's replicas, derived from the search's `seed`.
+
+    Never one the search used (its replica seeds derive from `seed` itself,
+    `tf_smelu.experiment.replica_seeds`), and the same on every run, so a
+    resumed run finds the confirmation rows it finished.
+    """
+    return derived_seed(seed, CONFIRMATION_SEED_KIND)
+
+
+def is_confirmation(row: Mapping[str, object]) -> bool:
+    """Whether `row` is a confirmation row (fresh seeds), not one of the search's."""
+    return bool(row.get(CONFIRMATION))
+
+
+def confirmation_trials(result: SearchResult, settings: SearchSettings) -> list[Trial]:
+    """The baseline and the choice on fresh replica seeds, at the choice's R.
+
+    Empty when the advice is to keep the baseline: nothing would change, so
+    there is nothing to confirm.
+    """
+    choice = result.recommendation.choice
+    if choice is None:
+        return []
+    seed, replicas = confirmation_seed(settings.seed), choice.replicas
+    reason = f"confirmation on fresh replica seeds (base seed {seed})"
+    return [Trial(settings.baseline, replicas, replicas, reason, settings.relative, seed=seed),
+            Trial(choice.activation, replicas, replicas, reason, settings.relative,
+                  choice.remedies, seed=seed)]
+
+
+def judge_confirmation(rows: Sequence[Mapping[str, object]], recommendation: Recommendation,
+                       settings: SearchSettings) -> Confirmation:
+    """Whether the recommendation holds on the confirmation's rows.
+
+    It holds when the choice, against the baseline's new row, is still
+    within the AUC budget (whole interval), within the cost budgets, and
+    still reduces PD significantly: the decision rule, on fresh replicas.
+
+    Args:
+        rows: The confirmation's rows: the baseline's and the choice's.
+        recommendation: The search's recommendation (with a choice).
+        settings: The search's settings (budgets, intervals).
+
+    Returns:
+        A `Confirmation`.
+
+    Raises:
+        ValueError: As `analyze`, or `rows` lack the choice's row.
+    """
+    analysis = analyze(rows, baseline=str(settings.baseline), confidence=settings.confidence,
+                       n_resamples=settings.n_resamples, seed=settings.seed)
+    label = recommendation.choice.label
+    choice = analysis.get(label)
+    if choice is None or choice is analysis.baseline:
+        raise ValueError(f"The confirmation needs the row of {label!r}. Received: rows "
+                         f"{[r.get('label') for r in rows]}")
+    budget = settings.max_auc_loss
+    problems = []
+    if choice.budget_status(budget) != WITHIN:
+        problems.append(f"its AUC-loss interval [{-choice.auc_change.high:.4f}, "
+                        f"{-choice.auc_change.low:.4f}] is no longer within {budget:g}")
+    problems += choice.cost_problems(settings.budgets)
+    if not choice.pd_reduced:
+        problems.append("its PD reduction is no longer significant")
+    seed = confirmation_seed(settings.seed)
+    where = (f"on fresh replica seeds (base seed {seed}, R={choice.replicas} for "
+             f"{analysis.baseline.label} and {label})")
+    measured = (f"relative PD {_percent(choice.rel_pd_change)} at AUC "
+                f"{_auc(choice.auc_change)}, {_costs(choice)}")
+    text = (f"Confirmed {where}: {measured}; still within budget and PD still reduced."
+            if not problems else
+            f"NOT confirmed {where}: {measured}; {'; '.join(problems)}. Treat the "
+            "recommendation as unconfirmed: more replicas (--replicas, --max_replicas) "
+            "would settle it.")
+    return Confirmation(seed, analysis.baseline, choice, tuple(problems), text)
+
+
+def confirm(
+    run_trial: RunTrial,
+    result: SearchResult,
+    settings: SearchSettings,
+    rows: Sequence[Mapping[str, object]] = (),
+    *,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
+    """Re-measures the choice and the baseline on fresh replica seeds (held out from the search).
+
+    Args:
+        run_trial: Trains one trial (see `RunTrial`); the runner adds
+            `trial.row_fields` to the row it returns.
+        result: The search's result.
+        settings: The search's settings.
+        rows: Confirmation rows finished earlier (a resumed run): one of the
+            same label, R and seed is reused, not trained again.
+        log: Where to say what runs and whether the answer held.
+
+    Returns:
+        `result` with its `confirmation` and `confirmation_rows`; `result`
+        itself when the advice is to keep the baseline (nothing to confirm).
+
+    Raises:
+        ValueError: `run_trial` returned a row of another label or R.
+    """
+    trials = confirmation_trials(result, settings)
+    if not trials:
+        log(f"advisor: keep {settings.baseline.label} needs no confirmation (nothing would "
+            "change)")
+        return result
+    confirmed = []
+    for trial in trials:
+        row = next((dict(r) for r in rows if r.get("label") == trial.label
+                    and r.get("replicas") == trial.replicas and r.get("seed") == trial.seed
+                    and is_confirmation(r)), None)
+        if row is None:
+            log(f"advisor: {trial.label} to R={trial.replicas}: {trial.reason}")
+            row = _checked(trial, run_trial(trial, None))
+        confirmed.append(row)
+    confirmation = judge_confirmation(confirmed, result.recommendation, settings)
+    log(f"advisor: {confirmation.text}")
+    return dataclasses.replace(result, confirmation=confirmation,
+                               confirmation_rows=tuple(confirmed))

@@ -11,10 +11,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from tf_smelu.experiment.costs import BUDGETS, check_budget, require_candidates, ruled_out
 from tf_smelu.experiment.seeds import IN_PROCESS_ONLY_SOURCES, SOURCES, parse_sources
 from tf_smelu.registry import Activation, activation_help
+from tf_smelu.remedies import Recipe
 from tf_smelu.training.config import TrainingConfig, as_flag_dict, check_fields, option
 from tf_smelu.training.updates import UPDATE_MODES
+
+BASELINE = Activation("relu")
+"""What the `max_auc_loss` search compares every candidate with; a remedy without an
+activation applies to it."""
 
 TRAINING_FIELDS_SET_BY_THE_EXPERIMENT = ("update_mode", "schedule_seed")
 """`TrainingConfig` fields the experiment sets per row (no flag of their own):
@@ -25,6 +31,21 @@ def _parse_activations(texts) -> tuple[Activation, ...]:
     if not texts:
         raise ValueError("`activations` must name at least one activation.")
     return tuple(t if isinstance(t, Activation) else Activation.parse(t) for t in texts)
+
+
+def _parse_remedies(texts) -> tuple[Recipe, ...]:
+    recipes = tuple(Recipe.parse(t) for t in texts)
+    plain = [recipe_spec(r) for r in recipes if not r.remedies]
+    if plain:
+        raise ValueError(f"`remedies` names no remedy in {plain}: put activations in "
+                         f"`activations`. Received: remedies={list(texts)}")
+    return recipes
+
+
+def recipe_spec(recipe: Recipe) -> str:
+    """The spec that parses back to `recipe`, e.g. `smelu:1.0+ema:0.999` or `ensemble:2`."""
+    return "+".join([*([str(recipe.activation)] if recipe.activation else []),
+                     *(str(r) for r in recipe.remedies)])
 
 
 def _parse_source_sets(texts) -> tuple[tuple[str, ...], ...]:
@@ -59,6 +80,12 @@ class CTRExperimentConfig:
         progress: Show progress bars.
         work_dir: Where replica jobs write weights, predictions and logs
             (`None`: a new temporary directory, kept and logged).
+        remedies: Recipes with remedies (`tf_smelu.remedies.Recipe`), e.g.
+            `ensemble:2`, `smelu:1+ema:0.999`; one without an activation applies to relu.
+        max_train_cost: With `max_auc_loss`: most training cost (steps
+            relative to one relu model) a recommendation may have, >= 1; None: no limit.
+        max_serve_cost: With `max_auc_loss`: most serving cost (FLOPs per
+            example, else parameters, relative to one relu model), >= 1; None: no limit.
         training: How every replica is trained.
     """
 
@@ -95,6 +122,18 @@ class CTRExperimentConfig:
         "sets); unset: until the search is decided.", positive=True)
     max_replicas: int = option(
         32, "--max_auc_loss: most replicas the search gives one row.", minimum=4)
+    remedies: tuple[Recipe, ...] = option(
+        (), "Remedies to compare, comma-separated, e.g. ensemble:2,ema:0.999,smelu:1+ema:0.999 "
+        "(one without an activation applies to relu).", check=_parse_remedies)
+    max_train_cost: float | None = option(
+        None, "--max_auc_loss: most training cost a recommendation may have, in training "
+        "steps relative to one relu model (ensemble:2 costs 2); >= 1; unset: no limit.",
+        check=lambda value: check_budget("max_train_cost", value))
+    max_serve_cost: float | None = option(
+        None, "--max_auc_loss: most serving cost a recommendation may have, in FLOPs per "
+        "example (or parameters, where FLOPs are not measured) relative to one relu model "
+        "(ensemble:2 costs 2); >= 1; unset: no limit.",
+        check=lambda value: check_budget("max_serve_cost", value))
     beta_scale: str = option(
         "absolute", "absolute: the number in a spec (smelu:0.2) is beta itself; relative: it "
         "is k, and each hidden layer l gets beta_l = k x sigma_l, its pre-activation std "
@@ -120,13 +159,14 @@ class CTRExperimentConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
     def __post_init__(self):
-        for name in ("activations", "sources", "update_mode"):
+        for name in ("activations", "sources", "update_mode", "remedies"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, (tuple, list)):
                 raise ValueError(f"`{name}` must be a sequence. Received: {name}={value!r}")
             object.__setattr__(self, name, tuple(value))
         check_fields(self)
         object.__setattr__(self, "activations", _parse_activations(self.activations))
+        object.__setattr__(self, "remedies", _parse_remedies(self.remedies))
         if not isinstance(self.training, TrainingConfig):
             raise ValueError(f"`training` must be a TrainingConfig. Received: {self.training!r}")
         if self.training.train_examples < self.training.batch_size:
@@ -141,11 +181,13 @@ class CTRExperimentConfig:
             self.tune_learning_rate is not False))
         if self.max_auc_loss is not None:
             self._check_search()
-        elif self.time_budget is not None:
-            raise ValueError(
-                "`time_budget` limits the `max_auc_loss` search only: set `max_auc_loss` too, "
-                f"or unset `time_budget`. Received: time_budget={self.time_budget}, "
-                "max_auc_loss=None")
+        else:
+            for name in ("time_budget", *BUDGETS):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"`{name}` limits the `max_auc_loss` search only: set `max_auc_loss` "
+                        f"too, or unset `{name}`. Received: {name}={getattr(self, name)}, "
+                        "max_auc_loss=None")
         if self.beta_scale == "relative" and self.multi_worker:
             raise ValueError(
                 "`beta_scale=relative` runs in process only: workers build their models from "
@@ -173,6 +215,19 @@ class CTRExperimentConfig:
             raise ValueError(
                 "The search needs 4 <= replicas <= max_replicas. Received: "
                 f"replicas={self.replicas}, max_replicas={self.max_replicas}")
+        self._check_cost_budgets()
+
+    def _check_cost_budgets(self) -> None:
+        """Refuses budgets under which relu would be compared with nothing (before training).
+
+        Activations cost 1 (`check_budget` keeps budgets >= 1), so only
+        remedies can be ruled out: the search is pointless when they all are
+        and no activation besides relu is asked for.
+        """
+        budgets = {name: getattr(self, name) for name in BUDGETS}
+        excluded = ruled_out(self.remedies, budgets, BASELINE)
+        left = len(self.remedies) - len(excluded) + sum(a != BASELINE for a in self.activations)
+        require_candidates(excluded, left, budgets)
 
     def _check_multi_worker(self) -> None:
         # Any set that names one: every row must be runnable.
@@ -209,6 +264,7 @@ class CTRExperimentConfig:
     def to_dict(self) -> dict[str, object]:
         """Flat, JSON-ready values of every flag field (the inverse of `from_dict`)."""
         return {**as_flag_dict(self), "activations": [str(a) for a in self.activations],
+                "remedies": [recipe_spec(r) for r in self.remedies],
                 **as_flag_dict(self.training, exclude=TRAINING_FIELDS_SET_BY_THE_EXPERIMENT)}
 
     @classmethod

@@ -6,25 +6,29 @@ import math
 import os
 from collections.abc import Callable, Mapping
 
-from tf_smelu.experiment.results import write_results
+from tf_smelu.experiment.results import row_key, write_results
 
 
 def format_table(rows: list[dict]) -> str:
-    """A readable text table of result rows, with PD relative to ReLU."""
+    """A readable text table of result rows, with PD relative to ReLU.
+
+    The advisor's confirmation rows (`[confirmation]` after the label) are
+    compared with the confirmation's ReLU row, measured on the same fresh seeds.
+    """
     header = (
         f"{'sources':<22} {'activation':<26} {'AUC':>15} {'logloss':>8} "
         f"{'relPD (95% CI)':>24} {'vs relu':>8} {'absPD':>7} {'sec':>6}"
     )
     lines = [header, "-" * len(header)]
-    relu = {tuple(r["sources"]): r["rel_pd"] for r in rows
+    relu = {(tuple(r["sources"]), bool(r.get("confirmation"))): r["rel_pd"] for r in rows
             if r["activation"] == "relu" and not r.get("remedy")}  # relu+ema is no baseline
     for r in rows:
-        key = tuple(r["sources"])
+        key = tuple(r["sources"]), bool(r.get("confirmation"))
         change = f"{r['rel_pd'] / relu[key] - 1:+.0%}" if key in relu and relu[key] else ""
         lo, hi = r["rel_pd_ci"]
         ci = f"{r['rel_pd']:.4f} [{lo:.4f},{hi:.4f}]" if not math.isnan(lo) else f"{r['rel_pd']:.4f}"
         lines.append(
-            f"{'+'.join(r['sources']) or 'none':<22} {r['label']:<26} "
+            f"{'+'.join(r['sources']) or 'none':<22} {row_key(r)[1]:<26} "
             f"{r['auc_mean']:.4f}±{r['auc_std']:.4f} {r['logloss_mean']:8.4f} "
             f"{ci:>24} {change:>8} {r['abs_pd']:7.4f} {r['train_seconds']:6.0f}"
         )
@@ -42,16 +46,28 @@ def format_group_table(rows: list[dict]) -> str:
             f"{r['rel_pd_by_group'][g]['rel_pd']:12.4f}" if g in r["rel_pd_by_group"] else " " * 12
             for g in groups
         ]
-        lines.append(f"{'+'.join(r['sources']) or 'none':<22} {r['label']:<26} " + " ".join(cells))
+        lines.append(f"{'+'.join(r['sources']) or 'none':<22} {row_key(r)[1]:<26} "
+                     + " ".join(cells))
     return "\n".join(lines)
 
 
 def plot_tradeoff(rows: list[dict], path: str, advice: Mapping[str, dict] | None = None) -> str:
-    """Relative PD against AUC, one point per activation/beta, one panel per source set.
+    """Writes `tradeoff_figure(rows, advice)` to `path` (PNG); returns `path`."""
+    tradeoff_figure(rows, advice).savefig(path, dpi=120)
+    return path
 
-    With `advice` (the `--max_auc_loss` search's result per source set), each
-    panel also shows every family's Pareto frontier (dashed), the AUC budget
-    (dotted) and the recommended row (a star).
+
+def tradeoff_figure(rows: list[dict], advice: Mapping[str, dict] | None = None):
+    """Relative PD against AUC, one point per row, one panel per source set.
+
+    A source set with `advice` (the `--max_auc_loss` search's result) is
+    drawn as changes vs ReLU instead (`_draw_advice`): every candidate,
+    activations and remedies alike, with its intervals and its training cost
+    as marker size, the Pareto frontier across all of them, the AUC budget,
+    the recommended row and its confirmation on fresh seeds.
+
+    Returns:
+        A `matplotlib.figure.Figure` (drawn off-screen).
     """
     # A bare Figure draws off-screen without switching pyplot's backend, so
     # notebooks that show their own plots keep working.
@@ -68,40 +84,87 @@ def plot_tradeoff(rows: list[dict], path: str, advice: Mapping[str, dict] | None
     fig = Figure(figsize=(8.5 * len(groups), 4.8))
     axes = fig.subplots(1, len(groups), squeeze=False)
     for ax, (sources, group) in zip(axes[0], groups.items()):
-        for index, r in enumerate(group):
-            lo, hi = r["rel_pd_ci"]
-            yerr = None if math.isnan(lo) else [[r["rel_pd"] - lo], [hi - r["rel_pd"]]]
-            ax.errorbar(
-                r["auc_mean"], r["rel_pd"], xerr=r["auc_std"], yerr=yerr,
-                fmt="o", capsize=4, label=r["label"], color=colours[index % len(colours)],
-            )
-        _draw_advice(ax, (advice or {}).get("+".join(sources)))
+        searched = (advice or {}).get("+".join(sources))
+        if searched and searched.get("baseline"):
+            _draw_advice(ax, searched, colours)
+        else:
+            _draw_rows(ax, group, colours)
         replicas = sorted({r["replicas"] for r in group})
         ax.set_title(f"sources: {'+'.join(sources) or 'none'} "
                      f"(R={'-'.join(str(r) for r in replicas[::max(1, len(replicas) - 1)])})")
-        ax.set_xlabel("AUC (mean ± sd over replicas)")
-        ax.set_ylabel("relative PD (mean over pairs, 95% CI)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle("Accuracy–reproducibility tradeoff: lower right is better")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return fig
 
 
-def _draw_advice(ax, advice: Mapping[str, object] | None) -> None:
-    if not advice:
-        return
-    for family, points in advice["frontiers"].items():
-        ax.plot([p["auc_mean"] for p in points], [p["rel_pd"] for p in points], "--",
-                alpha=0.6, label=f"{family} frontier")
-    if advice.get("baseline"):
-        ax.axvline(advice["baseline"]["auc_mean"] - advice["max_auc_loss"], ls=":",
-                   color="gray", label=f"AUC budget ({advice['max_auc_loss']:g})")
-    chosen = [c for c in advice["candidates"] if c["spec"] == advice.get("choice")]
-    for choice in chosen:
-        ax.plot(choice["auc_mean"], choice["rel_pd"], "*", markersize=16, color="gold",
-                markeredgecolor="black", label=f"recommended: {choice['label']}")
+def _draw_rows(ax, group: list[dict], colours) -> None:
+    """Every row's mean relative PD (95% CI) against its mean AUC (± sd)."""
+    for index, r in enumerate(group):
+        lo, hi = r["rel_pd_ci"]
+        yerr = None if math.isnan(lo) else [[r["rel_pd"] - lo], [hi - r["rel_pd"]]]
+        ax.errorbar(
+            r["auc_mean"], r["rel_pd"], xerr=r["auc_std"], yerr=yerr,
+            fmt="o", capsize=4, label=row_key(r)[1], color=colours[index % len(colours)],
+        )
+    ax.set_xlabel("AUC (mean ± sd over replicas)")
+    ax.set_ylabel("relative PD (mean over pairs, 95% CI)")
+
+
+MARKER_AREA = 40.0
+"""Marker area (points²) of a candidate that costs one ReLU model to train."""
+
+
+def _errors(point: Mapping[str, object], field: str) -> list[list[float]]:
+    low, high = point[f"{field}_ci"]
+    return [[point[field] - low], [high - point[field]]]
+
+
+def _draw_advice(ax, advice: Mapping[str, object], colours) -> None:
+    """The search's candidates as AUC change and relative-PD change vs ReLU (95% intervals).
+
+    Marker area is proportional to the training cost (a hollow marker: over
+    a cost budget); the dashed line is the Pareto frontier across every
+    candidate within the cost budgets; the dotted line the AUC budget.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import PercentFormatter
+
+    for index, c in enumerate([advice["baseline"], *advice["candidates"]]):
+        colour = colours[index % len(colours)]
+        over = bool(c.get("over_cost"))
+        costs = f" (train ×{c['train_cost']:.3g}, serve ×{c['serve_cost']:.3g})" if (
+            c["train_cost"], c["serve_cost"]) != (1, 1) else ""
+        ax.errorbar(c["auc_change"], c["rel_pd_change"], xerr=_errors(c, "auc_change"),
+                    yerr=_errors(c, "rel_pd_change"), fmt="none", ecolor=colour, alpha=0.5,
+                    capsize=3)
+        ax.scatter(c["auc_change"], c["rel_pd_change"], s=MARKER_AREA * c["train_cost"],
+                   facecolors="none" if over else colour, edgecolors=colour, zorder=3,
+                   label=c["label"] + costs + (" — over a cost budget" if over else ""))
+    frontier = advice.get("frontier", [])
+    ax.plot([p["auc_change"] for p in frontier], [p["rel_pd_change"] for p in frontier], "--",
+            color="black", alpha=0.6, label="Pareto frontier (all candidates within the cost "
+            "budgets)")
+    ax.axvline(-advice["max_auc_loss"], ls=":", color="gray",
+               label=f"AUC budget ({advice['max_auc_loss']:g})")
+    for choice in (c for c in advice["candidates"] if c["spec"] == advice.get("choice")):
+        ax.plot(choice["auc_change"], choice["rel_pd_change"], "*", markersize=16,
+                color="gold", markeredgecolor="black", label=f"recommended: {choice['label']}")
+    confirmation = advice.get("confirmation")
+    if confirmation:
+        again = confirmation["choice"]
+        ax.errorbar(again["auc_change"], again["rel_pd_change"],
+                    xerr=_errors(again, "auc_change"), yerr=_errors(again, "rel_pd_change"),
+                    fmt="D", color="black", capsize=3, markerfacecolor="white",
+                    label="confirmation on fresh seeds: "
+                          + ("held" if confirmation["held"] else "did not hold"))
+    ax.add_line(Line2D([], [], ls="none", marker="o", color="gray",
+                       label="marker area ∝ training cost (× relu); hollow: over a cost budget"))
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x:+.3f}")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_xlabel("AUC change vs relu (95% CI)")
+    ax.set_ylabel("relative PD change vs relu (95% CI)")
 
 
 def report(

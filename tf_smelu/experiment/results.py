@@ -87,8 +87,14 @@ def _cpu_description() -> dict[str, str]:
 
 
 def row_key(row: Mapping[str, object]) -> tuple[str, str]:
-    """What identifies a row within one configuration: its sources and activation label."""
-    return "+".join(row["sources"]), str(row["label"])
+    """What identifies a row within one configuration: its sources and label.
+
+    The advisor's confirmation rows (`"confirmation": true`: the choice and
+    the baseline again, on fresh replica seeds) are `<label> [confirmation]`,
+    apart from the search's rows of the same label.
+    """
+    label = str(row["label"])
+    return "+".join(row["sources"]), f"{label} [confirmation]" if row.get("confirmation") else label
 
 
 def write_results(

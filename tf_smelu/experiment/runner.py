@@ -258,19 +258,26 @@ class _InProcessProblem:
             on_predictions: Callable[[np.ndarray], None] | None = None) -> dict:
         """Trains one row (replicas after `previous`'s, if given); see `run_replicas`.
 
-        `seed` and `learning_rate` replace the configured ones; the row
-        records the rate it was trained at (`learning_rate`).
+        `seed` is the base seed of the replica seeds (None: the configured
+        one); `learning_rate` replaces the configured one; the row records
+        the rate it was trained at (`learning_rate`).
+
+        Raises:
+            ValueError: `recipe` has remedies: this trainer runs activations only.
         """
-        activation = recipe.activation if isinstance(recipe, Recipe) else recipe
+        recipe = Recipe.parse(recipe)
+        if recipe.remedies:
+            raise ValueError(f"The built-in trainer runs activations only, not the remedies "
+                             f"of {recipe.remedy_spec!r}.")
+        activation = recipe.activation
         training = self._config.training
         if learning_rate is not None:
             training = dataclasses.replace(training, learning_rate=learning_rate)
         row = run_replicas(
             self._model_fn, self._train_data, self._eval_data, activation, sources,
             replicas, training, seed=training.seed if seed is None else seed,
-            steps_per_epoch=self._steps_per_epoch,
-            progress=self._config.progress, eval_groups=self._eval_groups, previous=previous,
-            on_predictions=on_predictions,
+            steps_per_epoch=self._steps_per_epoch, progress=self._config.progress,
+            eval_groups=self._eval_groups, previous=previous, on_predictions=on_predictions,
         )
         if self._relative is not None:
             row.update(label=relative_label(activation),
@@ -287,24 +294,29 @@ def advise_ctr_experiment(
     on_data: DataCallback | None = None,
     output_dir: str | None = None,
 ) -> tuple[list[dict], dict[str, dict]]:
-    """Searches, per source set, the activation and β to use within `config.max_auc_loss`.
+    """Searches, per source set, the activation, β or remedy to use within the budgets.
 
     The advisor (`tf_smelu.experiment.advisor`) decides which rows to train
     and with how many replicas: each smooth family among `config.activations`
     (an activation with β stands for its family) is searched over β, the
-    others are reference points, ReLU is the baseline. A row that gets more
-    replicas trains only the new ones. The search stops when it is decided
-    or when `config.time_budget` seconds are spent (shared equally by the
-    source sets still to search); `finished` rows continue it. `log`,
-    `on_row` and `on_data` as in `run_ctr_experiment`. First, with
-    `config.tune_learning_rate`, the baseline's learning rate is tuned
-    (`tf_smelu.experiment.learning_rate.tune`; the sweep cached in
+    others and `config.remedies` are candidates with fixed parameters, ReLU
+    is the baseline; remedies over `config.max_train_cost` or
+    `config.max_serve_cost` are not trained. A row that gets more replicas
+    trains only the new ones. The search stops when it is decided or when
+    `config.time_budget` seconds are spent (shared equally by the source sets
+    still to search; the confirmation comes on top). A choice is then
+    measured again with the baseline on fresh replica seeds (`advisor.confirm`;
+    rows marked `confirmation`). `finished` rows continue the search and the
+    confirmation. `log`, `on_row` and `on_data` as in `run_ctr_experiment`.
+    First, with `config.tune_learning_rate`, the baseline's learning rate is
+    tuned (`tf_smelu.experiment.learning_rate.tune`; the sweep cached in
     `output_dir`) and every row trains at it.
 
     Returns:
         `(rows, advice)`: every row trained (and reused), and per source set
         (`"+".join(sources)`) the search's result (`SearchResult.to_json()`:
-        the recommendation and its text, the frontiers, the trials).
+        the recommendation and its text, the frontiers, the trials, the
+        confirmation).
     """
     config, sweep, finished = learning_rate.tune(
         config, lambda c: _InProcessProblem(c, _RunRows((), None, log, on_data)), output_dir,
@@ -322,26 +334,31 @@ def advise_ctr_experiment(
         settings = advisor.SearchSettings.from_activations(
             config.activations, config.max_auc_loss, replicas=config.replicas,
             max_replicas=config.max_replicas, time_budget=budget, seed=config.training.seed,
-            relative=config.beta_scale == "relative")
+            relative=config.beta_scale == "relative", remedies=config.remedies,
+            max_train_cost=config.max_train_cost, max_serve_cost=config.max_serve_cost)
         earlier = [r for r in finished if "+".join(r["sources"]) == tag]
-        predictions: dict[str, np.ndarray] = {}
+        for row in earlier:  # in the file's order; a row given more replicas is replaced
+            run.reuse(row_key(row))
+        predictions: dict[tuple[str, int | None], np.ndarray] = {}
 
         def run_trial(trial: advisor.Trial, existing: dict | None, sources=sources,
                       predictions=predictions) -> dict:
             nonlocal problem
             if problem is None:
                 problem = _InProcessProblem(config, run)
-            previous = predictions.get(trial.label) if existing is not None else None
+            key = (trial.label, trial.seed)  # search and confirmation rows share labels
+            previous = predictions.get(key) if existing is not None else None
             row = problem.row(
-                trial.activation, sources, trial.replicas, previous=previous,
-                on_predictions=lambda p, label=trial.label: predictions.__setitem__(label, p))
+                trial.recipe, sources, trial.replicas, seed=trial.seed, previous=previous,
+                on_predictions=lambda p, key=key: predictions.__setitem__(key, p))
+            row.update(trial.row_fields)
             run.add(row)
             return row
 
-        result = advisor.search(run_trial, settings, earlier, log=log)
-        for row in result.rows:
-            if row_key(row) not in {row_key(r) for r in run.rows}:
-                run.reuse(row_key(row))
+        result = advisor.search(
+            run_trial, settings, [r for r in earlier if not advisor.is_confirmation(r)], log=log)
+        result = advisor.confirm(run_trial, result, settings,
+                                 [r for r in earlier if advisor.is_confirmation(r)], log=log)
         advice[tag] = result.to_json()
         if sweep is not None:
             advice[tag]["learning_rate"] = sweep.to_json()
