@@ -228,7 +228,7 @@ class UserModelBuilder:
         if not config or config.get("optimizer") is None or config.get("loss") is None:
             made = "file was saved" if self.model.endswith(".keras") else "function returns a model"
             raise UserModelError(
-                f"model={self.model!r} is not compiled (no optimizer and loss), but "
+                f"model={self.model!r} is not compiled with an optimizer and a loss, but "
                 "--trainer=keras trains it with its own compile arguments: the "
                 f"{made} without model.compile(optimizer, loss, ...); compile it first, or use "
                 "--trainer=builtin (Adam at --learning_rate, binary cross-entropy).")
