@@ -46,6 +46,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import warnings
 from collections.abc import Callable
 
 import keras
@@ -215,7 +216,9 @@ class UserModelBuilder:
         """
         try:
             if self.model.endswith(".keras"):
-                model = keras.saving.load_model(self.model)  # compiled, if it was saved so
+                with warnings.catch_warnings():  # only the arguments matter, not its state
+                    warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+                    model = keras.saving.load_model(self.model)  # compiled, if saved so
             elif self._function is not None:
                 model = self._function(self.feature_spec, activation="relu", embedding_seed=0,
                                        tower_seed=0)
