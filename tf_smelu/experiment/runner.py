@@ -252,7 +252,8 @@ def planned_recipes(config: CTRExperimentConfig) -> list[Recipe]:
     recipes = [Recipe(activation) for activation in config.activations]
     if config.remedies and RELU not in config.activations:
         recipes.insert(0, Recipe(RELU))
-    return recipes + [recipe.with_activation(RELU) for recipe in config.remedies]
+    recipes += [recipe.with_activation(RELU) for recipe in config.remedies]
+    return list(dict.fromkeys(recipes))  # "ema:0.9" and "relu+ema:0.9" are one row
 
 
 def recipe_label(config: CTRExperimentConfig, recipe: Recipe) -> str:

@@ -48,7 +48,12 @@ from tf_smelu.experiment.seeds import replica_seeds
 from tf_smelu.registry import Activation
 from tf_smelu.remedies import Recipe
 from tf_smelu.training.config import TrainingConfig
-from tf_smelu.training.problem import UserModelBuilder, UserModelError, model_builder
+from tf_smelu.training.problem import (
+    UserModelBuilder,
+    UserModelError,
+    feature_inputs,
+    model_builder,
+)
 from tf_smelu.reproducibility.study import ReplicaStudy
 
 INIT_SOURCES = ("init", "embedding_init", "tower_init")
@@ -150,6 +155,7 @@ class KerasFitTrainer:
         self._train = data.train
         self._held_out = (data.test.features, data.test.labels)
         self._eval_groups = item_popularity_groups(data)
+        self._feature_spec = data.feature_spec
         self._builder = model_builder(training, data.feature_spec, logit_output=False)
         self._user_model = isinstance(self._builder, UserModelBuilder)
         self._compile_config = (self._builder.saved_compile_config() if self._user_model
@@ -185,6 +191,11 @@ class KerasFitTrainer:
         embedding_seed, tower_seed = model_seeds(sources, seed, base_seed)
         model = self._builder(activation.to_keras(), embedding_seed=embedding_seed,
                               tower_seed=tower_seed)
+        if not self._user_model:
+            # mlp and dcn are subclassed: a Functional model over them has known inputs,
+            # so that a row's replicas can train side by side (`stacking`).
+            inputs = feature_inputs(self._feature_spec)
+            model = keras.Model(inputs, model(inputs), name=model.name)
         model.compile_from_config(copy.deepcopy(compile_config))
         described.update(describe_optimizer(model.optimizer))
         return model

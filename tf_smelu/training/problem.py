@@ -246,11 +246,7 @@ class UserModelBuilder:
         """
         if not self.ignored_features:
             return model
-        spec = self.feature_spec
-        inputs = {name: keras.Input(shape=(), dtype="int64", name=name)
-                  for name in spec.categorical_names}
-        inputs[DENSE_FEATURE_NAME] = keras.Input(shape=(spec.num_dense,), dtype="float32",
-                                                 name=DENSE_FEATURE_NAME)
+        inputs = feature_inputs(self.feature_spec)
         structure = model.input
         if isinstance(structure, dict):
             taken = {key: inputs[key] for key in structure}
@@ -355,6 +351,15 @@ class UserModelBuilder:
                 "the function's models do not depend on embedding_seed or tower_seed: "
                 "replicas would not differ by their initial weights."
             )
+
+
+def feature_inputs(spec: FeatureSpec) -> dict[str, keras.KerasTensor]:
+    """Symbolic inputs of every feature of the data, keyed and named as its features dict."""
+    inputs = {name: keras.Input(shape=(), dtype="int64", name=name)
+              for name in spec.categorical_names}
+    inputs[DENSE_FEATURE_NAME] = keras.Input(shape=(spec.num_dense,), dtype="float32",
+                                             name=DENSE_FEATURE_NAME)
+    return inputs
 
 
 def _load_keras_file(path: str) -> keras.Model:
