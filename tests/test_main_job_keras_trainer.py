@@ -65,15 +65,16 @@ def _rows(content: dict) -> dict[tuple[str, str], dict]:
 
 @pytest.mark.slow
 def test_remedies_are_rows_with_cost_ratios_and_a_rerun_reuses_them(tmp_path, validate_results):
-    """One run (and its resume): keras rows of activations and remedies, validated."""
+    """One run (and its resume with one more remedy): keras rows of activations and
+    remedies, validated."""
     args = ["--activations=relu,smelu:1", "--remedies=ema:0.9,ensemble:2",
             f"--output_dir={tmp_path}"]
     first = _run(args)
     assert first.returncode == 0, first.stderr[-3000:]
     content = validate_results(tmp_path / "results.json")
     assert content["complete"]
-    assert (content["config"]["trainer"], content["config"]["remedies"]) == (
-        "auto", ["ema:0.9", "ensemble:2"])  # auto: remedies chose the keras trainer
+    assert [content["config"][key] for key in ("trainer", "row_trainer", "remedies")] == [
+        "auto", "keras", ["ema:0.9", "ensemble:2"]]  # auto chose keras for the remedies
     rows = _rows(content)
     assert list(rows) == [("tower_init", label) for label in ROW_LABELS]
     for row in rows.values():
@@ -91,12 +92,14 @@ def test_remedies_are_rows_with_cost_ratios_and_a_rerun_reuses_them(tmp_path, va
         ensemble["train_seconds"] / relu["train_seconds"])
     assert relu["train_seconds_ratio"] == 1
 
+    # A remedy added to the same run: the finished rows are reused, only its row trains.
+    args[1] += ",label_smoothing:0.1"
     again = _run(args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("(finished earlier)") == len(rows)
-    assert "Loaded" not in again.stdout  # nothing left to train: the data is not even read
-    with open(tmp_path / "results.json", encoding="utf-8") as f:
-        assert json.load(f)["results"] == content["results"]
+    resumed = validate_results(tmp_path / "results.json")["results"]
+    assert resumed[:len(rows)] == content["results"]
+    assert [row["label"] for row in resumed[len(rows):]] == ["relu+label_smoothing(0.1)"]
 
 
 @pytest.mark.slow

@@ -260,9 +260,15 @@ class CTRExperimentConfig:
         return self.update_mode or ("sync",)
 
     def to_dict(self) -> dict[str, object]:
-        """Flat, JSON-ready values of every flag field (the inverse of `from_dict`)."""
+        """Flat, JSON-ready values of every flag field (the inverse of `from_dict`).
+
+        Also `row_trainer`, the trainer `trainer` resolves to (which
+        `from_dict` ignores).
+        """
         return {**as_flag_dict(self), "activations": [str(a) for a in self.activations],
                 "remedies": [recipe_spec(recipe) for recipe in self.remedies],
+                # What trains ("auto" resolved): a resumed run must not mix trainers' rows.
+                "row_trainer": self.row_trainer,
                 **as_flag_dict(self.training, exclude=TRAINING_FIELDS_SET_BY_THE_EXPERIMENT)}
 
     @classmethod
