@@ -170,3 +170,23 @@ def test_a_row_adds_replicas_and_takes_a_seed_and_a_learning_rate():
     assert not np.array_equal(kept["faster"], kept["three"][:2])
     with pytest.raises(ValueError, match="nothing left"):
         row("none", 2, previous=kept["three"][:2])
+
+
+@pytest.mark.parametrize("sources, embedding_varies, tower_varies", [
+    (("tower_init",), False, True),
+    (("embedding_init",), True, False),
+    (("init", "order"), True, True),
+    (("order",), True, True),  # one study seed for all replicas: only ensemble members differ
+    ((), True, True),
+])
+def test_main_job_sources_vary_the_model_seeds_they_name(sources, embedding_varies,
+                                                         tower_varies):
+    from tf_smelu.reproducibility.main_job import model_seeds, study_sources
+
+    assert study_sources(sources) == tuple(sorted(
+        {"init" if s.endswith("init") else s for s in sources}))
+    first, second = (model_seeds(sources, seed, base_seed=0) for seed in (11, 12))
+    assert (first[0] != second[0], first[1] != second[1]) == (embedding_varies, tower_varies)
+    assert model_seeds(sources, 11, base_seed=0) == first  # a function of its arguments only
+    with pytest.raises(ValueError, match="stale"):
+        study_sources((*sources, "stale"))
