@@ -31,6 +31,13 @@ within --time_budget (default 480 s) and prints a recommendation with its 95%
 intervals, or "keep relu". results.json then holds the search ("advice"):
 every candidate's AUC and PD change vs relu, each family's Pareto frontier.
 
+Trainers: --trainer=builtin trains a row's replicas side by side in the
+project's own loop (Adam at --learning_rate, binary cross-entropy), also for
+--model=PATH.keras; --trainer=keras trains every replica by model.fit, your
+model with the optimizer, loss, metrics and schedule it was saved compiled
+with. --remedies=ensemble:2,ema:0.999 adds one row per remedy (keras only);
+--trainer=auto (default) is keras with --remedies, else builtin.
+
 Examples:
   python examples/recsys_reproducibility.py                  # default, < 10 min
   python examples/recsys_reproducibility.py --max_auc_loss=0.002   # a recommendation

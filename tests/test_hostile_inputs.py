@@ -1225,3 +1225,78 @@ def test_budgets_that_rule_out_everything_stop_the_main_job_before_it_starts(tmp
     result = _run([MAIN_JOB, *TINY, "--max_auc_loss=0.002", "--max_serve_cost=0.5",
                    f"--output_dir={tmp_path / 'out'}"])
     _assert_one_line_error(result, "`max_serve_cost` must be a number >= 1", "0.5")
+# ---- main job trainers and remedies (issue 21/22) ----
+
+
+@pytest.mark.parametrize(
+    "values, fragments",
+    [
+        ({"remedies": ["bogus:1"]}, ["bogus"]),
+        ({"remedies": ["ema:2"]}, ["ema:2", "(0, 1)"]),
+        ({"remedies": ["ensemble:1"]}, ["ensemble:1"]),
+        ({"remedies": ["label_smoothing:-0.1"]}, ["label_smoothing:-0.1"]),
+        ({"remedies": ["ema:0.9", "smelu:1"]}, ["'smelu:1' names no remedy"]),
+        ({"trainer": "builtin", "remedies": ["ema:0.9"]}, ["trainer=builtin", "ema:0.9"]),
+        ({"trainer": "keras", "sources": ["tower_init", "stale"]}, ["stale", "trainer=keras"]),
+        ({"remedies": ["ema:0.9"], "sources": ["init+stale"]}, ["stale", "trainer=auto"]),
+        ({"trainer": "keras", "workers": 2}, ["workers=2", "trainer=keras"]),
+        ({"trainer": "keras", "beta_scale": "relative"}, ["beta_scale=relative"]),
+        ({"trainer": "kears"}, ["kears"]),
+    ],
+)
+def test_trainer_and_remedy_settings_are_checked_in_one_line(values, fragments):
+    with pytest.raises(app.UsageError) as raised:
+        cli.experiment_config(values)
+    message = str(raised.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+KERAS_TRAINER_CASES = {  # the flag's own check, the configuration's, the model's
+    "unknown remedy": (["--remedies=ema:0.9,bogus:1"], ["--remedies", "bogus"]),
+    "remedies with the builtin trainer": (["--trainer=builtin", "--remedies=ema:0.9"],
+                                          ["trainer=builtin", "ema:0.9"]),
+    "an uncompiled keras file": (["--trainer=keras", "--model={uncompiled}"],
+                                 ["uncompiled.keras", "not compiled", "--trainer=builtin"]),
+}
+
+
+@pytest.fixture(scope="module")
+def user_model_files(tmp_path_factory):
+    """`uncompiled.keras` and `schedule.keras` (Adam with an ExponentialDecay schedule)."""
+    import keras
+    from test_main_job_keras_trainer import save_click_model
+
+    root = tmp_path_factory.mktemp("user_models")
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, 10, 0.9)
+    return {"uncompiled": save_click_model(root / "uncompiled.keras", None),
+            "schedule": save_click_model(root / "schedule.keras", dict(
+                optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(KERAS_TRAINER_CASES))
+def test_trainer_and_remedy_mistakes_end_in_one_line_before_training(case, user_model_files,
+                                                                     tmp_path):
+    args, fragments = KERAS_TRAINER_CASES[case]
+    result = _run([MAIN_JOB, *TINY, *[a.format(**user_model_files) for a in args],
+                   f"--output_dir={tmp_path / 'out'}"])
+    _assert_one_line_error(result, *fragments)
+    assert "Training" not in result.stdout and not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.slow  # loads data and builds the model: > 1 s
+def test_a_learning_rate_for_an_optimizer_with_a_schedule_is_refused(user_model_files):
+    import tf_smelu.reproducibility  # noqa: F401  (registers the keras trainer)
+    from test_main_job_keras_trainer import RunLog
+    from tf_smelu.experiment.runner import TRAINERS
+    from tf_smelu.remedies import Recipe
+    from tf_smelu.training.problem import UserModelError
+
+    config = CTRExperimentConfig.from_dict(dict(
+        trainer="keras", model=user_model_files["schedule"], train_examples=600,
+        eval_examples=300, progress=False))
+    trainer = TRAINERS["keras"](config, RunLog())
+    with pytest.raises(UserModelError, match=r"schedule \(ExponentialDecay\)"):
+        trainer.row(Recipe.parse("relu"), ("tower_init",), 2, learning_rate=0.1)

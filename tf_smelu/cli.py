@@ -21,6 +21,7 @@ from tf_smelu.data import DATA_ERRORS
 from tf_smelu.experiment import CTRExperimentConfig
 from tf_smelu.experiment.config import TRAINING_FIELDS_SET_BY_THE_EXPERIMENT
 from tf_smelu.processes import check_resources, directory_lock
+from tf_smelu.reproducibility import main_job  # noqa: F401  (registers --trainer=keras)
 from tf_smelu.training import config as config_flags
 from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.problem import UserModelError

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from tf_smelu.experiment.costs import BUDGETS, check_budget, require_candidates, ruled_out
 from tf_smelu.experiment.seeds import IN_PROCESS_ONLY_SOURCES, SOURCES, parse_sources
 from tf_smelu.registry import Activation, activation_help
-from tf_smelu.remedies import Recipe
+from tf_smelu.remedies import REMEDIES, Recipe
 from tf_smelu.training.config import TrainingConfig, as_flag_dict, check_fields, option
 from tf_smelu.training.updates import UPDATE_MODES
 
@@ -34,18 +34,31 @@ def _parse_activations(texts) -> tuple[Activation, ...]:
 
 
 def _parse_remedies(texts) -> tuple[Recipe, ...]:
-    recipes = tuple(Recipe.parse(t) for t in texts)
-    plain = [recipe_spec(r) for r in recipes if not r.remedies]
-    if plain:
-        raise ValueError(f"`remedies` names no remedy in {plain}: put activations in "
-                         f"`activations`. Received: remedies={list(texts)}")
-    return recipes
+    """Remedy specs (`ensemble:2`, `smelu:1+ema:0.999`) as `Recipe`s, each naming a remedy."""
+    recipes = tuple(Recipe.parse(text) for text in texts)
+    for text, recipe in zip(texts, recipes):
+        if not recipe.remedies:
+            raise ValueError(f"`remedies` entry {str(text)!r} names no remedy ({', '.join(REMEDIES)}"
+                             f"); compare activations with `activations`. Received: "
+                             f"remedies={[str(t) for t in texts]}")
+    return tuple(dict.fromkeys(recipes))  # one row per recipe, however often it is given
 
 
 def recipe_spec(recipe: Recipe) -> str:
-    """The spec that parses back to `recipe`, e.g. `smelu:1.0+ema:0.999` or `ensemble:2`."""
+    """The spec text a recipe was parsed from, e.g. `smelu:1.0+ema:0.999` (parses back)."""
     return "+".join([*([str(recipe.activation)] if recipe.activation else []),
-                     *(str(r) for r in recipe.remedies)])
+                     *(str(remedy) for remedy in recipe.remedies)])
+
+
+TRAINERS_HELP = (
+    "How every replica is trained: builtin (the project's own loop over the in-memory data, "
+    "replicas side by side, Adam at --learning_rate and binary cross-entropy, also for "
+    "--model=PATH.keras / module:function, whose compile arguments it ignores), keras (each "
+    "replica by model.fit through tf_smelu.reproducibility.ReplicaStudy: mlp/dcn compiled "
+    "with Adam at --learning_rate, binary cross-entropy and AUC; your own model with the "
+    "optimizer, loss, metrics and schedule it was saved or returned compiled with; in process, "
+    "no stale source; runs --remedies), or auto (default: keras when --remedies is given, "
+    "else builtin).")
 
 
 def _parse_source_sets(texts) -> tuple[tuple[str, ...], ...]:
@@ -80,8 +93,11 @@ class CTRExperimentConfig:
         progress: Show progress bars.
         work_dir: Where replica jobs write weights, predictions and logs
             (`None`: a new temporary directory, kept and logged).
-        remedies: Recipes with remedies (`tf_smelu.remedies.Recipe`), e.g.
-            `ensemble:2`, `smelu:1+ema:0.999`; one without an activation applies to relu.
+        trainer: `"builtin"`, `"keras"` or `"auto"` (see `row_trainer`).
+        remedies: Remedy recipes (`tf_smelu.remedies.Recipe`), one row each
+            after the activations' per source set; a recipe without an
+            activation applies to relu (whose row is then added if
+            `activations` lacks it). Needs the keras trainer.
         max_train_cost: With `max_auc_loss`: most training cost (steps
             relative to one relu model) a recommendation may have, >= 1; None: no limit.
         max_serve_cost: With `max_auc_loss`: most serving cost (FLOPs per
@@ -122,9 +138,6 @@ class CTRExperimentConfig:
         "sets); unset: until the search is decided.", positive=True)
     max_replicas: int = option(
         32, "--max_auc_loss: most replicas the search gives one row.", minimum=4)
-    remedies: tuple[Recipe, ...] = option(
-        (), "Remedies to compare, comma-separated, e.g. ensemble:2,ema:0.999,smelu:1+ema:0.999 "
-        "(one without an activation applies to relu).", check=_parse_remedies)
     max_train_cost: float | None = option(
         None, "--max_auc_loss: most training cost a recommendation may have, in training "
         "steps relative to one relu model (ensemble:2 costs 2); >= 1; unset: no limit.",
@@ -154,6 +167,14 @@ class CTRExperimentConfig:
         "in --output_dir/learning_rate.json and reused on resume (delete it to sweep again). "
         "Unset: on with --max_auc_loss, off otherwise; --notune_learning_rate keeps "
         "--learning_rate (in process only).")
+    trainer: str = option("auto", TRAINERS_HELP, choices=("auto", "builtin", "keras"))
+    remedies: tuple[Recipe, ...] = option(
+        (), "Remedies for prediction difference, comma-separated, one result row each per "
+        "source set after the activations' rows (--trainer=keras): ensemble:K (each replica "
+        "the mean of K seeded models), ema:DECAY (evaluation with the optimizer's moving "
+        "average of the weights), label_smoothing:EPS, alone or with an activation by '+', "
+        "e.g. ensemble:2,ema:0.999,smelu:1+ema:0.999. Without an activation a remedy applies "
+        "to relu (its row is added if --activations lacks it).", check=_parse_remedies)
     progress: bool = option(True, "Show progress bars.")
     work_dir: str | None = option(None, "Replica jobs' directory.", flag=False)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
@@ -193,6 +214,8 @@ class CTRExperimentConfig:
                 "`beta_scale=relative` runs in process only: workers build their models from "
                 f"spec strings. Received: workers={self.workers}, "
                 f"update_mode={list(self.update_mode)}")
+        if self.row_trainer == "keras":
+            self._check_keras_trainer()
         if self.multi_worker:
             self._check_multi_worker()
         elif self.training.update_mode == "local_sgd":
@@ -229,6 +252,23 @@ class CTRExperimentConfig:
         left = len(self.remedies) - len(excluded) + sum(a != BASELINE for a in self.activations)
         require_candidates(excluded, left, budgets)
 
+    def _check_keras_trainer(self) -> None:
+        why = "(model.fit in this process" + (
+            f"; chosen by trainer=auto for remedies={[recipe_spec(r) for r in self.remedies]})"
+            if self.trainer == "auto" else ")")
+        stale = [text for text, sources in zip(self.sources, self.source_sets)
+                 if "stale" in sources]
+        if stale:
+            raise ValueError(f"Source `stale` exists only in the builtin trainer's own loop, not "
+                             f"with trainer=keras {why}. Received: sources={stale}")
+        if self.multi_worker:
+            raise ValueError(f"Multi-worker jobs (`workers` > 1, `update_mode`) use the builtin "
+                             f"trainer, not trainer=keras {why}. Received: workers={self.workers}, "
+                             f"update_mode={list(self.update_mode)}")
+        if self.beta_scale == "relative":
+            raise ValueError(f"`beta_scale=relative` needs the builtin trainer, not trainer=keras "
+                             f"{why}. Received: beta_scale=relative")
+
     def _check_multi_worker(self) -> None:
         # Any set that names one: every row must be runnable.
         in_process_only = sorted(set(IN_PROCESS_ONLY_SOURCES) & set().union(*self.source_sets))
@@ -248,6 +288,23 @@ class CTRExperimentConfig:
         return _parse_source_sets(self.sources)
 
     @property
+    def row_trainer(self) -> str:
+        """The trainer of the rows (`tf_smelu.experiment.runner.TRAINERS`): `trainer`, or
+        for `"auto"` `"keras"` when there are `remedies`, else `"builtin"`.
+
+        Raises:
+            ValueError: `trainer="builtin"` with `remedies` (it trains none).
+        """
+        if self.trainer == "builtin" and self.remedies:
+            raise ValueError(
+                "Remedies are trained by trainer=keras (model.fit); the builtin trainer trains "
+                "activations only: drop trainer=builtin or the remedies. Received: "
+                f"trainer=builtin, remedies={[recipe_spec(r) for r in self.remedies]}")
+        if self.trainer == "auto":
+            return "keras" if self.remedies else "builtin"
+        return self.trainer
+
+    @property
     def multi_worker(self) -> bool:
         """Whether each replica runs as its own multi-worker job.
 
@@ -262,9 +319,15 @@ class CTRExperimentConfig:
         return self.update_mode or ("sync",)
 
     def to_dict(self) -> dict[str, object]:
-        """Flat, JSON-ready values of every flag field (the inverse of `from_dict`)."""
+        """Flat, JSON-ready values of every flag field (the inverse of `from_dict`).
+
+        Also `row_trainer`, the trainer `trainer` resolves to (which
+        `from_dict` ignores).
+        """
         return {**as_flag_dict(self), "activations": [str(a) for a in self.activations],
-                "remedies": [recipe_spec(r) for r in self.remedies],
+                "remedies": [recipe_spec(recipe) for recipe in self.remedies],
+                # What trains ("auto" resolved): a resumed run must not mix trainers' rows.
+                "row_trainer": self.row_trainer,
                 **as_flag_dict(self.training, exclude=TRAINING_FIELDS_SET_BY_THE_EXPERIMENT)}
 
     @classmethod

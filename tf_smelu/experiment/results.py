@@ -29,7 +29,7 @@ from tf_smelu.common import MISSING, UserError, atomic_write, field_differences
 
 RESULTS_FILE = "results.json"
 
-ROW_KEYED_FIELDS = ("activations", "sources", "update_mode")
+ROW_KEYED_FIELDS = ("activations", "sources", "update_mode", "remedies")
 """Configuration fields that choose *which* rows run, not how: a resumed run
 may add or drop rows with them, and rows are matched by `row_key`."""
 

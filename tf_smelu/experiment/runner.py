@@ -1,9 +1,14 @@
 """Runs a `CTRExperimentConfig`: in this process, or one cluster per replica.
 
-`run_ctr_experiment` loads the data once and trains every row's replicas side
-by side in this process (`tf_smelu.experiment.harness`), or, with multi-worker
-jobs, runs every replica as its own job of `workers` processes
-(`tf_smelu.training.replica_jobs`) and compares the chiefs' predictions.
+`run_ctr_experiment` loads the data once and trains every row in this process
+with a row trainer (`TRAINERS`, chosen by `CTRExperimentConfig.row_trainer`):
+`builtin` trains a row's replicas side by side in the project's own loop
+(`tf_smelu.experiment.harness`); `keras`, registered by
+`tf_smelu.reproducibility.main_job`, trains every replica by `model.fit`
+and also trains remedies. With multi-worker jobs it runs every replica as its
+own job of `workers` processes (`tf_smelu.training.replica_jobs`) and
+compares the chiefs' predictions. Every row gets its cost ratios to the relu
+row of its sources (`tf_smelu.experiment.costs`).
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import NoReturn, Protocol
 
 import numpy as np
 
@@ -21,6 +26,7 @@ from tf_smelu.data import LoadedDataset, describe_schema, popularity_buckets
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.experiment import advisor, learning_rate
 from tf_smelu.experiment.config import CTRExperimentConfig
+from tf_smelu.experiment.costs import with_costs
 from tf_smelu.experiment.harness import run_replicas, summarize_predictions
 from tf_smelu.experiment.report import format_table
 from tf_smelu.experiment.results import row_key
@@ -157,9 +163,76 @@ class _RunRows:
         self._log(format_table([row]).splitlines()[-1])
 
     def all(self) -> list[dict]:
-        """This run's rows, then earlier rows it did not (or not yet) reach: none is lost."""
+        """This run's rows, then earlier rows it did not (or not yet) reach: none is lost.
+
+        Each row holds its cost ratios to the relu row of its sources, once that exists.
+        """
         keys = {row_key(row) for row in self.rows}
-        return self.rows + [row for key, row in self._finished.items() if key not in keys]
+        rows = self.rows + [row for key, row in self._finished.items() if key not in keys]
+        return with_baseline_costs(rows)
+
+
+def with_baseline_costs(rows: Sequence[MutableMapping[str, object]]
+                        ) -> Sequence[MutableMapping[str, object]]:
+    """Adds to every row its cost ratios (`with_costs`) to the relu row of the same sources.
+
+    The baseline is the row of activation relu without a remedy; rows of
+    sources without one get no ratios. In place; returns `rows`.
+    """
+    baselines = {tuple(row["sources"]): row for row in rows
+                 if row["activation"] == "relu" and not row.get("remedy")}
+    for sources, baseline in baselines.items():
+        with_costs([row for row in rows if tuple(row["sources"]) == sources], baseline)
+    return rows
+
+
+class RowTrainer(Protocol):
+    """The main job's loaded data and model: trains rows (`TRAINERS` makes one per run)."""
+
+    def row(self, recipe: Recipe, sources: Sequence[str], replicas: int, *,
+            seed: int | None = None, learning_rate: float | None = None,
+            previous: np.ndarray | None = None,
+            on_predictions: Callable[[np.ndarray], None] | None = None) -> dict:
+        """Trains one row: `replicas` replicas of `recipe`, differing in `sources`.
+
+        Args:
+            recipe: The activation (None: relu) and remedies.
+            sources: What varies between the replicas (`SOURCES`).
+            replicas: The row's R.
+            seed: Base seed of the replica seeds; None: the configuration's.
+            learning_rate: Replaces the configured learning rate (your own
+                model's optimizer's, with the keras trainer); None keeps it.
+            previous: `[R0, N]` held-out probabilities of this row's replicas
+                `0..R0-1`, trained earlier with the same arguments: only
+                replicas `R0..replicas-1` are trained, the row summarizes all.
+            on_predictions: Called with all `[replicas, N]` probabilities.
+
+        Returns:
+            One results row (`summarize_predictions`' fields and
+            `train_seconds`, `steps`; the keras trainer's also `params`,
+            `trainer` and `remedy` for a recipe with remedies).
+        """
+
+
+TRAINERS: dict[str, Callable[[CTRExperimentConfig, _RunRows], RowTrainer]] = {}
+"""Row trainer name (`CTRExperimentConfig.row_trainer`) -> its maker, called once per run
+with the configuration and the run's rows (for its log lines and the data it loads).
+`builtin` is defined below; `keras` is registered by `tf_smelu.reproducibility.main_job`
+when it is imported (the command line imports it), as it sits above this package."""
+
+
+def row_trainer(config: CTRExperimentConfig, run: _RunRows) -> RowTrainer:
+    """The trainer of `config`'s rows (loads the data).
+
+    Raises:
+        ValueError: The trainer is not registered (its module not imported).
+    """
+    name = config.row_trainer
+    if name not in TRAINERS:
+        raise ValueError(f"No row trainer {name!r} is registered: `import "
+                         f"tf_smelu.reproducibility` registers 'keras'. Registered: "
+                         f"{sorted(TRAINERS)}")
+    return TRAINERS[name](config, run)
 
 
 def row_label(config: CTRExperimentConfig, activation: Activation) -> str:
@@ -167,11 +240,32 @@ def row_label(config: CTRExperimentConfig, activation: Activation) -> str:
     return relative_label(activation) if config.beta_scale == "relative" else activation.label
 
 
+RELU = Activation.parse("relu")
+
+
+def planned_recipes(config: CTRExperimentConfig) -> list[Recipe]:
+    """What each source set's rows train, in order: every activation, then every remedy.
+
+    A remedy without an activation applies to relu, the baseline of every
+    row's costs and PD change: its row comes first if `activations` lacks it.
+    """
+    recipes = [Recipe(activation) for activation in config.activations]
+    if config.remedies and RELU not in config.activations:
+        recipes.insert(0, Recipe(RELU))
+    recipes += [recipe.with_activation(RELU) for recipe in config.remedies]
+    return list(dict.fromkeys(recipes))  # "ema:0.9" and "relu+ema:0.9" are one row
+
+
+def recipe_label(config: CTRExperimentConfig, recipe: Recipe) -> str:
+    """A row's label: `row_label` of its activation, then its remedies', e.g. `relu+ema(0.999)`."""
+    return recipe.label(row_label(config, recipe.activation))
+
+
 def planned_rows(config: CTRExperimentConfig) -> list[tuple[str, str]]:
     """The `row_key` of every row `config` runs, in order."""
     return [
-        ("+".join(sources), row_label(config, activation))
-        for sources in config.source_sets for activation in config.activations
+        ("+".join(sources), recipe_label(config, recipe))
+        for sources in config.source_sets for recipe in planned_recipes(config)
     ] if not config.multi_worker else [
         ("+".join([*sources, f"update:{mode}"]), activation.label)
         for sources in config.source_sets for mode in config.update_modes
@@ -199,9 +293,11 @@ def run_ctr_experiment(
         on_data: Called once the data is loaded, with `data_details`.
 
     Returns:
-        The result rows, in order (sources outer, activations inner; with
-        multi-worker jobs: sources, update modes, activations), then any
-        rows of `finished` that `config` does not plan.
+        The result rows, in order (sources outer, then activations and
+        remedies, see `planned_recipes`; with multi-worker jobs: sources,
+        update modes, activations), then any rows of `finished` that
+        `config` does not plan; each with its cost ratios to the relu row
+        of its sources.
     """
     run = _RunRows(finished, on_row, log, on_data)
     if run.finished_all(planned_rows(config)):
@@ -210,27 +306,43 @@ def run_ctr_experiment(
         return run.all()  # nothing left to train: do not even load the data
     if config.multi_worker:
         return run_multiworker_experiment(config, log, run)
-    problem = _InProcessProblem(config, run)
+    trainer = row_trainer(config, run)
     for sources in config.source_sets:
-        for activation in config.activations:
-            if run.reuse(("+".join(sources), row_label(config, activation))):
+        for recipe in planned_recipes(config):
+            if run.reuse(("+".join(sources), recipe_label(config, recipe))):
                 continue
-            run.add(problem.row(activation, sources, config.replicas))
+            run.add(trainer.row(recipe, sources, config.replicas))
     return run.all()
 
 
+def load_checked_data(training: TrainingConfig, run: _RunRows) -> LoadedDataset:
+    """The data of an in-process run, loaded, its held-out labels checked, and logged.
+
+    Raises:
+        TooLittleDataError: The held-out labels are of one class.
+    """
+    start = time.perf_counter()
+    data = load_training_data(training)
+    train, test = data.train, data.test
+    check_evaluation_labels(test.labels, training)
+    run.log(f"Loaded {training.dataset}: {len(train):,} train and {len(test):,} test examples "
+            f"in {time.perf_counter() - start:.0f}s (positive rate {train.labels.mean():.3f}).")
+    run.loaded(data)
+    return data
+
+
 class _InProcessProblem:
-    """The loaded data and model builder of an in-process run; trains rows."""
+    """The `builtin` row trainer: the loaded data and model builder of an in-process run.
+
+    Every row's replicas train side by side in the project's own loop
+    (`run_replicas`): Adam at the configured learning rate, binary
+    cross-entropy on logits. It trains activations, not remedies.
+    """
 
     def __init__(self, config: CTRExperimentConfig, run: _RunRows):
         training = config.training
-        start = time.perf_counter()
-        data = load_training_data(training)
+        data = load_checked_data(training, run)
         train, test = data.train, data.test
-        check_evaluation_labels(test.labels, training)
-        run.log(f"Loaded {training.dataset}: {len(train):,} train and {len(test):,} test examples "
-            f"in {time.perf_counter() - start:.0f}s (positive rate {train.labels.mean():.3f}).")
-        run.loaded(data)
         self._config = config
         self._train = train
         self._eval_data = batched_dataset(test.features, test.labels, EVAL_BATCH_SIZE)
@@ -256,34 +368,38 @@ class _InProcessProblem:
             seed: int | None = None, learning_rate: float | None = None,
             previous: np.ndarray | None = None,
             on_predictions: Callable[[np.ndarray], None] | None = None) -> dict:
-        """Trains one row (replicas after `previous`'s, if given); see `run_replicas`.
+        """Trains one row (replicas after `previous`'s, if given); see `RowTrainer.row`.
 
         `seed` is the base seed of the replica seeds (None: the configured
         one); `learning_rate` replaces the configured one; the row records
         the rate it was trained at (`learning_rate`).
 
         Raises:
-            ValueError: `recipe` has remedies: this trainer runs activations only.
+            ValueError: `recipe` has remedies (the keras trainer trains them).
         """
-        recipe = Recipe.parse(recipe)
+        recipe = Recipe.parse(recipe)  # an Activation too
         if recipe.remedies:
-            raise ValueError(f"The built-in trainer runs activations only, not the remedies "
-                             f"of {recipe.remedy_spec!r}.")
-        activation = recipe.activation
+            raise ValueError(f"The builtin trainer trains activations only; remedies "
+                             f"({recipe.remedy_spec}) need the keras trainer (trainer=keras).")
+        activation = recipe.activation or RELU
         training = self._config.training
         if learning_rate is not None:
             training = dataclasses.replace(training, learning_rate=learning_rate)
+        seed = training.seed if seed is None else seed
         row = run_replicas(
             self._model_fn, self._train_data, self._eval_data, activation, sources,
-            replicas, training, seed=training.seed if seed is None else seed,
-            steps_per_epoch=self._steps_per_epoch, progress=self._config.progress,
-            eval_groups=self._eval_groups, previous=previous, on_predictions=on_predictions,
+            replicas, training, seed=seed, steps_per_epoch=self._steps_per_epoch,
+            progress=self._config.progress, eval_groups=self._eval_groups, previous=previous,
+            on_predictions=on_predictions,
         )
         if self._relative is not None:
             row.update(label=relative_label(activation),
                        **self._relative.describe(activation.to_keras()))
         row["learning_rate"] = training.learning_rate
         return row
+
+
+TRAINERS["builtin"] = _InProcessProblem
 
 
 def advise_ctr_experiment(
@@ -319,10 +435,10 @@ def advise_ctr_experiment(
         confirmation).
     """
     config, sweep, finished = learning_rate.tune(
-        config, lambda c: _InProcessProblem(c, _RunRows((), None, log, on_data)), output_dir,
+        config, lambda c: row_trainer(c, _RunRows((), None, log, on_data)), output_dir,
         finished, log)
     run = _RunRows(finished, on_row, log, on_data)
-    problem: _InProcessProblem | None = None
+    problem: RowTrainer | None = None
     advice: dict[str, dict] = {}
     start = time.monotonic()
     for index, sources in enumerate(config.source_sets):
@@ -345,11 +461,14 @@ def advise_ctr_experiment(
                       predictions=predictions) -> dict:
             nonlocal problem
             if problem is None:
-                problem = _InProcessProblem(config, run)
+                problem = row_trainer(config, run)
             key = (trial.label, trial.seed)  # search and confirmation rows share labels
             previous = predictions.get(key) if existing is not None else None
+            # The swept rate explicitly: a user's model compiled with its own rate trains at
+            # the sweep's choice too.
             row = problem.row(
                 trial.recipe, sources, trial.replicas, seed=trial.seed, previous=previous,
+                learning_rate=None if sweep is None else config.training.learning_rate,
                 on_predictions=lambda p, key=key: predictions.__setitem__(key, p))
             row.update(trial.row_fields)
             run.add(row)

@@ -10,8 +10,12 @@
 * `PredictionDifferenceCallback`: during one ordinary `fit`, the PD of the
   model being trained against a reference (a model, a saved `.keras` file
   or saved predictions), written into `logs` each epoch.
+* `main_job`: the main job's `--trainer=keras`, every replica of every row
+  trained by its model's own `fit` through a `ReplicaStudy` (registered as
+  the `keras` row trainer when this package is imported).
 """
 
+from tf_smelu.reproducibility import main_job  # noqa: F401  (registers the "keras" row trainer)
 from tf_smelu.reproducibility.callbacks import PredictionDifferenceCallback
 from tf_smelu.reproducibility.study import STUDY_SOURCES, ReplicaStudy
 

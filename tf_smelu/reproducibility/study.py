@@ -169,6 +169,11 @@ class ReplicaStudy:
             and fit arguments allow it, else one replica after another, with
             one logged line saying why. `True`: a `ValueError` where they do
             not. `False`: always one after another.
+        first_replica: Index of the first replica trained: the study
+            trains replicas `first_replica .. first_replica + replicas - 1`
+            (a replica's seeds depend only on its index and `seed`), to add
+            replicas to ones trained earlier (see `train`); `replicas` may
+            then be 1.
         strategy: A `tf.distribute` strategy (TensorFlow backend) whose
             `scope()` every replica is built, converted and compiled in, so
             that its `fit` runs under it: `MirroredStrategy` (devices of one
@@ -205,15 +210,22 @@ class ReplicaStudy:
         predict_batch_size: int = 1024,
         side_by_side: bool | str = "auto",
         strategy: tf.distribute.Strategy | None = None,
+        first_replica: int = 0,
         **fit_kwargs,
     ):
         if not callable(build_model):
             raise ValueError(f"`build_model` must be a function `build_model(seed)` returning a "
                              f"compiled keras.Model. Received: build_model={build_model!r}")
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 2:
-            raise ValueError(f"`replicas` must be an integer >= 2. Received: replicas={replicas!r}")
+        if not is_int(first_replica) or first_replica < 0:
+            raise ValueError(f"`first_replica` must be an integer >= 0. "
+                             f"Received: first_replica={first_replica!r}")
+        least = 1 if first_replica else 2  # added to earlier replicas, one is a comparison
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < least:
+            raise ValueError(f"`replicas` must be an integer >= {least}. "
+                             f"Received: replicas={replicas!r}")
         self.build_model = build_model
         self.replicas = replicas
+        self.first_replica = int(first_replica)
         self.sources = _check_sources(sources)
         if not is_int(seed):
             raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
@@ -341,9 +353,39 @@ class ReplicaStudy:
                 on_rows(list(with_costs([dict(row) for row in rows], rows[0])))
         return list(with_costs(rows, rows[0]))
 
+    def train(self, recipe: Recipe = Recipe()) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """Trains the replicas of the model as built, with `recipe`'s remedies; no row.
+
+        For callers that make rows themselves, e.g. the main job's `keras`
+        trainer (`tf_smelu.reproducibility.main_job`), which adds replicas to
+        earlier ones (`first_replica`) and groups held-out examples.
+
+        Args:
+            recipe: Remedies (`tf_smelu.remedies.Recipe`) without an
+                activation: `build_model` puts in the activation.
+
+        Returns:
+            `(probabilities, fields)`: per output name the trained replicas'
+            held-out probabilities `[replicas, N]` (`[replicas, N, K]` for K
+            classes), and the rows' training fields (`trainer`, `steps`,
+            `params`, `train_seconds`, `side_by_side`, `eval_metrics`,
+            `fit_logs`, `train_loss`).
+
+        Raises:
+            ValueError: `recipe` names an activation; see also `run`.
+        """
+        if recipe.activation is not None:
+            raise ValueError(f"train() trains the model as `build_model` returns it; swap "
+                             f"activations with compare(). Received: a recipe with activation "
+                             f"{str(recipe.activation)!r}")
+        result = self._train(None, recipe)
+        return ({name: np.stack(runs) for name, runs in result.predictions.items()},
+                _training_fields(result))
+
     def _train(self, convert: Callable[[keras.Model], keras.Model] | None,
                recipe: Recipe = Recipe()) -> _Replicas:
-        seeds = replica_seeds(self.sources, self.replicas, self.seed)
+        first = self.first_replica
+        seeds = replica_seeds(self.sources, first + self.replicas, self.seed)[first:]
         pinned_order = replica_seeds(("order",), 1, self.seed)[0].order_seed
         result = _Replicas({}, [], [], [], 0.0)
         # One run per member of every replica (a replica is one model unless it is an ensemble).

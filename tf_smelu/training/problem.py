@@ -23,6 +23,12 @@ Keras model (`UserModelBuilder`):
   layer instance; `tf_smelu.conversion.activation_layer` makes one layer per
   use) in its hidden layers and seed its initializers from the two seeds.
 
+With the main job's `--trainer=keras` (`tf_smelu.reproducibility.main_job`)
+your model is trained by its own `fit` with the compile arguments it was
+saved with (a `.keras` file) or returned with (a function):
+`UserModelBuilder.saved_compile_config`; its output is then kept as it is
+(a sigmoid stays, for a loss on probabilities).
+
 The model takes the data's features dict: one int64 id tensor of shape
 `[batch]` per categorical field (`FeatureSpec.categorical_names`, ids in
 `[0, vocab_size)`) and the float32 `"dense"` tensor `[batch, num_dense]`.
@@ -40,6 +46,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import warnings
 from collections.abc import Callable
 
 import keras
@@ -89,18 +96,26 @@ def load_training_data(config: TrainingConfig) -> LoadedDataset:
     )
 
 
-def model_builder(config: TrainingConfig, feature_spec: FeatureSpec) -> ModelBuilder:
+def model_builder(config: TrainingConfig, feature_spec: FeatureSpec,
+                  logit_output: bool = True) -> ModelBuilder:
     """Builds `config.model` for `feature_spec` with any activation and seeds.
 
     The tower widths `config.hidden_units` are the MLP's hidden layers, or
-    the top MLP of DCN. Any other `config.model` is your own model
-    (`UserModelBuilder`), checked here against the data.
+    the top MLP of DCN (both output logits). Any other `config.model` is your
+    own model (`UserModelBuilder`), checked here against the data.
+
+    Args:
+        config: Names the model.
+        feature_spec: The data's features.
+        logit_output: Whether your own saved model's output sigmoid is
+            removed (the project's trainers apply it in the loss); False
+            keeps the output for its own compiled loss.
 
     Raises:
         UserModelError: Your own model cannot be used (see `UserModelBuilder`).
     """
     if config.model not in MODELS:
-        return UserModelBuilder(config.model, feature_spec)
+        return UserModelBuilder(config.model, feature_spec, logit_output=logit_output)
     units_argument = "hidden_units" if config.model == "mlp" else "top_units"
 
     def build(
@@ -129,6 +144,8 @@ class UserModelBuilder:
         model: `PATH.keras` or `package.module:function` (see the module
             docstring for what each must provide).
         feature_spec: The data's features.
+        logit_output: Whether a saved model's output sigmoid is removed
+            (default; the project's trainers apply it in the loss) or kept.
 
     Attributes:
         report: What a build replaces (a `ConversionReport`: hidden ReLUs
@@ -145,9 +162,10 @@ class UserModelBuilder:
             no hidden ReLU for the activation under test to replace.
     """
 
-    def __init__(self, model: str, feature_spec: FeatureSpec) -> None:
+    def __init__(self, model: str, feature_spec: FeatureSpec, logit_output: bool = True) -> None:
         self.model = model
         self.feature_spec = feature_spec
+        self.logit_output = logit_output
         self.ignored_features: tuple[str, ...] = ()
         self._function: Callable | None = None
         self._template: keras.Model | None = None
@@ -187,7 +205,42 @@ class UserModelBuilder:
     def _rebuild(self, activation, embedding_seed, tower_seed
                  ) -> tuple[keras.Model, ConversionReport]:
         return rebuild(self._template, activation, seeds=(embedding_seed, tower_seed),
-                       logit_output=True)
+                       logit_output=self.logit_output)
+
+    def saved_compile_config(self) -> dict:
+        """The compile arguments your model comes with (`model.get_compile_config()`).
+
+        A `.keras` file's are those it was saved with; a function's those of
+        the model it returns. Builds compile with them (`compile_from_config`)
+        to train with your own optimizer, loss, metrics and schedule.
+
+        Raises:
+            UserModelError: The file or function gives no compiled model, or
+                its compile arguments cannot be loaded (e.g. an unregistered
+                custom loss).
+        """
+        try:
+            if self.model.endswith(".keras"):
+                with warnings.catch_warnings():  # only the arguments matter, not its state
+                    warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+                    model = keras.saving.load_model(self.model)  # compiled, if saved so
+            elif self._function is not None:
+                model = self._function(self.feature_spec, activation="relu", embedding_seed=0,
+                                       tower_seed=0)
+            else:
+                model = self._template
+        except Exception as error:  # an unknown loss or optimizer: Keras raises many kinds
+            raise UserModelError(f"Cannot use model={self.model!r}: its compile arguments "
+                                 f"cannot be loaded: {error}") from error
+        config = model.get_compile_config() if getattr(model, "compiled", False) else None
+        if not config or config.get("optimizer") is None or config.get("loss") is None:
+            made = "file was saved" if self.model.endswith(".keras") else "function returns a model"
+            raise UserModelError(
+                f"model={self.model!r} is not compiled with an optimizer and a loss, but "
+                "--trainer=keras trains it with its own compile arguments: the "
+                f"{made} without model.compile(optimizer, loss, ...); compile it first, or use "
+                "--trainer=builtin (Adam at --learning_rate, binary cross-entropy).")
+        return config
 
     def _taking_every_feature(self, model: keras.Model) -> keras.Model:
         """`model`, or if it ignores features, a model of every feature that calls it.
@@ -198,11 +251,7 @@ class UserModelBuilder:
         """
         if not self.ignored_features:
             return model
-        spec = self.feature_spec
-        inputs = {name: keras.Input(shape=(), dtype="int64", name=name)
-                  for name in spec.categorical_names}
-        inputs[DENSE_FEATURE_NAME] = keras.Input(shape=(spec.num_dense,), dtype="float32",
-                                                 name=DENSE_FEATURE_NAME)
+        inputs = feature_inputs(self.feature_spec)
         structure = model.input
         if isinstance(structure, dict):
             taken = {key: inputs[key] for key in structure}
@@ -307,6 +356,15 @@ class UserModelBuilder:
                 "the function's models do not depend on embedding_seed or tower_seed: "
                 "replicas would not differ by their initial weights."
             )
+
+
+def feature_inputs(spec: FeatureSpec) -> dict[str, keras.KerasTensor]:
+    """Symbolic inputs of every feature of the data, keyed and named as its features dict."""
+    inputs = {name: keras.Input(shape=(), dtype="int64", name=name)
+              for name in spec.categorical_names}
+    inputs[DENSE_FEATURE_NAME] = keras.Input(shape=(spec.num_dense,), dtype="float32",
+                                             name=DENSE_FEATURE_NAME)
+    return inputs
 
 
 def _load_keras_file(path: str) -> keras.Model:
