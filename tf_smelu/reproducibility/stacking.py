@@ -27,6 +27,12 @@ Why the copies stay independent:
 * **Metrics** are compiled per output of every copy, so each copy's are its
   own.
 
+Remedies that couple a model to other predictions use the same machinery
+(`Pulls`): the stacked loss then adds, per copy, λ × the cross-entropy towards
+a trained model's probabilities (distillation, anchoring) or towards its
+peers' (co-distillation: the copies of one replica's pair), taken
+stop-gradient; with every λ = 0 nothing is added.
+
 With op determinism on (the study's default) the replicas' predictions are
 bit-identical to those of R sequential `fit` runs with the same seeds
 (`tests/test_replica_study.py`); XLA (`jit_compile=True`) may fuse the copies

@@ -40,6 +40,18 @@ What varies between replicas (`sources`), everything else being pinned:
   that with no source on (`sources=()`) replicas are bit-identical (PD
   exactly 0) on the TensorFlow backend: the control of the study.
 
+`compare` also runs remedies (`tf_smelu.remedies`) through their one
+interface, without knowing which it runs: the seeds of a replica's members
+(ensembles) and of the peers trained with each member in one `fit`
+(co-distillation), compile-argument changes (EMA, label smoothing), loss
+terms pulling a member towards another model's predictions (distillation
+towards a teacher, anchoring to the previous model; added by `stacking`),
+and the weights every member starts from (warm start). The models remedies
+learn from are trained once per study, each with a seed of its own
+(`derived_seed(seed, 5, 0)`: the teacher, on the training data;
+`derived_seed(seed, 6, 0)`: the previous model, on `earlier_data`), and
+reused by every spec.
+
 The global seeds (Python, NumPy, TensorFlow) are left as the last replica
 set them. A seeded tf.data shuffle also depends on TensorFlow's global seed,
 so the study sets that to the replica's `order_seed` just before it makes
@@ -209,7 +221,9 @@ class ReplicaStudy:
             `shuffle_buffer`, held-out data that is not batched
             `(features, labels)`, or a `strategy` that is no
             `tf.distribute.Strategy`, under another backend than TensorFlow,
-            or a `MultiWorkerMirroredStrategy` of several workers.
+            or a `MultiWorkerMirroredStrategy` of several workers;
+            `earlier_data` that is neither a dataset nor a function, or an
+            empty one.
     """
 
     def __init__(
@@ -307,10 +321,17 @@ class ReplicaStudy:
         they change: `ensemble:K` trains K members per replica (seeds
         derived from the replica's) and averages their probabilities;
         `ema:DECAY` and `label_smoothing:EPS` compile the model again with
-        the optimizer's `use_ema` or the loss's `label_smoothing`. A spec
-        with remedies and no activation (`"ema:0.999"`) keeps the baseline
-        activation; replicas of specs with remedies train one model after
-        another, never side by side.
+        the optimizer's `use_ema` or the loss's `label_smoothing`;
+        `distill:LAMBDA` and `anchor:LAMBDA` add LAMBDA × the cross-entropy
+        towards the teacher's or the previous model's probabilities to the
+        loss (each such model of the baseline recipe trained once per study,
+        seeded, and cached; the previous model on `earlier_data`);
+        `warm_start` sets every replica's weights to the previous model's
+        before its `fit`; `codistill:LAMBDA` trains each replica with a peer
+        in one `fit`, each pulled towards the other's prediction, and serves
+        peer 0. A spec with remedies and no activation (`"ema:0.999"`) keeps
+        the baseline activation; replicas of specs with remedies train one
+        after another, never several side by side.
 
         Args:
             specs: Activation and remedy specs and their `+`-combinations,
@@ -330,17 +351,25 @@ class ReplicaStudy:
             `relu+ema(0.999)`, `relu+ensemble(K=2)`, ...), spec-major, one per
             model output. Rows with remedies carry `remedy` (their remedies'
             spec); every row carries its costs relative to the first row:
-            `train_steps_ratio` and `train_seconds_ratio` (training steps and
-            measured time per replica, all members included) and
+            `train_steps_ratio` and `train_seconds_ratio` (training steps per
+            replica, all members and peers included, and measured time of
+            all fits, including the training of a teacher or previous model
+            the row used, which `setup_seconds` also holds: trained once per
+            study, it is amortized over the row's replicas),
             `serve_params_ratio` (parameters served per replica; `params`
-            holds the count).
+            holds the count) and, on the TensorFlow backend,
+            `serve_flops_ratio` (`flops`: forward FLOPs per example of one
+            served replica, from TensorFlow's profiler).
 
         Raises:
             ValueError: An unknown activation or remedy spec or a value out
                 of range, a model without hidden ReLUs or one
                 `convert_activations` cannot rebuild, a loss or optimizer a
                 remedy cannot change, or compile arguments that cannot be
-                serialized.
+                serialized; `anchor` or `warm_start` without `earlier_data`;
+                `distill`, `anchor` or `codistill` on a model or fit
+                arguments that cannot be stacked (`stacking.unstackable_reason`)
+                or under a `strategy`.
         """
         if isinstance(specs, (str, Activation, Recipe)):
             raise ValueError(f"`specs` must be a list of specs, e.g. ['smelu:1']. "
