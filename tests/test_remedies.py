@@ -58,8 +58,10 @@ def test_each_ensemble_replica_is_the_mean_of_its_seeded_members():
 def test_ema_evaluates_with_the_averaged_weights():
     train, held_out = _data()
     with_ema, plain = [], []
+    # One fit per replica: each model's own optimizer then holds its average.
     [row] = ReplicaStudy(_keeping(_build_mlp, with_ema, []), train, held_out, replicas=2,
-                         sources=("init",), epochs=1).compare(["ema:0.9"], baseline=None)
+                         sources=("init",), epochs=1, side_by_side=False,
+                         ).compare(["ema:0.9"], baseline=None)
     ReplicaStudy(_keeping(_build_mlp, plain, []), train, held_out, replicas=2, sources=("init",),
                  epochs=1, side_by_side=False).run()
     del with_ema[0]  # the model compare built to check the remedies before training
@@ -295,3 +297,24 @@ def test_codistilled_peers_train_together_and_pull_towards_each_other():
     # Two peers train (2x the steps); one is served.
     assert pulled["steps"] == zero["steps"] == 2 * plain["steps"]
     assert pulled["params"] == plain["params"] and pulled["flops"] == plain["flops"]
+
+
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
+def test_remedies_train_side_by_side_bit_for_bit_as_one_run_after_another():
+    train, held_out = _data()
+    # Every kind of change at once: compile arguments, peers, a teacher's pull (members
+    # stack as replicas do).
+    spec = "ema:0.9+label_smoothing:0.1+distill:0.5+codistill:0.5"
+    rows, models = {}, {}
+    for side_by_side in (False, True):
+        models[side_by_side] = []
+        study = ReplicaStudy(_keeping(_build_mlp, models[side_by_side], []), train, held_out,
+                             replicas=2, sources=("init",), epochs=1, side_by_side=side_by_side)
+        [rows[side_by_side]] = study.compare([spec], baseline=None)
+    assert (rows[False]["side_by_side"], rows[True]["side_by_side"]) == (False, True)
+    for field in ("aucs", "abs_pd", "rel_pd", "eval_metrics", "steps", "params", "flops"):
+        assert rows[True][field] == rows[False][field], field
+    assert rows[True]["steps"] == 2 * 16  # peers x steps
+    x = held_out[0]
+    for one_by_one, stacked in zip(*models.values()):  # the same builds in the same order
+        np.testing.assert_array_equal(_probabilities(one_by_one, x), _probabilities(stacked, x))

@@ -330,8 +330,9 @@ class ReplicaStudy:
         before its `fit`; `codistill:LAMBDA` trains each replica with a peer
         in one `fit`, each pulled towards the other's prediction, and serves
         peer 0. A spec with remedies and no activation (`"ema:0.999"`) keeps
-        the baseline activation; replicas of specs with remedies train one
-        after another, never several side by side.
+        the baseline activation. With the data order pinned, every replica,
+        member and peer of a spec trains side by side in one `fit` where the
+        model allows it (`side_by_side`), bit for bit as one after another.
 
         Args:
             specs: Activation and remedy specs and their `+`-combinations,
@@ -444,18 +445,17 @@ class ReplicaStudy:
                 model = self._build(seed)
                 return recipe.compile(model if convert is None else convert(model))
 
-        def build(index: int) -> keras.Model:
-            return build_seeded(seeds[index].tower_seed)
-
         # Every replica is a new model whose fit/predict functions trace once, by design.
         with op_determinism("op_nondeterminism" not in self.sources), expected_retracing():
             first = build_seeded(runs[0][1])
             self._check_before_training(first, result)
             targets = {name: self._target(name, targets_of) for name in recipe.targets}
             result.setup_seconds = sum(target.seconds for target in targets.values())
-            models = None if recipe.remedies else self._side_by_side(first, build)
+            # Every copy of every run, peers together: side by side where they can be.
+            copies = [peer for _, member in runs for peer in recipe.peer_seeds(member)]
+            models = self._side_by_side(first, copies, build_seeded)
             if models:
-                self._train_side_by_side(models, pinned_order, result)
+                self._train_side_by_side(models, pinned_order, result, recipe, targets)
             else:
                 for index, (replica, member) in enumerate(runs):
                     # Peer 0 is the member, what the replica serves; other peers train with it.
@@ -497,13 +497,19 @@ class ReplicaStudy:
             seconds = time.perf_counter() - start
             logs = {k: float(v[-1]) for k, v in history.history.items()}
             return int(peers[0].optimizer.iterations.numpy()), bool(logs), logs, seconds
-        pulls = recipe.pulls()
-        trained = stacking.fit_side_by_side(peers, data, self.fit_kwargs, stacking.Pulls(
-            self.from_logits,
-            fixed=tuple((p.weight, targets[p.target].model) for p in pulls if p.target != PEERS),
-            peer_weight=sum(p.weight for p in pulls if p.target == PEERS), group=len(peers)))
+        trained = stacking.fit_side_by_side(peers, data, self.fit_kwargs,
+                                            self._pulls(recipe, targets))
         logs = trained.histories[0]
         return trained.steps * len(peers), trained.steps > 0 and bool(logs), logs, trained.seconds
+
+    def _pulls(self, recipe: Recipe, targets: Mapping[str, _Target]) -> stacking.Pulls:
+        """`recipe`'s loss terms towards other predictions, for a stacked fit of its copies."""
+        pulls = recipe.pulls()
+        return stacking.Pulls(
+            self.from_logits,
+            fixed=tuple((p.weight, targets[p.target].model) for p in pulls if p.target != PEERS),
+            peer_weight=sum(p.weight for p in pulls if p.target == PEERS),
+            group=len(recipe.peer_seeds(0)))
 
     def _target(self, name: str, recipe: Recipe) -> _Target:
         """The trained model `name` (teacher, previous model) of `recipe`: trained once, then cached.
@@ -534,9 +540,19 @@ class ReplicaStudy:
             self._targets[key] = _Target(model, seconds, steps)
         return self._targets[key]
 
-    def _side_by_side(self, first: keras.Model,
+    def _side_by_side(self, first: keras.Model, seeds: Sequence[int],
                       build: Callable[[int], keras.Model]) -> list[keras.Model] | None:
-        """All R replicas if they can train in one `fit` (see `stacking`), else None."""
+        """Every copy (`first`, then one built per other seed) if they can train in one `fit`.
+
+        Args:
+            first: The copy of `seeds[0]`, built.
+            seeds: The seeds of all copies: of every replica, of its members
+                (ensembles) and their peers (co-distillation), in run order.
+            build: Builds the copy of a seed.
+
+        Returns:
+            The copies, or None: they train one run after another (see `stacking`).
+        """
         if self.side_by_side is False:
             return None
         if "order" in self.sources:
@@ -547,7 +563,7 @@ class ReplicaStudy:
             reason = stacking.unstackable_reason(first, self.fit_kwargs)
         models = [first]
         if reason is None:
-            models += [build(index) for index in range(1, self.replicas)]
+            models += [build(seed) for seed in seeds[1:]]
             reason = stacking.check_same_optimizer(models)
         if reason is None:
             return models
@@ -558,17 +574,23 @@ class ReplicaStudy:
                         "side: %s.", self.replicas, reason)
         return None
 
-    def _train_side_by_side(self, models: list[keras.Model], order_seed: int,
-                            result: _Replicas) -> _Replicas:
-        trained = stacking.fit_side_by_side(models, self._training_data(order_seed), self.fit_kwargs)
+    def _train_side_by_side(self, models: list[keras.Model], order_seed: int, result: _Replicas,
+                            recipe: Recipe, targets: Mapping[str, _Target]) -> None:
+        """Trains every copy in one `fit`; each run's first peer is what it serves."""
+        if recipe.start_from() is not None:
+            for model in models:
+                _start_from(model, targets[recipe.start_from()].model, recipe.remedy_spec)
+        trained = stacking.fit_side_by_side(models, self._training_data(order_seed),
+                                            self.fit_kwargs, self._pulls(recipe, targets))
         if trained.steps == 0 or not trained.histories[0]:
             raise ValueError("Replica 0 trained no step: the training data gave no batch.")
+        peers = len(recipe.peer_seeds(0))
+        served = models[::peers]
         result.seconds, result.steps, result.histories = (
-            trained.seconds, [trained.steps] * len(models), trained.histories)
+            trained.seconds, [trained.steps * peers] * len(served), trained.histories[::peers])
         result.side_by_side = True
-        for index, model in enumerate(models):
+        for index, model in enumerate(served):
             self._predict(model, result, index)
-        return result
 
     def _training_data(self, order_seed: int) -> tf.data.Dataset:
         """The training data in the order of `order_seed`, whatever the global seed.
