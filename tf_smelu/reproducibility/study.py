@@ -74,12 +74,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_smelu import metrics
+from tf_smelu.common import derived_seed
 from tf_smelu.conversion import rebuild
 from tf_smelu.experiment.costs import with_costs
 from tf_smelu.experiment.harness import summarize_predictions
 from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_seeds
 from tf_smelu.registry import Activation
-from tf_smelu.common import derived_seed
 from tf_smelu.remedies import Recipe
 from tf_smelu.remedies.base import PEERS, PREVIOUS, TEACHER
 from tf_smelu.training.replicas import DivergedError, expected_retracing
@@ -133,7 +133,7 @@ class _Target:
 
     model: keras.Model
     seconds: float
-    steps: int
+
 
 # derived_seed kinds of the trained targets' seeds: never a replica's (kinds 1-4) or a member's.
 _TARGET_SEED_KINDS = {TEACHER: 5, PREVIOUS: 6}
@@ -537,7 +537,7 @@ class ReplicaStudy:
                                  f"`{'train_data' if name == TEACHER else 'earlier_data'}` "
                                  "gave no batch.")
             self._finite_probabilities(model, f"the {name} model", steps)
-            self._targets[key] = _Target(model, seconds, steps)
+            self._targets[key] = _Target(model, seconds)
         return self._targets[key]
 
     def _side_by_side(self, first: keras.Model, seeds: Sequence[int],
