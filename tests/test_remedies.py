@@ -318,3 +318,36 @@ def test_remedies_train_side_by_side_bit_for_bit_as_one_run_after_another():
     x = held_out[0]
     for one_by_one, stacked in zip(*models.values()):  # the same builds in the same order
         np.testing.assert_array_equal(_probabilities(one_by_one, x), _probabilities(stacked, x))
+
+
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
+def test_the_pull_term_is_lambda_times_the_cross_entropy_per_output():
+    """Logits and class outputs: the term compares probabilities, stop-gradient on the target."""
+    from tf_smelu.reproducibility import stacking
+
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((FEATURES,))
+        hidden = keras.layers.Dense(4, activation="relu")(inputs)
+        model = keras.Model(inputs, {
+            "click": keras.layers.Dense(1, name="click")(hidden),  # logits
+            "genre": keras.layers.Dense(3, activation="softmax", name="genre")(hidden)})
+        model.compile("sgd", {"click": keras.losses.BinaryCrossentropy(from_logits=True),
+                              "genre": "categorical_crossentropy"})
+        return model
+
+    model, teacher = build(0), build(1)
+    x = np.random.default_rng(0).normal(size=(8, FEATURES)).astype("float32")
+    y = {"replica0_click": np.ones((8, 1), "float32"),
+         "replica0_genre": np.eye(3, dtype="float32")[np.arange(8) % 3]}
+    losses = {}
+    for weight in (0.0, 0.5):
+        stacked, _ = stacking._stack([model], stacking.Pulls(None, fixed=((weight, teacher),)))
+        losses[weight] = float(stacked.compute_loss(x, y, stacked(x)))
+    own, target = model(x), teacher(x)
+    expected = 0.5 * (
+        float(keras.ops.mean(keras.losses.binary_crossentropy(
+            keras.ops.sigmoid(target["click"]), own["click"], from_logits=True)))
+        + float(keras.ops.mean(keras.losses.categorical_crossentropy(
+            target["genre"], own["genre"]))))
+    assert losses[0.5] - losses[0.0] == pytest.approx(expected, rel=1e-5)

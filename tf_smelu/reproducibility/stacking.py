@@ -154,17 +154,20 @@ class _Stacked(keras.Model):
     @staticmethod
     def _cross_entropy(target, output, from_logits: bool):
         ops = keras.ops
-        if output.shape[-1] is not None and output.shape[-1] >= 2:  # class probabilities
+        if _is_classes(output):
             return ops.mean(ops.categorical_crossentropy(target, output, from_logits=from_logits))
         return ops.mean(ops.binary_crossentropy(target, output, from_logits=from_logits))
+
+
+def _is_classes(output) -> bool:
+    """Whether a batch of outputs holds class scores `[N, K]`, K >= 2 (else binary: `[N]`, `[N, 1]`)."""
+    return len(output.shape) >= 2 and output.shape[-1] is not None and output.shape[-1] >= 2
 
 
 def _as_probabilities(output, from_logits: bool):
     if not from_logits:
         return output
-    if output.shape[-1] is not None and output.shape[-1] >= 2:
-        return keras.ops.softmax(output, axis=-1)
-    return keras.ops.sigmoid(output)
+    return keras.ops.softmax(output, axis=-1) if _is_classes(output) else keras.ops.sigmoid(output)
 
 
 @dataclasses.dataclass
