@@ -812,10 +812,20 @@ def _forward_flops(model: keras.Model) -> int | None:
     if any(None in spec.shape for spec in keras.tree.flatten(signature)):
         return None
     forward = tf.function(lambda inputs: model(inputs, training=False))
-    graph = forward.get_concrete_function(signature).graph
+    try:
+        graph = forward.get_concrete_function(signature).graph
+    except (TypeError, ValueError) as error:  # e.g. sparse or ragged inputs
+        _logger.warning("FLOPs not measured: the model's forward pass does not trace on dense "
+                        "inputs of one example (%s).", outputs_lib.error_summary(error))
+        return None
     options = (tf.compat.v1.profiler.ProfileOptionBuilder(
         tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build())
-    profile = tf.compat.v1.profiler.profile(graph, options=options)
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")  # the v1 profiler's own deprecation notices say nothing to the user
+    try:
+        profile = tf.compat.v1.profiler.profile(graph, options=options)
+    finally:
+        logger.setLevel(level)
     return int(profile.total_float_ops)
 
 
