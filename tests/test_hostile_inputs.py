@@ -1300,3 +1300,76 @@ def test_a_learning_rate_for_an_optimizer_with_a_schedule_is_refused(user_model_
     trainer = TRAINERS["keras"](config, RunLog())
     with pytest.raises(UserModelError, match=r"schedule \(ExponentialDecay\)"):
         trainer.row(Recipe.parse("relu"), ("tower_init",), 2, learning_rate=0.1)
+# ---- remedies: distill, anchor, codistill, warm_start in the replica study (issue 22) ----
+
+
+def _remedy_study(**kwargs):
+    """A tiny study whose `build_model` records every model it builds."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_smelu.reproducibility import ReplicaStudy
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+    built = []
+
+    def build_model(seed):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="relu"),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+        model.compile("adam", "binary_crossentropy")
+        built.append(model)
+        return model
+
+    train = tf.data.Dataset.from_tensor_slices((x[:100], y[:100])).batch(50)
+    return ReplicaStudy(build_model, train, (x[100:], y[100:]), replicas=2, epochs=1,
+                        **kwargs), built
+
+
+@pytest.mark.parametrize("spec", ["anchor:0.5", "warm_start", "smelu:1+warm_start+ema:0.9"])
+def test_a_model_refresh_remedy_without_earlier_data_stops_before_training(spec):
+    study, built = _remedy_study()
+    with pytest.raises(ValueError, match=r"needs the previous model.*earlier_data=None") as error:
+        study.compare([spec])
+    assert "\n" not in str(error.value)
+    assert [int(m.optimizer.iterations) for m in built] == [0]  # the check's model, untrained
+
+
+def test_a_pulling_remedy_on_a_model_that_cannot_be_stacked_stops_before_training(tmp_path):
+    import keras
+
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "m.keras"))
+    study, built = _remedy_study(callbacks=[checkpoint])
+    with pytest.raises(ValueError, match=r"Remedy codistill:0\.5 trains each replica in one fit"
+                                         r".*callback ModelCheckpoint") as error:
+        study.compare(["ema:0.9", "codistill:0.5"])
+    assert "\n" not in str(error.value)
+    assert [int(m.optimizer.iterations) for m in built] == [0]
+
+
+@pytest.mark.parametrize("earlier, message", [
+    ([[1.0, 2.0]], "`earlier_data` must be a tf.data.Dataset or a function"),
+    ("empty", "`earlier_data` is empty"),
+])
+def test_earlier_data_the_study_cannot_read_is_one_clear_line(earlier, message):
+    import tensorflow as tf
+
+    if earlier == "empty":
+        earlier = tf.data.Dataset.from_tensor_slices(([[1.0] * 4], [1.0])).take(0).batch(2)
+    with pytest.raises(ValueError, match=message):
+        _remedy_study(earlier_data=earlier)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("warm_start:1", "warm_start takes no value"),
+    ("distill:-1", "LAMBDA must be a number >= 0"),
+    ("anchor", "needs a value"),
+    ("codistill:1e400", "LAMBDA must be a number >= 0"),
+])
+def test_a_remedy_value_out_of_range_is_one_line_before_anything_builds(spec, message):
+    study, built = _remedy_study()
+    with pytest.raises(ValueError, match=message):
+        study.compare(["smelu:1", spec])
+    assert built == []

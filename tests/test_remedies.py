@@ -1,4 +1,4 @@
-"""Remedies (issue 22, first slice) on the replica study: each changes what it claims."""
+"""Remedies (issue 22) on the replica study: each changes what it claims."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import keras
 import numpy as np
 import pytest
 
-from test_replica_study import FEATURES, _build_mlp, _data
+import tensorflow as tf
+
+from test_replica_study import FEATURES, _arrays, _build_mlp, _data
 from tf_smelu import experiment, metrics
+from tf_smelu.common import derived_seed
 from tf_smelu.experiment.seeds import replica_seeds
 from tf_smelu.registry import Activation
-from tf_smelu.remedies import Ema, Ensemble, LabelSmoothing, Recipe
+from tf_smelu.remedies import Codistill, Ema, Ensemble, LabelSmoothing, Recipe, WarmStart
 from tf_smelu.reproducibility import ReplicaStudy
 
 
@@ -55,8 +58,10 @@ def test_each_ensemble_replica_is_the_mean_of_its_seeded_members():
 def test_ema_evaluates_with_the_averaged_weights():
     train, held_out = _data()
     with_ema, plain = [], []
+    # One fit per replica: each model's own optimizer then holds its average.
     [row] = ReplicaStudy(_keeping(_build_mlp, with_ema, []), train, held_out, replicas=2,
-                         sources=("init",), epochs=1).compare(["ema:0.9"], baseline=None)
+                         sources=("init",), epochs=1, side_by_side=False,
+                         ).compare(["ema:0.9"], baseline=None)
     ReplicaStudy(_keeping(_build_mlp, plain, []), train, held_out, replicas=2, sources=("init",),
                  epochs=1, side_by_side=False).run()
     del with_ema[0]  # the model compare built to check the remedies before training
@@ -134,7 +139,12 @@ def test_a_loss_that_cannot_smooth_labels_is_one_clear_error(loss, optimizer, sp
     ("label_smoothing:-0.1", r"EPS must lie in \[0, 1\)"),
     ("smelu:1+gelu", "one activation"),
     ("ema:0.9+ema:0.99", "different kinds"),
-    ("distill:0.5", "'distill' is not implemented yet"),
+    ("distill:-0.5", "LAMBDA must be a number >= 0"),
+    ("distill", "needs a value"),
+    ("anchor:x", "anchor:LAMBDA .* with a number"),
+    ("codistill:nan", "LAMBDA must be a number >= 0"),
+    ("warm_start:1", "warm_start takes no value"),
+    ("warm_start:", "warm_start takes no value"),
     ("", "non-empty string"),
     ("smelu:1+", "one part is empty"),
     ("+ema:0.9", "one part is empty"),
@@ -159,6 +169,10 @@ def test_specs_combine_an_activation_with_remedies():
     assert recipe.label("smelu(β=1)") == "smelu(β=1)+ema(0.999)+ensemble(K=3)"
     assert Recipe.parse("ema:0.9999999").remedies[0].label == "ema(0.9999999)"
     assert Recipe.parse("relu") == Recipe(Activation.parse("relu"))
+    both = Recipe.parse("warm_start+codistill:0.5")
+    assert both.remedies == (WarmStart(), Codistill(0.5)) and both.remedy_spec == "warm_start+codistill:0.5"
+    assert both.label("relu") == "relu+warm_start+codistill(0.5)"
+    assert Recipe.parse(both.remedy_spec) == both
 
 
 @pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
@@ -171,6 +185,12 @@ def test_rows_carry_costs_match_the_schema_and_render(tmp_path, validate_results
     assert (relu["train_steps_ratio"], relu["serve_params_ratio"]) == (1.0, 1.0)
     assert (ensemble["train_steps_ratio"], ensemble["serve_params_ratio"]) == (2.0, 2.0)
     assert (smooth_ema["train_steps_ratio"], smooth_ema["serve_params_ratio"]) == (1.0, 1.0)
+    # FLOPs per example, from TensorFlow's profiler: at least the two Dense layers'
+    # multiply-adds (2 each); SmeLU's arithmetic adds some (the profiler counts none for
+    # Relu); an ensemble serves K models.
+    assert relu["flops"] >= 2 * (FEATURES * 12 + 12) and smooth_ema["flops"] > relu["flops"]
+    assert smooth_ema["serve_flops_ratio"] == smooth_ema["flops"] / relu["flops"]
+    assert (ensemble["flops"], ensemble["serve_flops_ratio"]) == (2 * relu["flops"], 2.0)
     assert all(r["train_seconds_ratio"] > 0 for r in (relu, ensemble, smooth_ema))
     logged = []
     results, _ = experiment.report([relu, ensemble, smooth_ema], study.config, str(tmp_path),
@@ -182,3 +202,152 @@ def test_rows_carry_costs_match_the_schema_and_render(tmp_path, validate_results
     change = f"{ensemble['rel_pd'] / relu['rel_pd'] - 1:+.0%}"
     [line] = [ln for ln in table.splitlines() if "relu+ensemble" in ln]
     assert change in line.split()
+
+
+def _earlier_data():
+    """Data "before" the training data: another draw of the same generator."""
+    (x, y), _ = _arrays(seed=1)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(50)
+
+
+def _trained_with_seed(models: list, seeds: list, seed: int):
+    [model] = [m for m, s in zip(models, seeds) if s == seed]
+    return model
+
+
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
+def test_distill_zero_is_the_baseline_bit_for_bit_and_distill_and_anchor_pull_towards_their_targets():
+    train, held_out = _data()
+    models, seeds = [], []
+    study = ReplicaStudy(_keeping(_build_mlp, models, seeds), train, held_out, replicas=2,
+                         sources=("init",), epochs=1, side_by_side=False,
+                         earlier_data=_earlier_data())
+    [plain] = study.run()
+    zero, distilled, anchored = study.compare(["distill:0", "distill:2", "anchor:2"],
+                                              baseline=None)
+    for field in ("aucs", "abs_pd", "rel_pd", "eval_metrics"):
+        assert zero[field] == plain[field], field
+    # The teacher and the previous model: trained once each, with seeds of their own.
+    teacher = _trained_with_seed(models, seeds, derived_seed(0, 5, 0))
+    previous = _trained_with_seed(models, seeds, derived_seed(0, 6, 0))
+    assert seeds.count(derived_seed(0, 5, 0)) == seeds.count(derived_seed(0, 6, 0)) == 1
+    x = held_out[0]
+    baseline = [_probabilities(m, x) for m in models[:2]]
+    # Builds after the baseline's two: the check before training, replica 0 of distill:0, the
+    # teacher, replica 1; then distill:2's two replicas, anchor's first, the previous model, its second.
+    by_spec = {"distill": models[6:8], "anchor": [models[8], models[10]]}
+    for name, target in (("distill", teacher), ("anchor", previous)):
+        target = _probabilities(target, x)
+        for replica, plain_replica in zip(by_spec[name], baseline):
+            pulled = np.mean(np.abs(_probabilities(replica, x) - target))
+            assert pulled < np.mean(np.abs(plain_replica - target)), name
+    # Their training time counts once into the rows that used them.
+    assert distilled["setup_seconds"] == zero["setup_seconds"] > 0
+    assert anchored["setup_seconds"] > 0 and "setup_seconds" not in plain
+    assert distilled["train_seconds"] > distilled["setup_seconds"]
+    assert anchored["steps"] == plain["steps"] and anchored["serve_params_ratio"] == 1.0
+
+
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
+def test_warm_start_replicas_start_from_the_previous_models_weights_exactly():
+    train, held_out = _data()
+    models, seeds, starts = [], [], []
+
+    class Starts(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            starts.append([w.copy() for w in self.model.get_weights()])
+
+    study = ReplicaStudy(_keeping(_build_mlp, models, seeds), train, held_out, replicas=3,
+                         sources=("init",), epochs=1, earlier_data=_earlier_data(),
+                         callbacks=[Starts()])
+    [row] = study.compare(["warm_start"], baseline=None)
+    previous = _trained_with_seed(models, seeds, derived_seed(0, 6, 0))
+    # The previous model's own fit starts first; then the three replicas', from its weights.
+    assert len(starts) == 4
+    for replica in starts[1:]:
+        for weight, expected in zip(replica, previous.get_weights()):
+            np.testing.assert_array_equal(weight, expected)
+    assert not np.array_equal(starts[0][0], starts[1][0])  # it had trained before they started
+    # Replicas differ in their initialization only, which warm_start overrides: identical.
+    assert row["abs_pd"] == 0.0 and row["setup_seconds"] > 0
+
+
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
+def test_codistilled_peers_train_together_and_pull_towards_each_other():
+    train, held_out = _data()
+    models, seeds = [], []
+    study = ReplicaStudy(_keeping(_build_mlp, models, seeds), train, held_out, replicas=2,
+                         sources=("init",), epochs=1, side_by_side=False)
+    [plain] = study.run()
+    zero, pulled = study.compare(["codistill:0", "codistill:3"], baseline=None)
+    # Peer 0 has the replica's seed and is what the replica serves: with λ = 0, the baseline.
+    for field in ("aucs", "abs_pd", "rel_pd", "eval_metrics"):
+        assert zero[field] == plain[field], field
+    replicas = [s.tower_seed for s in replica_seeds(("init",), 2, 0)]
+    peer_seeds = [seed for replica in replicas for seed in Codistill(3).peer_seeds(replica)]
+    assert seeds[3:] == peer_seeds * 2  # after run's two and the check: each spec's pairs
+    x = held_out[0]
+
+    def peer_gap(pairs):
+        return [np.mean(np.abs(_probabilities(a, x) - _probabilities(b, x)))
+                for a, b in zip(pairs[::2], pairs[1::2])]
+
+    for apart, together in zip(peer_gap(models[3:7]), peer_gap(models[7:11])):
+        assert together < apart
+    # Two peers train (2x the steps); one is served.
+    assert pulled["steps"] == zero["steps"] == 2 * plain["steps"]
+    assert pulled["params"] == plain["params"] and pulled["flops"] == plain["flops"]
+
+
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
+def test_remedies_train_side_by_side_bit_for_bit_as_one_run_after_another():
+    train, held_out = _data()
+    # Every kind of change at once: compile arguments, peers, a teacher's pull (members
+    # stack as replicas do).
+    spec = "ema:0.9+label_smoothing:0.1+distill:0.5+codistill:0.5"
+    rows, models = {}, {}
+    for side_by_side in (False, True):
+        models[side_by_side] = []
+        study = ReplicaStudy(_keeping(_build_mlp, models[side_by_side], []), train, held_out,
+                             replicas=2, sources=("init",), epochs=1, side_by_side=side_by_side)
+        [rows[side_by_side]] = study.compare([spec], baseline=None)
+    assert (rows[False]["side_by_side"], rows[True]["side_by_side"]) == (False, True)
+    for field in ("aucs", "abs_pd", "rel_pd", "eval_metrics", "steps", "params", "flops"):
+        assert rows[True][field] == rows[False][field], field
+    assert rows[True]["steps"] == 2 * 16  # peers x steps
+    x = held_out[0]
+    for one_by_one, stacked in zip(*models.values()):  # the same builds in the same order
+        np.testing.assert_array_equal(_probabilities(one_by_one, x), _probabilities(stacked, x))
+
+
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
+def test_the_pull_term_is_lambda_times_the_cross_entropy_per_output():
+    """Logits and class outputs: the term compares probabilities, stop-gradient on the target."""
+    from tf_smelu.reproducibility import stacking
+
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((FEATURES,))
+        hidden = keras.layers.Dense(4, activation="relu")(inputs)
+        model = keras.Model(inputs, {
+            "click": keras.layers.Dense(1, name="click")(hidden),  # logits
+            "genre": keras.layers.Dense(3, activation="softmax", name="genre")(hidden)})
+        model.compile("sgd", {"click": keras.losses.BinaryCrossentropy(from_logits=True),
+                              "genre": "categorical_crossentropy"})
+        return model
+
+    model, teacher = build(0), build(1)
+    x = np.random.default_rng(0).normal(size=(8, FEATURES)).astype("float32")
+    y = {"replica0_click": np.ones((8, 1), "float32"),
+         "replica0_genre": np.eye(3, dtype="float32")[np.arange(8) % 3]}
+    losses = {}
+    for weight in (0.0, 0.5):
+        stacked, _ = stacking._stack([model], stacking.Pulls(None, fixed=((weight, teacher),)))
+        losses[weight] = float(stacked.compute_loss(x, y, stacked(x)))
+    own, target = model(x), teacher(x)
+    expected = 0.5 * (
+        float(keras.ops.mean(keras.losses.binary_crossentropy(
+            keras.ops.sigmoid(target["click"]), own["click"], from_logits=True)))
+        + float(keras.ops.mean(keras.losses.categorical_crossentropy(
+            target["genre"], own["genre"]))))
+    assert losses[0.5] - losses[0.0] == pytest.approx(expected, rel=1e-5)

@@ -172,9 +172,13 @@ class CTRExperimentConfig:
         (), "Remedies for prediction difference, comma-separated, one result row each per "
         "source set after the activations' rows (--trainer=keras): ensemble:K (each replica "
         "the mean of K seeded models), ema:DECAY (evaluation with the optimizer's moving "
-        "average of the weights), label_smoothing:EPS, alone or with an activation by '+', "
-        "e.g. ensemble:2,ema:0.999,smelu:1+ema:0.999. Without an activation a remedy applies "
-        "to relu (its row is added if --activations lacks it).", check=_parse_remedies)
+        "average of the weights), label_smoothing:EPS, distill:LAMBDA (also pulled towards a "
+        "teacher trained once), codistill:LAMBDA (two peers pulled towards each other), "
+        "anchor:LAMBDA (pulled towards the previous model) and warm_start (starts from it): "
+        "the previous model trains on the first half of the training rows and every row of "
+        "the run on the second; alone or with an activation by '+', e.g. "
+        "ensemble:2,ema:0.999,smelu:1+ema:0.999. Without an activation a remedy applies to "
+        "relu (its row is added if --activations lacks it).", check=_parse_remedies)
     progress: bool = option(True, "Show progress bars.")
     work_dir: str | None = option(None, "Replica jobs' directory.", flag=False)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)

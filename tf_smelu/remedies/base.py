@@ -8,7 +8,19 @@ hooks, each the identity unless the remedy changes that step:
 * `compile_config(config)`: the model's compile arguments
   (`model.get_compile_config()`) with what the remedy changes (loss,
   optimizer);
-* `predict(probabilities)`: one replica's probabilities from its members'.
+* `predict(probabilities)`: one replica's probabilities from its members';
+* `peer_seeds(seed)`: the seeds of the models one member trains *together*,
+  in one `fit` (one model, `[seed]`, unless peers co-distill); the member's
+  predictions are its first peer's;
+* `pulls()`: loss terms pulling the member's predictions towards another
+  model's (`Pull`: a fixed teacher, the previous model, or the peers);
+* `start_from()`: the trained model whose weights every member starts from
+  (None: the member's own initialization).
+
+Models a remedy learns from (the teacher, the previous model) are trained
+once by the study and reused (`TARGETS`); the remedy only names them. Each
+remedy also states its cost (`train_cost`, `serve_cost`): what it trains
+and serves per replica relative to one model.
 
 The study (`tf_smelu.reproducibility.ReplicaStudy.compare`) runs the hooks
 without knowing which remedy it runs, so remedies combine freely.
@@ -24,6 +36,28 @@ from typing import Any, ClassVar
 import numpy as np
 
 CompileConfig = dict[str, Any]
+
+TEACHER = "teacher"
+"""One model of the study's baseline recipe trained on the training data, with a seed of its own."""
+PREVIOUS = "previous"
+"""One model of the study's baseline recipe trained on the earlier data (the model being refreshed)."""
+PEERS = "peers"
+"""The other peers of a member, trained in the same `fit` (their predictions stop-gradient)."""
+TARGETS = (TEACHER, PREVIOUS)
+"""The trained models a study provides to remedies (the peers train with the member)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pull:
+    """A loss term `weight` × cross-entropy from `target`'s predictions to the member's.
+
+    Attributes:
+        weight: λ >= 0 (0 adds no term at all: the training is the remedy-free one).
+        target: `TEACHER`, `PREVIOUS` or `PEERS`.
+    """
+
+    weight: float
+    target: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +96,27 @@ class Remedy:
         [only] = probabilities
         return only
 
+    def peer_seeds(self, seed: int) -> list[int]:
+        """The seeds of the models trained together in one `fit` as the member of seed `seed`."""
+        return [seed]
+
+    def pulls(self) -> tuple[Pull, ...]:
+        """The loss terms that pull the member's predictions towards other models'."""
+        return ()
+
+    def start_from(self) -> str | None:
+        """The trained model (one of `TARGETS`) whose weights every member starts from, or None."""
+        return None
+
     @property
     def serve_params_ratio(self) -> float:
         """Parameters served per replica relative to one model."""
         return 1.0
+
+    train_cost: ClassVar[str] = "1x"
+    """Training per replica relative to one model, stated (measured rows hold the numbers)."""
+    serve_cost: ClassVar[str] = "1x"
+    """Serving per replica (parameters, FLOPs per example) relative to one model."""
 
     def __str__(self) -> str:
         """The spec text, which parses back to an equal remedy."""
@@ -89,8 +140,19 @@ def parse_number(text: str, value: str | None, kind: type, syntax: str) -> float
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"Cannot parse remedy {text!r}: expected {syntax} with an "
-                         f"{kind.__name__ if kind is int else 'number'}. Received: {text!r}") from None
+        raise ValueError(f"Cannot parse remedy {text!r}: expected {syntax} with "
+                         f"{'an integer' if kind is int else 'a number'}. Received: {text!r}") from None
+
+
+def parse_weight(cls: type[Remedy], text: str, value: str | None) -> float:
+    """The λ >= 0 of a spec such as `distill:0.5` (`cls.syntax` names the form).
+
+    Raises:
+        ValueError: No value, one that does not parse, or one below 0.
+    """
+    weight = parse_number(text, value, float, cls.syntax)
+    check_range(text, weight, weight >= 0, "LAMBDA must be a number >= 0")
+    return weight
 
 
 def check_range(text: str, number: float, ok: bool, expected: str) -> None:

@@ -23,6 +23,8 @@ class Ema(Remedy):
 
     name: ClassVar[str] = "ema"
     syntax: ClassVar[str] = "ema:DECAY (0 < DECAY < 1)"
+    train_cost: ClassVar[str] = "1x (one more copy of the weights, updated every step)"
+    serve_cost: ClassVar[str] = "1x (the averaged weights replace the model's)"
 
     @classmethod
     def from_text(cls, text: str, value: str | None) -> Ema:

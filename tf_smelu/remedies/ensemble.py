@@ -27,6 +27,8 @@ class Ensemble(Remedy):
     name: ClassVar[str] = "ensemble"
     syntax: ClassVar[str] = "ensemble:K (K >= 2 members)"
     symbol: ClassVar[str] = "K"
+    train_cost: ClassVar[str] = "Kx (K models per replica)"
+    serve_cost: ClassVar[str] = "Kx (K models served and averaged)"
 
     @classmethod
     def from_text(cls, text: str, value: str | None) -> Ensemble:

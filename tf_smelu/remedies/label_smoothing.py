@@ -30,6 +30,8 @@ class LabelSmoothing(Remedy):
 
     name: ClassVar[str] = "label_smoothing"
     syntax: ClassVar[str] = "label_smoothing:EPS (0 <= EPS < 1)"
+    train_cost: ClassVar[str] = "1x"
+    serve_cost: ClassVar[str] = "1x"
 
     @classmethod
     def from_text(cls, text: str, value: str | None) -> LabelSmoothing:

@@ -9,16 +9,18 @@ import keras
 import numpy as np
 
 from tf_smelu.registry import Activation, activation_names
-from tf_smelu.remedies.base import CompileConfig, Remedy
+from tf_smelu.remedies.anchor import Anchor
+from tf_smelu.remedies.base import TARGETS, CompileConfig, Pull, Remedy
+from tf_smelu.remedies.codistill import Codistill
+from tf_smelu.remedies.distill import Distill
 from tf_smelu.remedies.ema import Ema
 from tf_smelu.remedies.ensemble import Ensemble
 from tf_smelu.remedies.label_smoothing import LabelSmoothing
+from tf_smelu.remedies.warm_start import WarmStart
 
-REMEDIES: dict[str, type[Remedy]] = {kind.name: kind for kind in (Ensemble, Ema, LabelSmoothing)}
+REMEDIES: dict[str, type[Remedy]] = {kind.name: kind for kind in (
+    Ensemble, Ema, LabelSmoothing, Distill, Anchor, Codistill, WarmStart)}
 """Remedy name -> its class; what `parse` knows."""
-
-# Named in issue 22, not implemented yet: a clear line instead of "unknown".
-_PLANNED = ("distill", "anchor", "codistill", "warm_start")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +59,6 @@ class Recipe:
                                  f"one part is empty. Received: {text!r}")
             if name in REMEDIES:
                 remedies.append(REMEDIES[name].from_text(part.strip(), value if _ else None))
-            elif name in _PLANNED:
-                raise ValueError(f"Remedy {name!r} is not implemented yet; available: "
-                                 f"{', '.join(REMEDIES)}. Received: {text!r}")
             elif name in activation_names():
                 activations.append(Activation.parse(part))
             else:
@@ -91,6 +90,32 @@ class Recipe:
         for remedy in self.remedies:
             seeds = [member for one in seeds for member in remedy.member_seeds(one)]
         return seeds
+
+    def peer_seeds(self, seed: int) -> list[int]:
+        """The seeds of the models one member of seed `seed` trains together (its own first)."""
+        seeds = [seed]
+        for remedy in self.remedies:
+            seeds = [peer for one in seeds for peer in remedy.peer_seeds(one)]
+        return seeds
+
+    def pulls(self) -> tuple[Pull, ...]:
+        """Every remedy's loss terms towards other models' predictions."""
+        return tuple(pull for remedy in self.remedies for pull in remedy.pulls())
+
+    def start_from(self) -> str | None:
+        """The trained model every member starts from, if a remedy names one."""
+        return next((r.start_from() for r in self.remedies if r.start_from()), None)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The trained models (`base.TARGETS`) the remedies learn from or start from."""
+        named = [pull.target for pull in self.pulls()] + [self.start_from()]
+        return tuple(dict.fromkeys(t for t in named if t in TARGETS))
+
+    @property
+    def trains_together(self) -> bool:
+        """Whether a member trains in one `fit` with its peers or with loss terms towards others."""
+        return len(self.peer_seeds(0)) > 1 or bool(self.pulls())
 
     def compile(self, model: keras.Model) -> keras.Model:
         """`model` compiled again with every remedy's change to its compile arguments.

@@ -47,6 +47,7 @@ from tf_smelu.experiment.runner import (
 from tf_smelu.experiment.seeds import replica_seeds
 from tf_smelu.registry import Activation
 from tf_smelu.remedies import Recipe
+from tf_smelu.remedies.base import PREVIOUS
 from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.problem import (
     UserModelBuilder,
@@ -152,7 +153,7 @@ class KerasFitTrainer:
         data = load_checked_data(training, run)
         self._config = config
         self._run = run
-        self._train = data.train
+        self._train, self._earlier = _refresh_split(data.train, config.remedies, run)
         self._held_out = (data.test.features, data.test.labels)
         self._eval_groups = item_popularity_groups(data)
         self._feature_spec = data.feature_spec
@@ -179,9 +180,10 @@ class KerasFitTrainer:
                 f"Cannot train model={self._config.training.model!r} with its compile "
                 f"arguments: {error}") from error
 
-    def _make_dataset(self, order_seed: int) -> tf.data.Dataset:
-        """The training split in the order of `order_seed` (repeated for `--steps`)."""
-        dataset = batched_dataset(self._train.features, self._train.labels,
+    def _make_dataset(self, order_seed: int, examples=None) -> tf.data.Dataset:
+        """The training split (or `examples`) in the order of `order_seed` (repeated for `--steps`)."""
+        examples = self._train if examples is None else examples
+        dataset = batched_dataset(examples.features, examples.labels,
                                   self._config.training.batch_size, order_seed)
         return dataset if self._config.training.steps is None else dataset.repeat()
 
@@ -231,6 +233,8 @@ class KerasFitTrainer:
             functools.partial(self._build, activation, sources, compile_config, seed, described),
             self._make_dataset, self._held_out, replicas=replicas - first,
             sources=study_sources(sources), seed=seed, first_replica=first,
+            earlier_data=(None if self._earlier is None
+                          else functools.partial(self._make_dataset, examples=self._earlier)),
             predict_batch_size=EVAL_BATCH_SIZE, side_by_side=side_by_side, **self._fit_kwargs)
         if self._config.progress:
             self._run.log(f"Training {recipe.label(activation.label)} "
@@ -249,6 +253,24 @@ class KerasFitTrainer:
         if on_predictions is not None:
             on_predictions(probabilities)
         return row
+
+
+def _refresh_split(train, remedies: Sequence[Recipe], run) -> tuple[object, object | None]:
+    """`(new, earlier)` training rows: halves when a remedy needs the previous model.
+
+    `anchor` and `warm_start` model a daily retrain: the previous model
+    trained on earlier data, the retrain on new data. The first half of the
+    training rows (in file order: by time for a log sorted by time) is the
+    earlier data, and *every* row of the run trains on the second half, so
+    that the remedies are compared with a baseline trained on the same data.
+    """
+    if not any(PREVIOUS in recipe.targets for recipe in remedies):
+        return train, None
+    half = len(train) // 2
+    run.log(f"anchor/warm_start: the previous model trains on the first {half:,} training "
+            f"rows (the earlier data), every row of this run on the other "
+            f"{len(train) - half:,} (the new data)")
+    return train.take(slice(half, None)), train.take(slice(0, half))
 
 
 TRAINERS["keras"] = KerasFitTrainer

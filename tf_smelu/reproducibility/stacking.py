@@ -27,6 +27,12 @@ Why the copies stay independent:
 * **Metrics** are compiled per output of every copy, so each copy's are its
   own.
 
+Remedies that couple a model to other predictions use the same machinery
+(`Pulls`): the stacked loss then adds, per copy, λ × the cross-entropy towards
+a trained model's probabilities (distillation, anchoring) or towards its
+peers' (co-distillation: the copies of one replica's pair), taken
+stop-gradient; with every λ = 0 nothing is added.
+
 With op determinism on (the study's default) the replicas' predictions are
 bit-identical to those of R sequential `fit` runs with the same seeds
 (`tests/test_replica_study.py`); XLA (`jit_compile=True`) may fuse the copies
@@ -64,6 +70,106 @@ _UNSTACKABLE_FIT_ARGUMENTS = ("validation_data",)
 _TRAINING_METHODS = ("train_step", "compute_loss", "compute_metrics")
 
 
+@dataclasses.dataclass(frozen=True)
+class Pulls:
+    """Loss terms added to the stacked loss: each copy pulled towards other predictions.
+
+    A term is `weight` × the cross-entropy from a target's probabilities
+    (taken stop-gradient) to the copy's, per output, averaged over the
+    batch: binary outputs a binary cross-entropy, multi-class ones a
+    categorical one, computed from the copy's logits where it outputs logits.
+    Sample and class weights weigh the copies' own losses only.
+
+    Attributes:
+        from_logits: Whether the outputs are logits, as
+            `outputs.logits_by_output` takes it (the targets, models of the
+            same `build_model`, are read the same way).
+        fixed: `(weight, model)`: every copy towards a trained model's
+            predictions (a teacher, the previous model), which the step runs
+            in inference mode and never trains.
+        peer_weight: Every copy towards the mean of the other copies of its
+            group (co-distillation); 0 for none.
+        group: How many consecutive copies are peers of each other.
+    """
+
+    from_logits: bool | Mapping[str, bool] | None
+    fixed: tuple[tuple[float, keras.Model], ...] = ()
+    peer_weight: float = 0.0
+    group: int = 1
+
+    @property
+    def active(self) -> bool:
+        """Whether any term is added (a weight of 0 adds none: the copies train as without)."""
+        return any(w > 0 for w, _ in self.fixed) or (self.peer_weight > 0 and self.group > 1)
+
+
+class _Stacked(keras.Model):
+    """The stacked Functional model, whose loss adds `Pulls` terms to the copies' own."""
+
+    def __init__(self, inputs, outputs, pulls: Pulls | None, copies: int,
+                 logits: Mapping[str, bool], **kwargs):
+        super().__init__(inputs, outputs, **kwargs)
+        self._pulls = pulls if pulls is not None and pulls.active else None
+        self._logits, names = logits, list(logits)
+        # The trained target models stay untracked (inside `Pulls`): their variables are
+        # none of the stacked model's, so the optimizer never sees them and they stay as trained.
+        self._copies, self._names = copies, names
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        if self._pulls is None:
+            return loss
+        return loss + self._pull_loss(x, y_pred)
+
+    def _pull_loss(self, x, y_pred) -> object:
+        pulls, ops = self._pulls, keras.ops
+        fixed = [(weight, self._probabilities(model(x, training=False)))
+                 for weight, model in pulls.fixed if weight > 0]
+        copies = [{name: y_pred[_prefix(c) + name] for name in self._names}
+                  for c in range(self._copies)]
+        total = 0.0
+        for copy, own in enumerate(copies):
+            group = copy - copy % pulls.group
+            peers = [self._probabilities(copies[p]) for p in range(group, group + pulls.group)
+                     if p != copy]
+            targets = list(fixed)
+            if pulls.peer_weight > 0 and peers:
+                targets.append((pulls.peer_weight, {
+                    name: ops.mean(ops.stack([p[name] for p in peers]), axis=0)
+                    for name in self._names}))
+            for weight, target in targets:
+                for name in self._names:
+                    total = total + weight * self._cross_entropy(
+                        ops.stop_gradient(target[name]), own[name], self._logits[name])
+        return total
+
+    def _probabilities(self, predictions) -> dict[str, object]:
+        """A model's (or a copy's) outputs by output name, as probabilities."""
+        if not isinstance(predictions, Mapping) or set(predictions) != set(self._names):
+            named = outputs_lib.named_outputs(self, predictions, convert=lambda t: t)
+            predictions = dict(zip(self._names, named.values()))  # by position
+        return {name: _as_probabilities(value, self._logits[name])
+                for name, value in predictions.items()}
+
+    @staticmethod
+    def _cross_entropy(target, output, from_logits: bool):
+        ops = keras.ops
+        if _is_classes(output):
+            return ops.mean(ops.categorical_crossentropy(target, output, from_logits=from_logits))
+        return ops.mean(ops.binary_crossentropy(target, output, from_logits=from_logits))
+
+
+def _is_classes(output) -> bool:
+    """Whether a batch of outputs holds class scores `[N, K]`, K >= 2 (else binary: `[N]`, `[N, 1]`)."""
+    return len(output.shape) >= 2 and output.shape[-1] is not None and output.shape[-1] >= 2
+
+
+def _as_probabilities(output, from_logits: bool):
+    if not from_logits:
+        return output
+    return keras.ops.softmax(output, axis=-1) if _is_classes(output) else keras.ops.sigmoid(output)
+
+
 @dataclasses.dataclass
 class SideBySide:
     """What one side-by-side `fit` of R copies leaves, per replica.
@@ -95,7 +201,7 @@ def unstackable_reason(model: keras.Model, fit_kwargs: Mapping[str, object]) -> 
     for method in _TRAINING_METHODS:
         if getattr(type(model), method) is not getattr(keras.Model, method):
             return f"model {model.name!r} overrides `{method}` (it trains its own way)"
-    if _input_structure(model) is None:
+    if input_structure(model) is None:
         return (f"the inputs of model {model.name!r} are unknown (a subclassed model never "
                 "called, or a Sequential model without keras.Input)")
     optimizer = model.optimizer
@@ -111,12 +217,33 @@ def unstackable_reason(model: keras.Model, fit_kwargs: Mapping[str, object]) -> 
                     "copies' gradients together, coupling the replicas (clipnorm per variable "
                     "would not)")
     try:  # the stacked model is compiled from the copies' compile configurations
-        keras.saving.deserialize_keras_object(model.get_compile_config())
-    except Exception as error:  # Keras raises many types for unserializable objects.
-        return (f"its compile arguments cannot be recreated from model.get_compile_config() "
-                f"({error}; register custom objects with "
-                "keras.saving.register_keras_serializable)")
+        compile_arguments(model, "Training replicas side by side compiles them")
+    except ValueError as error:
+        return f"its compile arguments cannot be recreated ({error})"
     return _fit_kwargs_reason(model, fit_kwargs)
+
+
+def compile_arguments(model: keras.Model, doing: str) -> dict[str, object]:
+    """`model`'s compile arguments, new objects made from `model.get_compile_config()`.
+
+    The one place the study re-creates a user's loss, metrics and optimizer
+    (converted models, stacked copies, co-distilled peers).
+
+    Args:
+        model: A compiled model.
+        doing: What needs them, starting the error message, e.g. "compare()
+            compiles each converted model".
+
+    Raises:
+        ValueError: They cannot be re-created (custom objects not registered).
+    """
+    try:
+        return keras.saving.deserialize_keras_object(model.get_compile_config())
+    except Exception as error:  # Keras raises many types for unserializable objects.
+        raise ValueError(
+            f"{doing} from model.get_compile_config(), which failed: {error}. Register custom "
+            "losses, metrics and optimizers with keras.saving.register_keras_serializable."
+        ) from error
 
 
 def _fit_kwargs_reason(model: keras.Model, fit_kwargs: Mapping[str, object]) -> str | None:
@@ -149,7 +276,7 @@ def _optimizer_config(model: keras.Model) -> dict[str, object]:
 
 
 def fit_side_by_side(models: Sequence[keras.Model], dataset: tf.data.Dataset,
-                     fit_kwargs: Mapping[str, object]) -> SideBySide:
+                     fit_kwargs: Mapping[str, object], pulls: Pulls | None = None) -> SideBySide:
     """Trains the R `models` (copies of one compiled model) in one `fit`.
 
     The copies' variables are trained in place: afterwards each model
@@ -160,15 +287,18 @@ def fit_side_by_side(models: Sequence[keras.Model], dataset: tf.data.Dataset,
             compiled, untrained; `unstackable_reason(models[0], ...)` is None.
         dataset: The training data every replica would read.
         fit_kwargs: `fit` arguments (as `unstackable_reason` accepted them).
+        pulls: Loss terms coupling the copies to other models' predictions
+            (remedies such as `distill`, `codistill`); None: independent copies.
 
     Returns:
-        The replicas' logs, steps and the wall time.
+        The replicas' logs (each copy's own losses, without the pulls),
+        steps and the wall time.
 
     Raises:
         ValueError: The copies' compile arguments cannot be serialized (the
             stacked model is compiled from `get_compile_config()`).
     """
-    stacked, weights = _stack(models)
+    stacked, weights = _stack(models, pulls)
     fit_kwargs = dict(fit_kwargs)
     class_weight = fit_kwargs.pop("class_weight", None)
     data = dataset.map(_replicate_labels(models[0], list(weights), len(models), class_weight))
@@ -185,7 +315,7 @@ def _prefix(replica: int) -> str:
     return f"replica{replica}_"
 
 
-def _input_structure(model: keras.Model) -> object | None:
+def input_structure(model: keras.Model) -> object | None:
     """The structure of symbolic inputs `model` is called on, or None if unknown."""
     if isinstance(model, keras.Sequential):
         inputs = model.inputs
@@ -196,7 +326,8 @@ def _input_structure(model: keras.Model) -> object | None:
         return None
 
 
-def _stack(models: Sequence[keras.Model]) -> tuple[keras.Model, dict[str, float]]:
+def _stack(models: Sequence[keras.Model],
+           pulls: Pulls | None = None) -> tuple[keras.Model, dict[str, float]]:
     """One model over shared inputs with every output of every copy; compiled.
 
     Returns:
@@ -205,7 +336,7 @@ def _stack(models: Sequence[keras.Model]) -> tuple[keras.Model, dict[str, float]
     """
     inputs = keras.tree.map_structure(
         lambda t: keras.Input(shape=t.shape[1:], dtype=t.dtype, sparse=t.sparse, name=t.name),
-        _input_structure(models[0]))
+        input_structure(models[0]))
     outputs, compiled = {}, {"loss": {}, "loss_weights": {}, "metrics": {}, "weighted_metrics": {}}
     names, weights = [], {}
     for replica, model in enumerate(models):
@@ -220,7 +351,9 @@ def _stack(models: Sequence[keras.Model]) -> tuple[keras.Model, dict[str, float]
             for argument, per_output in arguments.items():
                 if per_output.get(own) is not None:
                     compiled[argument][key] = per_output[own]
-    stacked = _functional(inputs, outputs, models)
+    logits = (outputs_lib.logits_by_output(models[0], names, pulls.from_logits)
+              if pulls is not None and pulls.active else dict.fromkeys(names, False))
+    stacked = _functional(inputs, outputs, models, pulls, logits)
     first = models[0]
     stacked.compile(
         optimizer=keras.optimizers.deserialize(keras.optimizers.serialize(first.optimizer)),
@@ -230,14 +363,16 @@ def _stack(models: Sequence[keras.Model]) -> tuple[keras.Model, dict[str, float]
     return stacked, {name: float(weights.get(name, 1.0)) for name in names}
 
 
-def _functional(inputs, outputs, models: Sequence[keras.Model]) -> keras.Model:
+def _functional(inputs, outputs, models: Sequence[keras.Model], pulls: Pulls | None,
+                logits: Mapping[str, bool]) -> keras.Model:
     """The stacked model; copies that share a name (`name="ctr"`) get unique ones meanwhile."""
     names = [model.name for model in models]
     try:
         if len(set(names)) < len(names):  # Keras wants unique operation names in a model
             for replica, model in enumerate(models):
                 model.name = _prefix(replica) + model.name
-        return keras.Model(inputs, outputs, name="side_by_side_replicas")
+        return _Stacked(inputs, outputs, pulls, len(models), logits,
+                        name="side_by_side_replicas")
     finally:
         for model, name in zip(models, names):
             model.name = name
@@ -245,14 +380,7 @@ def _functional(inputs, outputs, models: Sequence[keras.Model]) -> keras.Model:
 
 def _compile_arguments(model: keras.Model, names: list[str]) -> dict[str, dict[str, object]]:
     """A copy's own loss, loss weights and metrics, per output name (fresh objects)."""
-    try:
-        config = keras.saving.deserialize_keras_object(model.get_compile_config())
-    except Exception as error:  # Keras raises many types for unserializable objects.
-        raise ValueError(
-            "Training replicas side by side compiles them from model.get_compile_config(), "
-            f"which failed: {error}. Register custom losses and metrics with "
-            "keras.saving.register_keras_serializable, or pass side_by_side=False."
-        ) from error
+    config = compile_arguments(model, "Training replicas side by side compiles them")
     return {argument: _per_output(config.get(argument), names, argument)
             for argument in ("loss", "loss_weights", "metrics", "weighted_metrics")}
 

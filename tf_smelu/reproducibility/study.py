@@ -40,6 +40,18 @@ What varies between replicas (`sources`), everything else being pinned:
   that with no source on (`sources=()`) replicas are bit-identical (PD
   exactly 0) on the TensorFlow backend: the control of the study.
 
+`compare` also runs remedies (`tf_smelu.remedies`) through their one
+interface, without knowing which it runs: the seeds of a replica's members
+(ensembles) and of the peers trained with each member in one `fit`
+(co-distillation), compile-argument changes (EMA, label smoothing), loss
+terms pulling a member towards another model's predictions (distillation
+towards a teacher, anchoring to the previous model; added by `stacking`),
+and the weights every member starts from (warm start). The models remedies
+learn from are trained once per study, each with a seed of its own
+(`derived_seed(seed, 5, 0)`: the teacher, on the training data;
+`derived_seed(seed, 6, 0)`: the previous model, on `earlier_data`), and
+reused by every spec.
+
 The global seeds (Python, NumPy, TensorFlow) are left as the last replica
 set them. A seeded tf.data shuffle also depends on TensorFlow's global seed,
 so the study sets that to the replica's `order_seed` just before it makes
@@ -62,12 +74,14 @@ import numpy as np
 import tensorflow as tf
 
 from tf_smelu import metrics
+from tf_smelu.common import derived_seed
 from tf_smelu.conversion import rebuild
 from tf_smelu.experiment.costs import with_costs
 from tf_smelu.experiment.harness import summarize_predictions
 from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_seeds
 from tf_smelu.registry import Activation
 from tf_smelu.remedies import Recipe
+from tf_smelu.remedies.base import PEERS, PREVIOUS, TEACHER
 from tf_smelu.training.replicas import DivergedError, expected_retracing
 from tf_smelu.validation import is_int, require_positive_int
 from tf_smelu.reproducibility import outputs as outputs_lib
@@ -109,6 +123,20 @@ class _Replicas:
     labels: dict[str, np.ndarray] | None = None
     side_by_side: bool = False
     params: list[int] = dataclasses.field(default_factory=list)  # per replica
+    setup_seconds: float = 0.0  # training the models the remedies learn from (once per study)
+    flops: int | None = None  # forward FLOPs per example of one replica (None: not measured)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """A trained model remedies learn from (`tf_smelu.remedies.base.TARGETS`), and its cost."""
+
+    model: keras.Model
+    seconds: float
+
+
+# derived_seed kinds of the trained targets' seeds: never a replica's (kinds 1-4) or a member's.
+_TARGET_SEED_KINDS = {TEACHER: 5, PREVIOUS: 6}
 
 
 class ReplicaStudy:
@@ -179,6 +207,11 @@ class ReplicaStudy:
             that its `fit` runs under it: `MirroredStrategy` (devices of one
             machine) or `MultiWorkerMirroredStrategy` on one worker. `None`:
             the default strategy.
+        earlier_data: The data *before* the training data (as `train_data`
+            takes it), for the model-refresh remedies of `compare`
+            (`anchor:LAMBDA`, `warm_start`): one model of the baseline, the
+            "previous model", trains on it once (seeded, in a pinned order).
+            None: those remedies are refused.
         **fit_kwargs: Passed to every replica's `model.fit` unchanged
             (`epochs`, `steps_per_epoch`, `callbacks`, `class_weight`,
             `validation_data`, ...; `verbose` defaults to 0). Callbacks are
@@ -193,7 +226,9 @@ class ReplicaStudy:
             `shuffle_buffer`, held-out data that is not batched
             `(features, labels)`, or a `strategy` that is no
             `tf.distribute.Strategy`, under another backend than TensorFlow,
-            or a `MultiWorkerMirroredStrategy` of several workers.
+            or a `MultiWorkerMirroredStrategy` of several workers;
+            `earlier_data` that is neither a dataset nor a function, or an
+            empty one.
     """
 
     def __init__(
@@ -211,6 +246,7 @@ class ReplicaStudy:
         side_by_side: bool | str = "auto",
         strategy: tf.distribute.Strategy | None = None,
         first_replica: int = 0,
+        earlier_data: tf.data.Dataset | MakeDataset | None = None,
         **fit_kwargs,
     ):
         if not callable(build_model):
@@ -240,6 +276,10 @@ class ReplicaStudy:
         self.strategy = _check_strategy(strategy)
         self._make_dataset = _dataset_factory(train_data, self.sources, shuffle_buffer)
         self._features, self._labels = _read_held_out(held_out)
+        # The data before the training data, read in its own pinned order (one model trains on it).
+        self._make_earlier = None if earlier_data is None else _dataset_factory(
+            earlier_data, (), None, "earlier_data")
+        self._targets: dict[tuple[str, str], _Target] = {}  # (target, baseline) -> trained once
 
     @property
     def config(self) -> dict[str, object]:
@@ -293,10 +333,18 @@ class ReplicaStudy:
         they change: `ensemble:K` trains K members per replica (seeds
         derived from the replica's) and averages their probabilities;
         `ema:DECAY` and `label_smoothing:EPS` compile the model again with
-        the optimizer's `use_ema` or the loss's `label_smoothing`. A spec
-        with remedies and no activation (`"ema:0.999"`) keeps the baseline
-        activation; replicas of specs with remedies train one model after
-        another, never side by side.
+        the optimizer's `use_ema` or the loss's `label_smoothing`;
+        `distill:LAMBDA` and `anchor:LAMBDA` add LAMBDA × the cross-entropy
+        towards the teacher's or the previous model's probabilities to the
+        loss (each such model of the baseline recipe trained once per study,
+        seeded, and cached; the previous model on `earlier_data`);
+        `warm_start` sets every replica's weights to the previous model's
+        before its `fit`; `codistill:LAMBDA` trains each replica with a peer
+        in one `fit`, each pulled towards the other's prediction, and serves
+        peer 0. A spec with remedies and no activation (`"ema:0.999"`) keeps
+        the baseline activation. With the data order pinned, every replica,
+        member and peer of a spec trains side by side in one `fit` where the
+        model allows it (`side_by_side`), bit for bit as one after another.
 
         Args:
             specs: Activation and remedy specs and their `+`-combinations,
@@ -316,17 +364,25 @@ class ReplicaStudy:
             `relu+ema(0.999)`, `relu+ensemble(K=2)`, ...), spec-major, one per
             model output. Rows with remedies carry `remedy` (their remedies'
             spec); every row carries its costs relative to the first row:
-            `train_steps_ratio` and `train_seconds_ratio` (training steps and
-            measured time per replica, all members included) and
+            `train_steps_ratio` and `train_seconds_ratio` (training steps per
+            replica, all members and peers included, and measured time of
+            all fits, including the training of a teacher or previous model
+            the row used, which `setup_seconds` also holds: trained once per
+            study, it is amortized over the row's replicas),
             `serve_params_ratio` (parameters served per replica; `params`
-            holds the count).
+            holds the count) and, on the TensorFlow backend,
+            `serve_flops_ratio` (`flops`: forward FLOPs per example of one
+            served replica, from TensorFlow's profiler).
 
         Raises:
             ValueError: An unknown activation or remedy spec or a value out
                 of range, a model without hidden ReLUs or one
                 `convert_activations` cannot rebuild, a loss or optimizer a
                 remedy cannot change, or compile arguments that cannot be
-                serialized.
+                serialized; `anchor` or `warm_start` without `earlier_data`;
+                `distill`, `anchor` or `codistill` on a model or fit
+                arguments that cannot be stacked (`stacking.unstackable_reason`)
+                or under a `strategy`.
         """
         if isinstance(specs, (str, Activation, Recipe)):
             raise ValueError(f"`specs` must be a list of specs, e.g. ['smelu:1']. "
@@ -339,16 +395,12 @@ class ReplicaStudy:
             recipes = [Recipe(first), *recipes]
         recipes = list(dict.fromkeys(recipes))  # a spec given twice ("smelu:1", "smelu:1.0") once
         if any(recipe.remedies for recipe in recipes):
-            # A loss or optimizer a remedy cannot change shows before the first training step.
-            config = self._build(self.seed).get_compile_config()
-            for recipe in recipes:
-                recipe.compile_config(config)
+            self._check_remedies(recipes)
+        targets_of = Recipe(first)  # teacher and previous model: the baseline recipe
         rows = []
         for recipe in recipes:
-            convert = recipe.activation and functools.partial(_converted,
-                                                              activation=recipe.activation)
-            rows += self._rows(recipe.activation or _AsBuilt(), self._train(convert, recipe),
-                               recipe)
+            rows += self._rows(recipe.activation or _AsBuilt(),
+                               self._train(_converter(recipe), recipe, targets_of), recipe)
             if on_rows is not None:
                 on_rows(list(with_costs([dict(row) for row in rows], rows[0])))
         return list(with_costs(rows, rows[0]))
@@ -378,12 +430,52 @@ class ReplicaStudy:
             raise ValueError(f"train() trains the model as `build_model` returns it; swap "
                              f"activations with compare(). Received: a recipe with activation "
                              f"{str(recipe.activation)!r}")
+        if recipe.remedies:
+            self._check_remedies([recipe])
         result = self._train(None, recipe)
         return ({name: np.stack(runs) for name, runs in result.predictions.items()},
                 _training_fields(result))
 
+    def _check_remedies(self, recipes: Sequence[Recipe]) -> None:
+        """What a remedy cannot do with this model or study shows before the first training step.
+
+        Raises:
+            ValueError: A loss or optimizer a remedy cannot change, a
+                model-refresh remedy without `earlier_data`, or a remedy that
+                trains in one `fit` with other models (distill, anchor,
+                codistill) on a model or fit arguments that do not allow it.
+        """
+        model = self._build(self.seed)
+        config = model.get_compile_config()
+        for recipe in recipes:
+            recipe.compile_config(config)
+            if PREVIOUS in recipe.targets and self._make_earlier is None:
+                raise ValueError(
+                    f"Remedy {recipe.remedy_spec} needs the previous model, trained on the data "
+                    "before the training data, but this ReplicaStudy has none: pass "
+                    "ReplicaStudy(..., earlier_data=<dataset or make_dataset(order_seed)>). "
+                    "Received: earlier_data=None")
+            if recipe.trains_together:
+                reason = ("a tf.distribute strategy was given"
+                          if self.strategy is not tf.distribute.get_strategy()
+                          else stacking.unstackable_reason(model, self.fit_kwargs))
+                if reason is not None:
+                    raise ValueError(
+                        f"Remedy {recipe.remedy_spec} trains each replica in one fit with loss "
+                        f"terms towards other models' predictions (tf_smelu.reproducibility."
+                        f"stacking), which this study cannot: {reason}. Received: "
+                        f"specs containing {recipe.remedy_spec!r}")
+
     def _train(self, convert: Callable[[keras.Model], keras.Model] | None,
-               recipe: Recipe = Recipe()) -> _Replicas:
+               recipe: Recipe = Recipe(), targets_of: Recipe = Recipe()) -> _Replicas:
+        """Trains the replicas of `recipe` (models converted by `convert`).
+
+        Args:
+            convert: Swaps the built model's activation, or None.
+            recipe: Its remedies.
+            targets_of: The recipe of the trained models its remedies learn
+                from (the study's baseline).
+        """
         first = self.first_replica
         seeds = replica_seeds(self.sources, first + self.replicas, self.seed)[first:]
         pinned_order = replica_seeds(("order",), 1, self.seed)[0].order_seed
@@ -397,34 +489,114 @@ class ReplicaStudy:
                 model = self._build(seed)
                 return recipe.compile(model if convert is None else convert(model))
 
-        def build(index: int) -> keras.Model:
-            return build_seeded(seeds[index].tower_seed)
-
         # Every replica is a new model whose fit/predict functions trace once, by design.
         with op_determinism("op_nondeterminism" not in self.sources), expected_retracing():
             first = build_seeded(runs[0][1])
             self._check_before_training(first, result)
-            models = None if recipe.remedies else self._side_by_side(first, build)
+            targets = {name: self._target(name, targets_of) for name in recipe.targets}
+            result.setup_seconds = sum(target.seconds for target in targets.values())
+            # Every copy of every run, peers together: side by side where they can be.
+            copies = [peer for _, member in runs for peer in recipe.peer_seeds(member)]
+            models = self._side_by_side(first, copies, build_seeded)
             if models:
-                return self._train_side_by_side(models, pinned_order, result)
-            for index, (replica, member) in enumerate(runs):
-                model = first if index == 0 else build_seeded(member)
-                order_seed = (seeds[replica].order_seed if "order" in self.sources
-                              else pinned_order)
-                start = time.perf_counter()
-                # shuffle=False: fit ignores it for datasets, only warning that it does.
-                history = model.fit(self._training_data(order_seed),
-                                    **{"verbose": 0, **self.fit_kwargs, "shuffle": False})
-                result.seconds += time.perf_counter() - start
-                result.steps.append(int(model.optimizer.iterations.numpy()))
-                _check_steps(result.steps, index, trained=bool(history.history))
-                result.histories.append({k: float(v[-1]) for k, v in history.history.items()})
-                self._predict(model, result, index)
+                self._train_side_by_side(models, pinned_order, result, recipe, targets)
+            else:
+                for index, (replica, member) in enumerate(runs):
+                    # Peer 0 is the member, what the replica serves; other peers train with it.
+                    peers = [first if index == 0 else build_seeded(member),
+                             *(build_seeded(peer) for peer in recipe.peer_seeds(member)[1:])]
+                    order_seed = (seeds[replica].order_seed if "order" in self.sources
+                                  else pinned_order)
+                    self._train_member(peers, order_seed, recipe, targets, result)
+            result.flops = _forward_flops(first)
         return _combine_members(result, len(runs) // len(seeds), recipe)
 
-    def _side_by_side(self, first: keras.Model,
+    def _train_member(self, peers: list[keras.Model], order_seed: int, recipe: Recipe,
+                      targets: Mapping[str, _Target], result: _Replicas) -> None:
+        """Trains one member (one run: a replica, or a member of an ensemble) and predicts it."""
+        index = len(result.steps)
+        if recipe.start_from() is not None:
+            for peer in peers:
+                _start_from(peer, targets[recipe.start_from()].model, recipe.remedy_spec)
+        steps, trained, logs, seconds = self._fit(peers, order_seed, recipe, targets)
+        result.seconds += seconds
+        result.steps.append(steps)
+        _check_steps(result.steps, index, trained)
+        result.histories.append(logs)
+        self._predict(peers[0], result, index)
+
+    def _fit(self, peers: list[keras.Model], order_seed: int, recipe: Recipe,
+             targets: Mapping[str, _Target]) -> tuple[int, bool, dict[str, float], float]:
+        """Trains one member (with its peers, towards its targets) on the data of `order_seed`.
+
+        Returns:
+            Model steps (optimizer steps times peers), whether an epoch
+            finished, the member's last-epoch logs and the wall time.
+        """
+        data = self._training_data(order_seed)
+        if not recipe.trains_together:
+            start = time.perf_counter()
+            # shuffle=False: fit ignores it for datasets, only warning that it does.
+            history = peers[0].fit(data, **{"verbose": 0, **self.fit_kwargs, "shuffle": False})
+            seconds = time.perf_counter() - start
+            logs = {k: float(v[-1]) for k, v in history.history.items()}
+            return int(peers[0].optimizer.iterations.numpy()), bool(logs), logs, seconds
+        trained = stacking.fit_side_by_side(peers, data, self.fit_kwargs,
+                                            self._pulls(recipe, targets))
+        logs = trained.histories[0]
+        return trained.steps * len(peers), trained.steps > 0 and bool(logs), logs, trained.seconds
+
+    def _pulls(self, recipe: Recipe, targets: Mapping[str, _Target]) -> stacking.Pulls:
+        """`recipe`'s loss terms towards other predictions, for a stacked fit of its copies."""
+        pulls = recipe.pulls()
+        return stacking.Pulls(
+            self.from_logits,
+            fixed=tuple((p.weight, targets[p.target].model) for p in pulls if p.target != PEERS),
+            peer_weight=sum(p.weight for p in pulls if p.target == PEERS),
+            group=len(recipe.peer_seeds(0)))
+
+    def _target(self, name: str, recipe: Recipe) -> _Target:
+        """The trained model `name` (teacher, previous model) of `recipe`: trained once, then cached.
+
+        The teacher trains on the training data, the previous model on
+        `earlier_data`; each with its own seed, `derived_seed(seed, 5 or 6,
+        0)`, in the pinned data order, as `recipe`'s replicas train.
+        """
+        key = (name, str(recipe.activation))
+        if key not in self._targets:
+            seed = derived_seed(self.seed, _TARGET_SEED_KINDS[name], 0)
+            with self.strategy.scope():
+                model = self._build(seed)
+                if recipe.activation is not None:
+                    model = _converted(model, recipe.activation)
+            make = self._make_dataset if name == TEACHER else self._make_earlier
+            order_seed = replica_seeds(("order",), 1, self.seed)[0].order_seed
+            tf.random.set_seed(order_seed)
+            start = time.perf_counter()
+            model.fit(make(order_seed), **{"verbose": 0, **self.fit_kwargs, "shuffle": False})
+            seconds = time.perf_counter() - start
+            steps = int(model.optimizer.iterations.numpy())
+            if steps == 0:
+                raise ValueError(f"The {name} model trained no step: "
+                                 f"`{'train_data' if name == TEACHER else 'earlier_data'}` "
+                                 "gave no batch.")
+            self._finite_probabilities(model, f"the {name} model", steps)
+            self._targets[key] = _Target(model, seconds)
+        return self._targets[key]
+
+    def _side_by_side(self, first: keras.Model, seeds: Sequence[int],
                       build: Callable[[int], keras.Model]) -> list[keras.Model] | None:
-        """All R replicas if they can train in one `fit` (see `stacking`), else None."""
+        """Every copy (`first`, then one built per other seed) if they can train in one `fit`.
+
+        Args:
+            first: The copy of `seeds[0]`, built.
+            seeds: The seeds of all copies: of every replica, of its members
+                (ensembles) and their peers (co-distillation), in run order.
+            build: Builds the copy of a seed.
+
+        Returns:
+            The copies, or None: they train one run after another (see `stacking`).
+        """
         if self.side_by_side is False:
             return None
         if "order" in self.sources:
@@ -435,7 +607,7 @@ class ReplicaStudy:
             reason = stacking.unstackable_reason(first, self.fit_kwargs)
         models = [first]
         if reason is None:
-            models += [build(index) for index in range(1, self.replicas)]
+            models += [build(seed) for seed in seeds[1:]]
             reason = stacking.check_same_optimizer(models)
         if reason is None:
             return models
@@ -446,17 +618,23 @@ class ReplicaStudy:
                         "side: %s.", self.replicas, reason)
         return None
 
-    def _train_side_by_side(self, models: list[keras.Model], order_seed: int,
-                            result: _Replicas) -> _Replicas:
-        trained = stacking.fit_side_by_side(models, self._training_data(order_seed), self.fit_kwargs)
+    def _train_side_by_side(self, models: list[keras.Model], order_seed: int, result: _Replicas,
+                            recipe: Recipe, targets: Mapping[str, _Target]) -> None:
+        """Trains every copy in one `fit`; each run's first peer is what it serves."""
+        if recipe.start_from() is not None:
+            for model in models:
+                _start_from(model, targets[recipe.start_from()].model, recipe.remedy_spec)
+        trained = stacking.fit_side_by_side(models, self._training_data(order_seed),
+                                            self.fit_kwargs, self._pulls(recipe, targets))
         if trained.steps == 0 or not trained.histories[0]:
             raise ValueError("Replica 0 trained no step: the training data gave no batch.")
+        peers = len(recipe.peer_seeds(0))
+        served = models[::peers]
         result.seconds, result.steps, result.histories = (
-            trained.seconds, [trained.steps] * len(models), trained.histories)
+            trained.seconds, [trained.steps * peers] * len(served), trained.histories[::peers])
         result.side_by_side = True
-        for index, model in enumerate(models):
+        for index, model in enumerate(served):
             self._predict(model, result, index)
-        return result
 
     def _training_data(self, order_seed: int) -> tf.data.Dataset:
         """The training data in the order of `order_seed`, whatever the global seed.
@@ -505,15 +683,7 @@ class ReplicaStudy:
             DivergedError: A prediction is NaN or infinite (training diverged),
                 naming the replica `run` (a member of an ensemble counts).
         """
-        predicted = self._probabilities(model)
-        for name, probabilities in predicted.items():
-            if not np.isfinite(probabilities).all():
-                bad = int(np.sum(~np.isfinite(probabilities)))
-                raise DivergedError(
-                    f"training diverged: replica run {run}'s held-out predictions (output "
-                    f"{name!r}) are NaN or infinite after {result.steps[run]} steps; lower the "
-                    f"optimizer's learning rate. Received: {bad} of {probabilities.size} "
-                    "predictions not finite")
+        predicted = self._finite_probabilities(model, f"replica run {run}", result.steps[run])
         if result.predictions and set(predicted) != set(result.predictions):
             # Auto-named output layers differ between replicas (dense_2, dense_5): the
             # outputs match by position, under the first replica's names.
@@ -524,6 +694,23 @@ class ReplicaStudy:
                                     batch_size=self.predict_batch_size, return_dict=True)
         result.evaluations.append({k: float(v) for k, v in evaluation.items()})
         result.params.append(model.count_params())
+
+    def _finite_probabilities(self, model: keras.Model, what: str,
+                              steps: int) -> outputs_lib.Outputs:
+        """The trained `model`'s held-out probabilities.
+
+        Raises:
+            DivergedError: One is NaN or infinite (training diverged), naming `what`.
+        """
+        predicted = self._probabilities(model)
+        for name, probabilities in predicted.items():
+            if not np.isfinite(probabilities).all():
+                bad = int(np.sum(~np.isfinite(probabilities)))
+                raise DivergedError(
+                    f"training diverged: {what}'s held-out predictions (output {name!r}) are "
+                    f"NaN or infinite after {steps} steps; lower the optimizer's learning rate. "
+                    f"Received: {bad} of {probabilities.size} predictions not finite")
+        return predicted
 
     def _rows(self, activation, result: _Replicas,
               recipe: Recipe = Recipe()) -> list[dict[str, object]]:
@@ -587,12 +774,17 @@ def _training_fields(result: _Replicas) -> dict[str, object]:
     fields = {
         "trainer": "keras_fit",
         "side_by_side": result.side_by_side,
-        "train_seconds": result.seconds,
+        # The models remedies learn from train once per study: amortized over its R replicas.
+        "train_seconds": result.seconds + result.setup_seconds,
         "steps": result.steps[0],
         "params": result.params[0],
         "eval_metrics": _per_replica(result.evaluations),
         "fit_logs": _per_replica(result.histories),
     }
+    if result.setup_seconds:
+        fields["setup_seconds"] = result.setup_seconds
+    if result.flops is not None:
+        fields["flops"] = result.flops
     losses = fields["fit_logs"].get("loss", [])
     if losses and all(np.isfinite(losses)) and min(losses) >= 0:
         fields["train_loss"] = losses
@@ -618,12 +810,67 @@ def _combine_members(result: _Replicas, members: int, recipe: Recipe) -> _Replic
          for group in grouped(logs)] for logs in (result.evaluations, result.histories))
     result.steps, result.params = ([sum(group) for group in grouped(counts)]
                                    for counts in (result.steps, result.params))
+    result.flops = None if result.flops is None else result.flops * members
     return result
 
 
 def _per_replica(logs: list[dict[str, float]]) -> dict[str, list[float]]:
     """`[{name: value}]` per replica -> `{name: [value per replica]}`."""
     return {name: [one.get(name, float("nan")) for one in logs] for name in logs[0]}
+
+
+def _converter(recipe: Recipe) -> Callable[[keras.Model], keras.Model] | None:
+    """What makes a built model one of `recipe`'s: its activation swapped, or None (as built)."""
+    return recipe.activation and functools.partial(_converted, activation=recipe.activation)
+
+
+def _start_from(model: keras.Model, checkpoint: keras.Model, spec: str) -> None:
+    """Sets every weight of `model` to `checkpoint`'s (the optimizer, not built yet, starts fresh).
+
+    Raises:
+        ValueError: The two models' weights differ in number or shape.
+    """
+    shapes = [tuple(w.shape) for w in model.weights]
+    given = [tuple(w.shape) for w in checkpoint.weights]
+    if shapes != given:
+        raise ValueError(
+            f"Remedy {spec} sets each replica's weights to the previous model's, but their "
+            f"weights differ (the replica's activation adds or drops weights?). Received: "
+            f"{len(shapes)} weights {shapes[:3]}... for {len(given)} {given[:3]}...")
+    model.set_weights(checkpoint.get_weights())
+
+
+def _forward_flops(model: keras.Model) -> int | None:
+    """Floating-point operations of `model`'s forward pass on one example, or None.
+
+    TensorFlow's profiler counts the float operations of the traced
+    inference graph for a batch of 1 (as keras-flops does; TensorFlow holds
+    the profiler, so no package is needed): a MatMul counts 2 per
+    multiply-add. None under another backend or for inputs of unknown shape.
+    """
+    structure = stacking.input_structure(model)
+    if keras.backend.backend() != "tensorflow" or structure is None:
+        return None
+    signature = keras.tree.map_structure(
+        lambda t: tf.TensorSpec((1, *t.shape[1:]), t.dtype), structure)
+    if any(None in spec.shape for spec in keras.tree.flatten(signature)):
+        return None
+    forward = tf.function(lambda inputs: model(inputs, training=False))
+    try:
+        graph = forward.get_concrete_function(signature).graph
+    except (TypeError, ValueError) as error:  # e.g. sparse or ragged inputs
+        _logger.warning("FLOPs not measured: the model's forward pass does not trace on dense "
+                        "inputs of one example (%s).", outputs_lib.error_summary(error))
+        return None
+    options = (tf.compat.v1.profiler.ProfileOptionBuilder(
+        tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build())
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")  # the v1 profiler's own deprecation notices say nothing to the user
+    try:
+        profile = tf.compat.v1.profiler.profile(graph, options=options)
+    finally:
+        logger.setLevel(level)
+    return int(profile.total_float_ops)
 
 
 def _converted(model: keras.Model, activation: Activation) -> keras.Model:
@@ -634,14 +881,8 @@ def _converted(model: keras.Model, activation: Activation) -> keras.Model:
             f"(hidden activations: {dict(report.kept) or 'none'}). Received: "
             f"activation={str(activation)!r}"
         )
-    try:
-        converted.compile_from_config(model.get_compile_config())
-    except Exception as error:  # Keras raises many types for unserializable objects.
-        raise ValueError(
-            "compare() compiles each converted model with the model's own compile arguments "
-            f"(model.get_compile_config()), which failed: {error}. Register custom losses, "
-            "metrics and optimizers with keras.saving.register_keras_serializable."
-        ) from error
+    converted.compile(**stacking.compile_arguments(
+        model, "compare() compiles each converted model with the model's own compile arguments"))
     return converted
 
 
@@ -720,17 +961,25 @@ def _check_fit_kwargs(fit_kwargs: dict[str, object]) -> dict[str, object]:
     return dict(fit_kwargs)
 
 
-def _dataset_factory(train_data, sources: tuple[str, ...], buffer: int | None) -> MakeDataset:
-    """`make_dataset(order_seed)` for the training data, shuffling a dataset if asked."""
+def _dataset_factory(train_data, sources: tuple[str, ...], buffer: int | None,
+                     argument: str = "train_data") -> MakeDataset:
+    """`make_dataset(order_seed)` for the training data, shuffling a dataset if asked.
+
+    Args:
+        train_data: A dataset or a function of the order seed.
+        sources: The study's sources (with "order": shuffled per seed).
+        buffer: The shuffle buffer (None: the dataset's cardinality).
+        argument: Its argument's name, for error messages.
+    """
     if callable(train_data) and not isinstance(train_data, tf.data.Dataset):
         return train_data
     if not isinstance(train_data, tf.data.Dataset):
         raise ValueError(
-            "`train_data` must be a tf.data.Dataset or a function `make_dataset(order_seed)` "
+            f"`{argument}` must be a tf.data.Dataset or a function `make_dataset(order_seed)` "
             f"returning one. Received: {type(train_data).__name__}"
         )
     if "order" not in sources:
-        _check_same_first_batch(train_data, sources)
+        _check_same_first_batch(train_data, sources, argument)
         return lambda order_seed: train_data
     if buffer is None:
         cardinality = int(train_data.cardinality())
@@ -750,16 +999,17 @@ def _dataset_factory(train_data, sources: tuple[str, ...], buffer: int | None) -
         buffer, seed=order_seed, reshuffle_each_iteration=True)
 
 
-def _check_same_first_batch(dataset: tf.data.Dataset, sources: tuple[str, ...]) -> None:
+def _check_same_first_batch(dataset: tf.data.Dataset, sources: tuple[str, ...],
+                            argument: str) -> None:
     """With the order pinned, the data must start with the same batch every time it is read."""
     # Two reads of one batch each: cheap, and a reshuffling or one-shot dataset shows at once.
     first, again = (next(iter(dataset.take(1).as_numpy_iterator()), None) for _ in range(2))
     if first is None:
-        raise ValueError("`train_data` is empty. Received: a dataset that gave no element")
+        raise ValueError(f"`{argument}` is empty. Received: a dataset that gave no element")
     if again is None or not all(
             np.array_equal(a, b) for a, b in zip(keras.tree.flatten(first), keras.tree.flatten(again))):
         raise ValueError(
-            "`train_data` gave another first batch when it was read again, so the data order "
+            f"`{argument}` gave another first batch when it was read again, so the data order "
             "is not pinned although `sources` does not contain 'order': it reshuffles itself "
             "(a shuffle with reshuffle_each_iteration=True in your pipeline) or can be read only "
             "once (e.g. `Dataset.from_generator` over an existing generator). Pass "

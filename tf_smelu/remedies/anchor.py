@@ -1,0 +1,33 @@
+"""`anchor:LAMBDA`: a refreshed model regularized towards the previous model's predictions."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from tf_smelu.remedies.base import PREVIOUS, Pull, Remedy, parse_weight
+
+
+@dataclasses.dataclass(frozen=True)
+class Anchor(Remedy):
+    """The model's own loss plus LAMBDA × cross-entropy towards the previous model's probabilities.
+
+    The model-refresh setting: the previous model is one model of the
+    study's baseline recipe trained once (with a seed of its own) on the
+    study's `earlier_data`, the data before the training data; every replica
+    then trains on the training data, anchored to it (the same additive term
+    as `distill`, towards another target).
+    """
+
+    name: ClassVar[str] = "anchor"
+    syntax: ClassVar[str] = "anchor:LAMBDA (LAMBDA >= 0)"
+    train_cost: ClassVar[str] = ("1x per replica plus the previous model once per study (its "
+                                 "time in `setup_seconds`); each step also runs its forward pass")
+    serve_cost: ClassVar[str] = "1x"
+
+    @classmethod
+    def from_text(cls, text: str, value: str | None) -> Anchor:
+        return cls(parse_weight(cls, text, value))
+
+    def pulls(self) -> tuple[Pull, ...]:
+        return (Pull(float(self.value), PREVIOUS),)

@@ -1,0 +1,36 @@
+"""`distill:LAMBDA`: every replica learns from a fixed teacher's predictions as well as the labels."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from tf_smelu.remedies.base import TEACHER, Pull, Remedy, parse_weight
+
+
+@dataclasses.dataclass(frozen=True)
+class Distill(Remedy):
+    """The model's own loss plus LAMBDA × cross-entropy towards the teacher's probabilities.
+
+    The teacher is one model of the study's baseline recipe, trained once
+    per study on the training data with a seed of its own (never a
+    replica's) and reused by every replica and every `distill` spec. The
+    term is added to the loss (`loss + λ·CE(teacher, model)`) rather than
+    mixed (`(loss + λ·CE)/(1 + λ)`, Keras' `Distiller` with
+    `student_loss_weight = 1/(1+λ)`): the labels' gradient stays the one the
+    baseline trains with, whatever λ, and λ = 0 adds no term at all, so
+    `distill:0` trains the baseline bit for bit.
+    """
+
+    name: ClassVar[str] = "distill"
+    syntax: ClassVar[str] = "distill:LAMBDA (LAMBDA >= 0)"
+    train_cost: ClassVar[str] = ("1x per replica plus one teacher per study (its time in "
+                                 "`setup_seconds`); each step also runs the teacher's forward pass")
+    serve_cost: ClassVar[str] = "1x (the student alone is served)"
+
+    @classmethod
+    def from_text(cls, text: str, value: str | None) -> Distill:
+        return cls(parse_weight(cls, text, value))
+
+    def pulls(self) -> tuple[Pull, ...]:
+        return (Pull(float(self.value), TEACHER),)

@@ -1,0 +1,45 @@
+"""`warm_start`: every replica starts from one shared checkpoint, the previous model."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from tf_smelu.remedies.base import PREVIOUS, Remedy
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart(Remedy):
+    """Each replica's weights are set to the previous model's before its `fit`.
+
+    The daily-retrain setting: the previous model (the one `anchor` uses:
+    the study's baseline recipe trained once, seeded, on `earlier_data`) is
+    the checkpoint; every replica copies all its weights exactly, then
+    trains on the training data with a fresh optimizer (new slots, step 0).
+    What still varies between replicas is their data order and random
+    layers (Dropout), not their initialization.
+    """
+
+    name: ClassVar[str] = "warm_start"
+    syntax: ClassVar[str] = "warm_start (no value)"
+    train_cost: ClassVar[str] = "1x per replica plus the previous model once per study (`setup_seconds`)"
+    serve_cost: ClassVar[str] = "1x"
+
+    value: float = 0.0  # takes none; the field keeps the one Remedy shape
+
+    @classmethod
+    def from_text(cls, text: str, value: str | None) -> WarmStart:
+        if value is not None:
+            raise ValueError(f"Remedy warm_start takes no value: expected {cls.syntax}. "
+                             f"Received: {text!r}")
+        return cls()
+
+    def start_from(self) -> str | None:
+        return PREVIOUS
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def label(self) -> str:
+        return self.name
