@@ -238,3 +238,21 @@ def test_the_wheel_ships_the_schema_and_requires_jsonschema(tmp_path):
         requires = archive.read(metadata).decode().splitlines()
     assert shipped == _schema()
     assert any(line.startswith("Requires-Dist: jsonschema") for line in requires), requires
+
+
+def test_a_file_written_before_a_field_existed_resumes_when_the_field_is_at_its_default(tmp_path):
+    from tf_smelu.experiment import CTRExperimentConfig, ResultsMismatchError, finished_rows
+    from tf_smelu.experiment.results import write_results
+
+    config = CTRExperimentConfig(replicas=2).to_dict()
+    defaults = CTRExperimentConfig().to_dict()
+    older = {k: v for k, v in config.items() if k not in ("trainer", "row_trainer", "remedies")}
+    write_results(str(tmp_path), older, [], complete=False)
+    assert finished_rows(str(tmp_path), config, defaults=defaults) == []
+    # A new field away from its default did change what runs: the file is refused.
+    changed = CTRExperimentConfig(replicas=2, trainer="keras").to_dict()
+    with pytest.raises(ResultsMismatchError, match="trainer: '<unset>' -> 'keras'"):
+        finished_rows(str(tmp_path), changed, defaults=defaults)
+    # Without defaults every missing field differs, as before.
+    with pytest.raises(ResultsMismatchError, match="row_trainer"):
+        finished_rows(str(tmp_path), config)

@@ -141,7 +141,8 @@ def _run_locked_experiment(
     """`run_experiment` once `output_dir` is this job's."""
     normalized = config.to_dict()
     record = {**values, **normalized}
-    finished = experiment.finished_rows(output_dir, normalized, resume)
+    finished = experiment.finished_rows(output_dir, normalized, resume,
+                                        defaults=CTRExperimentConfig().to_dict())
     if finished:
         log(f"Resuming: {len(finished)} finished row(s) in "
             f"{os.path.join(output_dir, 'results.json')} are reused (--noresume starts over).")

@@ -251,7 +251,8 @@ def config_differences(
 
 
 def finished_rows(
-    output_dir: str, config: Mapping[str, object], resume: bool = True
+    output_dir: str, config: Mapping[str, object], resume: bool = True,
+    defaults: Mapping[str, object] | None = None,
 ) -> list[dict]:
     """The rows of an earlier run of the same configuration in `output_dir`.
 
@@ -263,6 +264,10 @@ def finished_rows(
             run's for its rows to be reused.
         resume: False starts over (the earlier file is replaced when the
             first row finishes).
+        defaults: Every field's default (e.g. `CTRExperimentConfig().to_dict()`):
+            a field the earlier file lacks (written before the field existed)
+            matches when this run's value is its default, which is what the
+            earlier version ran with.
 
     Returns:
         The earlier rows (empty when there is no earlier file or `resume` is
@@ -279,8 +284,11 @@ def finished_rows(
         return []
     content = read_results(path)
     ignore = (*ROW_KEYED_FIELDS, *NON_RESULT_FIELDS)
-    differences = config_differences(
-        {k: v for k, v in content["config"].items() if k in config}, config, ignore)
+    old = {k: v for k, v in content["config"].items() if k in config}
+    older_version = {k for k, v in config.items()
+                     if k not in old and defaults is not None and k in defaults
+                     and defaults[k] == v}
+    differences = config_differences(old, config, (*ignore, *older_version))
     if differences:
         raise ResultsMismatchError(
             f"{path} holds results of another configuration ({'; '.join(differences)}); "
