@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from tf_smelu.remedies.base import PREVIOUS, Pull, Remedy, parse_weight
+from tf_smelu.remedies.base import PREVIOUS, PullRemedy
 
 
 @dataclasses.dataclass(frozen=True)
-class Anchor(Remedy):
+class Anchor(PullRemedy):
     """The model's own loss plus LAMBDA × cross-entropy towards the previous model's probabilities.
 
     The model-refresh setting: the previous model is one model of the
@@ -20,14 +20,8 @@ class Anchor(Remedy):
     """
 
     name: ClassVar[str] = "anchor"
+    target: ClassVar[str] = PREVIOUS
     syntax: ClassVar[str] = "anchor:LAMBDA (LAMBDA >= 0)"
     train_cost: ClassVar[str] = ("1x per replica plus the previous model once per study (its "
                                  "time in `setup_seconds`); each step also runs its forward pass")
     serve_cost: ClassVar[str] = "1x"
-
-    @classmethod
-    def from_text(cls, text: str, value: str | None) -> Anchor:
-        return cls(parse_weight(cls, text, value))
-
-    def pulls(self) -> tuple[Pull, ...]:
-        return (Pull(float(self.value), PREVIOUS),)

@@ -144,6 +144,24 @@ def parse_number(text: str, value: str | None, kind: type, syntax: str) -> float
                          f"{'an integer' if kind is int else 'a number'}. Received: {text!r}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class PullRemedy(Remedy):
+    """A remedy that adds LAMBDA x cross-entropy towards `target`'s predictions to the loss.
+
+    `distill`, `anchor` and `codistill` differ only in whom they pull
+    towards (and codistill in its peers); the spec's value is LAMBDA >= 0.
+    """
+
+    target: ClassVar[str] = ""  # TEACHER, PREVIOUS or PEERS
+
+    @classmethod
+    def from_text(cls, text: str, value: str | None) -> PullRemedy:
+        return cls(parse_weight(cls, text, value))
+
+    def pulls(self) -> tuple[Pull, ...]:
+        return (Pull(float(self.value), self.target),)
+
+
 def parse_weight(cls: type[Remedy], text: str, value: str | None) -> float:
     """The λ >= 0 of a spec such as `distill:0.5` (`cls.syntax` names the form).
 

@@ -6,14 +6,14 @@ import dataclasses
 from typing import ClassVar
 
 from tf_smelu.common import derived_seed
-from tf_smelu.remedies.base import PEERS, Pull, Remedy, parse_weight
+from tf_smelu.remedies.base import PEERS, PullRemedy
 
 PEERS_PER_MEMBER = 2
 """K: the peers of one co-distilled run (Anil et al. 2018 use two)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Codistill(Remedy):
+class Codistill(PullRemedy):
     """Online co-distillation: K = 2 peers in one `fit`, each with its loss plus λ × CE to the other.
 
     The two peers are copies of the model over shared inputs trained in one
@@ -27,16 +27,10 @@ class Codistill(Remedy):
     """
 
     name: ClassVar[str] = "codistill"
+    target: ClassVar[str] = PEERS
     syntax: ClassVar[str] = "codistill:LAMBDA (LAMBDA >= 0)"
     train_cost: ClassVar[str] = f"{PEERS_PER_MEMBER}x (the peers train together)"
     serve_cost: ClassVar[str] = "1x (peer 0 alone is served)"
 
-    @classmethod
-    def from_text(cls, text: str, value: str | None) -> Codistill:
-        return cls(parse_weight(cls, text, value))
-
     def peer_seeds(self, seed: int) -> list[int]:
         return [seed, *(derived_seed(seed, 7, peer) for peer in range(1, PEERS_PER_MEMBER))]
-
-    def pulls(self) -> tuple[Pull, ...]:
-        return (Pull(float(self.value), PEERS),)

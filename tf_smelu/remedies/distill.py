@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from tf_smelu.remedies.base import TEACHER, Pull, Remedy, parse_weight
+from tf_smelu.remedies.base import TEACHER, PullRemedy
 
 
 @dataclasses.dataclass(frozen=True)
-class Distill(Remedy):
+class Distill(PullRemedy):
     """The model's own loss plus LAMBDA × cross-entropy towards the teacher's probabilities.
 
     The teacher is one model of the study's baseline recipe, trained once
@@ -23,14 +23,8 @@ class Distill(Remedy):
     """
 
     name: ClassVar[str] = "distill"
+    target: ClassVar[str] = TEACHER
     syntax: ClassVar[str] = "distill:LAMBDA (LAMBDA >= 0)"
     train_cost: ClassVar[str] = ("1x per replica plus one teacher per study (its time in "
                                  "`setup_seconds`); each step also runs the teacher's forward pass")
     serve_cost: ClassVar[str] = "1x (the student alone is served)"
-
-    @classmethod
-    def from_text(cls, text: str, value: str | None) -> Distill:
-        return cls(parse_weight(cls, text, value))
-
-    def pulls(self) -> tuple[Pull, ...]:
-        return (Pull(float(self.value), TEACHER),)
