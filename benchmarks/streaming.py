@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import time
 from absl import app, flags
 
 from tf_smelu import cli
+from tf_smelu.processes import peak_rss
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes_gb", ["0.25", "0.5", "1", "2"], "Data sizes to stream, in GB.")
@@ -100,7 +100,7 @@ def _measure(pattern: str) -> None:
     done = time.perf_counter()
     print(json.dumps({"rows": rows, "fit_seconds": fitted - start,
                       "stream_seconds": done - fitted,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss() / 2**20}))
 
 
 def _stream_in_a_new_process(paths: list[str]) -> dict:

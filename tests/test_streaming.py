@@ -295,9 +295,10 @@ def test_schema_problems_raise_while_fitting(train_files, tmp_path):
 # --------------------------------------------------------------------------
 
 _MEMORY_PROGRAM = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, sys, time
     import psutil
     from tf_smelu.data import fit_tfrecord_encoding, stream_tfrecords
+    from tf_smelu.processes import peak_rss
 
     pattern, shuffle_buffer = sys.argv[1], int(sys.argv[2])
     encoding = fit_tfrecord_encoding(pattern, sample_records=200)
@@ -305,12 +306,12 @@ _MEMORY_PROGRAM = textwrap.dedent("""
                                shuffle_buffer=shuffle_buffer)
     for _ in dataset.take(4):  # warm up: graph, tables, buffers
         pass
+
+    peak_rss(reset=True)  # the peak from here on: what streaming adds
     start = psutil.Process().memory_info().rss
     began = time.monotonic()
     rows = sum(len(labels) for _, labels in dataset)
-    # ru_maxrss (KB) is the kernel's high-water mark since the start: never below the
-    # streaming peak, so the growth below is an upper bound.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({"rows": rows, "growth": peak - start, "rss": start,
                       "seconds": time.monotonic() - began}))
 """)
@@ -358,3 +359,15 @@ def test_streaming_reads_a_file_set_larger_than_a_memory_cap(tmp_path):
     # Holding the records would take 525 MB; the stream holds its shuffle buffer (1,000
     # records, 16 MB), a few files' read buffers and prefetched batches.
     assert measured["growth"] < _MEMORY_CAP, measured
+
+
+def test_peak_rss_sees_what_this_process_allocates_after_a_reset():
+    import numpy as np
+
+    from tf_smelu.processes import peak_rss
+
+    before = peak_rss(reset=True)
+    block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+    grown = peak_rss() - before
+    del block
+    assert 60 * 2**20 <= grown < 200 * 2**20

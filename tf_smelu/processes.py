@@ -245,6 +245,23 @@ class InsufficientResourcesError(UserError):
     """A job needs more memory than this machine has available."""
 
 
+def peak_rss(reset: bool = False) -> int:
+    """This process's peak resident set size in bytes (Linux: `VmHWM` of /proc/self/status).
+
+    Not `resource.getrusage(...).ru_maxrss`: Linux carries the parent's peak over
+    fork and exec into it, so a child of a large process reads the parent's
+    size. `reset=True` first restarts the peak from the current RSS (Linux >=
+    4.0; where that is refused, the peak since the start is returned, an
+    upper bound).
+    """
+    if reset:
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) * 1024 for line in status
+                    if line.startswith("VmHWM:"))
+
+
 def check_resources(workers: int, replicas: int, replicas_flag: str = "replicas",
                     machine: Machine | None = None,
                     warn: Callable[[str], None] = print) -> None:
