@@ -161,3 +161,25 @@ def test_the_link_check_finds_missing_files_and_anchors(tmp_path):
         "guide.md#not-a-heading: no heading with that anchor in guide.md",
         "#back: no heading with that anchor in README.md",
     ]
+
+
+def test_every_finding_states_its_date_setting_and_raw_results():
+    findings = sorted(path for path in (ROOT / "docs" / "findings").glob("*.md")
+                      if path.name != "index.md")
+    index = (ROOT / "docs" / "findings" / "index.md").read_text(encoding="utf-8")
+    assert len(findings) >= 8
+    problems = []
+    for page in findings:
+        text = page.read_text(encoding="utf-8")
+        head = "\n".join(text.splitlines()[:20])
+        if not re.search(r"\b20\d\d-\d\d-\d\d\b", head):
+            problems.append(f"{page.name}: no date near the top")
+        if "R = " not in text or "learning rate" not in text.lower():
+            problems.append(f"{page.name}: no operating point (learning rate, R)")
+        if not re.search(r"\]\(\.\./[\w.-]+\.json\)", text) and "no raw results file" not in head:
+            problems.append(f"{page.name}: links no raw results (or says none was kept)")
+        if "learning rate 1e-3, " in head and '!!! warning "Superseded' not in head:
+            problems.append(f"{page.name}: measured at the former default 1e-3, not marked superseded")
+        if f"]({page.name})" not in index:
+            problems.append(f"{page.name}: missing from findings/index.md")
+    assert not problems, problems
