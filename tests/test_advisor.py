@@ -72,7 +72,10 @@ def simulated_row(spec: str, replicas: int) -> dict:
 
 
 def run_simulated(trial, row):
-    return simulated_row(str(trial.activation), trial.replicas)
+    new = simulated_row(str(trial.activation), trial.replicas)
+    if trial.recipe.remedies:  # a remedy changes nothing in the simulation but the row's name
+        new.update(remedy=trial.recipe.remedy_spec, label=trial.label)
+    return new
 
 
 class FakeClock:
@@ -311,14 +314,31 @@ def smelu_steps(*rows, **settings):
             for t in advisor.next_candidates("smelu", [RELU, *rows], settings)]
 
 
-def test_first_plan_trains_the_baseline_references_and_the_first_grid_beta():
+def test_first_plan_trains_the_baseline_the_first_grid_beta_then_the_references():
     trials = advisor.plan([], SETTINGS)
     assert [(str(t.activation), t.replicas) for t in trials] == [
-        ("relu", 8), ("gelu", 8), ("smelu:0.05", 8)]
+        ("relu", 8), ("smelu:0.05", 8), ("gelu", 8)]
     default = advisor.plan([], advisor.SearchSettings(BUDGET))
     assert [t.label for t in default] == [
-        "relu", "gelu", "swish", "softplus", "smelu(β=0.05)", "rescu(β=0.05, n=2)",
-        "generalized_smelu(β=0.05)"]
+        "relu", "smelu(β=0.05)", "rescu(β=0.05, n=2)", "generalized_smelu(β=0.05)",
+        "gelu", "swish", "softplus"]
+
+
+def test_a_time_budget_cuts_reference_points_before_remedies_and_names_what_it_never_trained():
+    settings = advisor.SearchSettings(BUDGET, families=(), references=("gelu", "swish"),
+                                      remedies=("ema:0.999",), n_resamples=500,
+                                      time_budget=150.0)
+    clock = FakeClock(seconds_per_replica=10.0)
+    result = advisor.search(clock.run_trial, settings, clock=clock, log=lambda _: None)
+    assert [t.label for t in result.trials] == ["relu"]
+    assert result.stopped.endswith(
+        "; never trained: relu+ema(0.999), gelu, swish (a larger --time_budget measures them)")
+    clock = FakeClock(seconds_per_replica=10.0)
+    result = advisor.search(clock.run_trial, dataclasses.replace(settings, time_budget=200.0),
+                            clock=clock, log=lambda _: None)
+    assert [t.label for t in result.trials] == ["relu", "relu+ema(0.999)"]
+    assert result.stopped.endswith("; never trained: gelu, swish (a larger --time_budget "
+                                   "measures them)")
 
 
 def test_the_grid_is_climbed_while_betas_are_within_budget():
@@ -396,7 +416,7 @@ def test_search_finds_the_largest_beta_within_budget_and_ends():
     assert result.recommendation.choice.spec in ("smelu:0.28", "smelu:0.33")
     assert advisor.plan(result.rows, SETTINGS) == []
     labels = [t.label for t in result.trials]
-    assert labels[:3] == ["relu", "gelu", "smelu(β=0.05)"]
+    assert labels[:3] == ["relu", "smelu(β=0.05)", "gelu"]
     assert all(t.replicas <= SETTINGS.max_replicas for t in result.trials)
 
 
@@ -444,7 +464,7 @@ def test_search_with_relative_beta_labels_its_rows_in_sigma_and_climbs_the_k_gri
     result = advisor.search(run_relative, settings, log=lambda _: None)
     assert result.stopped == "search finished"
     labels = [t.label for t in result.trials]
-    assert labels[:4] == ["relu", "gelu", "smelu(β=0.125σ)", "smelu(β=0.25σ)"]
+    assert labels[:4] == ["relu", "smelu(β=0.125σ)", "gelu", "smelu(β=0.25σ)"]
     # True AUC loss 0.005 k: within the budget 0.002 below k = 0.4, bracketed by 0.25 and 0.5.
     choice = result.recommendation.choice
     assert 0.25 <= choice.scale < 0.5 and choice.label == f"smelu(β={choice.scale:g}σ)"
@@ -637,10 +657,10 @@ def test_remedies_are_planned_like_reference_points_and_those_over_budget_never(
     assert settings.ruled_out == {"relu+ensemble(K=2)": "serve cost 2 > --max_serve_cost=1"}
     trials = advisor.plan([], settings)
     assert [(t.label, t.replicas) for t in trials] == [
-        ("relu", 8), ("gelu", 8), ("relu+ema(0.999)", 8), ("smelu(β=1)+ema(0.9)", 8),
-        ("smelu(β=0.05)", 8)]
-    assert trials[3].to_json()["spec"] == "smelu:1.0+ema:0.9"
-    assert trials[3].recipe == Recipe.parse("smelu:1+ema:0.9")
+        ("relu", 8), ("relu+ema(0.999)", 8), ("smelu(β=1)+ema(0.9)", 8),
+        ("smelu(β=0.05)", 8), ("gelu", 8)]
+    assert trials[2].to_json()["spec"] == "smelu:1.0+ema:0.9"
+    assert trials[2].recipe == Recipe.parse("smelu:1+ema:0.9")
     # smelu(β=1)+ema(0.9) is not a member of the smelu family: the β search starts anyway.
     done = [RELU, make_row("gelu", 0.7190, 0.049),
             remedy_row("relu", 0.72, 0.04, remedy="ema:0.999"),

@@ -83,9 +83,11 @@ row's status is *within* or *over* budget (the whole AUC-loss interval on one
 side of L) or *open* (the interval straddles L and R < `max_replicas`); an
 interval still straddling L at `max_replicas` counts as over.
 
-1. Baseline, reference points, remedies within the cost budgets and the
-   first β of the coarse grid (`scale_grid`) are trained with `replicas`
-   replicas.
+1. Baseline, remedies within the cost budgets, the first β of the coarse
+   grid (`scale_grid`) and then the reference points are trained with
+   `replicas` replicas (reference points last, so that a time budget cuts
+   them first; a search the time budget stops names the rows it never
+   trained).
 2. While no β is over budget, the next grid β is trained (rows straddling
    the budget wait: with noisy AUCs nearly every row straddles it at first,
    and the frontier over the whole grid is worth more than one β's R).
@@ -1176,10 +1178,16 @@ def plan(rows: Sequence[Mapping[str, object]], settings: SearchSettings) -> list
     """
     rows = list(rows)
     done = {r["label"] for r in rows}
-    trials = [trial for trial in (_new(a, settings, reason) for a, reason in (
-        (settings.baseline, "the baseline"),
-        *((r, "reference point") for r in settings.references),
-        *((r, "remedy") for r in settings.affordable_remedies))) if trial.label not in done]
+
+    def untrained(pairs) -> list[Trial]:
+        return [t for t in (_new(a, settings, reason) for a, reason in pairs)
+                if t.label not in done]
+
+    # Reference points come last: they only frame the answer, so a time budget
+    # that runs out must cut them, not the remedies and β the user asked about.
+    trials = untrained([(settings.baseline, "the baseline"),
+                        *((r, "remedy") for r in settings.affordable_remedies)])
+    references = untrained((r, "reference point") for r in settings.references)
     # A remedy row (`smelu:1+ema:0.999`) is no member of its activation's β family.
     activations = [row_activation(r) for r in rows if not r.get("remedy")]
     unsearched = [f for f in settings.families
@@ -1187,7 +1195,7 @@ def plan(rows: Sequence[Mapping[str, object]], settings: SearchSettings) -> list
     trials += [_new(with_scale(f, settings.scale_grid[0]), settings, "coarse grid of β")
                for f in unsearched]
     if settings.baseline.label not in done:
-        return trials
+        return trials + references
     if not baseline_has_pd(rows, str(settings.baseline)):
         return []
     analysis = analyze(rows, baseline=str(settings.baseline), confidence=settings.confidence,
@@ -1195,6 +1203,7 @@ def plan(rows: Sequence[Mapping[str, object]], settings: SearchSettings) -> list
     for family in settings.families:
         if family not in unsearched:
             trials += _family_step(family, analysis, settings)
+    trials += references
     return _baseline_keeps_up(trials or _refinements(analysis, settings), analysis, settings)
 
 
@@ -1300,6 +1309,15 @@ def _checked(trial: Trial, row: dict) -> dict:
     return row
 
 
+def _never_trained(trials: Sequence[Trial], rows: Sequence[Mapping[str, object]]) -> str:
+    """Names the planned rows a stopped search never trained (empty if none)."""
+    done = {r["label"] for r in rows}
+    missing = list(dict.fromkeys(t.label for t in trials if t.label not in done))
+    if not missing:
+        return ""
+    return f"; never trained: {', '.join(missing)} (a larger --time_budget measures them)"
+
+
 def search(
     run_trial: RunTrial,
     settings: SearchSettings,
@@ -1340,7 +1358,8 @@ def search(
                 left = settings.time_budget - (clock() - start)
                 if needed > left:
                     stopped = (f"time budget: {trial.label} (+{trial.extra_replicas} replicas) "
-                               f"needs about {needed:.0f}s, {max(left, 0):.0f}s left")
+                               f"needs about {needed:.0f}s, {max(left, 0):.0f}s left"
+                               f"{_never_trained(trials, rows)}")
                     break
             log(f"advisor: {trial.label} to R={trial.replicas}: {trial.reason}")
             index = next((i for i, r in enumerate(rows) if r["label"] == trial.label), None)
