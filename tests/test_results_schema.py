@@ -256,3 +256,18 @@ def test_a_file_written_before_a_field_existed_resumes_when_the_field_is_at_its_
     # Without defaults every missing field differs, as before.
     with pytest.raises(ResultsMismatchError, match="row_trainer"):
         finished_rows(str(tmp_path), config)
+
+
+def test_a_stopped_search_resumes_under_another_time_or_cost_budget(tmp_path):
+    from tf_smelu.experiment import CTRExperimentConfig, ResultsMismatchError, finished_rows
+    from tf_smelu.experiment.results import write_results
+
+    searched = CTRExperimentConfig(max_auc_loss=0.002, time_budget=480.0)
+    write_results(str(tmp_path), searched.to_dict(), [], complete=False)
+    again = CTRExperimentConfig(max_auc_loss=0.002, time_budget=3600.0, max_serve_cost=1.0,
+                                max_replicas=64)
+    assert finished_rows(str(tmp_path), again.to_dict()) == []
+    # What changes a row's numbers still refuses the file.
+    other_rate = CTRExperimentConfig(max_auc_loss=0.002, time_budget=480.0, replicas=6)
+    with pytest.raises(ResultsMismatchError, match="replicas: 4 -> 6|replicas: 8 -> 6"):
+        finished_rows(str(tmp_path), other_rate.to_dict())

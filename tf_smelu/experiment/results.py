@@ -36,6 +36,13 @@ may add or drop rows with them, and rows are matched by `row_key`."""
 NON_RESULT_FIELDS = ("progress", "job_timeout", "output_dir", "quick", "resume", "debug")
 """Flags that change neither which rows run nor their numbers."""
 
+SEARCH_FIELDS = ("max_auc_loss", "time_budget", "max_replicas", "max_train_cost",
+                 "max_serve_cost")
+"""The advisor's budgets: they decide which rows the search trains and to how
+many replicas, never a row's numbers (a row of R replicas is the same row under
+any budget), so a stopped search resumes with a larger `--time_budget` and the
+same rows can be decided again under another cost budget."""
+
 
 class ResultsMismatchError(UserError, ValueError):
     """`results.json` in the output directory belongs to another configuration."""
@@ -260,7 +267,7 @@ def finished_rows(
         output_dir: The run's output directory.
         config: The run's normalized configuration (e.g.
             `CTRExperimentConfig.to_dict()`); every field except
-            `ROW_KEYED_FIELDS` and `NON_RESULT_FIELDS` must equal the earlier
+            `ROW_KEYED_FIELDS`, `NON_RESULT_FIELDS` and `SEARCH_FIELDS` must equal the earlier
             run's for its rows to be reused.
         resume: False starts over (the earlier file is replaced when the
             first row finishes).
@@ -283,7 +290,7 @@ def finished_rows(
     if not resume or not os.path.exists(path):
         return []
     content = read_results(path)
-    ignore = (*ROW_KEYED_FIELDS, *NON_RESULT_FIELDS)
+    ignore = (*ROW_KEYED_FIELDS, *NON_RESULT_FIELDS, *SEARCH_FIELDS)
     old = {k: v for k, v in content["config"].items() if k in config}
     older_version = {k for k, v in config.items()
                      if k not in old and defaults is not None and k in defaults
