@@ -84,11 +84,10 @@ ACTIVATIONS: dict[str, ActivationEntry] = {}
 def register_activation(entry: ActivationEntry) -> ActivationEntry:
     """Adds `entry` to the table and, if it has a function, to Keras.
 
-    Example:
-
-    >>> _ = registry.register_activation(registry.ActivationEntry("tanh"))
-    >>> registry.Activation.parse("tanh").to_keras()
-    'tanh'
+    Examples:
+        >>> _ = registry.register_activation(registry.ActivationEntry("tanh"))
+        >>> registry.Activation.parse("tanh").to_keras()
+        'tanh'
     """
     ACTIVATIONS[entry.name] = entry
     if entry.function is not None:

@@ -28,29 +28,28 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
     The reference is typically the model in production, and the PD is the
     churn a release of the new model would cause.
 
-    Example:
+    Examples:
+        ```python
+        import keras
+        import numpy as np
+        from tf_smelu.reproducibility import PredictionDifferenceCallback
 
-    ```python
-    import keras
-    import numpy as np
-    from tf_smelu.reproducibility import PredictionDifferenceCallback
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(2000, 8)).astype("float32")
+        y = (x[:, 0] > 0).astype("float32")
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2000, 8)).astype("float32")
-    y = (x[:, 0] > 0).astype("float32")
+        def build():
+            model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu"),
+                                      keras.layers.Dense(1, "sigmoid")])
+            model.compile("adam", "binary_crossentropy")
+            return model
 
-    def build():
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu"),
-                                  keras.layers.Dense(1, "sigmoid")])
-        model.compile("adam", "binary_crossentropy")
-        return model
-
-    production = build()
-    production.fit(x[:1500], y[:1500], epochs=1, verbose=0)
-    churn = PredictionDifferenceCallback(production, x[1500:])
-    history = build().fit(x[:1500], y[:1500], epochs=2, verbose=0, callbacks=[churn])
-    print(history.history["churn_rel_pd"])  # one relative PD per epoch
-    ```
+        production = build()
+        production.fit(x[:1500], y[:1500], epochs=1, verbose=0)
+        churn = PredictionDifferenceCallback(production, x[1500:])
+        history = build().fit(x[:1500], y[:1500], epochs=2, verbose=0, callbacks=[churn])
+        print(history.history["churn_rel_pd"])  # one relative PD per epoch
+        ```
 
     Args:
         reference: What to compare with: a `keras.Model`, the path of a
