@@ -495,6 +495,13 @@ def make_schema(
 def describe_schema(schema: Mapping) -> str:
     """A few lines for the start of a run: label, feature columns, missing values.
 
+    Args:
+        schema: The schema a loader used (`LoadedDataset.schema`), with the
+            decisions made when inferring it.
+
+    Returns:
+        The description, one line per item, as in the example.
+
     Examples:
         ```
         Data csv:/data/ratings.csv (1,000 rows read)
