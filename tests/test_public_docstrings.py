@@ -188,7 +188,9 @@ def _parameters(function) -> list:
 
 
 def _is_none(annotation) -> bool:
-    return annotation is not None and str(annotation) == "None"
+    """Whether a return annotation says nothing is returned (a context manager's `Iterator[None]` too)."""
+    return annotation is not None and re.fullmatch(r"((\w+\.)*Iterator\[)?None\]?",
+                                                   str(annotation)) is not None
 
 
 def _function_problems(function) -> list[str]:

@@ -91,7 +91,8 @@ def experiment_config(values: Mapping[str, object], work_dir: str | None = None
 
     Args:
         values: Flag values by name (those `resolved_flags` returns); names
-            that are not fields of the config are refused.
+            of neither the config's nor its training's fields (e.g.
+            `output_dir`) are ignored.
         work_dir: Where the experiment's jobs write their runs (`None`: a
             temporary directory per job).
 
