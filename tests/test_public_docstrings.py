@@ -184,7 +184,12 @@ def _raise_problems(sections, raised: set[str]) -> list[str]:
 
 
 def _parameters(function) -> list:
-    return [p for p in function.parameters if p.name not in ("self", "cls")]
+    """The parameters a caller gives: a method's first one (`self`, `cls`) is bound."""
+    parameters = list(function.parameters)
+    if function.parent is not None and function.parent.is_class and parameters \
+            and "staticmethod" not in function.labels:
+        parameters = parameters[1:]
+    return parameters
 
 
 def _is_none(annotation) -> bool:
