@@ -392,7 +392,7 @@ def _kind(annotation) -> tuple[str, bool]:
     return names[annotation], optional
 
 
-def flag_fields(cls, exclude: Iterable[str] = ()) -> list[dataclasses.Field]:
+def flag_fields(cls: type, exclude: Iterable[str] = ()) -> list[dataclasses.Field]:
     """The fields of `cls` that are flags, minus `exclude`.
 
     Args:
