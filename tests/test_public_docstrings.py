@@ -316,3 +316,81 @@ def test_the_checks_catch_what_they_check(tmp_path):
     assert _function_problems(module["full"]) == []
     assert _class_problems(module["Thing"]) == ["Args: misses size",
                                                 "no Raises: (raises ValueError)"]
+
+
+# ---- flags: every flag of the command-line programs has help ----
+
+_HELP_POSITION = {"DEFINE_enum": 3, "DEFINE_multi_enum": 3}  # after the allowed values
+_FLAG_SOURCES = ("tf_smelu/**/*.py", "examples/*.py")
+
+
+def _help_argument(call: ast.Call) -> ast.AST | None:
+    """The help argument of an absl `DEFINE_*` call or of an `option` field."""
+    keyword = next((k.value for k in call.keywords if k.arg == "help"), None)
+    name = getattr(call.func, "attr", None) or getattr(call.func, "id", None)
+    position = 1 if name == "option" else _HELP_POSITION.get(name, 2)
+    if keyword is None and len(call.args) > position:
+        keyword = call.args[position]
+    return keyword
+
+
+def _help_problem(node: ast.AST | None) -> str | None:
+    if node is None:
+        return "no help"
+    if isinstance(node, ast.Constant):
+        text = node.value
+        return None if isinstance(text, str) and text.strip() else "empty help"
+    return None  # computed (a variable, an f-string, a function): checked where it is made
+
+
+def _defines_flags(call: ast.Call, uses_option: bool) -> str | None:
+    """The name of a call that defines a flag (`option` fields become flags), else None."""
+    name = getattr(call.func, "attr", None) or getattr(call.func, "id", None) or ""
+    if name.startswith("DEFINE_") and name != "DEFINE_alias" or name == "option" and uses_option:
+        return name
+    return None
+
+
+def _uses_option(path: pathlib.Path, tree: ast.Module) -> bool:
+    """Whether `option` in this file is `tf_smelu.training.config.option`."""
+    return path == ROOT / "tf_smelu" / "training" / "config.py" or any(
+        isinstance(node, ast.ImportFrom) and node.module == "tf_smelu.training.config"
+        and any(alias.name == "option" for alias in node.names) for node in tree.body)
+
+
+def flag_offenders() -> list[str]:
+    """`file:line: DEFINE_x: problem` for every flag (or flag field) without help."""
+    lines = []
+    for pattern in _FLAG_SOURCES:
+        for path in sorted(ROOT.glob(pattern)):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            uses_option = _uses_option(path, tree)
+            for call in ast.walk(tree):
+                if isinstance(call, ast.Call) and (name := _defines_flags(call, uses_option)):
+                    if problem := _help_problem(_help_argument(call)):
+                        lines.append(f"{path.relative_to(ROOT)}:{call.lineno}: {name}: {problem}")
+    return lines
+
+
+def test_every_flag_has_help():
+    found = flag_offenders()
+    print("\n".join(found))
+    assert not found, f"{len(found)} flags without help:\n" + "\n".join(found)
+
+
+def test_the_flag_check_sees_flags_and_their_help(tmp_path):
+    tree = ast.parse('flags.DEFINE_string("a", None, "")\n'
+                     'flags.DEFINE_enum("b", "x", ["x", "y"], "Which one.")\n'
+                     'flags.DEFINE_integer("c", 1, help="Count.")\n'
+                     'flags.DEFINE_float("d", 1.0)\n')
+    problems = [_help_problem(_help_argument(node.value)) for node in tree.body]
+    assert problems == ["empty help", None, None, "no help"]
+    # The walk finds the programs' flags and the config fields that become flags.
+    found = 0
+    for pattern in _FLAG_SOURCES:
+        for path in ROOT.glob(pattern):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            uses_option = _uses_option(path, tree)
+            found += sum(1 for call in ast.walk(tree) if isinstance(call, ast.Call)
+                         and _defines_flags(call, uses_option))
+    assert found >= 80
