@@ -246,7 +246,7 @@ class ReplicaStudy:
         strategy: tf.distribute.Strategy | None = None,
         first_replica: int = 0,
         earlier_data: tf.data.Dataset | MakeDataset | None = None,
-        **fit_kwargs,
+        **fit_kwargs: object,
     ):
         if not callable(build_model):
             raise ValueError(f"`build_model` must be a function `build_model(seed)` returning a "
