@@ -193,7 +193,7 @@ def _parameters(function) -> list:
 
 
 def _is_none(annotation) -> bool:
-    """Whether a return annotation says nothing is returned (a context manager's `Iterator[None]` too)."""
+    """Whether a return annotation says nothing is returned (also `Iterator[None]`)."""
     return annotation is not None and re.fullmatch(r"((\w+\.)*Iterator\[)?None\]?",
                                                    str(annotation)) is not None
 
@@ -264,7 +264,8 @@ def offenders() -> list[str]:
 
 
 def test_the_walk_finds_the_public_names():
-    # The walk itself can fail: names from each source of public names must be among those it checks.
+    # The walk itself can fail: names from each source of public names must be among
+    # those it checks.
     found = public_objects()
     for path in ("tf_smelu.activations.smelu",            # a module the reference renders
                  "tf_smelu.data.features.FeatureSpec",     # a package's __all__, through an alias
