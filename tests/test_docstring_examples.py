@@ -103,5 +103,7 @@ def test_examples_are_found():
     fenced = {name for name, _ in _FENCED_EXAMPLES}
     assert "tf_smelu.reproducibility.study.ReplicaStudy" in fenced
     assert "tf_smelu.conversion.convert_activations" in fenced
+    assert {"tf_smelu.experiment.advisor.recommend", "tf_smelu.serving.serve_without_package",
+            "tf_smelu.reproducibility.callbacks.PredictionDifferenceCallback"} <= fenced
     assert _fenced_blocks("Does.\n\nExamples:\n    Run it:\n\n    ```python\n    x = 1\n    ```\n"
                           "\nArgs:\n    x: a number.") == ["x = 1"]
