@@ -2,9 +2,10 @@
 
 Two kinds are collected from every module of `tf_smelu` (the API reference
 shows the same docstrings): `>>>` examples run as doctests (ellipsis and
-whitespace-insensitive), and a fenced `python` block under an `Example:` or
-`Examples:` heading (a line starting with the word) runs as a script in a fresh namespace. The fenced ones
-train small models, so they are `slow` (CI runs them).
+whitespace-insensitive), and a fenced `python` block inside a Google-style
+`Examples:` section (the lines indented under the heading) runs as a script
+in a fresh namespace. The fenced ones train small models, so they are `slow`
+(CI runs them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import textwrap
 
 import keras
 import numpy as np
@@ -22,8 +24,26 @@ import tensorflow as tf
 
 import tf_smelu
 
-_FENCED = re.compile(r"^\s*Examples?\b[^\n]*\n(?:\s*\n)*\s*```python\n(.*?)\n\s*```",
-                     re.DOTALL | re.MULTILINE)
+_HEADING = re.compile(r"^(\s*)Examples?:\s*$")
+_FENCED = re.compile(r"^```python\n(.*?)\n```", re.DOTALL | re.MULTILINE)
+
+
+def _fenced_blocks(doc: str) -> list[str]:
+    """The fenced `python` blocks of a docstring's `Examples:` sections, dedented."""
+    blocks = []
+    lines = doc.splitlines()
+    for number, line in enumerate(lines):
+        heading = _HEADING.match(line)
+        if not heading:
+            continue
+        section = []
+        for following in lines[number + 1:]:
+            indent = len(following) - len(following.lstrip())
+            if following.strip() and indent <= len(heading.group(1)):
+                break  # the next section or paragraph
+            section.append(following)
+        blocks += _FENCED.findall(textwrap.dedent("\n".join(section)))
+    return blocks
 
 
 def _modules() -> list:
@@ -52,7 +72,7 @@ def _documented(module) -> list[tuple[str, str]]:
 _MODULES = _modules()
 _DOCTEST_MODULES = [m for m in _MODULES if any(">>>" in doc for _, doc in _documented(m))]
 _FENCED_EXAMPLES = [(name, block) for m in _MODULES for name, doc in _documented(m)
-                    for block in _FENCED.findall(doc)]
+                    for block in _fenced_blocks(doc)]
 
 
 @pytest.mark.parametrize("module", _DOCTEST_MODULES, ids=lambda m: m.__name__)
@@ -83,3 +103,7 @@ def test_examples_are_found():
     fenced = {name for name, _ in _FENCED_EXAMPLES}
     assert "tf_smelu.reproducibility.study.ReplicaStudy" in fenced
     assert "tf_smelu.conversion.convert_activations" in fenced
+    assert {"tf_smelu.experiment.advisor.recommend", "tf_smelu.serving.serve_without_package",
+            "tf_smelu.reproducibility.callbacks.PredictionDifferenceCallback"} <= fenced
+    assert _fenced_blocks("Does.\n\nExamples:\n    Run it:\n\n    ```python\n    x = 1\n    ```\n"
+                          "\nArgs:\n    x: a number.") == ["x = 1"]

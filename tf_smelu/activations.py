@@ -99,6 +99,13 @@ _COMPUTE_DTYPES = {"float16": "float32", "bfloat16": "float32"}
 def require_rescu_order(order: object) -> int:
     """A RESCU smoothness order: a Python integer in `[1, MAX_RESCU_ORDER]`.
 
+    Args:
+        order: The requested order (a Python or NumPy integer; `True` and
+            floats are refused).
+
+    Returns:
+        `order` as a Python `int`.
+
     Raises:
         ValueError: if `order` is not an integer or out of range.
     """
@@ -157,6 +164,16 @@ def parameter_problem(value: float, positive: bool, dtype: str = "float32") -> s
     The text completes "`name` ..." (e.g. "must be a finite number > 0 in
     [1.972e-31, 2.127e+37] to be computed in float32"); callers add the name
     and what they received. See `parameter_limits` for the range.
+
+    Args:
+        value: The parameter's value as a Python float.
+        positive: Whether it is a band width (must be `> 0`) rather than a
+            signed slope or shift.
+        dtype: The input dtype it is computed with (half precision follows
+            float32's limits).
+
+    Returns:
+        The problem as the end of a sentence, or None if `value` is valid.
     """
     low, high = parameter_limits(dtype, positive)
     compute = _COMPUTE_DTYPES.get(dtype, dtype)
@@ -815,7 +832,7 @@ def _kernels_for(x) -> _Kernels:
 # ---------------------------------------------------------------------------
 
 
-def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2):
+def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2) -> TensorLike:
     r"""REctified Smooth Continuous Unit of a given smoothness order.
 
     ReLU convolved with the centred cardinal B-spline of order `n` stretched
@@ -842,10 +859,9 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2):
     ulps in float32 and float64, half an ulp in float16 and bfloat16). See
     the README's Performance section for the cost per order.
 
-    Example:
-
-    >>> tf_smelu.rescu(tf.constant([-2.0, 0.0, 2.0]), beta=1.0, order=2)
-    <tf.Tensor: shape=(3,), dtype=float32, numpy=array([0.        , 0.16666667, 2.        ], dtype=float32)>
+    Examples:
+        >>> tf_smelu.rescu(tf.constant([-2.0, 0.0, 2.0]), beta=1.0, order=2)
+        <tf.Tensor: shape=(3,), dtype=float32, numpy=array([0.        , 0.16666667, 2.        ], dtype=float32)>
 
     Args:
         x: Floating-point tensor (float16, bfloat16, float32 or float64) of
@@ -874,7 +890,7 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2):
     return _kernels_for(x).rescu(x, beta, order)
 
 
-def smelu(x: TensorLike, beta: Param = 1.0):
+def smelu(x: TensorLike, beta: Param = 1.0) -> TensorLike:
     r"""Smooth ReLU (SmeLU).
 
     $$
@@ -892,10 +908,9 @@ def smelu(x: TensorLike, beta: Param = 1.0):
     which makes training more reproducible than with ReLU. It is
     `rescu(x, beta, order=1)`, computed by the same code.
 
-    Example:
-
-    >>> tf_smelu.smelu(tf.constant([-2.0, 0.0, 0.5, 2.0]), beta=1.0)
-    <tf.Tensor: shape=(4,), dtype=float32, numpy=array([0.    , 0.25  , 0.5625, 2.    ], dtype=float32)>
+    Examples:
+        >>> tf_smelu.smelu(tf.constant([-2.0, 0.0, 0.5, 2.0]), beta=1.0)
+        <tf.Tensor: shape=(4,), dtype=float32, numpy=array([0.    , 0.25  , 0.5625, 2.    ], dtype=float32)>
 
     Args:
         x: Floating-point tensor (float16, bfloat16, float32 or float64) of
@@ -927,7 +942,7 @@ def generalized_smelu(
     g_minus: Param = 0.0,
     g_plus: Param = 1.0,
     t: Param = 0.0,
-):
+) -> TensorLike:
     r"""Generalized SmeLU: asymmetric band, arbitrary slopes and shift.
 
     With the quadratic band $[-\alpha, \beta]$:
@@ -949,10 +964,9 @@ def generalized_smelu(
     \frac{\alpha + \beta}{2})$, which is how it is computed. With `alpha=beta`,
     `g_minus=0`, `g_plus=1`, `t=0` it is SmeLU.
 
-    Example:
-
-    >>> tf_smelu.generalized_smelu(tf.constant([-3.0, 0.0, 3.0]), g_minus=0.1)
-    <tf.Tensor: shape=(3,), dtype=float32, numpy=array([-0.2  ,  0.325,  3.1  ], dtype=float32)>
+    Examples:
+        >>> tf_smelu.generalized_smelu(tf.constant([-3.0, 0.0, 3.0]), g_minus=0.1)
+        <tf.Tensor: shape=(3,), dtype=float32, numpy=array([-0.2  ,  0.325,  3.1  ], dtype=float32)>
 
     Args:
         x: Floating-point tensor (float16, bfloat16, float32 or float64) of

@@ -66,6 +66,15 @@ def resolved_flags(preset: Mapping[str, object], preset_flag: str = "quick") -> 
     When the boolean flag `preset_flag` is on, every value of `preset` whose
     flag was not given on the command line replaces the flag's default:
     explicit flags always win.
+
+    Args:
+        preset: Flag values of the preset, by flag name (e.g. the main job's
+            `--quick` settings).
+        preset_flag: Name of the boolean flag that switches the preset on.
+
+    Returns:
+        The value of every flag the main module (`sys.argv[0]`) defines,
+        except `--debug`, by flag name.
     """
     own_flags = [flag for flag in flags.FLAGS.get_key_flags_for_module(sys.argv[0])
                  if flag.name != "debug"]  # how errors show, not what runs
@@ -79,6 +88,16 @@ def resolved_flags(preset: Mapping[str, object], preset_flag: str = "quick") -> 
 def experiment_config(values: Mapping[str, object], work_dir: str | None = None
                       ) -> CTRExperimentConfig:
     """The `CTRExperimentConfig` of resolved flag values.
+
+    Args:
+        values: Flag values by name (those `resolved_flags` returns); names
+            of neither the config's nor its training's fields (e.g.
+            `output_dir`) are ignored.
+        work_dir: Where the experiment's jobs write their runs (`None`: a
+            temporary directory per job).
+
+    Returns:
+        The checked configuration.
 
     Raises:
         app.UsageError: A value is bad (one line, shown without a traceback).
@@ -94,6 +113,14 @@ def check_output_dir(path: str, flag: str = "output_dir") -> None:
 
     Checked before any work, so that results are never computed only to be
     lost; nothing is created here.
+
+    Args:
+        path: The output directory a flag gave (it may not exist yet).
+        flag: The flag's name, for the message.
+
+    Raises:
+        app.UsageError: if `path` is empty, is a file, lies under a file, or
+            its nearest existing directory is not writable.
     """
     if not path.strip():
         raise app.UsageError(f"--{flag} is empty; give the directory to write to "
@@ -122,6 +149,14 @@ def run_experiment(
     written to `output_dir/results.json` at once (`"complete": false` until
     the last), and rows that an earlier run of the same configuration
     finished there are reused when `resume` is on.
+
+    Args:
+        values: The resolved flag values (`resolved_flags`), recorded in
+            results.json next to the normalized configuration.
+        output_dir: Where results.json, tradeoff.png and the jobs' `runs/` go.
+        resume: Whether rows an earlier run of the same configuration
+            finished in `output_dir` are reused (`--noresume` starts over).
+        log: Where progress lines go.
 
     Returns:
         All rows, as written to results.json.
@@ -169,6 +204,9 @@ def run(main: Callable) -> None:
     A bad flag, data file, output directory (also one another job is
     using), results file or a job too big for this machine ends in one
     `error:` line and exit code 1; `--debug` shows the traceback.
+
+    Args:
+        main: The program's `main(argv)`, as `app.run` takes it.
     """
     run_program(main, user_errors=(*DATA_ERRORS, experiment.ResultsMismatchError,
                                    UserModelError))

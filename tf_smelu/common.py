@@ -27,6 +27,13 @@ def derived_seed(*entropy: int) -> int:
     The one derivation of every replica's and ensemble member's seeds
     (`tf_smelu.experiment.seeds`, `tf_smelu.remedies.ensemble`): distinct
     entropy gives statistically independent seeds.
+
+    Args:
+        *entropy: Non-negative integers (e.g. a base seed, a replica index
+            and a source's number).
+
+    Returns:
+        A seed in `[0, 2**31 - 1]`, the same for the same `entropy`.
     """
     import numpy as np  # here: the error-style helpers of this module stay light to import
 
@@ -43,6 +50,14 @@ def field_differences(
     names are left out. Used wherever a run must match what an earlier run
     wrote (results files, checkpoints), so that the message names every
     field that stops it.
+
+    Args:
+        old: The fields an earlier run wrote.
+        new: The fields of this run.
+        ignore: Names whose values may differ.
+
+    Returns:
+        The differing fields, `MISSING` standing for an absent side.
     """
     ignore = set(ignore)
     names = [*new, *(name for name in old if name not in new)]
@@ -57,14 +72,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     Readers never see a half-written file, and an error inside the block
     leaves any previous `path` intact (the temporary file is removed).
 
-    Example:
-
-    >>> with atomic_write("/tmp/result.json") as f:
-    ...     _ = f.write("{}")
+    Examples:
+        >>> with atomic_write("/tmp/result.json") as f:
+        ...     _ = f.write("{}")
 
     Args:
         path: The file to write; its directory is created if missing.
         mode: `"w"` (text, UTF-8) or `"wb"` (binary).
+
+    Yields:
+        The open temporary file, to write `path`'s new contents to.
+
+    Raises:
+        ValueError: if `mode` is neither `"w"` nor `"wb"`.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"`mode` must be 'w' or 'wb'. Received: mode={mode!r}")

@@ -49,9 +49,12 @@ from keras.src.models.functional import Functional
 from tf_smelu.registry import Activation
 
 ActivationLike = str | Activation | Callable | keras.layers.Layer
+"""An activation: a name or spec (`"relu"`, `"smelu:0.2"`), an `Activation`,
+a function, or a layer instance (cloned for every layer that uses it)."""
 PerLayerActivations = Mapping[str, ActivationLike]
 """One activation per hidden layer, keyed by the layer's name or path."""
 InitializerLike = str | Mapping[str, Any] | keras.initializers.Initializer
+"""A Keras initializer: its name, its serialized config or an instance."""
 
 ACTIVATION_LAST_LAYERS = (
     keras.layers.Dense,
@@ -94,6 +97,13 @@ def derive_seed(base_seed: int | None, *path: str | int) -> int | None:
 
     Uses a process-independent hash of `path`, so the seed of one layer does
     not depend on how many other layers exist.  `None` stays `None`.
+
+    Args:
+        base_seed: The model's seed, or None for unseeded (Keras draws).
+        *path: The layer's role, e.g. `("hidden", 2, "kernel")`.
+
+    Returns:
+        A seed in `[0, 2**31 - 1]`, or None when `base_seed` is None.
     """
     if base_seed is None:
         return None
@@ -109,6 +119,13 @@ def seeded_initializer(
 
     A fresh instance per layer matters even for `seed=None`: Keras then
     draws a new seed per instance, instead of sharing one between layers.
+
+    Args:
+        initializer: The initializer to copy.
+        seed: Its new seed (ignored by initializers without one).
+
+    Returns:
+        A new initializer instance.
     """
     template = keras.initializers.get(initializer)
     config = template.get_config()
@@ -123,6 +140,12 @@ def is_per_layer(activation: object) -> bool:
     A mapping is per layer unless it is a serialized Keras object (which has a
     `"class_name"`); layer names never take that key in practice, and the
     rankers' and `rebuild`'s keys are checked against the model's layers.
+
+    Args:
+        activation: What a model function or `convert_activations` received.
+
+    Returns:
+        True for a mapping from layer names to activations.
     """
     return isinstance(activation, Mapping) and "class_name" not in activation
 
@@ -135,6 +158,13 @@ def resolve_activation(
     Plain names (`"relu"`, `"smelu"`, `"tanh"`) and callables go to Keras as
     they are: the registry makes the package's names known to Keras. A
     serialized Keras object (a `get_config` entry) is deserialized.
+
+    Args:
+        activation: One activation (not one per layer).
+
+    Returns:
+        What Keras takes as a layer's `activation`: a name, a callable or a
+        layer instance.
 
     Raises:
         ValueError: `activation` holds one activation per layer (pick one
@@ -183,7 +213,14 @@ def activation_for(
 
 
 def serialize_activation(activation: str | Callable | keras.layers.Layer) -> str | dict:
-    """A `get_config` entry for a resolved activation: names stay names."""
+    """A `get_config` entry for a resolved activation: names stay names.
+
+    Args:
+        activation: A resolved activation (see `resolve_activation`).
+
+    Returns:
+        The name, or the serialized Keras object of a callable or layer.
+    """
     if isinstance(activation, str):
         return activation
     return keras.saving.serialize_keras_object(activation)
@@ -601,22 +638,23 @@ def convert_activations(
     `<dense name>_smelu`. A plain name (`"gelu"`, `"smelu"` with its default
     beta) goes into the layer's `activation` instead.
 
-    Example: switch a trained ReLU model to SmeLU and fine-tune it.
+    Examples:
+        Switch a trained ReLU model to SmeLU and fine-tune it:
 
-    ```python
-    import keras
-    import tf_smelu
+        ```python
+        import keras
+        import tf_smelu
 
-    inputs = keras.Input(shape=(16,))
-    hidden = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="click")(hidden)
-    relu_model = keras.Model(inputs, outputs)
-    # ... train relu_model ...
-    smelu_model, report = tf_smelu.convert_activations(
-        relu_model, "smelu:0.2", return_report=True)
-    print(report.replaced)  # ('hidden',): now a linear Dense and 'hidden_smelu'
-    smelu_model.compile("adam", "binary_crossentropy")  # then fine-tune
-    ```
+        inputs = keras.Input(shape=(16,))
+        hidden = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="click")(hidden)
+        relu_model = keras.Model(inputs, outputs)
+        # ... train relu_model ...
+        smelu_model, report = tf_smelu.convert_activations(
+            relu_model, "smelu:0.2", return_report=True)
+        print(report.replaced)  # ('hidden',): now a linear Dense and 'hidden_smelu'
+        smelu_model.compile("adam", "binary_crossentropy")  # then fine-tune
+        ```
 
     Args:
         model: A Functional or Sequential model (nested models are converted

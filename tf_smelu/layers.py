@@ -12,11 +12,12 @@ with (`tf_smelu.activations.parameter_limits`; orders also in range).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 
 from tf_smelu import activations
-from tf_smelu.activations import require_parameter, require_rescu_order
+from tf_smelu.activations import TensorLike, require_parameter, require_rescu_order
 from tf_smelu.common import KERAS_PACKAGE
 
 
@@ -30,11 +31,10 @@ class SmeLU(keras.layers.Layer):
     x \\text{ if } x \\ge \\beta
     $$
 
-    Example:
-
-    >>> layer = tf_smelu.layers.SmeLU(beta=0.5)
-    >>> layer(np.array([-1.0, 0.0, 1.0], "float32"))
-    <tf.Tensor: ... numpy=array([0.   , 0.125, 1.   ], dtype=float32)>
+    Examples:
+        >>> layer = tf_smelu.layers.SmeLU(beta=0.5)
+        >>> layer(np.array([-1.0, 0.0, 1.0], "float32"))
+        <tf.Tensor: ... numpy=array([0.   , 0.125, 1.   ], dtype=float32)>
 
     Args:
         beta: Half-width of the quadratic band, finite and `> 0`.
@@ -45,18 +45,39 @@ class SmeLU(keras.layers.Layer):
             of the layer's compute dtype (`[2.0e-31, 2.1e37]` in float32).
     """
 
-    def __init__(self, beta: float = 1.0, **kwargs):
+    def __init__(self, beta: float = 1.0, **kwargs: Any):
         super().__init__(**kwargs)
         self.beta = require_parameter("beta", beta, True, self.compute_dtype)
         self.supports_masking = True
 
-    def call(self, inputs):
+    def call(self, inputs: TensorLike) -> TensorLike:
+        """Applies the activation element-wise.
+
+        Args:
+            inputs: A floating-point tensor of any shape.
+
+        Returns:
+            A tensor of the shape and dtype of `inputs`.
+        """
         return activations.smelu(inputs, beta=self.beta)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """The output shape: the input's, as the activation is element-wise.
+
+        Args:
+            input_shape: The shape of the inputs.
+
+        Returns:
+            `input_shape`.
+        """
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
+        """The layer's configuration, from which `from_config` rebuilds it.
+
+        Returns:
+            The base layer's configuration with `beta`.
+        """
         return {**super().get_config(), "beta": self.beta}
 
 
@@ -67,10 +88,9 @@ class RESCU(keras.layers.Layer):
     ReLU convolved with the cardinal B-spline of order `order` on
     `[-beta, beta]`; the result is `C^order` smooth. See `tf_smelu.rescu`.
 
-    Example:
-
-    >>> tf_smelu.layers.RESCU(beta=1.0, order=2)(np.array([0.0], "float32"))
-    <tf.Tensor: ... numpy=array([0.16666667], dtype=float32)>
+    Examples:
+        >>> tf_smelu.layers.RESCU(beta=1.0, order=2)(np.array([0.0], "float32"))
+        <tf.Tensor: ... numpy=array([0.16666667], dtype=float32)>
 
     Args:
         beta: Half-width of the smooth band, finite and `> 0`.
@@ -85,25 +105,55 @@ class RESCU(keras.layers.Layer):
             integer in `[1, 32]`.
     """
 
-    def __init__(self, beta: float = 1.0, order: int = 2, **kwargs):
+    def __init__(self, beta: float = 1.0, order: int = 2, **kwargs: Any):
         super().__init__(**kwargs)
         self.order = require_rescu_order(order)
         self.beta = require_parameter("beta", beta, True, self.compute_dtype)
         self.supports_masking = True
 
-    def call(self, inputs):
+    def call(self, inputs: TensorLike) -> TensorLike:
+        """Applies the activation element-wise.
+
+        Args:
+            inputs: A floating-point tensor of any shape.
+
+        Returns:
+            A tensor of the shape and dtype of `inputs`.
+        """
         return activations.rescu(inputs, beta=self.beta, order=self.order)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """The output shape: the input's, as the activation is element-wise.
+
+        Args:
+            input_shape: The shape of the inputs.
+
+        Returns:
+            `input_shape`.
+        """
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
+        """The layer's configuration, from which `from_config` rebuilds it.
+
+        Returns:
+            The base layer's configuration with `beta` and `order`.
+        """
         return {**super().get_config(), "beta": self.beta, "order": self.order}
 
 
 @keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
 class MinValue(keras.constraints.Constraint):
-    """Constrains weights to be `>= min_value` (keeps band widths positive)."""
+    """Constrains weights to be `>= min_value` (keeps band widths positive).
+
+    Args:
+        min_value: The smallest value a weight keeps after each update, a
+            finite number.
+
+    Raises:
+        ValueError: if `min_value` is not a finite number within float32's
+            range (see `tf_smelu.activations.parameter_limits`).
+    """
 
     def __init__(self, min_value: float = 1e-3):
         self.min_value = require_parameter("min_value", min_value, positive=False)
@@ -111,7 +161,12 @@ class MinValue(keras.constraints.Constraint):
     def __call__(self, w):
         return keras.ops.maximum(w, keras.ops.cast(self.min_value, w.dtype))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
+        """The constraint's configuration, from which Keras rebuilds it.
+
+        Returns:
+            `{"min_value": min_value}`.
+        """
         return {"min_value": self.min_value}
 
 
@@ -140,11 +195,10 @@ class GeneralizedSmeLU(keras.layers.Layer):
     compiled steps, XLA). Training usually meets such weights after a
     diverging step; `keras.callbacks.TerminateOnNaN` stops it there.
 
-    Example:
-
-    >>> layer = tf_smelu.layers.GeneralizedSmeLU(g_minus=0.1, shared_axes=[1])
-    >>> layer(np.array([[-3.0, 0.0, 3.0]], "float32"))
-    <tf.Tensor: ... numpy=array([[-0.2  ,  0.325,  3.1  ]], dtype=float32)>
+    Examples:
+        >>> layer = tf_smelu.layers.GeneralizedSmeLU(g_minus=0.1, shared_axes=[1])
+        >>> layer(np.array([[-3.0, 0.0, 3.0]], "float32"))
+        <tf.Tensor: ... numpy=array([[-0.2  ,  0.325,  3.1  ]], dtype=float32)>
 
     Args:
         alpha: Initial left half-width of the band, finite and `> 0`.
@@ -180,8 +234,8 @@ class GeneralizedSmeLU(keras.layers.Layer):
         trainable_parameters: Sequence[str] = _GENERALIZED_PARAMETERS,
         shared_axes: int | Sequence[int] | None = None,
         min_width: float = 1e-3,
-        regularizer=None,
-        **kwargs,
+        regularizer: str | dict | keras.regularizers.Regularizer | None = None,
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.min_width = require_parameter("min_width", min_width, True, self.compute_dtype)
@@ -214,7 +268,17 @@ class GeneralizedSmeLU(keras.layers.Layer):
         self.regularizer = keras.regularizers.get(regularizer)
         self.supports_masking = True
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple) -> None:
+        """Creates one weight per parameter, shaped by the non-shared input axes.
+
+        Args:
+            input_shape: The shape of the inputs, batch axis first.
+
+        Raises:
+            ValueError: if `shared_axes` names an axis outside
+                `[1, len(input_shape) - 1]`, or a non-shared axis has an
+                unknown size.
+        """
         param_shape = list(input_shape[1:])
         for axis in self.shared_axes or ():
             if not 1 <= axis < len(input_shape):
@@ -240,7 +304,15 @@ class GeneralizedSmeLU(keras.layers.Layer):
             )
             setattr(self, name, weight)
 
-    def call(self, inputs):
+    def call(self, inputs: TensorLike) -> TensorLike:
+        """Applies the activation with the layer's current weights.
+
+        Args:
+            inputs: A floating-point tensor of the shape the layer was built for.
+
+        Returns:
+            A tensor of the shape and dtype of `inputs`.
+        """
         return activations.generalized_smelu(
             inputs,
             alpha=self.alpha,
@@ -250,10 +322,26 @@ class GeneralizedSmeLU(keras.layers.Layer):
             t=self.t,
         )
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """The output shape: the input's, as the activation is element-wise.
+
+        Args:
+            input_shape: The shape of the inputs.
+
+        Returns:
+            `input_shape`.
+        """
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
+        """The layer's configuration, from which `from_config` rebuilds it.
+
+        Returns:
+            The base layer's configuration with the initial parameter values
+            (not the trained ones: those are the weights),
+            `trainable_parameters`, `shared_axes`, `min_width` and the
+            serialized `regularizer`.
+        """
         return {
             **super().get_config(),
             **self.initial_values,

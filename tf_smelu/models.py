@@ -38,11 +38,12 @@ before the first call.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import keras
 from keras import ops
 
+from tf_smelu.activations import TensorLike
 from tf_smelu.common import KERAS_PACKAGE
 from tf_smelu.conversion import (
     ActivationLike,
@@ -114,13 +115,22 @@ class CrossLayer(keras.layers.Layer):
         self,
         kernel_initializer: InitializerLike = "glorot_uniform",
         bias_initializer: InitializerLike = "zeros",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
-    def build(self, x0_shape, x_shape) -> None:
+    def build(self, x0_shape: tuple, x_shape: tuple) -> None:
+        """Creates `W` (`dim x dim`) and `b` (`dim`).
+
+        Args:
+            x0_shape: Shape of the cross stack's input, `[batch, dim]`.
+            x_shape: Shape of the previous cross layer's output, `[batch, dim]`.
+
+        Raises:
+            ValueError: if the two last dimensions differ.
+        """
         dim = x_shape[-1]
         if x0_shape[-1] != dim:
             raise ValueError(
@@ -134,13 +144,36 @@ class CrossLayer(keras.layers.Layer):
             name="bias", shape=(dim,), initializer=self.bias_initializer
         )
 
-    def call(self, x0, x):
+    def call(self, x0: TensorLike, x: TensorLike) -> TensorLike:
+        """One cross step.
+
+        Args:
+            x0: The cross stack's input, `[batch, dim]`.
+            x: The previous cross layer's output (`x0` for the first).
+
+        Returns:
+            `x0 * (x @ W + b) + x`, shaped as `x`.
+        """
         return x0 * (ops.matmul(x, self.kernel) + self.bias) + x
 
-    def compute_output_shape(self, x0_shape, x_shape):
+    def compute_output_shape(self, x0_shape: tuple, x_shape: tuple) -> tuple:
+        """The output shape: that of `x`.
+
+        Args:
+            x0_shape: Shape of the cross stack's input.
+            x_shape: Shape of the previous cross layer's output.
+
+        Returns:
+            `x_shape`.
+        """
         return x_shape
 
     def get_config(self) -> dict:
+        """The layer's configuration, from which `from_config` rebuilds it.
+
+        Returns:
+            The base layer's configuration with the serialized initializers.
+        """
         return {
             **super().get_config(),
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
@@ -174,7 +207,7 @@ class _CTRRanker(keras.Model):
         kernel_initializer: InitializerLike = "glorot_uniform",
         embedding_seed: int | None = None,
         tower_seed: int | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.feature_spec = _as_feature_spec(feature_spec)
@@ -364,6 +397,12 @@ class DCNRanker(_CTRRanker):
         embedding_seed: Seed of the embedding tables.
         tower_seed: Seed of every non-embedding weight.
         **kwargs: Base model arguments (`name`, `dtype`...).
+
+    Raises:
+        ValueError: if a width or count is not a positive (for counts,
+            non-negative) integer, `activation` maps names that are not
+            hidden activation layers of the model (or misses one), or the
+            feature spec is invalid.
     """
 
     def __init__(
@@ -378,7 +417,7 @@ class DCNRanker(_CTRRanker):
         kernel_initializer: InitializerLike = "glorot_uniform",
         embedding_seed: int | None = None,
         tower_seed: int | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             feature_spec,
@@ -430,6 +469,13 @@ class DCNRanker(_CTRRanker):
         return self.logit_layer(self._apply_sequential(self.top_layers, x))
 
     def get_config(self) -> dict:
+        """The model's configuration, from which `from_config` rebuilds it.
+
+        Returns:
+            The common ranker fields (feature spec, activation, embedding
+            width, initializers, seeds) with `bottom_units`,
+            `num_cross_layers` and `top_units`.
+        """
         return {
             **super().get_config(),
             "bottom_units": list(self.bottom_units),
@@ -458,6 +504,12 @@ class MLPRanker(_CTRRanker):
         embedding_seed: Seed of the embedding tables.
         tower_seed: Seed of every non-embedding weight.
         **kwargs: Base model arguments (`name`, `dtype`...).
+
+    Raises:
+        ValueError: if a width or count is not a positive (for counts,
+            non-negative) integer, `activation` maps names that are not
+            hidden activation layers of the model (or misses one), or the
+            feature spec is invalid.
     """
 
     def __init__(
@@ -470,7 +522,7 @@ class MLPRanker(_CTRRanker):
         kernel_initializer: InitializerLike = "glorot_uniform",
         embedding_seed: int | None = None,
         tower_seed: int | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             feature_spec,
@@ -498,6 +550,12 @@ class MLPRanker(_CTRRanker):
         return self.logit_layer(self._apply_sequential(self.hidden_layers, x))
 
     def get_config(self) -> dict:
+        """The model's configuration, from which `from_config` rebuilds it.
+
+        Returns:
+            The common ranker fields (feature spec, activation, embedding
+            width, initializers, seeds) with `hidden_units`.
+        """
         return {**super().get_config(), "hidden_units": list(self.hidden_units)}
 
 
@@ -509,7 +567,7 @@ def build_model(
     name: str,
     feature_spec: FeatureSpec | Mapping,
     activation: ActivationLike | PerLayerActivations = "relu",
-    **kwargs,
+    **kwargs: Any,
 ) -> _CTRRanker:
     """Builds a CTR ranking model by name (`"dcn"` or `"mlp"`).
 
@@ -524,6 +582,10 @@ def build_model(
 
     Returns:
         An uncompiled model whose output is the click logit `[batch, 1]`.
+
+    Raises:
+        ValueError: if `name` is not a key of `MODEL_CLASSES`, or the model
+            class refuses an argument.
     """
     if name not in MODEL_CLASSES:
         raise ValueError(

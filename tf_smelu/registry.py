@@ -50,6 +50,10 @@ class ActivationEntry:
         parameters: Names of the spec's parameters, in spec order (keys of
             `PARAMETER_DEFAULTS`), e.g. `("beta", "order")` for
             `"rescu:0.3:2"`.
+
+    Raises:
+        ValueError: if `parameters` names one not in `PARAMETER_DEFAULTS`, or
+            parameters are given without `build_layer`.
     """
 
     name: str
@@ -84,11 +88,18 @@ ACTIVATIONS: dict[str, ActivationEntry] = {}
 def register_activation(entry: ActivationEntry) -> ActivationEntry:
     """Adds `entry` to the table and, if it has a function, to Keras.
 
-    Example:
+    An entry of the same name is replaced.
 
-    >>> _ = registry.register_activation(registry.ActivationEntry("tanh"))
-    >>> registry.Activation.parse("tanh").to_keras()
-    'tanh'
+    Args:
+        entry: The activation to make known to specs and flags.
+
+    Returns:
+        `entry`.
+
+    Examples:
+        >>> _ = registry.register_activation(registry.ActivationEntry("tanh"))
+        >>> registry.Activation.parse("tanh").to_keras()
+        'tanh'
     """
     ACTIVATIONS[entry.name] = entry
     if entry.function is not None:
@@ -97,16 +108,29 @@ def register_activation(entry: ActivationEntry) -> ActivationEntry:
 
 
 def unregister_activation(name: str) -> None:
-    """Removes `name` from the table (Keras' own registry is left as it is)."""
+    """Removes `name` from the table (Keras' own registry is left as it is).
+
+    Args:
+        name: An activation name; an unknown one is ignored.
+    """
     ACTIVATIONS.pop(name, None)
 
 
 def activation_names() -> tuple[str, ...]:
+    """The registered activation names, in table order.
+
+    Returns:
+        The keys of `ACTIVATIONS`.
+    """
     return tuple(ACTIVATIONS)
 
 
 def activation_help() -> str:
-    """One line listing every spec, e.g. for a flag's help text."""
+    """One line listing every spec, e.g. for a flag's help text.
+
+    Returns:
+        The plain names, the specs with parameters and their defaults.
+    """
     with_parameters = [e.spec_syntax for e in ACTIVATIONS.values() if e.parameters]
     plain = [e.name for e in ACTIVATIONS.values() if not e.parameters]
     defaults = ", ".join(f"{k}={v}" for k, v in PARAMETER_DEFAULTS.items())
@@ -127,6 +151,12 @@ class Activation:
         name: Key of `ACTIVATIONS`.
         beta: Half-width of the smooth band (`> 0`), for entries taking it.
         order: RESCU smoothness order (`>= 1`), for entries taking it.
+
+    Raises:
+        ValueError: if `name` is not registered, a parameter is given that
+            the entry does not take, `order` is not an integer in `[1, 32]`,
+            or `beta` is not a finite number `> 0` that Keras' float type
+            computes with.
     """
 
     name: str
@@ -161,11 +191,25 @@ class Activation:
 
     @property
     def entry(self) -> ActivationEntry:
+        """The registered entry of `name`."""
         return ACTIVATIONS[self.name]
 
     @classmethod
     def parse(cls, text: str) -> Activation:
-        """`"relu"`, `"smelu:0.1"` (beta) or `"rescu:0.2:3"` (beta, order)."""
+        """`"relu"`, `"smelu:0.1"` (beta) or `"rescu:0.2:3"` (beta, order).
+
+        Args:
+            text: A registered name, then its parameters in order, separated
+                by `:` (omitted trailing ones take `PARAMETER_DEFAULTS`).
+
+        Returns:
+            The checked activation.
+
+        Raises:
+            ValueError: if `text` is not a string, names no registered
+                activation, has too many or unparsable parameters, or a
+                parameter is out of range.
+        """
         if not isinstance(text, str):
             raise ValueError(f"An activation spec must be a string. Received: {text!r}")
         name, *values = text.strip().split(":")
@@ -206,7 +250,13 @@ class Activation:
         return f"{self.name}({text})"
 
     def to_keras(self) -> str | keras.layers.Layer:
-        """A Keras activation name or a new layer instance."""
+        """A Keras activation name or a new layer instance.
+
+        Returns:
+            The name, for activations without parameters (registered with
+            Keras); else a new layer built from the parameters (e.g.
+            `SmeLU(beta=0.2)` for `"smelu:0.2"`).
+        """
         build_layer = self.entry.build_layer
         return self.name if build_layer is None else build_layer(self)
 

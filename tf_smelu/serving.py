@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-# Ops that exist in TensorFlow but cannot run in TF Serving (Python callbacks).
 PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+"""Ops that exist in TensorFlow but cannot run in TF Serving (Python callbacks)."""
 
 # Runs in a fresh interpreter: argv = export_dir, signature, requests.npz, outputs.npz.
 _SERVE_SCRIPT = textwrap.dedent(
@@ -63,7 +63,17 @@ def _read_saved_model(export_dir: str):
 
 
 def saved_model_op_types(export_dir: str) -> set[str]:
-    """Every op type in a SavedModel's graphs and function library."""
+    """Every op type in a SavedModel's graphs and function library.
+
+    Args:
+        export_dir: The SavedModel directory.
+
+    Returns:
+        The op type names (e.g. `"MatMul"`, `"Relu"`).
+
+    Raises:
+        FileNotFoundError: if `export_dir` holds no `saved_model.pb`.
+    """
     proto = _read_saved_model(export_dir)
     op_types = set()
     for meta_graph in proto.meta_graphs:
@@ -80,6 +90,15 @@ def xla_compiled_functions(export_dir: str) -> list[str]:
     models exported from the JAX backend carry their computation). Stock TF
     Serving builds may lack XLA on some platforms; exports meant for serving
     should have none.
+
+    Args:
+        export_dir: The SavedModel directory.
+
+    Returns:
+        The names of those functions (empty for a portable export).
+
+    Raises:
+        FileNotFoundError: if `export_dir` holds no `saved_model.pb`.
     """
     proto = _read_saved_model(export_dir)
     return [
@@ -98,6 +117,13 @@ def non_stock_ops(op_types: Iterable[str]) -> set[str]:
     Those are ops missing from TensorFlow's op registry (a custom op library
     would be needed) and Python callbacks (`tf.py_function`). Calls of
     functions stored in the SavedModel itself (`__inference_...`) are fine.
+
+    Args:
+        op_types: Op type names, e.g. `saved_model_op_types(export_dir)`.
+
+    Returns:
+        Those of `op_types` that stock TF Serving cannot run (empty for a
+        portable export).
     """
     from tensorflow.python.framework import op_def_registry
 
@@ -126,6 +152,35 @@ def serve_without_package(
 
     Returns:
         Output name -> values, as computed in the fresh process.
+
+    Raises:
+        RuntimeError: if the process fails (e.g. the SavedModel needs an op
+            of tf_smelu, or an input is missing), with its error output.
+        subprocess.TimeoutExpired: if it takes longer than `timeout`.
+
+    Examples:
+        Export a model with a SmeLU layer and score it where tf_smelu cannot
+        be imported, as TF Serving would:
+
+        ```python
+        import tempfile
+
+        import keras
+        import numpy as np
+
+        import tf_smelu
+        from tf_smelu import serving
+
+        inputs = keras.Input((4,), name="x")
+        hidden = tf_smelu.layers.SmeLU(beta=0.5)(keras.layers.Dense(8)(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(hidden))
+        export_dir = tempfile.mkdtemp()
+        model.export(export_dir, verbose=False)  # a SavedModel, signature serving_default
+        x = np.ones((2, 4), "float32")
+        outputs = serving.serve_without_package(export_dir, {"x": x})
+        served = next(iter(outputs.values()))
+        assert np.allclose(served, model.predict(x, verbose=0))  # the same scores
+        ```
     """
     with tempfile.TemporaryDirectory() as scratch:
         requests_path = os.path.join(scratch, "requests.npz")
@@ -165,6 +220,15 @@ def saved_model_cli_command(
     match the model's to about 1e-3, not bit for bit. Pass
     `executable=(sys.executable, "-m", "tensorflow.python.tools.saved_model_cli")`
     when the `saved_model_cli` script is not on the PATH.
+
+    Args:
+        export_dir: The SavedModel directory.
+        requests: Input name of the signature -> batch of values.
+        signature: Serving signature to call.
+        executable: The command that runs `saved_model_cli`.
+
+    Returns:
+        The command's arguments, for `subprocess.run`.
     """
     exprs = ";".join(f"{name}={_python_literal(np.asarray(v))}" for name, v in requests.items())
     return [
@@ -174,7 +238,16 @@ def saved_model_cli_command(
 
 
 def tf_serving_command(export_dir: str, model_name: str = "smelu") -> str:
-    """The `docker run` command serving the export with TF Serving over REST."""
+    """The `docker run` command serving the export with TF Serving over REST.
+
+    Args:
+        export_dir: The SavedModel directory, mounted as version 1 of the model.
+        model_name: The model's name in TF Serving's REST paths
+            (`/v1/models/<model_name>:predict`).
+
+    Returns:
+        The shell command (paths quoted), serving on port 8501.
+    """
     return (
         f"docker run -p 8501:8501 -v {shlex.quote(os.path.abspath(export_dir))}:"
         f"/models/{model_name}/1 -e MODEL_NAME={model_name} tensorflow/serving"

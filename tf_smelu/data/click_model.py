@@ -37,9 +37,19 @@ _DENSE_CLICK_HIDDEN_UNITS = 16
 def zipf_probabilities(vocab_size: int, exponent: float) -> np.ndarray:
     """Probability of each id under the truncated Zipf law.
 
-    Returns a float64 array `p` of length `vocab_size` with
-    `p[r] ∝ (r + 1) ** -exponent`; `p` is non-increasing, so id `r` is
-    the `r`-th most popular value.
+    Args:
+        vocab_size: Number of ids, `>= 1`.
+        exponent: The law's exponent, `>= 0` (0: uniform; larger: a
+            heavier head).
+
+    Returns:
+        A float64 array `p` of length `vocab_size` with
+        `p[r] ∝ (r + 1) ** -exponent`, summing to 1; `p` is
+        non-increasing, so id `r` is the `r`-th most popular value.
+
+    Raises:
+        ValueError: if `vocab_size` is not a positive integer or `exponent`
+            is negative or not finite.
     """
     require_positive_int("vocab_size", vocab_size)
     require_in_range("exponent", exponent, low=0.0)

@@ -143,7 +143,20 @@ def resolve_num_buckets(num_buckets: int | Mapping[str, int]) -> dict[str, int]:
 
 
 def criteo_feature_spec(num_buckets: int | Mapping[str, int] = DEFAULT_NUM_BUCKETS) -> FeatureSpec:
-    """Model inputs of Criteo data: 26 hashed fields and 13 dense features."""
+    """Model inputs of Criteo data: 26 hashed fields and 13 dense features.
+
+    Args:
+        num_buckets: Hash buckets per categorical field: one int for all, or
+            a mapping `C1`..`C26` -> int (as given to `load_criteo`).
+
+    Returns:
+        The `FeatureSpec` of fields `C1`..`C26` with those vocabulary sizes
+        and 13 dense features.
+
+    Raises:
+        ValueError: if a bucket count is not a positive integer or the
+            mapping does not name exactly `C1`..`C26`.
+    """
     buckets = resolve_num_buckets(num_buckets)
     return FeatureSpec(
         categorical=tuple(CategoricalFeature(name, size) for name, size in buckets.items()),
@@ -210,8 +223,14 @@ def read_criteo_file(
         skipped: Collects the skipped rows; a fresh one if `None`.
         chunk_rows: Rows per chunk.
 
+    Returns:
+        An iterator of `CriteoChunk`s (line numbers, labels, dense and hashed
+        categorical arrays); the file is read as it is iterated.
+
     Raises:
         FileNotFoundError: At the call, if `path` is not a file.
+        ValueError: At the call, if `num_buckets`, `on_error` or
+            `chunk_rows` is invalid.
     """
     path = require_file(path)
     buckets = resolve_num_buckets(num_buckets)
@@ -270,6 +289,12 @@ def load_criteo(
     Returns:
         `LoadedDataset` with fields `C1`..`C26`, dense `I1`..`I13` and the
         skipped-row count.
+
+    Raises:
+        FileNotFoundError: if `path` (or `eval_path`) is not a file.
+        MalformedRowError: with `on_error="raise"`, at the first malformed
+            row (naming the file and line).
+        ValueError: if an argument is invalid, or the file has no valid rows.
     """
     split = SplitConfig(test_fraction, seed, max_train_examples, max_test_examples)
     skipped = SkippedRows(os.fspath(path))
@@ -363,6 +388,16 @@ def criteo_dataset(
         seed: As in `load_criteo`.
         on_error: As in `load_criteo`.
         chunk_rows: As in `load_criteo`.
+
+    Returns:
+        A `tf.data.Dataset` of `(features, label)`: a features dict as
+        `criteo_feature_spec(num_buckets)` describes and a float32 label,
+        batched if `batch_size` is given.
+
+    Raises:
+        ValueError: if `split` is neither `"train"` nor `"test"`, or another
+            argument is invalid (as for `load_criteo`).
+        FileNotFoundError: if `path` is not a file.
     """
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")

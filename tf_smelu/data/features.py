@@ -41,6 +41,12 @@ def is_feature_key(name: object) -> bool:
     refuse spaces and most punctuation, and TF signatures want identifiers.
     (A field may not be called `DENSE_FEATURE_NAME` either; `FeatureSpec`
     checks that.)
+
+    Args:
+        name: A candidate key (any object).
+
+    Returns:
+        True if `name` is a string and an ASCII identifier.
     """
     return isinstance(name, str) and _FEATURE_KEY.fullmatch(name) is not None
 
@@ -101,6 +107,10 @@ class CategoricalFeature:
         column: The data's name for the field when it differs from `name`
             (a CSV header such as `"user name"`; see `feature_keys`); `None`
             when they are the same.
+
+    Raises:
+        ValueError: if `name` is not an ASCII identifier, `vocab_size` is not
+            a positive integer, or `column` is an empty string or not a string.
     """
 
     name: str
@@ -128,7 +138,11 @@ class CategoricalFeature:
         return self.column or self.name
 
     def describe(self) -> str:
-        """`name`, with the column name when it differs: `user_name ('user name')`."""
+        """`name`, with the column name when it differs: `user_name ('user name')`.
+
+        Returns:
+            The text for messages and logs.
+        """
         return self.name if self.column is None else f"{self.name} ({self.column!r})"
 
 
@@ -140,6 +154,15 @@ class FeatureSpec:
     to an int64 id tensor of shape `[batch]` with values in
     `[0, vocab_size)`, and `DENSE_FEATURE_NAME` to a float32 tensor of
     shape `[batch, num_dense]`.
+
+    Attributes:
+        categorical: The categorical fields, in the model's input order.
+        num_dense: Number of dense features, `>= 1`.
+
+    Raises:
+        ValueError: if `categorical` is empty, two fields share a name or
+            one is named `DENSE_FEATURE_NAME`, or `num_dense` is not a
+            positive integer.
     """
 
     categorical: tuple[CategoricalFeature, ...]
@@ -162,6 +185,7 @@ class FeatureSpec:
 
     @property
     def categorical_names(self) -> tuple[str, ...]:
+        """The categorical fields' keys, in input order."""
         return tuple(feature.name for feature in self.categorical)
 
     @property
@@ -171,10 +195,16 @@ class FeatureSpec:
 
     @property
     def vocab_sizes(self) -> dict[str, int]:
+        """Feature key -> vocabulary size."""
         return {feature.name: feature.vocab_size for feature in self.categorical}
 
     def get_config(self) -> dict:
-        """JSON-compatible form, used inside Keras model configs."""
+        """JSON-compatible form, used inside Keras model configs.
+
+        Returns:
+            `{"categorical": [{"name", "vocab_size"[, "column"]}, ...],
+            "num_dense": ...}`, which `from_config` reads back.
+        """
         return {
             "categorical": [
                 {"name": feature.name, "vocab_size": feature.vocab_size,
@@ -186,6 +216,19 @@ class FeatureSpec:
 
     @classmethod
     def from_config(cls, config: Mapping) -> FeatureSpec:
+        """The spec of a `get_config` result.
+
+        Args:
+            config: What `get_config` returned (e.g. read from a model's
+                config).
+
+        Returns:
+            The equal `FeatureSpec`.
+
+        Raises:
+            ValueError: if the fields it describes are invalid (as for the
+                constructor).
+        """
         return cls(
             categorical=tuple(
                 CategoricalFeature(**feature) for feature in config["categorical"]
@@ -200,6 +243,13 @@ class CTRExamples:
 
     `true_logits` are the click model's logits for synthetic data and all
     NaN for real data, which has no known click model.
+
+    Attributes:
+        features: Features dict as a `FeatureSpec` describes it (int64 ids
+            per categorical field, float32 `[N, num_dense]` dense).
+        labels: float32 labels (0 or 1), shape `[N]`.
+        true_logits: The click model's logit per example, shape `[N]` (NaN
+            for real data).
     """
 
     features: dict[str, np.ndarray]
@@ -210,7 +260,15 @@ class CTRExamples:
         return int(self.labels.shape[0])
 
     def take(self, rows: np.ndarray | slice) -> CTRExamples:
-        """The examples at `rows` (an index array or a slice)."""
+        """The examples at `rows`.
+
+        Args:
+            rows: An index array, a boolean mask or a slice of rows.
+
+        Returns:
+            A new `CTRExamples` of those rows (NumPy indexing: a slice gives
+            views, an array copies).
+        """
         return CTRExamples(
             {name: values[rows] for name, values in self.features.items()},
             self.labels[rows],

@@ -281,6 +281,8 @@ def load_movielens(
     Raises:
         MovieLensUnavailableError: If the data is neither prepared nor
             downloadable (e.g. no network).
+        ValueError: If `variant`, `label`, `positive_rating` or a split
+            argument is invalid.
     """
     name = _tfds_name(variant)
     if label not in LABEL_KINDS:

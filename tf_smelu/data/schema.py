@@ -495,15 +495,21 @@ def make_schema(
 def describe_schema(schema: Mapping) -> str:
     """A few lines for the start of a run: label, feature columns, missing values.
 
-    Example:
+    Args:
+        schema: The schema a loader used (`LoadedDataset.schema`), with the
+            decisions made when inferring it.
 
-    ```
-    Data csv:/data/ratings.csv (1,000 rows read)
-      label: rating >= 4.0 (label_column given, label_threshold given)
-      categorical (2): user name (input user_name; inferred: text, e.g. 'ann'...), item_id (...)
-      dense (1): timestamp (inferred: whole numbers, time-like name)
-      missing values (dense, replaced by the training mean): timestamp 3
-    ```
+    Returns:
+        The description, one line per item, as in the example.
+
+    Examples:
+        ```
+        Data csv:/data/ratings.csv (1,000 rows read)
+          label: rating >= 4.0 (label_column given, label_threshold given)
+          categorical (2): user name (input user_name; inferred: text, e.g. 'ann'...), item_id (...)
+          dense (1): timestamp (inferred: whole numbers, time-like name)
+          missing values (dense, replaced by the training mean): timestamp 3
+        ```
     """
     decisions = schema.get("decisions", {})
     reasons = decisions.get("columns", {})

@@ -148,6 +148,14 @@ class DatasetSpec:
     def parse(cls, text: str) -> DatasetSpec:
         """Parses and checks the syntax of a dataset spec (files are not opened).
 
+        Args:
+            text: A spec such as `"synthetic"`, `"movielens_100k"`,
+                `"criteo:PATH"`, `"csv:PATH#LABEL_COLUMN"` or
+                `"tfrecord:GLOB"` (`DATASET_SPEC_HELP`).
+
+        Returns:
+            The checked spec.
+
         Raises:
             ValueError: For an unknown kind or a missing path or label column.
         """
@@ -176,7 +184,11 @@ class DatasetSpec:
         return cls(kind, path, label_column)
 
     def to_text(self) -> str:
-        """The spec string, e.g. `"csv:/data/a.csv#clicked"`."""
+        """The spec string, e.g. `"csv:/data/a.csv#clicked"`.
+
+        Returns:
+            The text `parse` reads back into an equal spec.
+        """
         text = self.kind if self.path is None else f"{self.kind}:{self.path}"
         return text if self.label_column is None else f"{text}#{self.label_column}"
 
@@ -185,12 +197,17 @@ class DatasetSpec:
 
     @property
     def is_synthetic(self) -> bool:
+        """Whether the spec names the generated synthetic data."""
         return self.kind == "synthetic"
 
     def absolute(self) -> DatasetSpec:
         """A copy whose path is absolute, e.g. for a process started elsewhere.
 
         URLs (`gs://bucket/part-*`, read by `tf.io.gfile`) are kept as they are.
+
+        Returns:
+            This spec when it has no path or a URL, else a copy with the
+            path made absolute against the current directory.
         """
         if self.path is None or "://" in self.path:
             return self
@@ -201,6 +218,12 @@ def parse_dataset_spec(spec: str | DatasetSpec) -> DatasetSpec:
     """The `DatasetSpec` of a spec string; a `DatasetSpec` is returned as is.
 
     Call it early to reject a bad `--dataset` before any work.
+
+    Args:
+        spec: A spec string (see `DatasetSpec.parse`) or a `DatasetSpec`.
+
+    Returns:
+        The checked spec.
 
     Raises:
         ValueError: For an unknown kind or a missing path or label column.
@@ -218,6 +241,13 @@ def vocab_cap(spec: str | DatasetSpec, max_vocab_size: int | None) -> int | None
     embedding tables, e.g. for dense all-reduces in multi-worker training)
     and is an error for any other dataset, whose vocabularies come from the
     data.
+
+    Args:
+        spec: The dataset (a spec string or `DatasetSpec`).
+        max_vocab_size: The `--max_vocab_size` value.
+
+    Returns:
+        The cap, or `None` for no cap.
 
     Raises:
         ValueError: If `max_vocab_size` is negative or not an integer, or
@@ -252,6 +282,18 @@ def check_dataset_options(
     column given both in the spec (`csv:PATH#COLUMN`) and as `label_column`
     with another name.  Runs as `TrainingConfig` is built, so bad flags fail
     before any work, and again in `load_dataset`.
+
+    Args:
+        spec: The dataset (a spec string or `DatasetSpec`).
+        label_column: `--label_column`, the column holding the label (csv,
+            tfrecord); `None`: the spec's or the default `label`.
+        categorical_columns: `--categorical_columns`, columns read as
+            categorical ids (csv, tfrecord); empty or `None`: inferred.
+        dense_columns: `--dense_columns`, columns read as dense numbers
+            (csv, tfrecord); empty or `None`: inferred.
+        label_threshold: `--label_threshold`: a label `>=` it is a click
+            (csv, tfrecord); `None`: the labels must be 0/1.
+        data_dir: `--data_dir`, where TFDS keeps MovieLens (movielens only).
 
     Raises:
         ValueError: Naming the flag and the dataset.

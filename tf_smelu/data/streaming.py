@@ -241,6 +241,9 @@ def stream_error(error: tf.errors.OpError) -> MalformedRecordError | None:
     Command lines and callers of `fit` catch `tf.errors.OpError` and pass it
     here to print the one-line error naming file and record.
 
+    Args:
+        error: What iterating the stream raised.
+
     Returns:
         The error of a record the stream refused (see the module
         docstring), or `None` for any other error (e.g. TF's own
@@ -265,6 +268,14 @@ def _unescape(text: str) -> str:
 
 def shard_policy(num_files: int, num_workers: int) -> tf.data.experimental.AutoShardPolicy:
     """FILE if every worker (input pipeline) gets at least one file, else DATA.
+
+    Args:
+        num_files: Number of files the stream reads.
+        num_workers: Number of input pipelines (workers) reading it.
+
+    Returns:
+        `AutoShardPolicy.FILE` (each worker reads whole files) or `DATA`
+        (each worker reads every file and keeps its share of the records).
 
     Raises:
         ValueError: If either count is not a positive integer.

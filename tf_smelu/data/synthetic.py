@@ -153,6 +153,13 @@ def generate_examples(
         split: `"train"`, `"validation"` or `"test"`.
         num_examples: Rows to generate; default `config.num_examples` for
             `train` and `config.num_eval_examples` otherwise.
+
+    Returns:
+        The examples, with the click model's logits in `true_logits`.
+
+    Raises:
+        ValueError: if `split` is unknown or `num_examples` is not a positive
+            integer.
     """
     _check_split(split)
     generator = _ChunkGenerator(

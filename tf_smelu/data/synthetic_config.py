@@ -136,20 +136,33 @@ class SyntheticCTRConfig:
 
     @property
     def field_names(self) -> tuple[str, ...]:
+        """The categorical fields' names, in `vocab_sizes` order."""
         return tuple(self.vocab_sizes)
 
     @property
     def resolved_world_seed(self) -> int:
+        """The click model's seed: `world_seed`, or `seed` when it is None."""
         return self.seed if self.world_seed is None else self.world_seed
 
     def exponent_for(self, field: str) -> float:
-        """Zipf exponent used for `field`."""
+        """Zipf exponent used for `field`.
+
+        Args:
+            field: A name of `field_names`.
+
+        Returns:
+            `zipf_exponent[field]` when it is a mapping, else `zipf_exponent`.
+        """
         if isinstance(self.zipf_exponent, Mapping):
             return float(self.zipf_exponent[field])
         return float(self.zipf_exponent)
 
     def feature_spec(self) -> FeatureSpec:
-        """Fields, vocabulary sizes and dense width, for building models."""
+        """Fields, vocabulary sizes and dense width, for building models.
+
+        Returns:
+            The `FeatureSpec` of the generated examples.
+        """
         return FeatureSpec(
             categorical=tuple(
                 CategoricalFeature(name, size)

@@ -119,7 +119,13 @@ class DataFileError(ValueError):
 
 
 class MalformedRowError(DataFileError):
-    """A row of a data file cannot be parsed; names the file and line."""
+    """A row of a data file cannot be parsed; names the file and line.
+
+    Args:
+        path: The data file.
+        line_number: The row's line in the file, counting from 1.
+        problem: What is wrong with the row.
+    """
 
     def __init__(self, path: str, line_number: int, problem: str) -> None:
         self.path = path
@@ -130,13 +136,26 @@ class MalformedRowError(DataFileError):
 
 @dataclasses.dataclass
 class SkippedRows:
-    """Count and first few locations of the malformed rows skipped in a file."""
+    """Count and first few locations of the malformed rows skipped in a file.
+
+    Args:
+        path: The data file the rows were skipped in.
+        count: Number of rows skipped so far.
+        first: `(line number, problem)` of the first `MAX_REPORTED_ROWS`
+            skipped rows.
+    """
 
     path: str
     count: int = 0
     first: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
     def record(self, line_number: int, problem: str) -> None:
+        """Counts one skipped row, keeping its location if among the first few.
+
+        Args:
+            line_number: The row's line in `path`.
+            problem: What is wrong with the row.
+        """
         self.count += 1
         if len(self.first) < MAX_REPORTED_ROWS:
             self.first.append((line_number, problem))
@@ -147,12 +166,21 @@ class SkippedRows:
         return [line_number for line_number, _ in self.first]
 
     def merge(self, other: SkippedRows) -> None:
-        """Adds the rows skipped in another file (its problems name that file)."""
+        """Adds the rows skipped in another file (its problems name that file).
+
+        Args:
+            other: The rows skipped in the other file.
+        """
         for line_number, problem in other.first:
             self.record(line_number, f"{other.path}: {problem}")
         self.count += other.count - len(other.first)
 
     def summary(self) -> str:
+        """One line for the log: how many rows were skipped, and the first few.
+
+        Returns:
+            The summary, naming `path`, the first rows' lines and problems.
+        """
         if not self.count:
             return f"No malformed rows skipped in {self.path}."
         details = "; ".join(f"line {line}: {problem}" for line, problem in self.first)
@@ -501,6 +529,11 @@ def popularity_buckets(
 
     Returns:
         int64 array with the shape of `ids`.
+
+    Raises:
+        ValueError: if `traffic_quantiles` is empty, not strictly increasing
+            or not inside `(0, 1)`, `train_ids` is empty, or an id is
+            negative.
     """
     quantiles = np.asarray(traffic_quantiles, dtype=np.float64)
     if (

@@ -284,6 +284,9 @@ def check_tfrecord_files(pattern: str | os.PathLike) -> int:
     `tf_smelu.data.streaming` points here to locate damage that TF's reader
     reports without the file ("corrupted record at <byte offset>").
 
+    Args:
+        pattern: A TFRecord file or glob pattern (`tf.io.gfile` paths).
+
     Returns:
         The number of records.
 

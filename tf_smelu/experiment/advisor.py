@@ -194,13 +194,27 @@ WITHIN, OVER, STRADDLES = "within", "over", "straddles"
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
-    """A point estimate and its confidence interval `[low, high]`."""
+    """A point estimate and its confidence interval `[low, high]`.
+
+    Attributes:
+        estimate: The point estimate.
+        low: The interval's lower end.
+        high: The interval's upper end.
+    """
 
     estimate: float
     low: float
     high: float
 
     def contains(self, value: float) -> bool:
+        """Whether `value` lies in `[low, high]`.
+
+        Args:
+            value: A number.
+
+        Returns:
+            True if `low <= value <= high`.
+        """
         return self.low <= value <= self.high
 
 
@@ -258,15 +272,40 @@ class Comparison:
         return {"train": self.train_cost, "serve": self.serve_cost}
 
     def cost_problems(self, budgets: Budgets | None) -> list[str]:
-        """How the row exceeds the cost budgets, e.g. `["serve cost 2 > --max_serve_cost=1"]`."""
+        """How the row exceeds the cost budgets, e.g. `["serve cost 2 > --max_serve_cost=1"]`.
+
+        Args:
+            budgets: `max_train_cost` and `max_serve_cost` (a limit or None),
+                or None for no budgets.
+
+        Returns:
+            One text per budget exceeded (empty: within all).
+        """
         return budget_problems(self.costs, budgets or {})
 
     def fits(self, max_auc_loss: float, budgets: Budgets | None) -> bool:
-        """Within the AUC budget (whole interval) and every cost budget."""
+        """Within the AUC budget (whole interval) and every cost budget.
+
+        Args:
+            max_auc_loss: The AUC the user will give up, `>= 0`.
+            budgets: The cost budgets, or None.
+
+        Returns:
+            True if the whole AUC-change interval is within `max_auc_loss`
+            and no cost budget is exceeded.
+        """
         return self.budget_status(max_auc_loss) == WITHIN and not self.cost_problems(budgets)
 
     def budget_status(self, max_auc_loss: float) -> str:
-        """`WITHIN`, `OVER` or `STRADDLES` the AUC budget (see the module docstring)."""
+        """`WITHIN`, `OVER` or `STRADDLES` the AUC budget (see the module docstring).
+
+        Args:
+            max_auc_loss: The AUC the user will give up, `>= 0`.
+
+        Returns:
+            `WITHIN` if the whole AUC-loss interval is within it, `OVER` if
+            the whole interval is beyond it, else `STRADDLES`.
+        """
         if -self.auc_change.low <= max_auc_loss:
             return WITHIN
         if -self.auc_change.high > max_auc_loss:
@@ -280,9 +319,16 @@ class Comparison:
 
     def to_json(self, max_auc_loss: float | None = None,
                 budgets: Budgets | None = None) -> dict[str, object]:
-        """JSON-ready: the row, its changes vs the baseline with their intervals, its costs,
-        and, given `max_auc_loss`, its budget status, whether its PD reduction is
-        significant and how it exceeds the cost `budgets` (`over_cost`)."""
+        """JSON-ready: the row, its changes vs the baseline with their intervals, its costs.
+
+        Args:
+            max_auc_loss: Given, the content adds the budget status, whether
+                the PD reduction is significant and `over_cost`.
+            budgets: The cost budgets `over_cost` is measured against.
+
+        Returns:
+            The comparison as in results.json's `advice` candidates.
+        """
         content = {
             "label": self.label, "spec": self.spec, "family": self.family, "beta": self.scale,
             "remedy": self.recipe.remedy_spec or None,
@@ -300,17 +346,39 @@ class Comparison:
 
 
 def scale_of(activation: Activation) -> float | None:
-    """The family's scale parameter (β today; a relative β would change only this)."""
+    """The family's scale parameter (β today; a relative β would change only this).
+
+    Args:
+        activation: An activation.
+
+    Returns:
+        Its β, or None for an activation without one.
+    """
     return activation.beta if "beta" in activation.entry.parameters else None
 
 
 def with_scale(activation: Activation, scale: float) -> Activation:
-    """`activation` with its scale parameter set to `scale`."""
+    """`activation` with its scale parameter set to `scale`.
+
+    Args:
+        activation: An activation with a scale parameter.
+        scale: The new β, `> 0`.
+
+    Returns:
+        A new `Activation`.
+    """
     return dataclasses.replace(activation, beta=scale)
 
 
 def family_name(activation: Activation) -> str:
-    """The activation without its scale: `smelu`, `rescu(order=2)`, `gelu`."""
+    """The activation without its scale: `smelu`, `rescu(order=2)`, `gelu`.
+
+    Args:
+        activation: An activation.
+
+    Returns:
+        Its name, with its parameters other than β.
+    """
     fixed = [p for p in activation.entry.parameters if p != "beta"]
     if not fixed:
         return activation.name
@@ -324,6 +392,13 @@ def row_recipe(row: Mapping[str, object]) -> Recipe:
     `smelu(β=1.2σ)`: their activation's β is then k. Rows with remedies
     carry them in `remedy` (e.g. `ema:0.999`) and are labelled
     `relu+ema(0.999)`.
+
+    Args:
+        row: A result row (`label`, and `spec` or `activation` and `beta`,
+            and `remedy` if any).
+
+    Returns:
+        The row's recipe.
 
     Raises:
         ValueError: The row's activation and remedy fields do not give its
@@ -354,6 +429,12 @@ def row_recipe(row: Mapping[str, object]) -> Recipe:
 
 def row_activation(row: Mapping[str, object]) -> Activation:
     """The activation of a result row (`row_recipe`'s), checked against the row's label.
+
+    Args:
+        row: A result row.
+
+    Returns:
+        The row's activation.
 
     Raises:
         ValueError: As `row_recipe`.
@@ -442,11 +523,27 @@ class Analysis:
     pd_draws: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)
 
     def get(self, label: str) -> Comparison | None:
-        """The comparison of the row labelled `label` (the baseline included)."""
+        """The comparison of the row labelled `label` (the baseline included).
+
+        Args:
+            label: A row's label, e.g. `smelu(β=0.3)`.
+
+        Returns:
+            Its comparison, or None if no row has that label.
+        """
         return next((c for c in (self.baseline, *self.candidates) if c.label == label), None)
 
     def pd_difference(self, a: Comparison, b: Comparison) -> Interval:
-        """Relative PD of `a` minus that of `b`, with its interval."""
+        """Relative PD of `a` minus that of `b`, with its interval.
+
+        Args:
+            a: A comparison of this analysis.
+            b: Another.
+
+        Returns:
+            The difference of their mean relative PDs, with a bootstrap
+            interval at the analysis' confidence.
+        """
         return _interval(a.rel_pd - b.rel_pd, self.pd_draws[a.label] - self.pd_draws[b.label],
                          self.confidence)
 
@@ -480,7 +577,19 @@ def _require_settings(confidence, n_resamples) -> None:
 
 
 def baseline_has_pd(rows: Sequence[Mapping[str, object]], baseline: str = BASELINE) -> bool:
-    """Whether the baseline's replicas disagree at all (else there is nothing to reduce)."""
+    """Whether the baseline's replicas disagree at all (else there is nothing to reduce).
+
+    Args:
+        rows: Result rows of one source set.
+        baseline: Spec of the baseline activation.
+
+    Returns:
+        True if some pair of the baseline's replicas has a non-zero PD.
+
+    Raises:
+        ValueError: As `analyze` (no baseline row, rows of several source
+            sets, duplicate labels).
+    """
     return bool(np.any(_replica_data(_baseline_row(_check_rows(rows), baseline))[1]))
 
 
@@ -599,6 +708,12 @@ def family_frontiers(analysis: Analysis) -> dict[str, tuple[Comparison, ...]]:
     Families are the activations with a scale parameter (β), in row order;
     the baseline is β -> 0's end of every family, so it is on the frontier
     unless a β beats it on both PD and AUC.
+
+    Args:
+        analysis: The rows against the baseline.
+
+    Returns:
+        Family name -> its frontier, by decreasing AUC.
     """
     families: dict[str, list[Comparison]] = {}
     for c in analysis.candidates:
@@ -618,6 +733,13 @@ def frontier(analysis: Analysis, budgets: Budgets | None = None) -> tuple[Compar
     Point estimates of relative PD and AUC (equivalently, of their changes
     vs the baseline), over the baseline and every candidate within the cost
     `budgets` (one over a budget is no option, however good).
+
+    Args:
+        analysis: The rows against the baseline.
+        budgets: The cost budgets, or None.
+
+    Returns:
+        The frontier, by decreasing AUC.
     """
     return _frontier([analysis.baseline, *(c for c in analysis.candidates
                                            if not c.cost_problems(budgets))])
@@ -632,7 +754,14 @@ def _auc(i: Interval) -> str:
 
 
 def format_changes(comparison: Mapping[str, object]) -> str:
-    """`ΔAUC [interval]  ΔrelPD [interval]` of a `Comparison.to_json()`, for tables."""
+    """`ΔAUC [interval]  ΔrelPD [interval]` of a `Comparison.to_json()`, for tables.
+
+    Args:
+        comparison: A `Comparison.to_json()` (e.g. from results.json).
+
+    Returns:
+        The two changes with their intervals, right-aligned.
+    """
     auc = Interval(comparison["auc_change"], *comparison["auc_change_ci"])
     pd = Interval(comparison["rel_pd_change"], *comparison["rel_pd_change_ci"])
     return f"{_auc(auc):>26}  {_percent(pd):>18}"
@@ -706,7 +835,11 @@ class Recommendation:
         return frontier(self.analysis, self.budgets) if self.analysis else ()
 
     def to_json(self) -> dict[str, object]:
-        """JSON-ready: the choice, the text, every candidate, the frontiers and the budgets."""
+        """JSON-ready: the choice, the text, every candidate, the frontiers and the budgets.
+
+        Returns:
+            The recommendation as results.json's `advice` holds it.
+        """
         budget = self.max_auc_loss
         analysis = self.analysis
         return {
@@ -785,6 +918,32 @@ def recommend(
     Raises:
         ValueError: As `analyze`, or a cost budget below 1; a baseline whose
             replicas all agree gives "keep" (there is nothing to reduce).
+
+    Examples:
+        Rows summarized from six replicas' held-out predictions per
+        activation (here made up: the same signal plus replica noise, half
+        as much for smelu):
+
+        ```python
+        import numpy as np
+
+        from tf_smelu.experiment import summarize_predictions
+        from tf_smelu.experiment.advisor import recommend
+        from tf_smelu.registry import Activation
+
+        rng = np.random.default_rng(0)
+        signal = rng.normal(size=3000)
+        labels = (signal + rng.normal(size=3000) > 0).astype(float)
+
+        def replicas(spread):  # [6, N] click probabilities
+            return 1 / (1 + np.exp(-(signal + spread * rng.normal(size=(6, 3000)))))
+
+        rows = [summarize_predictions(Activation.parse(spec), ["init"], replicas(spread), labels)
+                for spec, spread in (("relu", 0.3), ("smelu:1", 0.15))]
+        advice = recommend(rows, max_auc_loss=0.01)
+        print(advice.text)  # use smelu(β=1) (smelu:1.0): relative PD -49% [...] ...
+        assert advice.choice.spec == "smelu:1.0"
+        ```
     """
     require_in_range("max_auc_loss", max_auc_loss, low=0)
     _require_settings(confidence, n_resamples)
@@ -899,6 +1058,11 @@ class Trial:
         return {} if self.seed is None else {CONFIRMATION: True, "seed": self.seed}
 
     def to_json(self) -> dict[str, object]:
+        """JSON-ready: spec, label, replicas, why, and the seed of a confirmation.
+
+        Returns:
+            The trial as results.json's `advice` lists it.
+        """
         return {"spec": recipe_spec(self.recipe), "label": self.label,
                 "replicas": self.replicas, "extra_replicas": self.extra_replicas,
                 "reason": self.reason, **({} if self.seed is None else {"seed": self.seed})}
@@ -1033,12 +1197,24 @@ class SearchSettings:
 
     @classmethod
     def from_activations(
-        cls, activations: Sequence[Activation | str], max_auc_loss: float, **settings
+        cls, activations: Sequence[Activation | str], max_auc_loss: float, **settings: object
     ) -> SearchSettings:
         """Settings whose families and references are those among `activations`.
 
         An activation with β stands for its family (its β is ignored); one
         without is a reference point; the baseline is always trained.
+
+        Args:
+            activations: Activations or their specs (e.g. `--activations`).
+            max_auc_loss: The AUC budget, `>= 0`.
+            **settings: Other fields of `SearchSettings` (e.g. `baseline`,
+                `remedies`, `max_serve_cost`).
+
+        Returns:
+            The settings.
+
+        Raises:
+            ValueError: if a spec or setting is invalid.
         """
         parsed = [_as_activation(a) for a in activations]
         baseline = _as_activation(settings.pop("baseline", BASELINE))
@@ -1154,6 +1330,10 @@ def next_candidates(
     Returns:
         New β rows or more replicas for open rows; empty when the family's
         search has ended.
+
+    Raises:
+        ValueError: if `family` has no scale parameter, or the rows are
+            invalid (as for `analyze`).
     """
     family = _as_activation(family)
     if scale_of(family) is None:
@@ -1249,7 +1429,15 @@ class Confirmation:
         return not self.problems
 
     def to_json(self, max_auc_loss: float, budgets: Budgets) -> dict[str, object]:
-        """JSON-ready: whether it held, why not, the seed and both rows' comparisons."""
+        """JSON-ready: whether it held, why not, the seed and both rows' comparisons.
+
+        Args:
+            max_auc_loss: The AUC budget.
+            budgets: The cost budgets.
+
+        Returns:
+            The confirmation as results.json's `advice` holds it.
+        """
         return {"held": self.held, "problems": list(self.problems), "seed": self.seed,
                 "rows": [self.baseline.label, self.choice.label], "text": self.text,
                 "baseline": self.baseline.to_json(max_auc_loss, budgets),
@@ -1284,8 +1472,12 @@ class SearchResult:
             [self.confirmation.text] if self.confirmation else [])])
 
     def to_json(self) -> dict[str, object]:
-        """JSON-ready: the recommendation's, plus the trials, why the search stopped and the
-        confirmation (`null` for "keep")."""
+        """JSON-ready: the recommendation's, the trials, why the search stopped, the confirmation.
+
+        Returns:
+            `Recommendation.to_json()` with `trials`, `stopped` and
+            `confirmation` (`null` for "keep").
+        """
         recommendation = self.recommendation
         return {**recommendation.to_json(), "text": self.text, "stopped": self.stopped,
                 "trials": [t.to_json() for t in self.trials],
@@ -1385,12 +1577,25 @@ def confirmation_seed(seed: int) -> int:
     Never one the search used (its replica seeds derive from `seed` itself,
     `tf_smelu.experiment.replica_seeds`), and the same on every run, so a
     resumed run finds the confirmation rows it finished.
+
+    Args:
+        seed: The search's base seed.
+
+    Returns:
+        The confirmation's base seed.
     """
     return derived_seed(seed, CONFIRMATION_SEED_KIND)
 
 
 def is_confirmation(row: Mapping[str, object]) -> bool:
-    """Whether `row` is a confirmation row (fresh seeds), not one of the search's."""
+    """Whether `row` is a confirmation row (fresh seeds), not one of the search's.
+
+    Args:
+        row: A result row.
+
+    Returns:
+        True if the row is marked `confirmation`.
+    """
     return bool(row.get(CONFIRMATION))
 
 
@@ -1399,6 +1604,13 @@ def confirmation_trials(result: SearchResult, settings: SearchSettings) -> list[
 
     Empty when the advice is to keep the baseline: nothing would change, so
     there is nothing to confirm.
+
+    Args:
+        result: The search's result.
+        settings: The search's settings.
+
+    Returns:
+        The baseline's and the choice's trials, or none.
     """
     choice = result.recommendation.choice
     if choice is None:

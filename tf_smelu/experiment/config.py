@@ -86,6 +86,20 @@ class CTRExperimentConfig:
         update_mode: Update modes of multi-worker rows (empty: in process).
         workers: Processes per replica job (`> 1`: multi-worker jobs).
         job_timeout: Seconds before a replica job is killed.
+        max_auc_loss: AUC the user will give up against relu (e.g. 0.002),
+            `>= 0`; given, the job searches each family's beta for the largest
+            relative-PD reduction within it and ends with a recommendation
+            (`tf_smelu.experiment.advisor`); None: the rows as listed.
+        time_budget: With `max_auc_loss`: seconds the search may spend
+            training, `> 0`; None: until the search is decided.
+        max_replicas: With `max_auc_loss`: most replicas the search gives
+            one row, `>= 4`.
+        beta_scale: `"absolute"` (a spec's number is beta) or `"relative"`
+            (it is k, and each hidden layer gets `k` times its measured
+            pre-activation std).
+        preactivation_warmup_steps: With `beta_scale="relative"`: ReLU
+            training steps before the std is measured, `>= 0`; None: one
+            replica's whole schedule.
         tune_learning_rate: Train the rows at the baseline's best learning
             rate on this data, found by a sweep around `training.learning_rate`
             (`tf_smelu.experiment.learning_rate`). Unset (None) means on
@@ -103,6 +117,13 @@ class CTRExperimentConfig:
         max_serve_cost: With `max_auc_loss`: most serving cost (FLOPs per
             example, else parameters, relative to one relu model), >= 1; None: no limit.
         training: How every replica is trained.
+
+    Raises:
+        ValueError: naming the field, if a value is invalid (out of range,
+            an unknown activation, source or remedy) or the fields do not
+            fit together (e.g. fewer training examples than a batch,
+            multi-worker jobs with the keras trainer, `max_auc_loss` with
+            multi-worker jobs).
     """
 
     activations: tuple[Activation, ...] = option(
@@ -327,6 +348,10 @@ class CTRExperimentConfig:
 
         Also `row_trainer`, the trainer `trainer` resolves to (which
         `from_dict` ignores).
+
+        Returns:
+            Field name -> value (specs as strings, tuples as lists), the
+            training's fields included, as results.json records them.
         """
         return {**as_flag_dict(self), "activations": [str(a) for a in self.activations],
                 "remedies": [recipe_spec(recipe) for recipe in self.remedies],
@@ -341,6 +366,16 @@ class CTRExperimentConfig:
         Names of `TrainingConfig` fields go to `training`, except those the
         experiment sets per row; other unknown names (e.g. `output_dir`) are
         ignored.
+
+        Args:
+            values: Field name -> value (lists are taken as tuples); a
+                `"training"` entry, if given, is the `TrainingConfig` itself.
+
+        Returns:
+            The checked configuration.
+
+        Raises:
+            ValueError: if a value is invalid (as for the constructor).
         """
         own = {f.name for f in dataclasses.fields(cls)} - {"training"}
         trained = {f.name for f in dataclasses.fields(TrainingConfig)} - set(

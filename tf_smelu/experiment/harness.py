@@ -119,6 +119,8 @@ def run_replicas(
     Raises:
         tf_smelu.training.replicas.DivergedError: A loss or a held-out
             prediction became NaN or infinite (learning rate too high).
+        ValueError: `replicas < 2`, `previous` already holds `replicas`
+            replicas, or a source or activation is unknown.
 
     Returns:
         A row of `results.json` (see `tf_smelu/experiment/results.schema.json`): accuracy,
@@ -178,6 +180,11 @@ def summarize_predictions(
         accuracy, PD with its interval, the median pair, outlying replicas,
         per-replica AUCs, per-group PD and whether all replicas predicted
         bit-identically.
+
+    Raises:
+        ValueError: if a group's mask does not have the labels' shape, or
+            the predictions or labels are invalid (as for
+            `tf_smelu.metrics.roc_auc` and `pairwise_pd`).
     """
     probabilities = np.asarray(probabilities, np.float64)
     aucs = [metrics.roc_auc(labels, p) for p in probabilities]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from tf_smelu.experiment.results import row_key, write_results
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
 
 
 def format_table(rows: list[dict]) -> str:
@@ -14,6 +18,15 @@ def format_table(rows: list[dict]) -> str:
 
     The advisor's confirmation rows (`[confirmation]` after the label) are
     compared with the confirmation's ReLU row, measured on the same fresh seeds.
+
+    Args:
+        rows: Result rows (as in results.json).
+
+    Returns:
+        The table: a header, then one line per row with its sources,
+        activation, AUC, log loss, relative PD with its interval, the
+        change against the ReLU row of the same sources, absolute PD and
+        training seconds.
     """
     header = (
         f"{'sources':<22} {'activation':<26} {'AUC':>15} {'logloss':>8} "
@@ -36,7 +49,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_group_table(rows: list[dict]) -> str:
-    """Relative PD per evaluation group (e.g. id popularity), one line per row."""
+    """Relative PD per evaluation group (e.g. id popularity), one line per row.
+
+    Args:
+        rows: Result rows (as in results.json).
+
+    Returns:
+        The table, or `""` when no row has per-group PD.
+    """
     groups = list(dict.fromkeys(g for r in rows for g in r.get("rel_pd_by_group", {})))
     if not groups:
         return ""
@@ -52,12 +72,22 @@ def format_group_table(rows: list[dict]) -> str:
 
 
 def plot_tradeoff(rows: list[dict], path: str, advice: Mapping[str, dict] | None = None) -> str:
-    """Writes `tradeoff_figure(rows, advice)` to `path` (PNG); returns `path`."""
+    """Writes `tradeoff_figure(rows, advice)` to `path` (PNG).
+
+    Args:
+        rows: Result rows (as in results.json).
+        path: The PNG file to write.
+        advice: The `--max_auc_loss` search's result per source set (as
+            results.json's `advice`), or None.
+
+    Returns:
+        `path`.
+    """
     tradeoff_figure(rows, advice).savefig(path, dpi=120)
     return path
 
 
-def tradeoff_figure(rows: list[dict], advice: Mapping[str, dict] | None = None):
+def tradeoff_figure(rows: list[dict], advice: Mapping[str, dict] | None = None) -> Figure:
     """Relative PD against AUC, one point per row, one panel per source set.
 
     A source set with `advice` (the `--max_auc_loss` search's result) is
@@ -65,6 +95,10 @@ def tradeoff_figure(rows: list[dict], advice: Mapping[str, dict] | None = None):
     activations and remedies alike, with its intervals and its training cost
     as marker size, the Pareto frontier across all of them, the AUC budget,
     the recommended row and its confirmation on fresh seeds.
+
+    Args:
+        rows: Result rows (as in results.json).
+        advice: The search's result per source set, or None.
 
     Returns:
         A `matplotlib.figure.Figure` (drawn off-screen).
@@ -171,8 +205,18 @@ def report(
     rows: list[dict], config: Mapping[str, object], output_dir: str,
     log: Callable[[str], None] = print, advice: Mapping[str, dict] | None = None,
     data: Mapping[str, object] | None = None,
-) -> tuple:
+) -> tuple[str, str]:
     """Prints the tables (and the recommendation) and writes results.json and tradeoff.png.
+
+    Args:
+        rows: All result rows of the run.
+        config: The run's configuration (flag values), recorded in
+            results.json.
+        output_dir: Where results.json and tradeoff.png are written.
+        log: Where the tables go.
+        advice: The `--max_auc_loss` search's result per source set, or None.
+        data: What the data loading reported (e.g. skipped rows), recorded
+            in results.json.
 
     Returns:
         The paths `(results_json, tradeoff_png)`.

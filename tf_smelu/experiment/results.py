@@ -55,6 +55,11 @@ def environment() -> dict[str, str]:
     oneDNN picks kernels by them: ReLU rows (fused MatMul+BiasAdd+ReLU) can
     differ in the last bits between CPU models while running identically on
     one machine.
+
+    Returns:
+        The versions of TensorFlow, Keras, tf_smelu, NumPy and Python, the
+        machine type, CPU count, CPU model and its vector extensions, as
+        strings.
     """
     import tf_smelu
 
@@ -99,6 +104,12 @@ def row_key(row: Mapping[str, object]) -> tuple[str, str]:
     The advisor's confirmation rows (`"confirmation": true`: the choice and
     the baseline again, on fresh replica seeds) are `<label> [confirmation]`,
     apart from the search's rows of the same label.
+
+    Args:
+        row: A result row (with `sources` and `label`).
+
+    Returns:
+        `(sources joined by "+", label)`.
     """
     label = str(row["label"])
     return "+".join(row["sources"]), f"{label} [confirmation]" if row.get("confirmation") else label

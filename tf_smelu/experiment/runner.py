@@ -53,6 +53,13 @@ def item_popularity_groups(data: LoadedDataset) -> dict[str, np.ndarray] | None:
 
     Head: the most popular items carrying 50% of the training traffic, torso
     the next 40%, tail the rest. `None` when the data names no item field.
+
+    Args:
+        data: The loaded data (its item field's ids, train and held out).
+
+    Returns:
+        `{"item_head", "item_torso", "item_tail"}` boolean masks over the
+        held-out rows, or `None`.
     """
     if data.item_field is None:
         return None
@@ -428,6 +435,15 @@ def advise_ctr_experiment(
     tuned (`tf_smelu.experiment.learning_rate.tune`; the sweep cached in
     `output_dir`) and every row trains at it.
 
+    Args:
+        config: What to compare; `config.max_auc_loss` is the AUC budget.
+        log: Where progress lines go.
+        finished: Rows of an earlier run of the same configuration, reused.
+        on_row: Called with all rows so far whenever a row finishes.
+        on_data: Called once the data is loaded, with its details.
+        output_dir: Where the learning-rate sweep is cached (None: not
+            cached).
+
     Returns:
         `(rows, advice)`: every row trained (and reused), and per source set
         (`"+".join(sources)`) the search's result (`SearchResult.to_json()`:
@@ -494,6 +510,25 @@ def run_multiworker_experiment(
     `"update:<mode>"` appended to the row's sources. Each job's chief
     predicts the held-out split; this process loads the same data once more
     to check the labels and to compute PD by item popularity.
+
+    Args:
+        config: What to run (`config.multi_worker` is true).
+        log: Where progress lines go.
+        run: The rows so far, when `run_ctr_experiment` calls it (finished
+            rows are reused); `None` starts without any.
+
+    Returns:
+        The result rows, in order: sources, update modes, activations.
+
+    Raises:
+        ReplicaJobUserError: a worker stopped at a user's mistake (its
+            `error:` line).
+        ReplicaJobError: a job failed otherwise (its last lines).
+        RuntimeError: the workers' held-out labels differ from this
+            process's.
+        TooLittleDataError: the held-out labels are all of one class.
+        tf_smelu.training.replicas.DivergedError: held-out predictions are
+            not finite.
     """
     run = run if run is not None else _RunRows((), None, log)
     training = config.training

@@ -30,7 +30,18 @@ IN_PROCESS_ONLY_SOURCES = ("stale", "op_nondeterminism")
 
 
 def parse_sources(text: str) -> tuple[str, ...]:
-    """`"tower_init+order"` -> `("order", "tower_init")`; `"none"` -> `()`."""
+    """`"tower_init+order"` -> `("order", "tower_init")`; `"none"` -> `()`.
+
+    Args:
+        text: Source names joined with `+` (`SOURCES`); `"none"` or empty
+            for none.
+
+    Returns:
+        The sorted names without duplicates.
+
+    Raises:
+        ValueError: if a name is not in `SOURCES`.
+    """
     if text.strip() in ("", "none"):
         return ()
     names = tuple(sorted({part.strip() for part in text.split("+")}))
@@ -67,6 +78,15 @@ def replica_seeds(sources: Iterable[str], replicas: int, base_seed: int) -> list
 
     Seeds of sources that are off are the same for every replica, so those
     replicas differ in nothing else.
+
+    Args:
+        sources: The sources that vary (names of `SOURCES`; `init` varies
+            embeddings and towers).
+        replicas: Number of replicas R.
+        base_seed: The experiment's seed.
+
+    Returns:
+        R `ReplicaSeeds`, replica r's at index r.
     """
     sources = set(sources)
 
@@ -91,6 +111,9 @@ def op_determinism(enabled: bool) -> Iterator[None]:
 
     The setting is process-wide; only TF's private config module can read it
     or switch it off again (`tests/test_experiment_harness.py` guards that API).
+
+    Args:
+        enabled: Whether ops must be deterministic inside the block.
     """
     previous = tf_config.is_op_determinism_enabled()
     _set_op_determinism(enabled)

@@ -29,10 +29,9 @@ All four are symmetric in their two arguments. This package offers them as
 It also holds the accuracy metrics `roc_auc` and `log_loss` of binary
 predictions against labels.
 
-Example:
-
->>> absolute_pd([0.2, 0.4], [0.4, 0.4])
-0.1
+Examples:
+    >>> absolute_pd([0.2, 0.4], [0.4, 0.4])
+    0.1
 """
 
 from __future__ import annotations

@@ -59,10 +59,9 @@ def roc_auc(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
         ValueError: If the shapes differ, there are no examples, a label is
             not 0 or 1, a value is NaN, or only one class is present.
 
-    Example:
-
-    >>> roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
-    0.75
+    Examples:
+        >>> roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+        0.75
     """
     y, s = _aligned_float64(labels, scores, "scores")
     if not np.isin(y, (0.0, 1.0)).all():
@@ -107,10 +106,9 @@ def log_loss(labels: npt.ArrayLike, probabilities: npt.ArrayLike, eps: float = 1
         ValueError: If the shapes differ, there are no examples, a value is
             NaN or outside [0, 1], or `eps` is outside (0, 0.5).
 
-    Example:
-
-    >>> round(log_loss([1, 0], [0.8, 0.4]), 6)  # -(log 0.8 + log 0.6) / 2
-    0.366985
+    Examples:
+        >>> round(log_loss([1, 0], [0.8, 0.4]), 6)  # -(log 0.8 + log 0.6) / 2
+        0.366985
     """
     if not 0.0 < eps < 0.5:
         raise ValueError(f"`eps` must be in (0, 0.5). Received: eps={eps}")

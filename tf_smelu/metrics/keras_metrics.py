@@ -73,6 +73,11 @@ class _PredictionDifference(keras.metrics.MeanMetricWrapper):
         return self._pd_fn(checked_probabilities(y_pred, "y_pred"), y_true)
 
     def get_config(self) -> dict:
+        """The metric's configuration, from which Keras rebuilds it.
+
+        Returns:
+            `{"name": ..., "dtype": ...}`.
+        """
         return {"name": self.name, "dtype": self.dtype}
 
 
@@ -83,9 +88,14 @@ class AbsolutePD(_PredictionDifference):
     Compare against a reference model's predictions: pass them as `y_true`,
     e.g. `model.evaluate(x, reference_model.predict(x))`. Shapes `[N]` or
     `[N, 1]`; supports `sample_weight`.
+
+    Args:
+        name: The metric's name in logs and `evaluate`'s results.
+        dtype: The dtype of the metric's state and result (None: Keras'
+            float type, usually float32).
     """
 
-    def __init__(self, name: str = "absolute_pd", dtype=None):
+    def __init__(self, name: str = "absolute_pd", dtype: str | None = None):
         super().__init__(_SPECS["absolute"].per_example, multiclass=False, name=name, dtype=dtype)
 
 
@@ -96,9 +106,14 @@ class RelativePD(_PredictionDifference):
     Compare against a reference model's predictions: pass them as `y_true`.
     The result is the (weighted) mean of per-example terms, as in
     `relative_pd`. Shapes `[N]` or `[N, 1]`; supports `sample_weight`.
+
+    Args:
+        name: The metric's name in logs and `evaluate`'s results.
+        dtype: The dtype of the metric's state and result (None: Keras'
+            float type, usually float32).
     """
 
-    def __init__(self, name: str = "relative_pd", dtype=None):
+    def __init__(self, name: str = "relative_pd", dtype: str | None = None):
         super().__init__(_SPECS["relative"].per_example, multiclass=False, name=name, dtype=dtype)
 
 
@@ -108,9 +123,14 @@ class Top1PD(_PredictionDifference):
 
     Compare against a reference model's predictions: pass them (class
     probabilities `[N, K]`, not labels) as `y_true`. Supports `sample_weight`.
+
+    Args:
+        name: The metric's name in logs and `evaluate`'s results.
+        dtype: The dtype of the metric's state and result (None: Keras'
+            float type, usually float32).
     """
 
-    def __init__(self, name: str = "top1_pd", dtype=None):
+    def __init__(self, name: str = "top1_pd", dtype: str | None = None):
         super().__init__(_SPECS["top1"].per_example, multiclass=True, name=name, dtype=dtype)
 
 
@@ -120,7 +140,12 @@ class L1PD(_PredictionDifference):
 
     Compare against a reference model's predictions: pass them (class
     probabilities `[N, K]`, not labels) as `y_true`. Supports `sample_weight`.
+
+    Args:
+        name: The metric's name in logs and `evaluate`'s results.
+        dtype: The dtype of the metric's state and result (None: Keras'
+            float type, usually float32).
     """
 
-    def __init__(self, name: str = "l1_pd", dtype=None):
+    def __init__(self, name: str = "l1_pd", dtype: str | None = None):
         super().__init__(_SPECS["l1"].per_example, multiclass=True, name=name, dtype=dtype)

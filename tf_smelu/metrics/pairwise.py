@@ -137,6 +137,15 @@ def pairwise_pd(
         ValueError: On an unknown metric, a confidence outside (0, 1), fewer
             than 1 resample or 2 replicas, or invalid predictions (as for the
             single-pair functions).
+
+    Examples:
+        Four replicas' click probabilities on three examples; the fourth
+        disagrees with the others:
+
+        >>> summary = pairwise_pd([[0.2, 0.4, 0.9], [0.3, 0.4, 0.8],
+        ...                        [0.2, 0.6, 0.9], [0.9, 0.1, 0.2]], "absolute")
+        >>> round(summary.mean, 3), summary.outliers
+        (0.328, (3,))
     """
     if metric not in _SPECS:
         raise ValueError(f"`metric` must be one of {sorted(_SPECS)}. Received: metric={metric!r}")

@@ -154,6 +154,10 @@ def absolute_pd(p1: Probabilities, p2: Probabilities) -> float:
     Raises:
         ValueError: On mismatched or wrong shapes, no examples, NaN, or values
             outside [0, 1].
+
+    Examples:
+        >>> absolute_pd([0.2, 0.4], [0.4, 0.4])  # (0.2 + 0) / 2
+        0.1
     """
     return _mean_pd("absolute", p1, p2)
 

@@ -17,6 +17,9 @@ class Anchor(PullRemedy):
     study's `earlier_data`, the data before the training data; every replica
     then trains on the training data, anchored to it (the same additive term
     as `distill`, towards another target).
+
+    Attributes:
+        value: LAMBDA >= 0, the weight of the pull (0: no term at all).
     """
 
     name: ClassVar[str] = "anchor"

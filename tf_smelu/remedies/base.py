@@ -78,34 +78,78 @@ class Remedy:
     def from_text(cls, text: str, value: str | None) -> Remedy:
         """`cls` from the value part of `text` (`"0.999"` of `"ema:0.999"`).
 
+        Args:
+            text: The whole spec, for error messages.
+            value: The part after `:`, or None when the spec has none.
+
+        Returns:
+            The remedy.
+
         Raises:
             ValueError: No value, one that does not parse, or one out of range.
         """
         raise NotImplementedError
 
     def member_seeds(self, seed: int) -> list[int]:
-        """The seeds of the models that make one replica of initialization seed `seed`."""
+        """The seeds of the models that make one replica of initialization seed `seed`.
+
+        Args:
+            seed: The replica's initialization seed.
+
+        Returns:
+            One seed per member (here `[seed]`: the replica is one model).
+        """
         return [seed]
 
     def compile_config(self, config: CompileConfig) -> CompileConfig:
-        """The compile arguments with this remedy's change (not modified in place)."""
+        """The compile arguments with this remedy's change (not modified in place).
+
+        Args:
+            config: The model's compile arguments (`model.get_compile_config()`).
+
+        Returns:
+            The arguments to compile each member with (here `config` itself).
+        """
         return config
 
     def predict(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
-        """One replica's probabilities from its members' (one member: its own)."""
+        """One replica's probabilities from its members' (one member: its own).
+
+        Args:
+            probabilities: Each member's predicted probabilities, in
+                `member_seeds` order.
+
+        Returns:
+            The replica's probabilities (here the only member's).
+        """
         [only] = probabilities
         return only
 
     def peer_seeds(self, seed: int) -> list[int]:
-        """The seeds of the models trained together in one `fit` as the member of seed `seed`."""
+        """The seeds of the models trained together in one `fit` as the member of seed `seed`.
+
+        Args:
+            seed: The member's seed.
+
+        Returns:
+            One seed per peer, the member's first (here `[seed]`: no peers).
+        """
         return [seed]
 
     def pulls(self) -> tuple[Pull, ...]:
-        """The loss terms that pull the member's predictions towards other models'."""
+        """The loss terms that pull the member's predictions towards other models'.
+
+        Returns:
+            The terms (here none).
+        """
         return ()
 
     def start_from(self) -> str | None:
-        """The trained model (one of `TARGETS`) whose weights every member starts from, or None."""
+        """The trained model (one of `TARGETS`) whose weights every member starts from, or None.
+
+        Returns:
+            A name of `TARGETS`, or None for the member's own initialization.
+        """
         return None
 
     @property

@@ -24,6 +24,9 @@ class Codistill(PullRemedy):
     difference is measured between replicas, i.e. between independent
     co-distilled pairs, each with its own seeds. With λ = 0 peer 0 trains
     exactly as the baseline replica.
+
+    Attributes:
+        value: LAMBDA >= 0, the weight of each peer's pull towards the other.
     """
 
     name: ClassVar[str] = "codistill"
@@ -33,4 +36,12 @@ class Codistill(PullRemedy):
     serve_cost: ClassVar[str] = "1x (peer 0 alone is served)"
 
     def peer_seeds(self, seed: int) -> list[int]:
+        """The two peers' seeds: the member's, then `derived_seed(seed, 7, 1)`.
+
+        Args:
+            seed: The member's seed.
+
+        Returns:
+            `PEERS_PER_MEMBER` seeds, the member's first.
+        """
         return [seed, *(derived_seed(seed, 7, peer) for peer in range(1, PEERS_PER_MEMBER))]

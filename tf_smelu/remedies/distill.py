@@ -20,6 +20,9 @@ class Distill(PullRemedy):
     `student_loss_weight = 1/(1+λ)`): the labels' gradient stays the one the
     baseline trains with, whatever λ, and λ = 0 adds no term at all, so
     `distill:0` trains the baseline bit for bit.
+
+    Attributes:
+        value: LAMBDA >= 0, the weight of the pull towards the teacher.
     """
 
     name: ClassVar[str] = "distill"

@@ -26,6 +26,9 @@ class LabelSmoothing(Remedy):
     (`BinaryCrossentropy`); a loss object keeps its other settings
     (`from_logits`, reduction, ...). With EPS = 0 the loss computes what it
     computed before, bit for bit.
+
+    Attributes:
+        value: EPS in [0, 1), the label smoothing.
     """
 
     name: ClassVar[str] = "label_smoothing"
@@ -35,11 +38,35 @@ class LabelSmoothing(Remedy):
 
     @classmethod
     def from_text(cls, text: str, value: str | None) -> LabelSmoothing:
+        """The remedy of a spec such as `label_smoothing:0.1`.
+
+        Args:
+            text: The whole spec, for error messages.
+            value: The part after `:` (None: missing).
+
+        Returns:
+            The remedy.
+
+        Raises:
+            ValueError: no value, one that does not parse, or one outside [0, 1).
+        """
         epsilon = parse_number(text, value, float, cls.syntax)
         check_range(text, epsilon, 0 <= epsilon < 1, "EPS must lie in [0, 1)")
         return cls(epsilon)
 
     def compile_config(self, config: CompileConfig) -> CompileConfig:
+        """The compile arguments with every loss re-created with `label_smoothing=EPS`.
+
+        Args:
+            config: The model's compile arguments.
+
+        Returns:
+            A copy with the smoothed loss(es), serialized.
+
+        Raises:
+            ValueError: if the model was compiled without a loss, or a loss
+                does not take `label_smoothing`.
+        """
         loss = config.get("loss")
         if loss is None:
             raise ValueError(

@@ -40,6 +40,14 @@ class Recipe:
     def parse(cls, text: str | Activation | Recipe) -> Recipe:
         """`"relu"`, `"ensemble:2"`, `"smelu:1+ema:0.999+label_smoothing:0.1"`, ...
 
+        Args:
+            text: Parts joined by `+`: at most one activation spec and remedy
+                specs of different kinds (`REMEDIES`); an `Activation` or a
+                `Recipe` is taken as it is.
+
+        Returns:
+            The recipe.
+
         Raises:
             ValueError: A part that is neither a remedy nor an activation, a
                 remedy value out of range, two activations or a remedy twice.
@@ -72,7 +80,15 @@ class Recipe:
         return cls(activations[0] if activations else None, tuple(remedies))
 
     def with_activation(self, activation: Activation | None) -> Recipe:
-        """This recipe, with `activation` if it names none itself."""
+        """This recipe, with `activation` if it names none itself.
+
+        Args:
+            activation: The activation to use when the recipe has none (e.g.
+                a study's baseline).
+
+        Returns:
+            This recipe if it names an activation, else a copy with `activation`.
+        """
         return self if self.activation is not None else dataclasses.replace(self, activation=activation)
 
     @property
@@ -81,29 +97,64 @@ class Recipe:
         return "+".join(str(r) for r in self.remedies)
 
     def label(self, activation_label: str) -> str:
-        """`activation_label` followed by the remedies', e.g. `relu+ema(0.999)`."""
+        """`activation_label` followed by the remedies', e.g. `relu+ema(0.999)`.
+
+        Args:
+            activation_label: The label of the activation the row trains
+                (`Activation.label`).
+
+        Returns:
+            The row's label.
+
+        Examples:
+            >>> recipe = Recipe.parse("smelu:1+ensemble:2")
+            >>> recipe.label(recipe.activation.label)
+            'smelu(β=1)+ensemble(K=2)'
+        """
         return "+".join([activation_label, *(r.label for r in self.remedies)])
 
     def member_seeds(self, seed: int) -> list[int]:
-        """The seeds of the models that make one replica of initialization seed `seed`."""
+        """The seeds of the models that make one replica of initialization seed `seed`.
+
+        Args:
+            seed: The replica's initialization seed.
+
+        Returns:
+            One seed per member (`[seed]` without an ensemble).
+        """
         seeds = [seed]
         for remedy in self.remedies:
             seeds = [member for one in seeds for member in remedy.member_seeds(one)]
         return seeds
 
     def peer_seeds(self, seed: int) -> list[int]:
-        """The seeds of the models one member of seed `seed` trains together (its own first)."""
+        """The seeds of the models one member of seed `seed` trains together (its own first).
+
+        Args:
+            seed: The member's seed.
+
+        Returns:
+            One seed per peer (`[seed]` without co-distillation).
+        """
         seeds = [seed]
         for remedy in self.remedies:
             seeds = [peer for one in seeds for peer in remedy.peer_seeds(one)]
         return seeds
 
     def pulls(self) -> tuple[Pull, ...]:
-        """Every remedy's loss terms towards other models' predictions."""
+        """Every remedy's loss terms towards other models' predictions.
+
+        Returns:
+            The terms, in remedy order (empty without pulling remedies).
+        """
         return tuple(pull for remedy in self.remedies for pull in remedy.pulls())
 
     def start_from(self) -> str | None:
-        """The trained model every member starts from, if a remedy names one."""
+        """The trained model every member starts from, if a remedy names one.
+
+        Returns:
+            A name of `base.TARGETS`, or None.
+        """
         return next((r.start_from() for r in self.remedies if r.start_from()), None)
 
     @property
@@ -120,6 +171,13 @@ class Recipe:
     def compile(self, model: keras.Model) -> keras.Model:
         """`model` compiled again with every remedy's change to its compile arguments.
 
+        Args:
+            model: A compiled model (one member).
+
+        Returns:
+            `model` itself, recompiled in place when a remedy changes its
+            compile arguments.
+
         Raises:
             ValueError: A remedy that cannot change this model's loss or
                 optimizer, or compile arguments that cannot be serialized.
@@ -132,6 +190,12 @@ class Recipe:
     def compile_config(self, config: CompileConfig) -> CompileConfig:
         """The compile arguments `config` with every remedy's change (checks them all).
 
+        Args:
+            config: The model's compile arguments (`model.get_compile_config()`).
+
+        Returns:
+            The changed arguments.
+
         Raises:
             ValueError: A remedy that cannot change this loss or optimizer.
         """
@@ -140,7 +204,14 @@ class Recipe:
         return config
 
     def predict(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
-        """One replica's probabilities from its members' (see `member_seeds`)."""
+        """One replica's probabilities from its members' (see `member_seeds`).
+
+        Args:
+            probabilities: The members' predicted probabilities.
+
+        Returns:
+            The replica's: the ensemble's mean, or the only member's.
+        """
         if len(probabilities) > 1:
             for remedy in self.remedies:
                 if len(remedy.member_seeds(0)) > 1:  # the remedy whose members these are

@@ -18,6 +18,9 @@ class WarmStart(Remedy):
     trains on the training data with a fresh optimizer (new slots, step 0).
     What still varies between replicas is their data order and random
     layers (Dropout), not their initialization.
+
+    Attributes:
+        value: Unused (0.0): `warm_start` takes no value.
     """
 
     name: ClassVar[str] = "warm_start"
@@ -29,12 +32,29 @@ class WarmStart(Remedy):
 
     @classmethod
     def from_text(cls, text: str, value: str | None) -> WarmStart:
+        """The remedy of a spec such as `warm_start`.
+
+        Args:
+            text: The whole spec, for error messages.
+            value: The part after `:`, which must be None.
+
+        Returns:
+            The remedy.
+
+        Raises:
+            ValueError: a value is given.
+        """
         if value is not None:
             raise ValueError(f"Remedy warm_start takes no value: expected {cls.syntax}. "
                              f"Received: {text!r}")
         return cls()
 
     def start_from(self) -> str | None:
+        """Every member starts from the previous model's weights.
+
+        Returns:
+            `PREVIOUS`.
+        """
         return PREVIOUS
 
     def __str__(self) -> str:
@@ -42,4 +62,5 @@ class WarmStart(Remedy):
 
     @property
     def label(self) -> str:
+        """`warm_start` (no value to show)."""
         return self.name

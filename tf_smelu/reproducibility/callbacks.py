@@ -28,29 +28,28 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
     The reference is typically the model in production, and the PD is the
     churn a release of the new model would cause.
 
-    Example:
+    Examples:
+        ```python
+        import keras
+        import numpy as np
+        from tf_smelu.reproducibility import PredictionDifferenceCallback
 
-    ```python
-    import keras
-    import numpy as np
-    from tf_smelu.reproducibility import PredictionDifferenceCallback
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(2000, 8)).astype("float32")
+        y = (x[:, 0] > 0).astype("float32")
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2000, 8)).astype("float32")
-    y = (x[:, 0] > 0).astype("float32")
+        def build():
+            model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu"),
+                                      keras.layers.Dense(1, "sigmoid")])
+            model.compile("adam", "binary_crossentropy")
+            return model
 
-    def build():
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu"),
-                                  keras.layers.Dense(1, "sigmoid")])
-        model.compile("adam", "binary_crossentropy")
-        return model
-
-    production = build()
-    production.fit(x[:1500], y[:1500], epochs=1, verbose=0)
-    churn = PredictionDifferenceCallback(production, x[1500:])
-    history = build().fit(x[:1500], y[:1500], epochs=2, verbose=0, callbacks=[churn])
-    print(history.history["churn_rel_pd"])  # one relative PD per epoch
-    ```
+        production = build()
+        production.fit(x[:1500], y[:1500], epochs=1, verbose=0)
+        churn = PredictionDifferenceCallback(production, x[1500:])
+        history = build().fit(x[:1500], y[:1500], epochs=2, verbose=0, callbacks=[churn])
+        print(history.history["churn_rel_pd"])  # one relative PD per epoch
+        ```
 
     Args:
         reference: What to compare with: a `keras.Model`, the path of a
@@ -83,7 +82,20 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
         self.batch_size = batch_size
         self._reference: outputs_lib.Outputs | None = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Predicts the held-out data with the reference and checks it against the model.
+
+        Runs before the first step, so that a reference that cannot be
+        compared stops training at once.
+
+        Args:
+            logs: Keras' logs (unused).
+
+        Raises:
+            ValueError: if the reference cannot be loaded or predict `x`,
+                its predictions are not all finite, or their outputs or
+                shapes differ from the model's.
+        """
         reference = self._reference_probabilities()
         for name, values in reference.items():
             if not np.isfinite(values).all():  # a PD against NaN is NaN: refuse before step 1
@@ -101,7 +113,17 @@ class PredictionDifferenceCallback(keras.callbacks.Callback):
             )
         self._reference = reference
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Writes the PD of the model against the reference into `logs`.
+
+        Args:
+            epoch: The epoch that ended (unused).
+            logs: Keras' logs of the epoch, which receive `<prefix><metric>`
+                (with several outputs, `<prefix><output>_<metric>`) for
+                `abs_pd` and `rel_pd` (binary outputs) or `top1_pd` and
+                `l1_pd` (class probabilities); nothing is written when Keras
+                passes no logs.
+        """
         if logs is None:
             return
         current = self._probabilities(self.model, "the model being trained")

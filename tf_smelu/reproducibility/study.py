@@ -142,32 +142,31 @@ _TARGET_SEED_KINDS = {TEACHER: 5, PREVIOUS: 6}
 class ReplicaStudy:
     """Trains R replicas of your compiled model with its own `fit`; PD rows.
 
-    Example:
+    Examples:
+        ```python
+        import keras
+        import numpy as np
+        import tensorflow as tf
+        from tf_smelu.reproducibility import ReplicaStudy
 
-    ```python
-    import keras
-    import numpy as np
-    import tensorflow as tf
-    from tf_smelu.reproducibility import ReplicaStudy
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(2000, 8)).astype("float32")
+        y = (x[:, 0] + rng.normal(size=2000) > 0).astype("float32")
+        train = tf.data.Dataset.from_tensor_slices((x[:1500], y[:1500])).batch(64)
+        held_out = (x[1500:], y[1500:])
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2000, 8)).astype("float32")
-    y = (x[:, 0] + rng.normal(size=2000) > 0).astype("float32")
-    train = tf.data.Dataset.from_tensor_slices((x[:1500], y[:1500])).batch(64)
-    held_out = (x[1500:], y[1500:])
+        def build_model(seed):
+            model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu"),
+                                      keras.layers.Dense(1, "sigmoid")])
+            model.compile("adam", "binary_crossentropy", metrics=["auc"])
+            return model
 
-    def build_model(seed):
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu"),
-                                  keras.layers.Dense(1, "sigmoid")])
-        model.compile("adam", "binary_crossentropy", metrics=["auc"])
-        return model
-
-    study = ReplicaStudy(build_model, train, held_out, replicas=3,
-                         sources=("init",), epochs=1)
-    rows = study.run()                        # the model as built
-    rows += study.compare(["relu", "smelu:1"])  # its hidden ReLUs swapped
-    print(rows[0]["rel_pd"], rows[0]["rel_pd_ci"])
-    ```
+        study = ReplicaStudy(build_model, train, held_out, replicas=3,
+                             sources=("init",), epochs=1)
+        rows = study.run()                        # the model as built
+        rows += study.compare(["relu", "smelu:1"])  # its hidden ReLUs swapped
+        print(rows[0]["rel_pd"], rows[0]["rel_pd_ci"])
+        ```
 
     Args:
         build_model: `build_model(seed)` returns a new *compiled*
@@ -247,7 +246,7 @@ class ReplicaStudy:
         strategy: tf.distribute.Strategy | None = None,
         first_replica: int = 0,
         earlier_data: tf.data.Dataset | MakeDataset | None = None,
-        **fit_kwargs,
+        **fit_kwargs: object,
     ):
         if not callable(build_model):
             raise ValueError(f"`build_model` must be a function `build_model(seed)` returning a "

@@ -39,7 +39,7 @@ from tf_smelu.validation import require_choice
 MODELS = ("mlp", "dcn")
 """Model names of `tf_smelu.models.build_model`; `model` also takes your own (`check_model`)."""
 
-MODEL_HELP = (
+MODEL_HELP = (  # the help of --model, also shown by programs that take a model
     "Ranking model: mlp, dcn, or your own Keras model: PATH.keras (a saved Functional or "
     "Sequential model, rebuilt for every replica with seeded weights and its hidden ReLUs "
     "replaced by the activation under test) or package.module:function (importable; "
@@ -49,6 +49,7 @@ MODEL_HELP = (
     "click logit [batch, 1] or [batch] (a sigmoid output is removed). --hidden_units and "
     "--embedding_dim apply to mlp and dcn only."
 )
+"""Help text of `--model`: the built-in models and the two ways to give your own."""
 
 
 def check_model(model: str) -> str:
@@ -56,6 +57,16 @@ def check_model(model: str) -> str:
 
     Loading the file or module, and matching the model to the data, happen in
     `tf_smelu.training.problem.model_builder`, before any training.
+
+    Args:
+        model: The `--model` value.
+
+    Returns:
+        `model`, unchanged.
+
+    Raises:
+        ValueError: if `model` is none of those, or its `.keras` file does
+            not exist.
     """
     if model in MODELS:
         return model
@@ -73,7 +84,7 @@ def check_model(model: str) -> str:
 
 
 def option(
-    default,
+    default: object,
     help: str,
     *,
     minimum: float | None = None,
@@ -81,7 +92,7 @@ def option(
     choices: Iterable[str] | None = None,
     check: Callable[[object], object] | None = None,
     flag: bool = True,
-):
+) -> dataclasses.Field:
     """A dataclass field that carries its flag's help text and checks.
 
     Args:
@@ -93,6 +104,13 @@ def option(
         choices: Allowed values (strings, or each element of a tuple).
         check: Called with the whole value; raises ValueError if it is bad.
         flag: Whether `define_flags` makes a flag of it.
+
+    Returns:
+        The field, its checks and help in its metadata.
+
+    Raises:
+        TypeError: if `default` is a list, dict or set (fields are frozen:
+            use a tuple).
     """
     metadata = dict(help=help, minimum=minimum, positive=positive, check=check,
                     choices=tuple(choices) if choices is not None else None, flag=flag)
@@ -101,8 +119,19 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def check_field(field: dataclasses.Field, value) -> None:
-    """Raises ValueError when `value` breaks the checks of `field`'s `option`."""
+def check_field(field: dataclasses.Field, value: object) -> None:
+    """Raises ValueError when `value` breaks the checks of `field`'s `option`.
+
+    Args:
+        field: A field made with `option`.
+        value: A candidate value (`None` passes; each element of a tuple is
+            checked).
+
+    Raises:
+        ValueError: naming the field, if its `check` refuses the value, an
+            element is not among `choices`, a number is not finite, not
+            `> 0` with `positive`, or below `minimum`.
+    """
     name, meta = field.name, field.metadata
     if meta.get("check") is not None and value is not None:
         meta["check"](value)
@@ -122,8 +151,15 @@ def check_field(field: dataclasses.Field, value) -> None:
                 raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={item!r}")
 
 
-def check_fields(instance) -> None:
-    """Runs `check_field` on every field of a dataclass instance."""
+def check_fields(instance: object) -> None:
+    """Runs `check_field` on every field of a dataclass instance.
+
+    Args:
+        instance: A dataclass instance whose fields were made with `option`.
+
+    Raises:
+        ValueError: at the first field whose value breaks its checks.
+    """
     for field in dataclasses.fields(instance):
         check_field(field, getattr(instance, field.name))
 
@@ -133,7 +169,53 @@ class TrainingConfig:
     """How a CTR model is trained: data, model, optimizer and update mode.
 
     Global batch = `batch_size`; a worker of an N-worker job steps on
-    `batch_size / N` rows. `steps`, when set, replaces `epochs`.
+    `batch_size / N` rows. `steps`, when set, replaces `epochs`. Each field
+    is also a flag of the programs, whose `--help` says more.
+
+    Attributes:
+        dataset: The training data, a `DatasetSpec` or its text
+            (`DATASET_SPEC_HELP`).
+        eval_dataset: Separate held-out files of the same kind; None: a
+            seeded tenth of `dataset` is held out.
+        train_examples: Training examples (synthetic: generated; real data:
+            at most this many), `>= 1`.
+        eval_examples: Held-out examples for AUC and PD (at most, for real
+            data), `>= 1`.
+        max_vocab_size: Synthetic data only: a cap on every field's
+            vocabulary; 0: none.
+        label_column: csv/tfrecord: the label column; None: the spec's, else
+            `label`.
+        categorical_columns: csv/tfrecord: categorical columns; empty:
+            inferred.
+        dense_columns: csv/tfrecord: numeric columns; empty: inferred.
+        label_threshold: csv/tfrecord/movielens: a label is `value >= this`;
+            None: labels must be 0 or 1 (movielens: 4).
+        data_dir: movielens: the TFDS data directory; None: TFDS's default.
+        on_error: csv/criteo: `"raise"` at a malformed row, or `"skip"` it.
+        seed: Base seed of data, weights, orders and schedules, `>= 0`.
+        model: `"mlp"`, `"dcn"`, a `.keras` file or `module:function`
+            (`MODEL_HELP`).
+        hidden_units: Widths of the MLP tower (the top MLP for dcn).
+        embedding_dim: Embedding size per categorical field.
+        epochs: Passes over the training data, `>= 1`.
+        steps: Training steps, replacing `epochs` when set.
+        batch_size: Global training batch, split over a job's workers.
+        learning_rate: Adam learning rate, `> 0`.
+        update_mode: `"sync"`, `"stale"` or `"local_sgd"` (see
+            `tf_smelu.training.updates`).
+        max_delay: stale: largest gradient delay in steps.
+        local_sgd_period: local_sgd: steps between weight averages.
+        local_sgd_jitter: local_sgd: +- steps of jitter per interval.
+        schedule_seed: Seed of the stale delays or averaging points; None:
+            OS entropy, so every run differs.
+        jit_compile: Compile the training step with XLA.
+        sparse_gradients: Multi-worker: sparse embedding gradients.
+
+    Raises:
+        ValueError: naming the field, if a value breaks its checks, a
+            dataset option does not apply to `dataset`, `eval_dataset` does
+            not match it, or `jit_compile` is combined with
+            `sparse_gradients`.
     """
 
     # Data.
@@ -250,7 +332,17 @@ class TrainingConfig:
             raise ValueError("`jit_compile` needs dense gradients: unset `sparse_gradients`.")
 
     def per_worker_batch_size(self, num_workers: int) -> int:
-        """Rows per worker and step; the global batch must split evenly."""
+        """Rows per worker and step; the global batch must split evenly.
+
+        Args:
+            num_workers: Workers of the job.
+
+        Returns:
+            `batch_size // num_workers`.
+
+        Raises:
+            ValueError: if `batch_size` is not a multiple of `num_workers`.
+        """
         if self.batch_size % num_workers:
             raise ValueError(
                 "`batch_size` (the global batch) must be a multiple of the number of workers. "
@@ -259,7 +351,15 @@ class TrainingConfig:
         return self.batch_size // num_workers
 
     def total_steps(self, train_rows: int) -> int:
-        """`steps`, or the steps of `epochs` passes over `train_rows` rows."""
+        """`steps`, or the steps of `epochs` passes over `train_rows` rows.
+
+        Args:
+            train_rows: Rows of the training data.
+
+        Returns:
+            The number of training steps (at least 1; a last partial batch
+            counts as a step).
+        """
         if self.steps is not None:
             return self.steps
         return max(1, -(-self.epochs * train_rows // self.batch_size))
@@ -292,16 +392,24 @@ def _kind(annotation) -> tuple[str, bool]:
     return names[annotation], optional
 
 
-def flag_fields(cls, exclude: Iterable[str] = ()) -> list[dataclasses.Field]:
-    """The fields of `cls` that are flags, minus `exclude`."""
+def flag_fields(cls: type, exclude: Iterable[str] = ()) -> list[dataclasses.Field]:
+    """The fields of `cls` that are flags, minus `exclude`.
+
+    Args:
+        cls: A dataclass whose fields were made with `option`.
+        exclude: Field names to leave out.
+
+    Returns:
+        The fields, in definition order.
+    """
     exclude = set(exclude)
     return [f for f in dataclasses.fields(cls)
             if f.metadata.get("flag", False) and f.name not in exclude]
 
 
 def define_flags(
-    cls,
-    defaults=None,
+    cls: type,
+    defaults: object | None = None,
     exclude: Iterable[str] = (),
     flag_values: flags.FlagValues = flags.FLAGS,
     module_name: str | None = None,
@@ -371,11 +479,24 @@ def _from_flag_value(kind: str, value):
     return value
 
 
-def from_flags(cls, flag_values: flags.FlagValues | Mapping[str, object], exclude=(), **overrides):
+def from_flags(cls: type, flag_values: flags.FlagValues | Mapping[str, object],
+               exclude: Iterable[str] = (), **overrides: object) -> typing.Any:
     """Builds `cls` from parsed flags (or a name -> value mapping).
 
     Fields that are not flags, or are excluded, keep their defaults unless
     given in `overrides`.
+
+    Args:
+        cls: A dataclass whose fields were made with `option`.
+        flag_values: Parsed flags, or flag name -> value.
+        exclude: Field names not to read.
+        **overrides: Field values that replace the flags'.
+
+    Returns:
+        The instance of `cls`.
+
+    Raises:
+        ValueError: if a value is invalid (as for the constructor of `cls`).
     """
     hints = _field_types(cls)
     values = {}
@@ -388,8 +509,21 @@ def from_flags(cls, flag_values: flags.FlagValues | Mapping[str, object], exclud
     return cls(**values, **overrides)
 
 
-def to_args(instance, exclude: Iterable[str] = ()) -> list[str]:
-    """Command-line arguments that `from_flags` turns back into `instance`."""
+def to_args(instance: object, exclude: Iterable[str] = ()) -> list[str]:
+    """Command-line arguments that `from_flags` turns back into `instance`.
+
+    Args:
+        instance: A dataclass instance whose fields were made with `option`.
+        exclude: Field names to leave out.
+
+    Returns:
+        `--name=value` arguments (`--name`/`--noname` for booleans), one
+        per flag field that is not None.
+
+    Raises:
+        ValueError: if a field is None but its default is not (no flag value
+            says None).
+    """
     hints = _field_types(type(instance))
     args = []
     for field in flag_fields(type(instance), exclude):
@@ -410,8 +544,16 @@ def to_args(instance, exclude: Iterable[str] = ()) -> list[str]:
     return args
 
 
-def as_flag_dict(instance, exclude: Iterable[str] = ()) -> dict[str, object]:
-    """Field name -> JSON-ready value (spec strings, lists) of every flag field."""
+def as_flag_dict(instance: object, exclude: Iterable[str] = ()) -> dict[str, object]:
+    """Field name -> JSON-ready value (spec strings, lists) of every flag field.
+
+    Args:
+        instance: A dataclass instance whose fields were made with `option`.
+        exclude: Field names to leave out.
+
+    Returns:
+        The values, tuples as lists and dataset specs as their text.
+    """
     result = {}
     for field in flag_fields(type(instance), exclude):
         value = getattr(instance, field.name)

@@ -46,14 +46,22 @@ from tf_smelu.common import run_program
 from tf_smelu.processes import signal_process_group, start_process
 
 LOCALHOST = "127.0.0.1"
+"""The address every worker listens on."""
 LOG_TAIL_LINES = 30
-# Time a worker gets between SIGTERM and SIGKILL.
+"""Last output lines kept per worker, for error messages."""
 TERMINATION_GRACE_SECONDS = 5.0
+"""Seconds a worker gets between SIGTERM and SIGKILL."""
 _POLL_SECONDS = 0.05
 
 
 class LauncherError(RuntimeError):
     """A launch that did not end with every worker exiting 0.
+
+    Args:
+        message: What happened, for the error's text.
+        exit_codes: See the attributes.
+        pids: See the attributes.
+        log_tails: See the attributes.
 
     Attributes:
         exit_codes: Per-worker exit code (negative: killed by that signal,
@@ -78,13 +86,18 @@ class LauncherError(RuntimeError):
 class WorkerFailedError(LauncherError):
     """A worker exited with a non-zero code; the others were stopped.
 
+    Args:
+        worker_index: See the attributes.
+        exit_code: See the attributes.
+        **kwargs: `exit_codes`, `pids` and `log_tails` of `LauncherError`.
+
     Attributes:
         worker_index: The worker that failed first (its peers usually fail
             next, with collective errors).
         exit_code: Its exit code (negative: killed by that signal).
     """
 
-    def __init__(self, worker_index: int, exit_code: int, **kwargs):
+    def __init__(self, worker_index: int, exit_code: int, **kwargs: list):
         tail = "\n".join(kwargs["log_tails"][worker_index]) or "(no output)"
         super().__init__(
             f"worker {worker_index} failed with exit code {exit_code}; stopped the "
@@ -100,14 +113,32 @@ class WorkerTimeoutError(LauncherError):
 
 
 def cluster_spec(num_workers: int) -> list[str]:
-    """`num_workers` localhost `host:port` addresses on currently unused ports."""
+    """`num_workers` localhost `host:port` addresses on currently unused ports.
+
+    Args:
+        num_workers: Number of workers, `>= 1`.
+
+    Returns:
+        One `127.0.0.1:port` address per worker.
+
+    Raises:
+        ValueError: if `num_workers < 1`.
+    """
     if num_workers < 1:
         raise ValueError(f"`num_workers` must be >= 1. Received: num_workers={num_workers}")
     return [f"{LOCALHOST}:{portpicker.pick_unused_port()}" for _ in range(num_workers)]
 
 
 def tf_config(workers: Sequence[str], index: int) -> str:
-    """The `TF_CONFIG` JSON of worker `index` in a workers-only cluster."""
+    """The `TF_CONFIG` JSON of worker `index` in a workers-only cluster.
+
+    Args:
+        workers: Every worker's `host:port`, in index order.
+        index: This worker's index into `workers`.
+
+    Returns:
+        The JSON text to put in the worker's `TF_CONFIG` environment variable.
+    """
     return json.dumps(
         {"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": index}}
     )
@@ -219,6 +250,8 @@ def launch_workers(
         WorkerFailedError: A worker exited non-zero (the first one to do so
             is named).
         WorkerTimeoutError: `timeout` elapsed first.
+        ValueError: `command` is empty, `timeout` is not `> 0` or
+            `num_workers < 1`.
     """
     if not command:
         raise ValueError("`command` must not be empty.")
@@ -297,8 +330,16 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> int:
     """Runs `argv[1:]` (the command after `--`) as `--num_workers` workers.
 
-    Exit code: 0 when every worker exits 0; the first failing worker's code
-    (1 if it was killed by a signal); 124 on timeout (as coreutils' `timeout`).
+    Args:
+        argv: The program's arguments; those after `--` are the worker command.
+
+    Returns:
+        The exit code: 0 when every worker exits 0; the first failing
+        worker's code (1 if it was killed by a signal); 124 on timeout (as
+        coreutils' `timeout`).
+
+    Raises:
+        app.UsageError: if no worker command is given.
     """
     command = list(argv[1:])
     if not command:

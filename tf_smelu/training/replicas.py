@@ -162,6 +162,11 @@ class ReplicaTrainer:
         delay_schedules: For "stale", one int array of per-step delays per
             replica (see `updates.delay_schedule`), at least as long as the
             number of steps.
+
+    Raises:
+        ValueError: if `models` is empty, `config.update_mode` is not an
+            in-process mode, or "stale" comes without one schedule per
+            replica.
     """
 
     def __init__(
@@ -232,6 +237,7 @@ class ReplicaTrainer:
 
         Raises:
             DivergedError: A replica's loss became NaN or infinite.
+            ValueError: The delay schedules are shorter than the training.
         """
         zipped = _zip_replica_batches(datasets, len(self.models))
         if steps_per_epoch is None:
@@ -302,6 +308,10 @@ def predict_probabilities(
     models: Sequence[keras.Model], dataset: tf.data.Dataset
 ) -> tuple[np.ndarray, np.ndarray]:
     """Click probabilities of every replica on a batched `(features, labels)` set.
+
+    Args:
+        models: The R replicas, each returning click logits.
+        dataset: Batches of `(features, labels)`, held out.
 
     Returns:
         `(probabilities [R, N] float64, labels [N] float64)`.

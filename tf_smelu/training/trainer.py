@@ -144,6 +144,7 @@ from tf_smelu.training.replicas import check_finite
 from tf_smelu.training.updates import DelayedGradients, averaging_steps, delay_schedule
 
 ModelFn = Callable[[], keras.Model]
+"""Builds a new (uncompiled) model; called inside the strategy's scope."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,12 +203,25 @@ class TrainResult:
     averaging_steps: list[int]
 
     def to_json(self) -> dict[str, object]:
+        """The result as JSON-ready values.
+
+        Returns:
+            Every attribute by name, `worker` as `{"index", "num_workers"}`.
+        """
         result = dataclasses.asdict(self)
         result["worker"] = {"index": self.worker.index, "num_workers": self.worker.num_workers}
         return result
 
 
 def num_replicas_or_one(strategy: tf.distribute.Strategy) -> int:
+    """The strategy's replicas in sync, at least 1.
+
+    Args:
+        strategy: A distribution strategy.
+
+    Returns:
+        `strategy.num_replicas_in_sync`, or 1 where it says 0.
+    """
     return max(1, int(strategy.num_replicas_in_sync))
 
 
@@ -473,6 +487,9 @@ class DistributedTrainer:
     def train(self) -> TrainResult:
         """Trains from the latest checkpoint (or from scratch) to `config.steps`.
 
+        Returns:
+            What this worker did: steps, losses, time and schedule.
+
         Raises:
             DivergedError: The loss became NaN or infinite (the step, the
                 activation and the learning rate are named).
@@ -548,5 +565,9 @@ class DistributedTrainer:
         print(f"worker {self.worker.index}: warning: {message}", file=sys.stderr, flush=True)
 
     def weights(self) -> list[np.ndarray]:
-        """This worker's current model weights, in `model.weights` order."""
+        """This worker's current model weights, in `model.weights` order.
+
+        Returns:
+            One NumPy array per weight.
+        """
         return [w.numpy() for w in self.model.weights]
