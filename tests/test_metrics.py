@@ -194,6 +194,15 @@ def test_pairwise_flags_far_off_replica():
     assert pairwise_pd(_replicas(8), "absolute").outliers == ()
 
 
+def test_replica_means_equal_up_to_rounding_flag_no_outlier():
+    # Replicas 1 and 2 have the same mean PD (7/120), summed in another order:
+    # a MAD of ~1e-17 used to give z-scores of ~1e15 and flag replica 0.
+    result = pairwise_pd([[0.2, 0.4, 0.9], [0.25, 0.4, 0.8], [0.2, 0.5, 0.85]], "absolute")
+    assert result.replica_means[1] == pytest.approx(result.replica_means[2], abs=1e-15)
+    assert result.outliers == ()
+    assert max(abs(z) for z in result.robust_z) < metrics.OUTLIER_THRESHOLD
+
+
 def test_pairwise_identical_replicas():
     result = pairwise_pd([BINARY_1] * 4, "relative")
     assert result.mean == 0.0 and result.ci == (0.0, 0.0)

@@ -85,11 +85,14 @@ def _robust_z(values: np.ndarray) -> np.ndarray:
     deviation); if that is 0 too, all values are equal and the scores are 0.
     """
     deviations = values - np.median(values)
+    # Means of the same pair PDs summed in another order differ by rounding
+    # (~1e-17): such a "spread" is 0, or the scores would blow up to ~1e15.
+    rounding = 64 * np.finfo(np.float64).eps * float(np.max(np.abs(values), initial=0.0))
     mad = np.median(np.abs(deviations))
-    if mad > 0:
+    if mad > rounding:
         return 0.6745 * deviations / mad
     mean_ad = np.mean(np.abs(deviations))
-    if mean_ad > 0:
+    if mean_ad > rounding:
         return deviations / (1.253314 * mean_ad)
     return np.zeros_like(values)
 
