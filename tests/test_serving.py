@@ -91,7 +91,7 @@ def test_serve_without_package_reports_the_subprocess_error(tmp_path):
 
 @pytest.mark.slow
 def test_saved_model_cli_runs_the_export(tmp_path):
-    """The command documented in the README for checking an export."""
+    """The command documented (docs/guide/saving-serving.md) for checking an export."""
     model = _model_with_every_activation()
     path = str(tmp_path / "export")
     model.export(path, verbose=False)

@@ -857,7 +857,7 @@ def rescu(x: TensorLike, beta: Param = 1.0, order: int = 2) -> TensorLike:
     `order**2` element-wise ops). Every accepted order (`1 <= order <= 32`)
     is accurate to a few ulps of the input dtype (at most `2 (order + 2)`
     ulps in float32 and float64, half an ulp in float16 and bfloat16). See
-    the README's Performance section for the cost per order.
+    `docs/guide/performance.md` for the cost per order.
 
     Examples:
         >>> tf_smelu.rescu(tf.constant([-2.0, 0.0, 2.0]), beta=1.0, order=2)

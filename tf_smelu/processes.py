@@ -191,8 +191,8 @@ def _try_lock(fd: int, directory: str, flag: str, log: Callable[[str], None]) ->
 
 WORKER_MB = 450
 """Memory of its own (peak USS, 440-448 MB measured) of one worker process
-(TensorFlow, MWMS, a tiny model) on Linux x86-64 with TF 2.21 (README
-"Reliability"); the shared TensorFlow libraries come on top once. A lower
+(TensorFlow, MWMS, a tiny model) on Linux x86-64 with TF 2.21
+(`docs/guide/reliability.md`); the shared TensorFlow libraries come on top once. A lower
 bound: bigger models and data need more."""
 
 REPLICA_MB = 30

@@ -41,7 +41,7 @@ sorted order without shuffling: held-out data.  At most `cycle_length`
 files are open (each read 64 records at a time, with tf.data's read-ahead
 buffers), `shuffle_buffer` records buffered and a few batches prefetched,
 so peak memory does not grow with the data (measured in
-`benchmarks/streaming.py` and the README, "Data beyond memory").
+`benchmarks/streaming.py`; see "Data beyond memory" in `docs/guide/own-training.md`).
 
 Several workers (`tf.distribute.MultiWorkerMirroredStrategy`)
 --------------------------------------------------------------
