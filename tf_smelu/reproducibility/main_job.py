@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_smelu.data import LoadedDataset
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.experiment.config import CTRExperimentConfig
 from tf_smelu.experiment.harness import summarize_predictions
@@ -140,6 +141,7 @@ class KerasFitTrainer:
     Args:
         config: The main job's configuration (`row_trainer` "keras").
         run: The run's rows (for log lines and the data's details).
+        data: The data, loaded already (`load_checked_data`); None: loaded here.
 
     Raises:
         UserModelError: Your own model is not compiled, its compile
@@ -148,9 +150,10 @@ class KerasFitTrainer:
             loss or optimizer: all before the first training step.
     """
 
-    def __init__(self, config: CTRExperimentConfig, run) -> None:
+    def __init__(self, config: CTRExperimentConfig, run,
+                 data: LoadedDataset | None = None) -> None:
         training = config.training
-        data = load_checked_data(training, run)
+        data = load_checked_data(training, run) if data is None else data
         self._config = config
         self._run = run
         self._train, self._earlier = _refresh_split(data.train, config.remedies, run)

@@ -1,0 +1,88 @@
+"""Issue 22's review findings on remedies: what the main job loads, trains and counts once.
+
+One data load for the learning-rate sweep, the search and the confirmation;
+the teacher and the previous model trained once per main job, not per row;
+a model a pull remedy cannot train refused before the first row; the
+teacher's steps in the training cost the budgets compare.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+class RunLog:
+    """What a row trainer reports to (the runner's rows): log lines and the data's details."""
+
+    def __init__(self):
+        self.lines = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+    def loaded(self, data) -> None:
+        pass
+
+
+def _tiny_config(**changes):
+    from tf_smelu.experiment import CTRExperimentConfig
+
+    values = dict(train_examples=600, eval_examples=400, hidden_units=[8], steps=4,
+                  batch_size=128, progress=False, sources=["tower_init"])
+    return CTRExperimentConfig.from_dict({**values, **changes})
+
+
+class CountingTrainer:
+    """A row trainer that loads the data as the real ones do, then predicts noise, seeded.
+
+    Replica i's predictions depend only on (recipe, seed, i), as real replicas' do.
+    """
+
+    def __init__(self, config, run, data=None):
+        from tf_smelu.experiment import runner
+
+        self._labels = (runner.load_checked_data(config.training, run) if data is None
+                        else data).test.labels
+
+    def row(self, recipe, sources, replicas, *, seed=None, learning_rate=None, previous=None,
+            on_predictions=None):
+        import zlib
+
+        import numpy as np
+
+        from tf_smelu.experiment.harness import summarize_predictions
+        from tf_smelu.experiment.runner import RELU
+
+        activation = recipe.activation or RELU
+        logits = np.stack([
+            2.0 * self._labels - 1.0 + np.random.default_rng(
+                [zlib.crc32(str(recipe).encode()), seed or 0, replica]).normal(size=len(self._labels))
+            for replica in range(replicas)])
+        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        if on_predictions is not None:
+            on_predictions(probabilities)
+        return {**summarize_predictions(activation, sources, probabilities, self._labels,
+                                        seed=seed or 0),
+                "train_seconds": 0.01}
+
+
+def test_the_sweep_the_search_and_the_confirmation_load_the_data_once(monkeypatch):
+    from tf_smelu.experiment import runner
+
+    loads = []
+    real = runner.load_training_data
+
+    def counted(training):
+        loads.append(training.dataset)
+        return real(training)
+
+    monkeypatch.setattr(runner, "load_training_data", counted)
+    monkeypatch.setitem(runner.TRAINERS, "builtin", CountingTrainer)
+    config = _tiny_config(activations=["relu", "gelu"], max_auc_loss=0.05, replicas=4,
+                          max_replicas=4, tune_learning_rate=True)
+    lines = []
+    rows, advice = runner.advise_ctr_experiment(config, log=lines.append)
+    assert "learning_rate" in advice["tower_init"]  # the sweep trained, and so did the search
+    assert {row["label"] for row in rows} >= {"relu", "gelu"}, [r["label"] for r in rows]
+    assert len(loads) == 1, loads
+    assert sum(line.startswith("Loaded ") for line in lines) == 1
