@@ -86,3 +86,50 @@ def test_the_sweep_the_search_and_the_confirmation_load_the_data_once(monkeypatc
     assert {row["label"] for row in rows} >= {"relu", "gelu"}, [r["label"] for r in rows]
     assert len(loads) == 1, loads
     assert sum(line.startswith("Loaded ") for line in lines) == 1
+
+
+def _fits_spy(monkeypatch) -> list[str]:
+    """The class name of every model `fit` trains from now on (`_Stacked`: replicas with pulls)."""
+    import functools
+
+    import keras
+
+    fits, real = [], keras.Model.fit
+
+    @functools.wraps(real)  # the study checks fit arguments against fit's signature
+    def counted(self, *args, **kwargs):
+        fits.append(type(self).__name__)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", counted)
+    return fits
+
+
+@pytest.mark.slow
+def test_the_keras_trainer_trains_the_teacher_once_for_all_rows_bit_for_bit(monkeypatch):
+    """Two distill rows, one teacher; a row of a fresh trainer (its own teacher) predicts the same."""
+    import numpy as np
+
+    import tf_smelu.reproducibility  # noqa: F401  (registers the keras trainer)
+    from tf_smelu.experiment.runner import TRAINERS
+    from tf_smelu.remedies import Recipe
+
+    config = _tiny_config(trainer="keras", remedies=["distill:0.5", "distill:1"])
+    fits, kept = _fits_spy(monkeypatch), {}
+
+    def row(trainer, spec):
+        return trainer.row(Recipe.parse(spec), ("tower_init",), 2,
+                           on_predictions=lambda p: kept.__setitem__(spec, p))
+
+    def teachers():  # the replicas of a distill row train stacked with their pulls
+        return sum(name != "_Stacked" for name in fits)
+
+    trainer = TRAINERS["keras"](config, RunLog())
+    first, second = row(trainer, "relu+distill:0.5"), row(trainer, "relu+distill:1")
+    assert teachers() == 1, fits
+    assert "setup_reused" not in first and second["setup_reused"] == ["teacher"]
+    assert second["setup_seconds"] == first["setup_seconds"] > 0  # its cost as measured
+    cached = kept.pop("relu+distill:1")
+    alone = row(TRAINERS["keras"](config, RunLog()), "relu+distill:1")
+    assert teachers() == 2 and "setup_reused" not in alone  # a new trainer trains its own
+    np.testing.assert_array_equal(kept["relu+distill:1"], cached)

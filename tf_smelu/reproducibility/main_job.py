@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Callable, Sequence
 
 import keras
@@ -136,7 +137,14 @@ def model_seeds(sources: Sequence[str], seed: int, base_seed: int) -> tuple[int,
 class KerasFitTrainer:
     """The `keras` row trainer (`tf_smelu.experiment.runner.RowTrainer`): rows by `model.fit`.
 
-    Loads the data once; every row is one `ReplicaStudy` over it.
+    Loads the data once; every row is one `ReplicaStudy` over it. The
+    teacher (`distill`) and the previous model (`anchor`, `warm_start`) train
+    once per main job, not once per row: rows that would train the same one
+    (the same activation, sources, compile arguments with learning rate, and
+    seed) share it (`ReplicaStudy(trained_targets=...)`), bit for bit as if
+    each row had trained its own. A row that reuses one records its cost as
+    measured when it trained (`setup_seconds`) and names it in
+    `setup_reused`: costs compare the same whichever row trained it.
 
     Args:
         config: The main job's configuration (`row_trainer` "keras").
@@ -166,6 +174,8 @@ class KerasFitTrainer:
                                 else builtin_compile_config(training))
         self._fit_kwargs = ({"epochs": training.epochs} if training.steps is None
                             else {"epochs": 1, "steps_per_epoch": training.steps})
+        # What determines a row's teacher and previous model -> them, once trained (see row).
+        self._trained_targets: dict[tuple[str, ...], dict] = {}
         self._check_compiles()
 
     def _check_compiles(self) -> None:
@@ -238,7 +248,10 @@ class KerasFitTrainer:
             sources=study_sources(sources), seed=seed, first_replica=first,
             earlier_data=(None if self._earlier is None
                           else functools.partial(self._make_dataset, examples=self._earlier)),
-            predict_batch_size=EVAL_BATCH_SIZE, side_by_side=side_by_side, **self._fit_kwargs)
+            predict_batch_size=EVAL_BATCH_SIZE, side_by_side=side_by_side,
+            trained_targets=self._trained_targets.setdefault(
+                _targets_key(activation, sources, compile_config, seed), {}),
+            **self._fit_kwargs)
         if self._config.progress:
             self._run.log(f"Training {recipe.label(activation.label)} "
                           f"[{'+'.join(sources) or 'none'}]: replicas {first}..{replicas - 1}, "
@@ -256,6 +269,19 @@ class KerasFitTrainer:
         if on_predictions is not None:
             on_predictions(probabilities)
         return row
+
+
+def _targets_key(activation: Activation, sources: Sequence[str], compile_config: dict,
+                 seed: int) -> tuple[str, ...]:
+    """What, besides the trainer's data and fit arguments, a row's trained targets depend on.
+
+    The study builds them with the row's `build_model` (its activation, and
+    the model seeds `model_seeds` derives from the sources), compiled as
+    the row's replicas (learning rate included), seeded from the row's
+    `seed`; the sources also switch op determinism.
+    """
+    return (str(activation), "+".join(sorted(sources)),
+            json.dumps(compile_config, sort_keys=True, default=repr), str(seed))
 
 
 def _refresh_split(train, remedies: Sequence[Recipe], run) -> tuple[object, object | None]:

@@ -67,7 +67,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
 import keras
 import numpy as np
@@ -124,6 +124,7 @@ class _Replicas:
     side_by_side: bool = False
     params: list[int] = dataclasses.field(default_factory=list)  # per replica
     setup_seconds: float = 0.0  # training the models the remedies learn from (once per study)
+    setup_reused: list[str] = dataclasses.field(default_factory=list)  # targets trained earlier
     flops: int | None = None  # forward FLOPs per example of one replica (None: not measured)
 
 
@@ -212,6 +213,12 @@ class ReplicaStudy:
             (`anchor:LAMBDA`, `warm_start`): one model of the baseline, the
             "previous model", trains on it once (seeded, in a pinned order).
             None: those remedies are refused.
+        trained_targets: Where the study keeps the teacher and the previous
+            model once trained (it adds to it): pass one dict to several
+            studies of the same `build_model`, data, `earlier_data`,
+            `seed`, sources and fit arguments, and each such model trains
+            once for all of them, as it would for one study (a later
+            study's rows say so: `setup_reused`). None: the study's own.
         **fit_kwargs: Passed to every replica's `model.fit` unchanged
             (`epochs`, `steps_per_epoch`, `callbacks`, `class_weight`,
             `validation_data`, ...; `verbose` defaults to 0). Callbacks are
@@ -247,6 +254,7 @@ class ReplicaStudy:
         strategy: tf.distribute.Strategy | None = None,
         first_replica: int = 0,
         earlier_data: tf.data.Dataset | MakeDataset | None = None,
+        trained_targets: MutableMapping[tuple[str, str], _Target] | None = None,
         **fit_kwargs,
     ):
         if not callable(build_model):
@@ -279,7 +287,8 @@ class ReplicaStudy:
         # The data before the training data, read in its own pinned order (one model trains on it).
         self._make_earlier = None if earlier_data is None else _dataset_factory(
             earlier_data, (), None, "earlier_data")
-        self._targets: dict[tuple[str, str], _Target] = {}  # (target, baseline) -> trained once
+        # (target, baseline) -> trained once
+        self._targets = {} if trained_targets is None else trained_targets
 
     @property
     def config(self) -> dict[str, object]:
@@ -493,8 +502,12 @@ class ReplicaStudy:
         with op_determinism("op_nondeterminism" not in self.sources), expected_retracing():
             first = build_seeded(runs[0][1])
             self._check_before_training(first, result)
+            trained_before = {name for name in recipe.targets
+                              if self._target_key(name, targets_of) in self._targets}
             targets = {name: self._target(name, targets_of) for name in recipe.targets}
+            # A target trained for an earlier row still costs what it cost then (see `_training_fields`).
             result.setup_seconds = sum(target.seconds for target in targets.values())
+            result.setup_reused = sorted(trained_before)
             # Every copy of every run, peers together: side by side where they can be.
             copies = [peer for _, member in runs for peer in recipe.peer_seeds(member)]
             models = self._side_by_side(first, copies, build_seeded)
@@ -562,7 +575,7 @@ class ReplicaStudy:
         `earlier_data`; each with its own seed, `derived_seed(seed, 5 or 6,
         0)`, in the pinned data order, as `recipe`'s replicas train.
         """
-        key = (name, str(recipe.activation))
+        key = self._target_key(name, recipe)
         if key not in self._targets:
             seed = derived_seed(self.seed, _TARGET_SEED_KINDS[name], 0)
             with self.strategy.scope():
@@ -583,6 +596,11 @@ class ReplicaStudy:
             self._finite_probabilities(model, f"the {name} model", steps)
             self._targets[key] = _Target(model, seconds)
         return self._targets[key]
+
+    @staticmethod
+    def _target_key(name: str, recipe: Recipe) -> tuple[str, str]:
+        """The key of the trained model `name` of `recipe` in the study's `trained_targets`."""
+        return name, str(recipe.activation)
 
     def _side_by_side(self, first: keras.Model, seeds: Sequence[int],
                       build: Callable[[int], keras.Model]) -> list[keras.Model] | None:
@@ -771,6 +789,16 @@ def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
 
 
 def _training_fields(result: _Replicas) -> dict[str, object]:
+    """The rows' fields saying how `result`'s replicas trained and what that cost.
+
+    `train_seconds` is the replicas' fits plus `setup_seconds`, the training
+    of the teacher or previous model the row learns from at what it cost
+    when it trained, also when it was trained for an earlier row (of this
+    study, or of another sharing `trained_targets`) and reused: `setup_reused`
+    then names it. So a row's cost is the same whichever row came first (the
+    cost of adopting its remedy), and adding up rows' `train_seconds` counts
+    a shared model once per row that uses it.
+    """
     fields = {
         "trainer": "keras_fit",
         "side_by_side": result.side_by_side,
@@ -783,6 +811,8 @@ def _training_fields(result: _Replicas) -> dict[str, object]:
     }
     if result.setup_seconds:
         fields["setup_seconds"] = result.setup_seconds
+    if result.setup_reused:
+        fields["setup_reused"] = result.setup_reused
     if result.flops is not None:
         fields["flops"] = result.flops
     losses = fields["fit_logs"].get("loss", [])
