@@ -154,8 +154,10 @@ class KerasFitTrainer:
     Raises:
         UserModelError: Your own model is not compiled, its compile
             arguments cannot be loaded or do not compile it (e.g. a custom
-            `compile`), or a remedy of `config.remedies` cannot change its
-            loss or optimizer: all before the first training step.
+            `compile`), or a remedy of `config.remedies` cannot train it (it
+            cannot change its loss or optimizer; `distill`, `anchor` or
+            `codistill` on a model that cannot train stacked with its pulls,
+            `stacking.unstackable_reason`): all before the first training step.
     """
 
     def __init__(self, config: CTRExperimentConfig, run,
@@ -179,19 +181,28 @@ class KerasFitTrainer:
         self._check_compiles()
 
     def _check_compiles(self) -> None:
-        """One build compiled as every row will be, and every remedy's change: before training."""
+        """One build compiled as every row will be, and the study's check of every remedy."""
         model = self._builder(RELU.to_keras(), embedding_seed=0, tower_seed=0)
         try:
             model.compile_from_config(copy.deepcopy(self._compile_config))
             if not getattr(model, "compiled", False):  # a custom compile(): Keras only warns
                 raise ValueError("its class overrides compile(), so compile_from_config() does "
                                  "not compile it")
-            for recipe in self._config.remedies:
-                recipe.compile_config(copy.deepcopy(self._compile_config))  # (may rewrite it)
         except Exception as error:  # deserializing compile arguments raises many kinds
             raise UserModelError(
                 f"Cannot train model={self._config.training.model!r} with its compile "
                 f"arguments: {error}") from error
+        if self._config.remedies:
+            # The rows' own check (compile changes, pulls), for every remedy at once: none
+            # waits for the rows before it.
+            study = self._study(RELU, (), self._compile_config, self._config.training.seed,
+                                replicas=2, first=0, described={})
+            try:
+                study.check_remedies(self._config.remedies)
+            except ValueError as error:
+                raise UserModelError(
+                    f"Cannot train model={self._config.training.model!r} with --remedies: "
+                    f"{error}") from error
 
     def _make_dataset(self, order_seed: int, examples=None) -> tf.data.Dataset:
         """The training split (or `examples`) in the order of `order_seed` (repeated for `--steps`)."""
@@ -214,6 +225,25 @@ class KerasFitTrainer:
         model.compile_from_config(copy.deepcopy(compile_config))
         described.update(describe_optimizer(model.optimizer))
         return model
+
+    def _study(self, activation: Activation, sources: Sequence[str], compile_config: dict,
+               seed: int, *, replicas: int, first: int, described: dict,
+               side_by_side: bool | str = False) -> ReplicaStudy:
+        """The `ReplicaStudy` of a row: replicas `first..replicas-1` of `activation`.
+
+        Its teacher and previous model are shared with every earlier row that
+        has the same ones (`_targets_key`).
+        """
+        return ReplicaStudy(
+            functools.partial(self._build, activation, sources, compile_config, seed, described),
+            self._make_dataset, self._held_out, replicas=replicas - first,
+            sources=study_sources(sources), seed=seed, first_replica=first,
+            earlier_data=(None if self._earlier is None
+                          else functools.partial(self._make_dataset, examples=self._earlier)),
+            predict_batch_size=EVAL_BATCH_SIZE, side_by_side=side_by_side,
+            trained_targets=self._trained_targets.setdefault(
+                _targets_key(activation, sources, compile_config, seed), {}),
+            **self._fit_kwargs)
 
     def row(self, recipe: Recipe, sources: Sequence[str], replicas: int, *,
             seed: int | None = None, learning_rate: float | None = None,
@@ -242,16 +272,8 @@ class KerasFitTrainer:
         # Side by side only where every row of the run can be, so train_seconds compare.
         side_by_side = ("auto" if "order" not in sources and not self._config.remedies
                         and replicas - first > 1 else False)
-        study = ReplicaStudy(
-            functools.partial(self._build, activation, sources, compile_config, seed, described),
-            self._make_dataset, self._held_out, replicas=replicas - first,
-            sources=study_sources(sources), seed=seed, first_replica=first,
-            earlier_data=(None if self._earlier is None
-                          else functools.partial(self._make_dataset, examples=self._earlier)),
-            predict_batch_size=EVAL_BATCH_SIZE, side_by_side=side_by_side,
-            trained_targets=self._trained_targets.setdefault(
-                _targets_key(activation, sources, compile_config, seed), {}),
-            **self._fit_kwargs)
+        study = self._study(activation, sources, compile_config, seed, replicas=replicas,
+                            first=first, described=described, side_by_side=side_by_side)
         if self._config.progress:
             self._run.log(f"Training {recipe.label(activation.label)} "
                           f"[{'+'.join(sources) or 'none'}]: replicas {first}..{replicas - 1}, "

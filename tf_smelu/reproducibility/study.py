@@ -404,7 +404,7 @@ class ReplicaStudy:
             recipes = [Recipe(first), *recipes]
         recipes = list(dict.fromkeys(recipes))  # a spec given twice ("smelu:1", "smelu:1.0") once
         if any(recipe.remedies for recipe in recipes):
-            self._check_remedies(recipes)
+            self.check_remedies(recipes)
         targets_of = Recipe(first)  # teacher and previous model: the baseline recipe
         rows = []
         for recipe in recipes:
@@ -440,13 +440,21 @@ class ReplicaStudy:
                              f"activations with compare(). Received: a recipe with activation "
                              f"{str(recipe.activation)!r}")
         if recipe.remedies:
-            self._check_remedies([recipe])
+            self.check_remedies([recipe])
         result = self._train(None, recipe)
         return ({name: np.stack(runs) for name, runs in result.predictions.items()},
                 _training_fields(result))
 
-    def _check_remedies(self, recipes: Sequence[Recipe]) -> None:
+    def check_remedies(self, recipes: Sequence[Recipe]) -> None:
         """What a remedy cannot do with this model or study shows before the first training step.
+
+        `compare` and `train` call it; a caller that trains its rows one
+        study at a time (the main job's keras trainer) calls it with every
+        recipe of the run before the first row, so a remedy that cannot run
+        never waits for the rows before it. Builds one model; trains none.
+
+        Args:
+            recipes: The recipes (their activations are not used).
 
         Raises:
             ValueError: A loss or optimizer a remedy cannot change, a
