@@ -129,7 +129,58 @@ def test_the_keras_trainer_trains_the_teacher_once_for_all_rows_bit_for_bit(monk
     assert teachers() == 1, fits
     assert "setup_reused" not in first and second["setup_reused"] == ["teacher"]
     assert second["setup_seconds"] == first["setup_seconds"] > 0  # its cost as measured
+    # One teacher, as many steps as a replica: distill with R = 2 costs 1.5 baseline models.
+    assert first["setup_steps"] == second["setup_steps"] == first["steps"] == 4
     cached = kept.pop("relu+distill:1")
     alone = row(TRAINERS["keras"](config, RunLog()), "relu+distill:1")
     assert teachers() == 2 and "setup_reused" not in alone  # a new trainer trains its own
     np.testing.assert_array_equal(kept["relu+distill:1"], cached)
+
+
+def _cost_row(label, steps, replicas, **fields):
+    return {"label": label, "steps": steps, "replicas": replicas, "train_seconds": 10.0,
+            **fields}
+
+
+@pytest.mark.parametrize("replicas, ratio", [(4, 1.25), (8, 1.125), (2, 1.5)])
+def test_a_teachers_steps_count_amortized_over_the_rows_replicas(replicas, ratio):
+    from tf_smelu.experiment.costs import budget_problems, row_costs, with_costs
+
+    baseline = _cost_row("relu", 100, 4)
+    distill = _cost_row("relu+distill(0.5)", 100, replicas, setup_steps=100,
+                        setup_seconds=2.0)
+    ensemble = _cost_row("relu+ensemble(K=2)", 200, replicas)
+    with_costs([baseline, distill, ensemble], baseline)
+    assert distill["train_steps_ratio"] == ratio
+    assert ensemble["train_steps_ratio"] == 2.0 and baseline["train_steps_ratio"] == 1.0
+    costs = row_costs(distill, {"train": 1.0, "serve": 1.0})
+    assert costs["train"] == ratio
+    assert budget_problems(costs, {"max_train_cost": 1.0}) == [
+        f"train cost {ratio:.3g} > --max_train_cost=1"]
+
+
+def test_a_row_written_before_setup_steps_resumes_and_is_costed_by_its_seconds(tmp_path):
+    """The committed distill row (setup_seconds, no setup_steps, a steps ratio of 1 without
+    its teacher) resumes; its steps ratio goes and budgets take its measured time instead."""
+    import json
+    import os
+    import shutil
+
+    from tf_smelu.experiment.costs import row_costs, with_costs
+    from tf_smelu.experiment.results import finished_rows
+
+    committed = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "docs", "remedies_default_results.json")
+    shutil.copy(committed, tmp_path / "results.json")
+    with open(committed, encoding="utf-8") as f:
+        content = json.load(f)
+    rows = finished_rows(str(tmp_path), content["config"])
+    assert len(rows) == len(content["results"])  # every row resumes
+    relu, distill = (next(row for row in rows if row["label"] == label)
+                     for label in ("relu", "relu+distill(0.5)"))
+    assert "setup_steps" not in distill and distill["train_steps_ratio"] == 1.0
+    with_costs([distill], relu)
+    assert "train_steps_ratio" not in distill
+    train = row_costs(distill, {"train": 1.0, "serve": 1.0})["train"]
+    assert train == pytest.approx(distill["train_seconds"] / relu["train_seconds"])
+    assert train > 1  # the teacher's time, which a steps ratio of 1 left out

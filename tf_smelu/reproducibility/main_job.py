@@ -143,7 +143,7 @@ class KerasFitTrainer:
     (the same activation, sources, compile arguments with learning rate, and
     seed) share it (`ReplicaStudy(trained_targets=...)`), bit for bit as if
     each row had trained its own. A row that reuses one records its cost as
-    measured when it trained (`setup_seconds`) and names it in
+    measured when it trained (`setup_seconds`, `setup_steps`) and names it in
     `setup_reused`: costs compare the same whichever row trained it.
 
     Args:

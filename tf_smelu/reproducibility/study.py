@@ -124,6 +124,7 @@ class _Replicas:
     side_by_side: bool = False
     params: list[int] = dataclasses.field(default_factory=list)  # per replica
     setup_seconds: float = 0.0  # training the models the remedies learn from (once per study)
+    setup_steps: int = 0  # their optimizer steps
     setup_reused: list[str] = dataclasses.field(default_factory=list)  # targets trained earlier
     flops: int | None = None  # forward FLOPs per example of one replica (None: not measured)
 
@@ -134,6 +135,7 @@ class _Target:
 
     model: keras.Model
     seconds: float
+    steps: int
 
 
 # derived_seed kinds of the trained targets' seeds: never a replica's (kinds 1-4) or a member's.
@@ -376,8 +378,9 @@ class ReplicaStudy:
             `train_steps_ratio` and `train_seconds_ratio` (training steps per
             replica, all members and peers included, and measured time of
             all fits, including the training of a teacher or previous model
-            the row used, which `setup_seconds` also holds: trained once per
-            study, it is amortized over the row's replicas),
+            the row used, whose steps and time `setup_steps` and
+            `setup_seconds` also hold: trained once per study, it is
+            amortized over the row's replicas),
             `serve_params_ratio` (parameters served per replica; `params`
             holds the count) and, on the TensorFlow backend,
             `serve_flops_ratio` (`flops`: forward FLOPs per example of one
@@ -515,6 +518,7 @@ class ReplicaStudy:
             targets = {name: self._target(name, targets_of) for name in recipe.targets}
             # A target trained for an earlier row still costs what it cost then (see `_training_fields`).
             result.setup_seconds = sum(target.seconds for target in targets.values())
+            result.setup_steps = sum(target.steps for target in targets.values())
             result.setup_reused = sorted(trained_before)
             # Every copy of every run, peers together: side by side where they can be.
             copies = [peer for _, member in runs for peer in recipe.peer_seeds(member)]
@@ -602,7 +606,7 @@ class ReplicaStudy:
                                  f"`{'train_data' if name == TEACHER else 'earlier_data'}` "
                                  "gave no batch.")
             self._finite_probabilities(model, f"the {name} model", steps)
-            self._targets[key] = _Target(model, seconds)
+            self._targets[key] = _Target(model, seconds, steps)
         return self._targets[key]
 
     @staticmethod
@@ -801,11 +805,13 @@ def _training_fields(result: _Replicas) -> dict[str, object]:
 
     `train_seconds` is the replicas' fits plus `setup_seconds`, the training
     of the teacher or previous model the row learns from at what it cost
-    when it trained, also when it was trained for an earlier row (of this
-    study, or of another sharing `trained_targets`) and reused: `setup_reused`
-    then names it. So a row's cost is the same whichever row came first (the
-    cost of adopting its remedy), and adding up rows' `train_seconds` counts
-    a shared model once per row that uses it.
+    when it trained (`setup_steps`: its optimizer steps, which
+    `tf_smelu.experiment.costs` amortizes over the row's replicas), also
+    when it was trained for an earlier row (of this study, or of another
+    sharing `trained_targets`) and reused: `setup_reused` then names it.
+    So a row's cost is the same whichever row came first (the cost of
+    adopting its remedy), and adding up rows' `train_seconds` counts a
+    shared model once per row that uses it.
     """
     fields = {
         "trainer": "keras_fit",
@@ -817,8 +823,8 @@ def _training_fields(result: _Replicas) -> dict[str, object]:
         "eval_metrics": _per_replica(result.evaluations),
         "fit_logs": _per_replica(result.histories),
     }
-    if result.setup_seconds:
-        fields["setup_seconds"] = result.setup_seconds
+    if result.setup_steps:
+        fields.update(setup_seconds=result.setup_seconds, setup_steps=result.setup_steps)
     if result.setup_reused:
         fields["setup_reused"] = result.setup_reused
     if result.flops is not None:
