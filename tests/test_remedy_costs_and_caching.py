@@ -184,3 +184,16 @@ def test_a_row_written_before_setup_steps_resumes_and_is_costed_by_its_seconds(t
     train = row_costs(distill, {"train": 1.0, "serve": 1.0})["train"]
     assert train == pytest.approx(distill["train_seconds"] / relu["train_seconds"])
     assert train > 1  # the teacher's time, which a steps ratio of 1 left out
+
+
+@pytest.mark.parametrize("max_train_cost, excluded", [(1.0, True), (1.2, False)])
+def test_the_search_leaves_out_a_distillation_its_teacher_puts_over_the_budget(
+        max_train_cost, excluded):
+    """Before anything trains: with at most 8 replicas, distill costs at least 1 + 1/8."""
+    from tf_smelu.experiment import advisor
+
+    settings = advisor.SearchSettings.from_activations(
+        ["relu", "smelu:1"], 0.002, replicas=4, max_replicas=8, remedies=["distill:0.5"],
+        max_train_cost=max_train_cost)
+    assert settings.ruled_out == ({"relu+distill(0.5)": (
+        f"train cost 1.12 > --max_train_cost={max_train_cost:g}")} if excluded else {})

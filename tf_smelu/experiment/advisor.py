@@ -1021,8 +1021,12 @@ class SearchSettings:
 
     @property
     def ruled_out(self) -> dict[str, str]:
-        """Remedies whose expected costs exceed the budgets (never trained): label -> why."""
-        return ruled_out(self.remedies, self.budgets, self.baseline)
+        """Remedies whose expected costs exceed the budgets (never trained): label -> why.
+
+        A teacher or previous model counts amortized over `max_replicas`,
+        the cheapest its row can be.
+        """
+        return ruled_out(self.remedies, self.budgets, self.baseline, self.max_replicas)
 
     @property
     def affordable_remedies(self) -> tuple[Recipe, ...]:

@@ -73,18 +73,26 @@ BUDGETS = {"max_train_cost": "train", "max_serve_cost": "serve"}
 """Budget field -> the kind of cost it limits (see `row_costs`)."""
 
 
-def expected_costs(recipe) -> dict[str, float]:
+def expected_costs(recipe, replicas: int | None = None) -> dict[str, float]:
     """What a recipe (`tf_smelu.remedies.Recipe`) costs before anything trains.
 
     Training: models trained per replica (`ensemble:K`: K), i.e. the steps
-    ratio to one baseline model if every model takes as many steps. Serving:
-    the product of the remedies' `serve_params_ratio`. A plain activation
-    costs 1 and 1.
+    ratio to one baseline model if every model takes as many steps, plus,
+    given `replicas`, each model the remedies learn from (`recipe.targets`:
+    a teacher, the previous model) amortized over them (at most as many
+    steps as one baseline model: `1 / replicas` each). Serving: the product
+    of the remedies' `serve_params_ratio`. A plain activation costs 1 and 1.
+
+    Args:
+        recipe: The recipe.
+        replicas: The replicas its row will have at most; None: leave the
+            trained targets out (a lower bound).
 
     Returns:
         `{"train": ..., "serve": ...}`.
     """
-    return {"train": float(len(recipe.member_seeds(0))),
+    setup = len(recipe.targets) / replicas if replicas else 0.0
+    return {"train": float(len(recipe.member_seeds(0))) + setup,
             "serve": float(math.prod(r.serve_params_ratio for r in recipe.remedies))}
 
 
@@ -147,13 +155,15 @@ def check_budget(name: str, value: float | None) -> None:
             f"unset; {value!r} would rule out even relu itself. Received: {name}={value!r}")
 
 
-def ruled_out(recipes, budgets: Mapping[str, float | None], baseline) -> dict[str, str]:
+def ruled_out(recipes, budgets: Mapping[str, float | None], baseline,
+              replicas: int | None = None) -> dict[str, str]:
     """The recipes whose `expected_costs` exceed `budgets`, before anything trains.
 
     Args:
         recipes: `tf_smelu.remedies.Recipe`s; one without an activation applies to `baseline`.
         budgets: `BUDGETS` field -> limit or None.
         baseline: The baseline `Activation`.
+        replicas: The most replicas a row may get (see `expected_costs`).
 
     Returns:
         Label (e.g. `relu+ensemble(K=2)`) -> why (`budget_problems`, joined).
@@ -161,7 +171,7 @@ def ruled_out(recipes, budgets: Mapping[str, float | None], baseline) -> dict[st
     out = {}
     for recipe in recipes:
         recipe = recipe.with_activation(baseline)
-        problems = budget_problems(expected_costs(recipe), budgets)
+        problems = budget_problems(expected_costs(recipe, replicas), budgets)
         if problems:
             out[recipe.label(recipe.activation.label)] = ", ".join(problems)
     return out

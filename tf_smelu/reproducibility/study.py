@@ -516,7 +516,7 @@ class ReplicaStudy:
             trained_before = {name for name in recipe.targets
                               if self._target_key(name, targets_of) in self._targets}
             targets = {name: self._target(name, targets_of) for name in recipe.targets}
-            # A target trained for an earlier row still costs what it cost then (see `_training_fields`).
+            # One trained for an earlier row still costs what it cost then (`_training_fields`).
             result.setup_seconds = sum(target.seconds for target in targets.values())
             result.setup_steps = sum(target.steps for target in targets.values())
             result.setup_reused = sorted(trained_before)
