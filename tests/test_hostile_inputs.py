@@ -1373,3 +1373,25 @@ def test_a_remedy_value_out_of_range_is_one_line_before_anything_builds(spec, me
     with pytest.raises(ValueError, match=message):
         study.compare(["smelu:1", spec])
     assert built == []
+
+
+# ---- remedies checked before the first row (issue 22) ----
+
+
+@pytest.mark.slow
+def test_a_model_a_pull_remedy_cannot_train_is_refused_before_the_first_row(tmp_path):
+    """global_clipnorm couples the stacked copies: distill is refused before relu's row trains."""
+    import json
+
+    import keras
+    from test_main_job_keras_trainer import save_click_model
+
+    model = save_click_model(tmp_path / "clipped.keras", dict(
+        optimizer=keras.optimizers.Adam(1e-2, global_clipnorm=1.0),
+        loss="binary_crossentropy"))
+    out = tmp_path / "out"
+    result = _run([MAIN_JOB, *TINY, "--trainer=keras", f"--model={model}",
+                   "--activations=relu", "--remedies=distill:0.5", f"--output_dir={out}"])
+    _assert_one_line_error(result, "clipped.keras", "distill:0.5", "global_clipnorm")
+    results = out / "results.json"
+    assert not results.exists() or json.loads(results.read_text())["results"] == []

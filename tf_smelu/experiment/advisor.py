@@ -22,7 +22,8 @@ parameters, like the reference activations.
 Costs (`tf_smelu.experiment.costs.row_costs`). Every row's training cost is
 its `train_steps_ratio` to the baseline row (steps, not seconds: exact and
 repeatable, where seconds depend on the machine's load and on whether the
-replicas trained side by side) and its serving cost its `serve_flops_ratio`,
+replicas trained side by side; a teacher's or previous model's steps count
+amortized over the row's replicas) and its serving cost its `serve_flops_ratio`,
 else `serve_params_ratio`; a ratio the row lacks is what its recipe costs
 (`costs.expected_costs`: 1 for an activation, K for `ensemble:K`). A
 candidate over a cost budget (by more than `costs.COST_TOLERANCE`) is never
@@ -1186,8 +1187,12 @@ class SearchSettings:
 
     @property
     def ruled_out(self) -> dict[str, str]:
-        """Remedies whose expected costs exceed the budgets (never trained): label -> why."""
-        return ruled_out(self.remedies, self.budgets, self.baseline)
+        """Remedies whose expected costs exceed the budgets (never trained): label -> why.
+
+        A teacher or previous model counts amortized over `max_replicas`,
+        the cheapest its row can be.
+        """
+        return ruled_out(self.remedies, self.budgets, self.baseline, self.max_replicas)
 
     @property
     def affordable_remedies(self) -> tuple[Recipe, ...]:

@@ -6,6 +6,12 @@ for its teacher. Rows record their own totals (`steps`, `train_seconds`,
 `params`, and `flops` where measured); the ratios to the baseline's put
 every remedy on one scale, the one the advisor's budgets
 (`--max_train_cost`, `--max_serve_cost`) are stated in.
+
+A model a remedy learns from (`distill`'s teacher; `anchor`'s and
+`warm_start`'s previous model) trains once for all R replicas of a row: its
+steps (`setup_steps`) count as `setup_steps / R` per replica in
+`train_steps_ratio` (its time is in `train_seconds` already), so a budget
+sees distillation with R = 4 replicas cost 1.25, not 1.
 """
 
 from __future__ import annotations
@@ -27,14 +33,36 @@ def with_costs(rows: Sequence[MutableMapping[str, object]],
     """Adds to every row its cost ratios to `baseline` (in place; returns `rows`).
 
     A ratio is set only where both rows hold a positive total (rows of the
-    project's own trainer record no `params`, for instance).
+    project's own trainer record no `params`, for instance). Training steps
+    per replica include `setup_steps / replicas` (see the module docstring);
+    a row written before rows recorded `setup_steps` (it has
+    `setup_seconds` only) gets no `train_steps_ratio`, so that `row_costs`
+    takes its measured `train_seconds_ratio`, which includes that time.
     """
     for row in rows:
         for ratio, total in COST_RATIOS.items():
-            mine, base = row.get(total), baseline.get(total)
+            mine, base = _total(row, total), _total(baseline, total)
             if isinstance(mine, (int, float)) and isinstance(base, (int, float)) and base > 0:
                 row[ratio] = mine / base
+            else:
+                row.pop(ratio, None)  # (a resumed row's ratio of an older version)
     return rows
+
+
+def _setup_steps_unknown(row: Mapping[str, object]) -> bool:
+    """Whether `row` used a trained model whose steps it does not say (an older version's row)."""
+    return "setup_seconds" in row and "setup_steps" not in row
+
+
+def _total(row: Mapping[str, object], total: str) -> object:
+    """`row[total]`; training steps per replica with the amortized `setup_steps`; else None."""
+    value = row.get(total)
+    if total != "steps" or not isinstance(value, (int, float)):
+        return value
+    if _setup_steps_unknown(row):
+        return None
+    setup = row.get("setup_steps", 0)
+    return value + setup / row["replicas"] if setup else value
 
 
 COST_TOLERANCE = 0.01
@@ -45,18 +73,26 @@ BUDGETS = {"max_train_cost": "train", "max_serve_cost": "serve"}
 """Budget field -> the kind of cost it limits (see `row_costs`)."""
 
 
-def expected_costs(recipe) -> dict[str, float]:
+def expected_costs(recipe, replicas: int | None = None) -> dict[str, float]:
     """What a recipe (`tf_smelu.remedies.Recipe`) costs before anything trains.
 
     Training: models trained per replica (`ensemble:K`: K), i.e. the steps
-    ratio to one baseline model if every model takes as many steps. Serving:
-    the product of the remedies' `serve_params_ratio`. A plain activation
-    costs 1 and 1.
+    ratio to one baseline model if every model takes as many steps, plus,
+    given `replicas`, each model the remedies learn from (`recipe.targets`:
+    a teacher, the previous model) amortized over them (at most as many
+    steps as one baseline model: `1 / replicas` each). Serving: the product
+    of the remedies' `serve_params_ratio`. A plain activation costs 1 and 1.
+
+    Args:
+        recipe: The recipe.
+        replicas: The replicas its row will have at most; None: leave the
+            trained targets out (a lower bound).
 
     Returns:
         `{"train": ..., "serve": ...}`.
     """
-    return {"train": float(len(recipe.member_seeds(0))),
+    setup = len(recipe.targets) / replicas if replicas else 0.0
+    return {"train": float(len(recipe.member_seeds(0))) + setup,
             "serve": float(math.prod(r.serve_params_ratio for r in recipe.remedies))}
 
 
@@ -65,7 +101,10 @@ def row_costs(row: Mapping[str, object], expected: Mapping[str, float]) -> dict[
 
     Training: `train_steps_ratio` (steps, not seconds: exact and repeatable,
     where seconds depend on the machine's load and on whether the replicas
-    trained side by side). Serving: `serve_flops_ratio` where measured, else
+    trained side by side), including the amortized `setup_steps` of a
+    teacher or previous model; for a row of an older version that used one
+    without recording its steps, `train_seconds_ratio` (which holds its
+    time). Serving: `serve_flops_ratio` where measured, else
     `serve_params_ratio`. A ratio the row does not hold (e.g. the built-in
     trainer's rows hold no parameter counts) is `expected` (`expected_costs`).
 
@@ -80,7 +119,8 @@ def row_costs(row: Mapping[str, object], expected: Mapping[str, float]) -> dict[
         return next((float(row[f]) for f in fields if isinstance(row.get(f), (int, float))),
                     None)
 
-    train = measured("train_steps_ratio")
+    train = (measured("train_seconds_ratio") if _setup_steps_unknown(row)
+             else measured("train_steps_ratio"))
     serve = measured("serve_flops_ratio", "serve_params_ratio")
     return {"train": expected["train"] if train is None else train,
             "serve": expected["serve"] if serve is None else serve}
@@ -115,13 +155,15 @@ def check_budget(name: str, value: float | None) -> None:
             f"unset; {value!r} would rule out even relu itself. Received: {name}={value!r}")
 
 
-def ruled_out(recipes, budgets: Mapping[str, float | None], baseline) -> dict[str, str]:
+def ruled_out(recipes, budgets: Mapping[str, float | None], baseline,
+              replicas: int | None = None) -> dict[str, str]:
     """The recipes whose `expected_costs` exceed `budgets`, before anything trains.
 
     Args:
         recipes: `tf_smelu.remedies.Recipe`s; one without an activation applies to `baseline`.
         budgets: `BUDGETS` field -> limit or None.
         baseline: The baseline `Activation`.
+        replicas: The most replicas a row may get (see `expected_costs`).
 
     Returns:
         Label (e.g. `relu+ensemble(K=2)`) -> why (`budget_problems`, joined).
@@ -129,7 +171,7 @@ def ruled_out(recipes, budgets: Mapping[str, float | None], baseline) -> dict[st
     out = {}
     for recipe in recipes:
         recipe = recipe.with_activation(baseline)
-        problems = budget_problems(expected_costs(recipe), budgets)
+        problems = budget_problems(expected_costs(recipe, replicas), budgets)
         if problems:
             out[recipe.label(recipe.activation.label)] = ", ".join(problems)
     return out

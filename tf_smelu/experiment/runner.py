@@ -221,15 +221,22 @@ class RowTrainer(Protocol):
         """
 
 
-TRAINERS: dict[str, Callable[[CTRExperimentConfig, _RunRows], RowTrainer]] = {}
+TRAINERS: dict[str, Callable[..., RowTrainer]] = {}
 """Row trainer name (`CTRExperimentConfig.row_trainer`) -> its maker, called once per run
-with the configuration and the run's rows (for its log lines and the data it loads).
+as `maker(config, run, data=None)`: the configuration, the run's rows (for its log lines
+and the data it loads) and the data when it is loaded already (`load_checked_data`).
 `builtin` is defined below; `keras` is registered by `tf_smelu.reproducibility.main_job`
 when it is imported (the command line imports it), as it sits above this package."""
 
 
-def row_trainer(config: CTRExperimentConfig, run: _RunRows) -> RowTrainer:
-    """The trainer of `config`'s rows (loads the data).
+def row_trainer(config: CTRExperimentConfig, run: _RunRows,
+                data: LoadedDataset | None = None) -> RowTrainer:
+    """The trainer of `config`'s rows.
+
+    Args:
+        config: The run's configuration.
+        run: The run's rows (log lines, the data's details).
+        data: The data, loaded by `load_checked_data`; None: the trainer loads it.
 
     Raises:
         ValueError: The trainer is not registered (its module not imported).
@@ -239,7 +246,7 @@ def row_trainer(config: CTRExperimentConfig, run: _RunRows) -> RowTrainer:
         raise ValueError(f"No row trainer {name!r} is registered: `import "
                          f"tf_smelu.reproducibility` registers 'keras'. Registered: "
                          f"{sorted(TRAINERS)}")
-    return TRAINERS[name](config, run)
+    return TRAINERS[name](config, run, data)
 
 
 def row_label(config: CTRExperimentConfig, activation: Activation) -> str:
@@ -346,9 +353,10 @@ class _InProcessProblem:
     cross-entropy on logits. It trains activations, not remedies.
     """
 
-    def __init__(self, config: CTRExperimentConfig, run: _RunRows):
+    def __init__(self, config: CTRExperimentConfig, run: _RunRows,
+                 data: LoadedDataset | None = None):
         training = config.training
-        data = load_checked_data(training, run)
+        data = load_checked_data(training, run) if data is None else data
         train, test = data.train, data.test
         self._config = config
         self._train = train
@@ -433,7 +441,8 @@ def advise_ctr_experiment(
     confirmation. `log`, `on_row` and `on_data` as in `run_ctr_experiment`.
     First, with `config.tune_learning_rate`, the baseline's learning rate is
     tuned (`tf_smelu.experiment.learning_rate.tune`; the sweep cached in
-    `output_dir`) and every row trains at it.
+    `output_dir`) and every row trains at it. The data is loaded once, when
+    the first row must train: the sweep's trainer and the search's share it.
 
     Args:
         config: What to compare; `config.max_auc_loss` is the AUC budget.
@@ -450,8 +459,17 @@ def advise_ctr_experiment(
         the recommendation and its text, the frontiers, the trials, the
         confirmation).
     """
+    loaded: list[LoadedDataset] = []
+
+    def make_trainer(trainer_config: CTRExperimentConfig, trainer_run: _RunRows) -> RowTrainer:
+        # The sweep's trainer (β as given) and the search's (at the tuned rate) differ in
+        # their configuration, not in their data: it is loaded (and encoded) once.
+        if not loaded:
+            loaded.append(load_checked_data(trainer_config.training, trainer_run))
+        return row_trainer(trainer_config, trainer_run, loaded[0])
+
     config, sweep, finished = learning_rate.tune(
-        config, lambda c: row_trainer(c, _RunRows((), None, log, on_data)), output_dir,
+        config, lambda c: make_trainer(c, _RunRows((), None, log, on_data)), output_dir,
         finished, log)
     run = _RunRows(finished, on_row, log, on_data)
     problem: RowTrainer | None = None
@@ -477,7 +495,7 @@ def advise_ctr_experiment(
                       predictions=predictions) -> dict:
             nonlocal problem
             if problem is None:
-                problem = row_trainer(config, run)
+                problem = make_trainer(config, run)
             key = (trial.label, trial.seed)  # search and confirmation rows share labels
             previous = predictions.get(key) if existing is not None else None
             # The swept rate explicitly: a user's model compiled with its own rate trains at

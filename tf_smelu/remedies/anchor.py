@@ -25,6 +25,7 @@ class Anchor(PullRemedy):
     name: ClassVar[str] = "anchor"
     target: ClassVar[str] = PREVIOUS
     syntax: ClassVar[str] = "anchor:LAMBDA (LAMBDA >= 0)"
-    train_cost: ClassVar[str] = ("1x per replica plus the previous model once per study (its "
-                                 "time in `setup_seconds`); each step also runs its forward pass")
+    train_cost: ClassVar[str] = ("1 + 1/R per replica: the previous model once per study "
+                                 "(`setup_steps`, `setup_seconds`) for R replicas; each step "
+                                 "also runs its forward pass")
     serve_cost: ClassVar[str] = "1x"

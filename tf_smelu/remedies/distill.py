@@ -28,6 +28,7 @@ class Distill(PullRemedy):
     name: ClassVar[str] = "distill"
     target: ClassVar[str] = TEACHER
     syntax: ClassVar[str] = "distill:LAMBDA (LAMBDA >= 0)"
-    train_cost: ClassVar[str] = ("1x per replica plus one teacher per study (its time in "
-                                 "`setup_seconds`); each step also runs the teacher's forward pass")
+    train_cost: ClassVar[str] = ("1 + 1/R per replica: one teacher per study (`setup_steps`, "
+                                 "`setup_seconds`) for R replicas; each step also runs the "
+                                 "teacher's forward pass")
     serve_cost: ClassVar[str] = "1x (the student alone is served)"

@@ -25,7 +25,8 @@ class WarmStart(Remedy):
 
     name: ClassVar[str] = "warm_start"
     syntax: ClassVar[str] = "warm_start (no value)"
-    train_cost: ClassVar[str] = "1x per replica plus the previous model once per study (`setup_seconds`)"
+    train_cost: ClassVar[str] = ("1 + 1/R per replica: the previous model once per study "
+                                 "(`setup_steps`, `setup_seconds`) for R replicas")
     serve_cost: ClassVar[str] = "1x"
 
     value: float = 0.0  # takes none; the field keeps the one Remedy shape

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_smelu.data import LoadedDataset
 from tf_smelu.data.in_memory import batched_dataset
 from tf_smelu.experiment.config import CTRExperimentConfig
 from tf_smelu.experiment.harness import summarize_predictions
@@ -135,22 +137,33 @@ def model_seeds(sources: Sequence[str], seed: int, base_seed: int) -> tuple[int,
 class KerasFitTrainer:
     """The `keras` row trainer (`tf_smelu.experiment.runner.RowTrainer`): rows by `model.fit`.
 
-    Loads the data once; every row is one `ReplicaStudy` over it.
+    Loads the data once; every row is one `ReplicaStudy` over it. The
+    teacher (`distill`) and the previous model (`anchor`, `warm_start`) train
+    once per main job, not once per row: rows that would train the same one
+    (the same activation, sources, compile arguments with learning rate, and
+    seed) share it (`ReplicaStudy(trained_targets=...)`), bit for bit as if
+    each row had trained its own. A row that reuses one records its cost as
+    measured when it trained (`setup_seconds`, `setup_steps`) and names it in
+    `setup_reused`: costs compare the same whichever row trained it.
 
     Args:
         config: The main job's configuration (`row_trainer` "keras").
         run: The run's rows (for log lines and the data's details).
+        data: The data, loaded already (`load_checked_data`); None: loaded here.
 
     Raises:
         UserModelError: Your own model is not compiled, its compile
             arguments cannot be loaded or do not compile it (e.g. a custom
-            `compile`), or a remedy of `config.remedies` cannot change its
-            loss or optimizer: all before the first training step.
+            `compile`), or a remedy of `config.remedies` cannot train it (it
+            cannot change its loss or optimizer; `distill`, `anchor` or
+            `codistill` on a model that cannot train stacked with its pulls,
+            `stacking.unstackable_reason`): all before the first training step.
     """
 
-    def __init__(self, config: CTRExperimentConfig, run) -> None:
+    def __init__(self, config: CTRExperimentConfig, run,
+                 data: LoadedDataset | None = None) -> None:
         training = config.training
-        data = load_checked_data(training, run)
+        data = load_checked_data(training, run) if data is None else data
         self._config = config
         self._run = run
         self._train, self._earlier = _refresh_split(data.train, config.remedies, run)
@@ -163,22 +176,33 @@ class KerasFitTrainer:
                                 else builtin_compile_config(training))
         self._fit_kwargs = ({"epochs": training.epochs} if training.steps is None
                             else {"epochs": 1, "steps_per_epoch": training.steps})
+        # What determines a row's teacher and previous model -> them, once trained (see row).
+        self._trained_targets: dict[tuple[str, ...], dict] = {}
         self._check_compiles()
 
     def _check_compiles(self) -> None:
-        """One build compiled as every row will be, and every remedy's change: before training."""
+        """One build compiled as every row will be, and the study's check of every remedy."""
         model = self._builder(RELU.to_keras(), embedding_seed=0, tower_seed=0)
         try:
             model.compile_from_config(copy.deepcopy(self._compile_config))
             if not getattr(model, "compiled", False):  # a custom compile(): Keras only warns
                 raise ValueError("its class overrides compile(), so compile_from_config() does "
                                  "not compile it")
-            for recipe in self._config.remedies:
-                recipe.compile_config(copy.deepcopy(self._compile_config))  # (may rewrite it)
         except Exception as error:  # deserializing compile arguments raises many kinds
             raise UserModelError(
                 f"Cannot train model={self._config.training.model!r} with its compile "
                 f"arguments: {error}") from error
+        if self._config.remedies:
+            # The rows' own check (compile changes, pulls), for every remedy at once: none
+            # waits for the rows before it.
+            study = self._study(RELU, (), self._compile_config, self._config.training.seed,
+                                replicas=2, first=0, described={})
+            try:
+                study.check_remedies(self._config.remedies)
+            except ValueError as error:
+                raise UserModelError(
+                    f"Cannot train model={self._config.training.model!r} with --remedies: "
+                    f"{error}") from error
 
     def _make_dataset(self, order_seed: int, examples=None) -> tf.data.Dataset:
         """The training split (or `examples`) in the order of `order_seed` (repeated for `--steps`)."""
@@ -201,6 +225,25 @@ class KerasFitTrainer:
         model.compile_from_config(copy.deepcopy(compile_config))
         described.update(describe_optimizer(model.optimizer))
         return model
+
+    def _study(self, activation: Activation, sources: Sequence[str], compile_config: dict,
+               seed: int, *, replicas: int, first: int, described: dict,
+               side_by_side: bool | str = False) -> ReplicaStudy:
+        """The `ReplicaStudy` of a row: replicas `first..replicas-1` of `activation`.
+
+        Its teacher and previous model are shared with every earlier row that
+        has the same ones (`_targets_key`).
+        """
+        return ReplicaStudy(
+            functools.partial(self._build, activation, sources, compile_config, seed, described),
+            self._make_dataset, self._held_out, replicas=replicas - first,
+            sources=study_sources(sources), seed=seed, first_replica=first,
+            earlier_data=(None if self._earlier is None
+                          else functools.partial(self._make_dataset, examples=self._earlier)),
+            predict_batch_size=EVAL_BATCH_SIZE, side_by_side=side_by_side,
+            trained_targets=self._trained_targets.setdefault(
+                _targets_key(activation, sources, compile_config, seed), {}),
+            **self._fit_kwargs)
 
     def row(self, recipe: Recipe, sources: Sequence[str], replicas: int, *,
             seed: int | None = None, learning_rate: float | None = None,
@@ -229,13 +272,8 @@ class KerasFitTrainer:
         # Side by side only where every row of the run can be, so train_seconds compare.
         side_by_side = ("auto" if "order" not in sources and not self._config.remedies
                         and replicas - first > 1 else False)
-        study = ReplicaStudy(
-            functools.partial(self._build, activation, sources, compile_config, seed, described),
-            self._make_dataset, self._held_out, replicas=replicas - first,
-            sources=study_sources(sources), seed=seed, first_replica=first,
-            earlier_data=(None if self._earlier is None
-                          else functools.partial(self._make_dataset, examples=self._earlier)),
-            predict_batch_size=EVAL_BATCH_SIZE, side_by_side=side_by_side, **self._fit_kwargs)
+        study = self._study(activation, sources, compile_config, seed, replicas=replicas,
+                            first=first, described=described, side_by_side=side_by_side)
         if self._config.progress:
             self._run.log(f"Training {recipe.label(activation.label)} "
                           f"[{'+'.join(sources) or 'none'}]: replicas {first}..{replicas - 1}, "
@@ -253,6 +291,19 @@ class KerasFitTrainer:
         if on_predictions is not None:
             on_predictions(probabilities)
         return row
+
+
+def _targets_key(activation: Activation, sources: Sequence[str], compile_config: dict,
+                 seed: int) -> tuple[str, ...]:
+    """What, besides the trainer's data and fit arguments, a row's trained targets depend on.
+
+    The study builds them with the row's `build_model` (its activation, and
+    the model seeds `model_seeds` derives from the sources), compiled as
+    the row's replicas (learning rate included), seeded from the row's
+    `seed`; the sources also switch op determinism.
+    """
+    return (str(activation), "+".join(sorted(sources)),
+            json.dumps(compile_config, sort_keys=True, default=repr), str(seed))
 
 
 def _refresh_split(train, remedies: Sequence[Recipe], run) -> tuple[object, object | None]:

@@ -67,7 +67,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
 import keras
 import numpy as np
@@ -124,6 +124,8 @@ class _Replicas:
     side_by_side: bool = False
     params: list[int] = dataclasses.field(default_factory=list)  # per replica
     setup_seconds: float = 0.0  # training the models the remedies learn from (once per study)
+    setup_steps: int = 0  # their optimizer steps
+    setup_reused: list[str] = dataclasses.field(default_factory=list)  # targets trained earlier
     flops: int | None = None  # forward FLOPs per example of one replica (None: not measured)
 
 
@@ -133,6 +135,7 @@ class _Target:
 
     model: keras.Model
     seconds: float
+    steps: int
 
 
 # derived_seed kinds of the trained targets' seeds: never a replica's (kinds 1-4) or a member's.
@@ -211,6 +214,12 @@ class ReplicaStudy:
             (`anchor:LAMBDA`, `warm_start`): one model of the baseline, the
             "previous model", trains on it once (seeded, in a pinned order).
             None: those remedies are refused.
+        trained_targets: Where the study keeps the teacher and the previous
+            model once trained (it adds to it): pass one dict to several
+            studies of the same `build_model`, data, `earlier_data`,
+            `seed`, sources and fit arguments, and each such model trains
+            once for all of them, as it would for one study (a later
+            study's rows say so: `setup_reused`). None: the study's own.
         **fit_kwargs: Passed to every replica's `model.fit` unchanged
             (`epochs`, `steps_per_epoch`, `callbacks`, `class_weight`,
             `validation_data`, ...; `verbose` defaults to 0). Callbacks are
@@ -246,6 +255,7 @@ class ReplicaStudy:
         strategy: tf.distribute.Strategy | None = None,
         first_replica: int = 0,
         earlier_data: tf.data.Dataset | MakeDataset | None = None,
+        trained_targets: MutableMapping[tuple[str, str], _Target] | None = None,
         **fit_kwargs: object,
     ):
         if not callable(build_model):
@@ -278,7 +288,8 @@ class ReplicaStudy:
         # The data before the training data, read in its own pinned order (one model trains on it).
         self._make_earlier = None if earlier_data is None else _dataset_factory(
             earlier_data, (), None, "earlier_data")
-        self._targets: dict[tuple[str, str], _Target] = {}  # (target, baseline) -> trained once
+        # (target, baseline) -> trained once
+        self._targets = {} if trained_targets is None else trained_targets
 
     @property
     def config(self) -> dict[str, object]:
@@ -366,8 +377,9 @@ class ReplicaStudy:
             `train_steps_ratio` and `train_seconds_ratio` (training steps per
             replica, all members and peers included, and measured time of
             all fits, including the training of a teacher or previous model
-            the row used, which `setup_seconds` also holds: trained once per
-            study, it is amortized over the row's replicas),
+            the row used, whose steps and time `setup_steps` and
+            `setup_seconds` also hold: trained once per study, it is
+            amortized over the row's replicas),
             `serve_params_ratio` (parameters served per replica; `params`
             holds the count) and, on the TensorFlow backend,
             `serve_flops_ratio` (`flops`: forward FLOPs per example of one
@@ -394,7 +406,7 @@ class ReplicaStudy:
             recipes = [Recipe(first), *recipes]
         recipes = list(dict.fromkeys(recipes))  # a spec given twice ("smelu:1", "smelu:1.0") once
         if any(recipe.remedies for recipe in recipes):
-            self._check_remedies(recipes)
+            self.check_remedies(recipes)
         targets_of = Recipe(first)  # teacher and previous model: the baseline recipe
         rows = []
         for recipe in recipes:
@@ -430,13 +442,21 @@ class ReplicaStudy:
                              f"activations with compare(). Received: a recipe with activation "
                              f"{str(recipe.activation)!r}")
         if recipe.remedies:
-            self._check_remedies([recipe])
+            self.check_remedies([recipe])
         result = self._train(None, recipe)
         return ({name: np.stack(runs) for name, runs in result.predictions.items()},
                 _training_fields(result))
 
-    def _check_remedies(self, recipes: Sequence[Recipe]) -> None:
+    def check_remedies(self, recipes: Sequence[Recipe]) -> None:
         """What a remedy cannot do with this model or study shows before the first training step.
+
+        `compare` and `train` call it; a caller that trains its rows one
+        study at a time (the main job's keras trainer) calls it with every
+        recipe of the run before the first row, so a remedy that cannot run
+        never waits for the rows before it. Builds one model; trains none.
+
+        Args:
+            recipes: The recipes (their activations are not used).
 
         Raises:
             ValueError: A loss or optimizer a remedy cannot change, a
@@ -492,8 +512,13 @@ class ReplicaStudy:
         with op_determinism("op_nondeterminism" not in self.sources), expected_retracing():
             first = build_seeded(runs[0][1])
             self._check_before_training(first, result)
+            trained_before = {name for name in recipe.targets
+                              if self._target_key(name, targets_of) in self._targets}
             targets = {name: self._target(name, targets_of) for name in recipe.targets}
+            # One trained for an earlier row still costs what it cost then (`_training_fields`).
             result.setup_seconds = sum(target.seconds for target in targets.values())
+            result.setup_steps = sum(target.steps for target in targets.values())
+            result.setup_reused = sorted(trained_before)
             # Every copy of every run, peers together: side by side where they can be.
             copies = [peer for _, member in runs for peer in recipe.peer_seeds(member)]
             models = self._side_by_side(first, copies, build_seeded)
@@ -561,7 +586,7 @@ class ReplicaStudy:
         `earlier_data`; each with its own seed, `derived_seed(seed, 5 or 6,
         0)`, in the pinned data order, as `recipe`'s replicas train.
         """
-        key = (name, str(recipe.activation))
+        key = self._target_key(name, recipe)
         if key not in self._targets:
             seed = derived_seed(self.seed, _TARGET_SEED_KINDS[name], 0)
             with self.strategy.scope():
@@ -580,8 +605,13 @@ class ReplicaStudy:
                                  f"`{'train_data' if name == TEACHER else 'earlier_data'}` "
                                  "gave no batch.")
             self._finite_probabilities(model, f"the {name} model", steps)
-            self._targets[key] = _Target(model, seconds)
+            self._targets[key] = _Target(model, seconds, steps)
         return self._targets[key]
+
+    @staticmethod
+    def _target_key(name: str, recipe: Recipe) -> tuple[str, str]:
+        """The key of the trained model `name` of `recipe` in the study's `trained_targets`."""
+        return name, str(recipe.activation)
 
     def _side_by_side(self, first: keras.Model, seeds: Sequence[int],
                       build: Callable[[int], keras.Model]) -> list[keras.Model] | None:
@@ -770,6 +800,18 @@ def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
 
 
 def _training_fields(result: _Replicas) -> dict[str, object]:
+    """The rows' fields saying how `result`'s replicas trained and what that cost.
+
+    `train_seconds` is the replicas' fits plus `setup_seconds`, the training
+    of the teacher or previous model the row learns from at what it cost
+    when it trained (`setup_steps`: its optimizer steps, which
+    `tf_smelu.experiment.costs` amortizes over the row's replicas), also
+    when it was trained for an earlier row (of this study, or of another
+    sharing `trained_targets`) and reused: `setup_reused` then names it.
+    So a row's cost is the same whichever row came first (the cost of
+    adopting its remedy), and adding up rows' `train_seconds` counts a
+    shared model once per row that uses it.
+    """
     fields = {
         "trainer": "keras_fit",
         "side_by_side": result.side_by_side,
@@ -780,8 +822,10 @@ def _training_fields(result: _Replicas) -> dict[str, object]:
         "eval_metrics": _per_replica(result.evaluations),
         "fit_logs": _per_replica(result.histories),
     }
-    if result.setup_seconds:
-        fields["setup_seconds"] = result.setup_seconds
+    if result.setup_steps:
+        fields.update(setup_seconds=result.setup_seconds, setup_steps=result.setup_steps)
+    if result.setup_reused:
+        fields["setup_reused"] = result.setup_reused
     if result.flops is not None:
         fields["flops"] = result.flops
     losses = fields["fit_logs"].get("loss", [])
