@@ -719,8 +719,11 @@ class ReplicaStudy:
             predicted = dict(zip(result.predictions, predicted.values()))
         for name, probabilities in predicted.items():
             result.predictions.setdefault(name, []).append(probabilities)
-        evaluation = model.evaluate(self._features, self._labels, verbose=0,
-                                    batch_size=self.predict_batch_size, return_dict=True)
+        batches = outputs_lib.in_memory_batches((self._features, self._labels),
+                                                self.predict_batch_size)
+        held_out = ({"x": self._features, "y": self._labels,
+                     "batch_size": self.predict_batch_size} if batches is None else {"x": batches})
+        evaluation = model.evaluate(**held_out, verbose=0, return_dict=True)
         result.evaluations.append({k: float(v) for k, v in evaluation.items()})
         result.params.append(model.count_params())
 
