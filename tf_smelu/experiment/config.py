@@ -194,7 +194,7 @@ class CTRExperimentConfig:
         "source set after the activations' rows (--trainer=keras): ensemble:K (each replica "
         "the mean of K seeded models), ema:DECAY (evaluation with the optimizer's moving "
         "average of the weights), label_smoothing:EPS, distill:LAMBDA (also pulled towards a "
-        "teacher trained once), codistill:LAMBDA (two peers pulled towards each other), "
+        "teacher trained once), codistill:LAMBDA[:K] (K peers, default 2, each pulled towards the others), "
         "anchor:LAMBDA (pulled towards the previous model) and warm_start (starts from it): "
         "the previous model trains on the first half of the training rows and every row of "
         "the run on the second; alone or with an activation by '+', e.g. "

@@ -349,9 +349,9 @@ class ReplicaStudy:
         loss (each such model of the baseline recipe trained once per study,
         seeded, and cached; the previous model on `earlier_data`);
         `warm_start` sets every replica's weights to the previous model's
-        before its `fit`; `codistill:LAMBDA` trains each replica with a peer
-        in one `fit`, each pulled towards the other's prediction, and serves
-        peer 0. A spec with remedies and no activation (`"ema:0.999"`) keeps
+        before its `fit`; `codistill:LAMBDA[:K]` trains each replica with
+        K − 1 peers (K = 2 by default) in one `fit`, each pulled towards the
+        mean of the others' predictions, and serves peer 0. A spec with remedies and no activation (`"ema:0.999"`) keeps
         the baseline activation. With the data order pinned, every replica,
         member and peer of a spec trains side by side in one `fit` where the
         model allows it (`side_by_side`), bit for bit as one after another.
