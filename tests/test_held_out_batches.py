@@ -79,9 +79,9 @@ def test_a_study_under_op_determinism_logs_no_unbounded_threadpool_error(tmp_pat
         "                     predict_batch_size=64).run()\n"
         "print('rel_pd', row['rel_pd'])\n")
     repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "2"}  # ERRORs shown
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=300, cwd=repo,
-                            env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "2"})
+                            timeout=300, cwd=repo, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rel_pd" in result.stdout
     assert "use_unbounded_threadpool" not in result.stderr, result.stderr[-3000:]

@@ -1408,6 +1408,8 @@ def test_a_model_a_pull_remedy_cannot_train_is_refused_before_the_first_row(tmp_
     ("codistill::3", "needs a value"),
     ("codistill:-1:3", "LAMBDA must be a number >= 0"),
     ("codistill:0.5:3:1:1", "at most"),
+    ("codistill:0.5:2:0", "STALE must be an integer >= 1"),
+    ("codistill:0.5:3:2.5", "STALE must be an integer >= 1"),
 ])
 def test_a_codistill_k_out_of_range_is_one_line_before_anything_builds(spec, message):
     study, built = _remedy_study()

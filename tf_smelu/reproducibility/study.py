@@ -349,10 +349,12 @@ class ReplicaStudy:
         loss (each such model of the baseline recipe trained once per study,
         seeded, and cached; the previous model on `earlier_data`);
         `warm_start` sets every replica's weights to the previous model's
-        before its `fit`; `codistill:LAMBDA[:K]` trains each replica with
-        K − 1 peers (K = 2 by default) in one `fit`, each pulled towards the
-        mean of the others' predictions, and serves peer 0. A spec with remedies and no activation (`"ema:0.999"`) keeps
-        the baseline activation. With the data order pinned, every replica,
+        before its `fit`; `codistill:LAMBDA[:K[:STALE]]` trains each replica
+        with K − 1 peers (K = 2 by default) in one `fit`, each pulled towards
+        the mean of the others' predictions (with STALE > 1, of a copy of
+        their weights taken every STALE steps), and serves peer 0. A spec
+        with remedies and no activation (`"ema:0.999"`) keeps the baseline
+        activation. With the data order pinned, every replica,
         member and peer of a spec trains side by side in one `fit` where the
         model allows it (`side_by_side`), bit for bit as one after another.
 
@@ -577,7 +579,8 @@ class ReplicaStudy:
             self.from_logits,
             fixed=tuple((p.weight, targets[p.target].model) for p in pulls if p.target != PEERS),
             peer_weight=sum(p.weight for p in pulls if p.target == PEERS),
-            group=len(recipe.peer_seeds(0)))
+            group=len(recipe.peer_seeds(0)),
+            peer_stale=next((p.stale for p in pulls if p.target == PEERS), None))
 
     def _target(self, name: str, recipe: Recipe) -> _Target:
         """The trained model `name` (teacher, previous model) of `recipe`: trained once, then cached.
