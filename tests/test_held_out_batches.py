@@ -21,6 +21,7 @@ def _two_input_model() -> keras.Model:
     return model
 
 
+@pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
 def test_predictions_and_evaluations_are_keras_own_bit_for_bit():
     rng = np.random.default_rng(0)
     x = {"a": rng.normal(size=(37, 3)), "b": rng.normal(size=(37, 2)).astype("float32")}  # f64
