@@ -1395,3 +1395,27 @@ def test_a_model_a_pull_remedy_cannot_train_is_refused_before_the_first_row(tmp_
     _assert_one_line_error(result, "clipped.keras", "distill:0.5", "global_clipnorm")
     results = out / "results.json"
     assert not results.exists() or json.loads(results.read_text())["results"] == []
+
+
+# ---- codistill with K peers (issue 21/22) ----
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("codistill:0.5:1", "K must be an integer >= 2"),
+    ("codistill:0.5:2.5", "K must be an integer >= 2"),
+    ("codistill:0.5:", "K must be an integer >= 2"),
+    ("codistill:0.5:three", "K must be an integer >= 2"),
+    ("codistill::3", "needs a value"),
+    ("codistill:-1:3", "LAMBDA must be a number >= 0"),
+    ("codistill:0.5:3:1:1", "at most"),
+    ("codistill:0.5:2:0", "STALE must be an integer >= 1"),
+    ("codistill:0.5:3:2.5", "STALE must be an integer >= 1"),
+])
+def test_a_codistill_k_out_of_range_is_one_line_before_anything_builds(spec, message):
+    study, built = _remedy_study()
+    with pytest.raises(ValueError, match=message) as raised:
+        study.compare(["smelu:1", spec])
+    assert built == [] and "\n" not in str(raised.value) and repr(spec) in str(raised.value)
+    with pytest.raises(app.UsageError, match=message) as raised:  # the main job's --remedies
+        cli.experiment_config({"remedies": [spec]})
+    assert "\n" not in str(raised.value)

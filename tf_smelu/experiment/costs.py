@@ -76,8 +76,9 @@ BUDGETS = {"max_train_cost": "train", "max_serve_cost": "serve"}
 def expected_costs(recipe, replicas: int | None = None) -> dict[str, float]:
     """What a recipe (`tf_smelu.remedies.Recipe`) costs before anything trains.
 
-    Training: models trained per replica (`ensemble:K`: K), i.e. the steps
-    ratio to one baseline model if every model takes as many steps, plus,
+    Training: models trained per replica (`ensemble:K`: K; `codistill`'s K
+    peers per member: K), i.e. the steps ratio to one baseline model if
+    every model takes as many steps, plus,
     given `replicas`, each model the remedies learn from (`recipe.targets`:
     a teacher, the previous model) amortized over them (at most as many
     steps as one baseline model: `1 / replicas` each). Serving: the product
@@ -92,7 +93,8 @@ def expected_costs(recipe, replicas: int | None = None) -> dict[str, float]:
         `{"train": ..., "serve": ...}`.
     """
     setup = len(recipe.targets) / replicas if replicas else 0.0
-    return {"train": float(len(recipe.member_seeds(0))) + setup,
+    trained = sum(len(recipe.peer_seeds(member)) for member in recipe.member_seeds(0))
+    return {"train": float(trained) + setup,
             "serve": float(math.prod(r.serve_params_ratio for r in recipe.remedies))}
 
 

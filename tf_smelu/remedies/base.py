@@ -54,10 +54,14 @@ class Pull:
     Attributes:
         weight: λ >= 0 (0 adds no term at all: the training is the remedy-free one).
         target: `TEACHER`, `PREVIOUS` or `PEERS`.
+        stale: For `PEERS`: the targets are the predictions of a copy of the
+            peers' weights refreshed every `stale` steps; None: the peers'
+            current predictions.
     """
 
     weight: float
     target: str
+    stale: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

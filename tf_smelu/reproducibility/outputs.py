@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tf_smelu import metrics
 
@@ -155,11 +156,56 @@ def predict(model: keras.Model, x: object, batch_size: int, what: str) -> object
         ValueError: The model cannot predict `x` (Keras raises several types
             for mismatched inputs), naming `what` and Keras' own reason.
     """
+    batches = in_memory_batches((x,), batch_size)
     try:
-        return model.predict(x, batch_size=batch_size, verbose=0)
+        if batches is None:
+            return model.predict(x, batch_size=batch_size, verbose=0)
+        return model.predict(batches, verbose=0)
     except Exception as error:
         raise ValueError(f"{what} cannot predict the held-out data (do its features match the "
                          f"model's inputs?). Received: {error_summary(error)}") from error
+
+
+def in_memory_batches(parts: tuple, batch_size: int) -> tf.data.Dataset | None:
+    """`parts` (e.g. `(x,)` or `(x, y)`) as a dataset of batches, if they are arrays in memory.
+
+    Keras feeds NumPy arrays to `predict` and `evaluate` through a
+    `Dataset.map` with `num_parallel_calls=AUTOTUNE`, which op determinism
+    rewrites into a node TensorFlow logs an `E0000 ... use_unbounded_threadpool`
+    line for, once per process, for nothing wrong. Batching the arrays with
+    `Dataset.from_tensor_slices` instead gives the same batches (floats cast
+    to Keras' float type, as Keras casts them), so the same predictions bit
+    for bit, without that line.
+
+    Args:
+        parts: Arrays, or dicts, lists and tuples of them (lists become
+            tuples: `from_tensor_slices` would stack a list into one tensor).
+        batch_size: Examples per batch (the last one may be smaller).
+
+    Returns:
+        The batched dataset, or None when a leaf is not a NumPy array (a
+        dataset, a tensor, a DataFrame, ...) or the leaves' first
+        dimensions differ or are 0: the caller then hands `parts` to Keras
+        as they are (and Keras reports what is wrong with them).
+    """
+    leaves = keras.tree.flatten(parts)
+    if not leaves or not all(isinstance(leaf, np.ndarray) and leaf.ndim >= 1 for leaf in leaves):
+        return None
+    if len({len(leaf) for leaf in leaves}) != 1 or not len(leaves[0]):
+        return None
+    return tf.data.Dataset.from_tensor_slices(_sliceable(parts)).batch(batch_size)
+
+
+def _sliceable(structure: object) -> object:
+    """`structure` with lists as tuples and floats in Keras' float type (as Keras feeds arrays)."""
+    if isinstance(structure, Mapping):
+        return {key: _sliceable(value) for key, value in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return tuple(_sliceable(value) for value in structure)
+    floatx = keras.backend.floatx()
+    if np.issubdtype(structure.dtype, np.floating) and structure.dtype != floatx:
+        return structure.astype(floatx)
+    return structure
 
 
 def error_summary(error: Exception) -> str:

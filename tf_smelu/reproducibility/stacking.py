@@ -29,9 +29,11 @@ Why the copies stay independent:
 
 Remedies that couple a model to other predictions use the same machinery
 (`Pulls`): the stacked loss then adds, per copy, λ × the cross-entropy towards
-a trained model's probabilities (distillation, anchoring) or towards its
-peers' (co-distillation: the copies of one replica's pair), taken
-stop-gradient; with every λ = 0 nothing is added.
+a trained model's probabilities (distillation, anchoring) or towards the
+mean of its peers' (co-distillation: the K copies of one replica's group),
+taken stop-gradient; with every λ = 0 nothing is added. Stale peers
+(`Pulls.peer_stale`) predict with a snapshot of the copies' weights, taken
+in `train_step` before every n-th step and read through `stateless_call`.
 
 With op determinism on (the study's default) the replicas' predictions are
 bit-identical to those of R sequential `fit` runs with the same seeds
@@ -90,17 +92,71 @@ class Pulls:
         peer_weight: Every copy towards the mean of the other copies of its
             group (co-distillation); 0 for none.
         group: How many consecutive copies are peers of each other.
+        peer_stale: None: the peers' predictions are those of the step's
+            own forward pass. A number n: they are those of a copy of the
+            copies' weights taken before every n-th step (steps 0, n, 2n,
+            ...), in inference mode, as a teacher's are: stale peers.
     """
 
     from_logits: bool | Mapping[str, bool] | None
     fixed: tuple[tuple[float, keras.Model], ...] = ()
     peer_weight: float = 0.0
     group: int = 1
+    peer_stale: int | None = None
+
+    @property
+    def peers_active(self) -> bool:
+        """Whether each copy is pulled towards its peers."""
+        return self.peer_weight > 0 and self.group > 1
 
     @property
     def active(self) -> bool:
         """Whether any term is added (a weight of 0 adds none: the copies train as without)."""
-        return any(w > 0 for w, _ in self.fixed) or (self.peer_weight > 0 and self.group > 1)
+        return any(w > 0 for w, _ in self.fixed) or self.peers_active
+
+
+@dataclasses.dataclass(frozen=True)
+class _Snapshot:
+    """Non-trainable copies of a model's variables, refreshed every `every` steps.
+
+    Held in a dataclass so that Keras does not track them as the stacked
+    model's own variables (they would then be in the lists `stateless_call`
+    takes).
+
+    Attributes:
+        trainable: Copies of the model's trainable variables, in order.
+        non_trainable: Copies of its non-trainable variables, in order.
+        every: Steps between refreshes.
+    """
+
+    trainable: tuple[tf.Variable, ...]
+    non_trainable: tuple[tf.Variable, ...]
+    every: int
+
+    @classmethod
+    def of(cls, model: keras.Model, every: int) -> _Snapshot:
+        def copy(variable):
+            return tf.Variable(variable.value, trainable=False)
+
+        return cls(tuple(copy(v) for v in model.trainable_variables),
+                   tuple(copy(v) for v in model.non_trainable_variables), every)
+
+    def refresh_if_due(self, model: keras.Model, step) -> None:
+        """Copies `model`'s variables into the snapshot when `step` is a multiple of `every`."""
+        def refresh():
+            for snapshot, variables in ((self.trainable, model.trainable_variables),
+                                        (self.non_trainable, model.non_trainable_variables)):
+                for copy, variable in zip(snapshot, variables):
+                    copy.assign(variable.value)
+
+        tf.cond(tf.equal(step % self.every, 0), refresh, lambda: None)
+
+    def predict(self, model: keras.Model, x) -> object:
+        """`model`'s outputs of `x` with the snapshot's weights, in inference mode."""
+        outputs, _ = model.stateless_call([v.value() for v in self.trainable],
+                                          [v.value() for v in self.non_trainable], x,
+                                          training=False)
+        return outputs
 
 
 class _Stacked(keras.Model):
@@ -114,6 +170,14 @@ class _Stacked(keras.Model):
         # The trained target models stay untracked (inside `Pulls`): their variables are
         # none of the stacked model's, so the optimizer never sees them and they stay as trained.
         self._copies, self._names = copies, names
+        stale = self._pulls is not None and self._pulls.peers_active and (
+            self._pulls.peer_stale is not None)
+        self._snapshot = _Snapshot.of(self, self._pulls.peer_stale) if stale else None
+
+    def train_step(self, data):
+        if self._snapshot is not None:  # before the step's loss reads it
+            self._snapshot.refresh_if_due(self, self.optimizer.iterations)
+        return super().train_step(data)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training)
@@ -125,13 +189,15 @@ class _Stacked(keras.Model):
         pulls, ops = self._pulls, keras.ops
         fixed = [(weight, self._probabilities(model(x, training=False)))
                  for weight, model in pulls.fixed if weight > 0]
-        copies = [{name: y_pred[_prefix(c) + name] for name in self._names}
-                  for c in range(self._copies)]
+        copies = self._by_copy(y_pred)
+        # Stale peers: their predictions by the snapshot of the weights (`Pulls.peer_stale`).
+        peer_copies = copies if self._snapshot is None else self._by_copy(
+            self._snapshot.predict(self, x))
         total = 0.0
         for copy, own in enumerate(copies):
             group = copy - copy % pulls.group
-            peers = [self._probabilities(copies[p]) for p in range(group, group + pulls.group)
-                     if p != copy]
+            peers = [self._probabilities(peer_copies[p])
+                     for p in range(group, group + pulls.group) if p != copy]
             targets = list(fixed)
             if pulls.peer_weight > 0 and peers:
                 targets.append((pulls.peer_weight, {
@@ -142,6 +208,11 @@ class _Stacked(keras.Model):
                     total = total + weight * self._cross_entropy(
                         ops.stop_gradient(target[name]), own[name], self._logits[name])
         return total
+
+    def _by_copy(self, predictions) -> list[dict[str, object]]:
+        """The stacked model's outputs as one `{output name: value}` per copy."""
+        return [{name: predictions[_prefix(c) + name] for name in self._names}
+                for c in range(self._copies)]
 
     def _probabilities(self, predictions) -> dict[str, object]:
         """A model's (or a copy's) outputs by output name, as probabilities."""

@@ -349,10 +349,12 @@ class ReplicaStudy:
         loss (each such model of the baseline recipe trained once per study,
         seeded, and cached; the previous model on `earlier_data`);
         `warm_start` sets every replica's weights to the previous model's
-        before its `fit`; `codistill:LAMBDA` trains each replica with a peer
-        in one `fit`, each pulled towards the other's prediction, and serves
-        peer 0. A spec with remedies and no activation (`"ema:0.999"`) keeps
-        the baseline activation. With the data order pinned, every replica,
+        before its `fit`; `codistill:LAMBDA[:K[:STALE]]` trains each replica
+        with K − 1 peers (K = 2 by default) in one `fit`, each pulled towards
+        the mean of the others' predictions (with STALE > 1, of a copy of
+        their weights taken every STALE steps), and serves peer 0. A spec
+        with remedies and no activation (`"ema:0.999"`) keeps the baseline
+        activation. With the data order pinned, every replica,
         member and peer of a spec trains side by side in one `fit` where the
         model allows it (`side_by_side`), bit for bit as one after another.
 
@@ -577,7 +579,8 @@ class ReplicaStudy:
             self.from_logits,
             fixed=tuple((p.weight, targets[p.target].model) for p in pulls if p.target != PEERS),
             peer_weight=sum(p.weight for p in pulls if p.target == PEERS),
-            group=len(recipe.peer_seeds(0)))
+            group=len(recipe.peer_seeds(0)),
+            peer_stale=next((p.stale for p in pulls if p.target == PEERS), None))
 
     def _target(self, name: str, recipe: Recipe) -> _Target:
         """The trained model `name` (teacher, previous model) of `recipe`: trained once, then cached.
@@ -719,8 +722,11 @@ class ReplicaStudy:
             predicted = dict(zip(result.predictions, predicted.values()))
         for name, probabilities in predicted.items():
             result.predictions.setdefault(name, []).append(probabilities)
-        evaluation = model.evaluate(self._features, self._labels, verbose=0,
-                                    batch_size=self.predict_batch_size, return_dict=True)
+        batches = outputs_lib.in_memory_batches((self._features, self._labels),
+                                                self.predict_batch_size)
+        held_out = ({"x": self._features, "y": self._labels,
+                     "batch_size": self.predict_batch_size} if batches is None else {"x": batches})
+        evaluation = model.evaluate(**held_out, verbose=0, return_dict=True)
         result.evaluations.append({k: float(v) for k, v in evaluation.items()})
         result.params.append(model.count_params())
 
