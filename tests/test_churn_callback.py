@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import re
+import textwrap
 
 import keras
 import numpy as np
@@ -132,6 +133,6 @@ def test_saved_predictions_with_nan_fail_before_the_first_step(tmp_path):
 def test_the_docstring_example_runs(capsys):
     [example] = re.findall(r"```python\n(.*?)```", inspect.getdoc(PredictionDifferenceCallback),
                            flags=re.S)
-    exec(compile(example, "PredictionDifferenceCallback", "exec"), {})
+    exec(compile(textwrap.dedent(example), "PredictionDifferenceCallback", "exec"), {})
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("[") and len(printed.split(",")) == 2  # one PD per epoch
