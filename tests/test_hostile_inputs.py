@@ -700,27 +700,20 @@ def test_a_replica_jobs_user_error_is_its_workers_one_line(tail, one_line):
 
 @pytest.mark.slow
 def test_divergence_and_a_one_class_evaluation_set_end_in_one_line(tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
-    # Three independent runs at once: each spends most of its time starting TensorFlow on
-    # one core.
-    with ThreadPoolExecutor(3) as pool:
-        diverged, one, jobs = pool.map(_run, [
-            [MAIN_JOB, *TINY, "--activations=relu", "--sources=tower_init",
-             "--learning_rate=1e30", f"--output_dir={tmp_path / 'lr'}"],
-            [MAIN_JOB, *TINY, "--eval_examples=1", f"--output_dir={tmp_path / 'eval'}"],
-            # Multi-worker: the worker's trainer stops, and the main job says why in one line.
-            [MAIN_JOB, *TINY, "--activations=relu", "--sources=init", "--workers=2",
-             "--learning_rate=1e30", f"--output_dir={tmp_path / 'jobs'}"],
-        ])
+    diverged = _run([MAIN_JOB, *TINY, "--activations=relu", "--sources=tower_init",
+                     "--learning_rate=1e30", f"--output_dir={tmp_path / 'lr'}"])
     _assert_one_line_error(diverged, "training diverged", "at step", "relu [tower_init]",
                            "learning rate 1e+30", "--learning_rate")
     assert not (tmp_path / "lr" / "results.json").exists()
 
+    one = _run([MAIN_JOB, *TINY, "--eval_examples=1", f"--output_dir={tmp_path / 'eval'}"])
     _assert_one_line_error(one, "held-out examples", "positive", "negative",
                            "--eval_examples (now 1)")
     assert "relu" not in one.stdout  # refused before the first row trained
 
+    # Multi-worker: the worker's trainer stops, and the main job says why in one line.
+    jobs = _run([MAIN_JOB, *TINY, "--activations=relu", "--sources=init", "--workers=2",
+                 "--learning_rate=1e30", f"--output_dir={tmp_path / 'jobs'}"])
     _assert_one_line_error(jobs, "relu sync, worker ", ": training diverged", "at step",
                            "(relu, learning rate 1e+30)")
     assert not (tmp_path / "jobs" / "results.json").exists()
