@@ -778,6 +778,8 @@ def test_main_job_confirms_its_choice_on_fresh_seeds_and_resumes_the_confirmatio
     args = [sys.executable, str(script), "--quick", "--train_examples=10000",
             "--eval_examples=2000", "--hidden_units=16,8", "--activations=relu,softplus,swish",
             "--replicas=4", "--max_replicas=4", "--max_auc_loss=0.05",
+            # The rate the learning-rate sweep picks here; the sweep is test_learning_rate's.
+            "--learning_rate=0.032", "--notune_learning_rate",
             f"--output_dir={tmp_path}", "--noprogress"]
 
     def run():

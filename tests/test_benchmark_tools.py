@@ -126,15 +126,32 @@ def test_operating_point_runs_every_learning_rate_and_resumes(tmp_path):
         content["points"]
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--learning_rates=0.01,fast", "--learning_rates: 0.01,fast are not all float numbers"),
-    ("--epochs_grid=0", "--epochs_grid needs one or more numbers > 0"),
-    ("--replicas=2", "at least 4 replicas"),
-    ("--max_auc_loss=0.002", "--max_auc_loss is not supported here"),
-])
+OPERATING_POINT_MISTAKES = {
+    "--learning_rates=0.01,fast": "--learning_rates: 0.01,fast are not all float numbers",
+    "--epochs_grid=0": "--epochs_grid needs one or more numbers > 0",
+    "--replicas=2": "at least 4 replicas",
+    "--max_auc_loss=0.002": "--max_auc_loss is not supported here",
+}
+
+
+@pytest.fixture(scope="module")
+def operating_point_mistakes(tmp_path_factory):
+    """Every mistake's run, all started at once (each spends its time starting TensorFlow
+    on one core): {flag: (completed process, its output directory)}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(flag):
+        out = tmp_path_factory.mktemp("mistake") / "out"
+        return flag, (_run("operating_point.py", flag, f"--output_dir={out}", timeout=300), out)
+
+    with ThreadPoolExecutor(len(OPERATING_POINT_MISTAKES)) as pool:
+        return dict(pool.map(run, OPERATING_POINT_MISTAKES))
+
+
+@pytest.mark.parametrize("flag, message", OPERATING_POINT_MISTAKES.items())
 @pytest.mark.slow  # >= 1 s in one process: kept out of the fast tier
-def test_operating_point_mistakes_stop_before_training(tmp_path, flag, message):
-    result = _run("operating_point.py", flag, f"--output_dir={tmp_path / 'out'}", timeout=300)
+def test_operating_point_mistakes_stop_before_training(operating_point_mistakes, flag, message):
+    result, out = operating_point_mistakes[flag]
     assert result.returncode == 1
     assert message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()

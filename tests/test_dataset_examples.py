@@ -130,26 +130,48 @@ def _run_main_job(tmp_path, *flags, timeout=600):
     )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["csv_ids", "csv_ratings", "tfrecord_gzip"])
-def test_main_job_on_your_own_data(tmp_path, validate_results, kind):
+OWN_DATA_KINDS = ("csv_ids", "csv_ratings", "tfrecord_gzip")
+
+
+def _write_own_data(kind: str, directory) -> list[str]:
+    """Writes `_interactions()` in the form `kind` names under `directory`; returns the
+    main job's data flags for it."""
     rows = _interactions()
     if kind == "csv_ids":  # the usual export: no schema flag needed
-        path = tmp_path / "interactions.csv"
+        path = directory / "interactions.csv"
         path.write_text("user_id,item_id,timestamp,label\n" + "".join(
             f"{u},{i},{t},{int(r >= 4)}\n" for u, i, t, r in rows))
-        flags = [f"--dataset=csv:{path}"]
-    elif kind == "csv_ratings":
-        path = tmp_path / "ratings.csv"
+        return [f"--dataset=csv:{path}"]
+    if kind == "csv_ratings":
+        path = directory / "ratings.csv"
         path.write_text("user_id,item_id,rating\n" + "".join(
             f"{u},{i},{r:g}\n" for u, i, _, r in rows))
-        flags = [f"--dataset=csv:{path}", "--label_column=rating", "--label_threshold=4"]
-    else:
-        _write_tfrecords(str(tmp_path / "part"))
-        flags = [f"--dataset=tfrecord:{tmp_path}/part-*.tfrecord.gz"]
-    result = _run_main_job(tmp_path, *flags)
+        return [f"--dataset=csv:{path}", "--label_column=rating", "--label_threshold=4"]
+    _write_tfrecords(str(directory / "part"))
+    return [f"--dataset=tfrecord:{directory}/part-*.tfrecord.gz"]
+
+
+@pytest.fixture(scope="module")
+def own_data_runs(tmp_path_factory):
+    """The main job on every kind of own data, all started at once (each run spends much
+    of its time starting TensorFlow on one core): {kind: (flags, run, its directory)}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(kind):
+        directory = tmp_path_factory.mktemp(kind)
+        flags = _write_own_data(kind, directory)
+        return kind, (flags, _run_main_job(directory, *flags), directory)
+
+    with ThreadPoolExecutor(len(OWN_DATA_KINDS)) as pool:
+        return dict(pool.map(run, OWN_DATA_KINDS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", OWN_DATA_KINDS)
+def test_main_job_on_your_own_data(own_data_runs, validate_results, kind):
+    flags, result, directory = own_data_runs[kind]
     assert result.returncode == 0, result.stderr[-3000:]
-    content = validate_results(tmp_path / "out" / "results.json")
+    content = validate_results(directory / "out" / "results.json")
     config = content["config"]
     assert config["dataset"] == flags[0].removeprefix("--dataset=")
     if kind == "csv_ratings":

@@ -120,8 +120,13 @@ def test_quick_preset_never_overrides_explicit_flags(tmp_path):
 def test_max_auc_loss_searches_and_recommends(tmp_path, validate_results):
     result = _run(
         "--quick", "--train_examples=4000", "--eval_examples=2000", "--hidden_units=16,8",
-        "--activations=relu,smelu:0.1,gelu", "--replicas=4", "--max_replicas=8",
-        "--max_auc_loss=0.005", "--time_budget=40", f"--output_dir={tmp_path}", "--noprogress",
+        "--activations=relu,smelu:0.1,gelu", "--replicas=4", "--max_auc_loss=0.005",
+        # The search is the subject, not the learning-rate sweep (test_learning_rate's; 0.032
+        # is what it picks here) nor the time budget's stop (test_advisor's; a generous cap
+        # here): R stays 4, so the search ends after the same rows however loaded the machine.
+        "--learning_rate=0.032", "--notune_learning_rate", "--max_replicas=4",
+        "--time_budget=300",
+        f"--output_dir={tmp_path}", "--noprogress",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     content = validate_results(tmp_path / "results.json")
@@ -160,7 +165,9 @@ def test_the_search_with_relative_beta_climbs_k_and_names_each_layers_beta(tmp_p
     result = _run(
         "--quick", "--train_examples=4000", "--eval_examples=1000", "--hidden_units=16,8",
         "--activations=relu,smelu:1", "--replicas=4", "--max_replicas=4", "--beta_scale=relative",
-        "--preactivation_warmup_steps=5", "--max_auc_loss=0.01", "--time_budget=25",
+        "--preactivation_warmup_steps=5", "--max_auc_loss=0.01",
+        # As in test_max_auc_loss_searches_and_recommends: the sweep's rate, R fixed, a cap.
+        "--learning_rate=0.032", "--notune_learning_rate", "--time_budget=300",
         f"--output_dir={tmp_path}", "--noprogress",
     )
     assert result.returncode == 0, result.stderr[-3000:]
