@@ -61,7 +61,7 @@ def test_quick_run_writes_results_and_plot(tmp_path, validate_results):
 
 @pytest.mark.slow
 def test_main_job_runs_replicas_as_multi_worker_jobs(tmp_path, validate_results):
-    """The README's --workers/--update_mode flags of the main job; sources default to none."""
+    """The documented --workers/--update_mode flags of the main job (docs/guide/multi-worker.md); sources default to none."""
     completed = _run(
         MAIN_JOB, "--workers=2", "--update_mode=local_sgd", "--activations=relu",
         "--replicas=2", "--train_examples=2048", "--eval_examples=500", "--batch_size=64",
