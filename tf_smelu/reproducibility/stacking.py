@@ -135,6 +135,13 @@ class _Snapshot:
 
     @classmethod
     def of(cls, model: keras.Model, every: int) -> _Snapshot:
+        if keras.backend.backend() != "tensorflow":
+            # The snapshot is refreshed by assignments inside the step, which JAX's
+            # stateless train_step(state, data) would drop.
+            raise ValueError(
+                f"codistill with STALE > 1 needs the TensorFlow backend; Keras runs "
+                f"{keras.backend.backend()!r}. Use codistill:LAMBDA:K (fresh peers) there.")
+
         def copy(variable):
             return tf.Variable(variable.value, trainable=False)
 
@@ -174,10 +181,11 @@ class _Stacked(keras.Model):
             self._pulls.peer_stale is not None)
         self._snapshot = _Snapshot.of(self, self._pulls.peer_stale) if stale else None
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        # *args: TensorFlow's and torch's train_step take (data), JAX's (state, data).
         if self._snapshot is not None:  # before the step's loss reads it
             self._snapshot.refresh_if_due(self, self.optimizer.iterations)
-        return super().train_step(data)
+        return super().train_step(*args)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training)
