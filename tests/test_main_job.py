@@ -135,8 +135,9 @@ def test_max_auc_loss_searches_and_recommends(tmp_path, validate_results):
         result.stdout)
     assert advice["text"].startswith(("use ", "keep relu"))
     labels = [r["label"] for r in content["results"]]
-    assert labels[:2] == ["relu", "gelu"] and any(label.startswith("smelu") for label in labels)
-    assert [t["label"] for t in advice["trials"]][:2] == ["relu", "gelu"]
+    # The baseline and the first β come first, the reference point after them.
+    assert labels[:3] == ["relu", "smelu(β=0.05)", "gelu"]
+    assert [t["label"] for t in advice["trials"]][:3] == ["relu", "smelu(β=0.05)", "gelu"]
     for row in content["results"]:  # the advisor's inputs are in every row
         assert len(row["rel_pd_pairs"]) == row["replicas"] * (row["replicas"] - 1) // 2
         assert len(row["aucs"]) == row["replicas"]
