@@ -124,9 +124,19 @@ def plot(points: list[dict], path: str) -> None:
     figure.savefig(path, dpi=110)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def checked_points() -> tuple[dict, list[float], list[int]]:
+    """The main job's flag values and the two grids, every point's configuration checked.
+
+    Reads the parsed flags only (no data, no output directory), so that a bad
+    value at any point ends the run before the first one trains.
+
+    Returns:
+        The main job's resolved flag values (without the grid flags), the
+        learning rates and the epochs to run.
+
+    Raises:
+        app.UsageError: A flag value is bad (one line).
+    """
     learning_rates = _grid("learning_rates", float)
     epochs_grid = _grid("epochs_grid", int)
     values = {k: v for k, v in cli.resolved_flags(QUICK_PRESET).items() if k not in GRID_FLAGS}
@@ -136,11 +146,18 @@ def main(argv):
     if values["replicas"] < advisor.MIN_REPLICAS:
         raise app.UsageError(f"--replicas={values['replicas']}: the intervals vs relu need at "
                              f"least {advisor.MIN_REPLICAS} replicas per row")
-    output_dir = values["output_dir"]
-    cli.check_output_dir(output_dir)
-    for learning_rate in learning_rates:  # every point's flags are checked before any training
+    for learning_rate in learning_rates:
         for epochs in epochs_grid:
             cli.experiment_config({**values, "learning_rate": learning_rate, "epochs": epochs})
+    return values, learning_rates, epochs_grid
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    values, learning_rates, epochs_grid = checked_points()
+    output_dir = values["output_dir"]
+    cli.check_output_dir(output_dir)
     points = []
     for epochs in epochs_grid:
         for learning_rate in learning_rates:

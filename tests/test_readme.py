@@ -8,8 +8,9 @@ docstrings, whose examples tests/test_docstring_examples.py runs. A block that
 cannot run on its own (it needs the reader's model, data or cluster) is
 preceded by a visible marker `<!-- not-run: reason -->`; the fast tests check
 that every marker gives a reason and stands right before a block, and compile
-every block, run or not. Shell blocks are not run here (the programs they
-call have their own end-to-end tests, e.g. tests/test_main_job.py).
+every block, run or not. Shell blocks are not run here: their command lines are
+parsed and configured by tests/test_documented_commands.py, and the programs
+they call have their own end-to-end tests (e.g. tests/test_main_job.py).
 """
 
 from __future__ import annotations
