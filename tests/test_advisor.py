@@ -668,6 +668,18 @@ def test_remedies_are_planned_like_reference_points_and_those_over_budget_never(
     assert [t.label for t in advisor.plan(done, settings)] == ["smelu(β=0.05)"]
 
 
+def test_a_resumed_search_neither_plans_nor_names_as_never_trained_the_rows_it_has():
+    settings = advisor.SearchSettings(BUDGET, families=(), references=("gelu", "swish"),
+                                      remedies=("ema:0.999",), n_resamples=500,
+                                      time_budget=100.0)
+    done = [EMA, make_row("gelu", 0.7190, 0.049)]
+    assert [t.label for t in advisor.plan(done, settings)] == ["relu", "swish"]
+    clock = FakeClock(seconds_per_replica=10.0)
+    result = advisor.search(clock.run_trial, settings, done, clock=clock, log=lambda _: None)
+    assert [t.label for t in result.trials] == ["relu"]
+    assert result.stopped.endswith("; never trained: swish (a larger --time_budget measures them)")
+
+
 def test_replicas_go_to_a_promising_remedy_but_not_to_one_measured_over_a_cost_budget():
     noisy_ema = remedy_row("relu", 0.7199, 0.045, remedy="ema:0.999", pd_sd=0.5)
     settings = advisor.SearchSettings(BUDGET, families=(), references=(),

@@ -3,7 +3,7 @@
 import dataclasses
 
 import pytest
-from absl import flags
+from absl import app, flags
 
 from tf_smelu import cli
 from tf_smelu.experiment import CTRExperimentConfig
@@ -47,6 +47,31 @@ def test_every_field_has_a_flag_and_defaults_exist_once():
     flag_values(["prog"])
     parsed = CTRExperimentConfig.from_dict({name: flag_values[name].value for name in flag_values})
     assert parsed == CTRExperimentConfig()
+
+
+def _config_of_args(*args: str) -> CTRExperimentConfig:
+    flag_values = _flag_values()
+    flag_values(["prog", *args])
+    return cli.experiment_config({name: flag_values[name].value for name in flag_values})
+
+
+DISTILL_ONLY = ("--activations=relu", "--remedies=distill:0.5", "--max_auc_loss=0.002",
+                "--replicas=4", "--max_replicas=4")
+
+
+def test_a_train_budget_its_teacher_exceeds_refuses_distillation_in_one_line():
+    """At most 4 replicas share the teacher: distill costs 1 + 1/4, as the search counts it."""
+    with pytest.raises(app.UsageError) as raised:
+        _config_of_args(*DISTILL_ONLY, "--max_train_cost=1.1")
+    message = str(raised.value)
+    assert ("rule out every candidate, so relu would be compared with nothing: relu+distill(0.5) "
+            "(train cost 1.25 > --max_train_cost=1.1)") in message
+    assert "\n" not in message
+
+
+def test_a_train_budget_above_distillation_with_its_teacher_keeps_it():
+    config = _config_of_args(*DISTILL_ONLY, "--max_train_cost=1.3")
+    assert config.max_train_cost == 1.3 and config.to_dict()["remedies"] == ["distill:0.5"]
 
 
 def test_activations_are_parsed_once():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import keras
 import numpy as np
 import pytest
@@ -43,6 +45,21 @@ def test_predictions_and_evaluations_are_keras_own_bit_for_bit():
     listed = keras.Model([model.inputs[0], model.inputs[1]], model.outputs)
     np.testing.assert_array_equal(outputs.predict(listed, [x["a"], x["b"]], 8, "m")[0],
                                   keras_own["click"])
+
+
+def test_lists_become_tuples_floats_keras_float_type_and_other_containers_stay_as_keras_feeds_them():
+    features = collections.namedtuple("Features", "a b")
+    a, b, c = np.zeros((5, 3)), np.arange(5), np.ones((5, 2), "float16")
+    parts = ([a, [b, c]], collections.OrderedDict(z=a, y=b), features(a, b))
+    listed, ordered, named = next(iter(outputs.in_memory_batches(parts, 2)))
+    # A list stacked by `from_tensor_slices` would be one tensor, not a tuple of batches.
+    assert type(listed) is tuple and type(listed[1]) is tuple
+    floatx = keras.backend.floatx()
+    assert [str(t.dtype.name) for t in keras.tree.flatten(listed)] == [floatx, "int64", floatx]
+    assert [tuple(t.shape) for t in keras.tree.flatten(listed)] == [(2, 3), (2,), (2, 2)]
+    # Keras' own array adapter keeps these containers: so do the batches.
+    assert type(ordered) is collections.OrderedDict and list(ordered) == ["z", "y"]
+    assert type(named) is features and named.a.dtype.name == floatx
 
 
 @pytest.mark.parametrize("parts", [

@@ -1350,6 +1350,12 @@ def next_candidates(
     return _family_step(family, analysis, settings)
 
 
+def _untrained(trials: Sequence[Trial], rows: Sequence[Mapping[str, object]]) -> list[Trial]:
+    """The trials whose label no row of `rows` has (in order): those not trained yet."""
+    done = {r["label"] for r in rows}
+    return [t for t in trials if t.label not in done]
+
+
 def plan(rows: Sequence[Mapping[str, object]], settings: SearchSettings) -> list[Trial]:
     """The next trials of the search, in order (see the module docstring).
 
@@ -1362,24 +1368,20 @@ def plan(rows: Sequence[Mapping[str, object]], settings: SearchSettings) -> list
         has ended.
     """
     rows = list(rows)
-    done = {r["label"] for r in rows}
-
-    def untrained(pairs) -> list[Trial]:
-        return [t for t in (_new(a, settings, reason) for a, reason in pairs)
-                if t.label not in done]
-
+    baseline = _new(settings.baseline, settings, "the baseline")
     # Reference points come last: they only frame the answer, so a time budget
     # that runs out must cut them, not the remedies and β the user asked about.
-    trials = untrained([(settings.baseline, "the baseline"),
-                        *((r, "remedy") for r in settings.affordable_remedies)])
-    references = untrained((r, "reference point") for r in settings.references)
+    trials = _untrained([baseline, *(_new(r, settings, "remedy")
+                                     for r in settings.affordable_remedies)], rows)
+    references = _untrained([_new(r, settings, "reference point") for r in settings.references],
+                            rows)
     # A remedy row (`smelu:1+ema:0.999`) is no member of its activation's β family.
     activations = [row_activation(r) for r in rows if not r.get("remedy")]
     unsearched = [f for f in settings.families
                   if not any(family_name(a) == family_name(f) for a in activations)]
     trials += [_new(with_scale(f, settings.scale_grid[0]), settings, "coarse grid of β")
                for f in unsearched]
-    if settings.baseline.label not in done:
+    if baseline in trials:
         return trials + references
     if not baseline_has_pd(rows, str(settings.baseline)):
         return []
@@ -1508,8 +1510,7 @@ def _checked(trial: Trial, row: dict) -> dict:
 
 def _never_trained(trials: Sequence[Trial], rows: Sequence[Mapping[str, object]]) -> str:
     """Names the planned rows a stopped search never trained (empty if none)."""
-    done = {r["label"] for r in rows}
-    missing = list(dict.fromkeys(t.label for t in trials if t.label not in done))
+    missing = list(dict.fromkeys(t.label for t in _untrained(trials, rows)))
     if not missing:
         return ""
     return f"; never trained: {', '.join(missing)} (a larger --time_budget measures them)"

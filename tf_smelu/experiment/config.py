@@ -271,10 +271,13 @@ class CTRExperimentConfig:
 
         Activations cost 1 (`check_budget` keeps budgets >= 1), so only
         remedies can be ruled out: the search is pointless when they all are
-        and no activation besides relu is asked for.
+        and no activation besides relu is asked for. A teacher or previous
+        model counts amortized over `max_replicas`, as the search's
+        `SearchSettings.ruled_out` counts it (the runner gives it this
+        `max_replicas`).
         """
         budgets = {name: getattr(self, name) for name in BUDGETS}
-        excluded = ruled_out(self.remedies, budgets, BASELINE)
+        excluded = ruled_out(self.remedies, budgets, BASELINE, self.max_replicas)
         left = len(self.remedies) - len(excluded) + sum(a != BASELINE for a in self.activations)
         require_candidates(excluded, left, budgets)
 

@@ -197,15 +197,19 @@ def in_memory_batches(parts: tuple, batch_size: int) -> tf.data.Dataset | None:
 
 
 def _sliceable(structure: object) -> object:
-    """`structure` with lists as tuples and floats in Keras' float type (as Keras feeds arrays)."""
-    if isinstance(structure, Mapping):
-        return {key: _sliceable(value) for key, value in structure.items()}
-    if isinstance(structure, (list, tuple)):
-        return tuple(_sliceable(value) for value in structure)
+    """`structure` with lists as tuples and floats in Keras' float type (as Keras feeds arrays).
+
+    The same `keras.tree` steps as Keras' own array adapter, so the containers
+    (an `OrderedDict`, a namedtuple) reach the model as they do from Keras.
+    """
     floatx = keras.backend.floatx()
-    if np.issubdtype(structure.dtype, np.floating) and structure.dtype != floatx:
-        return structure.astype(floatx)
-    return structure
+
+    def as_floatx(leaf: np.ndarray) -> np.ndarray:
+        if np.issubdtype(leaf.dtype, np.floating) and leaf.dtype != floatx:
+            return leaf.astype(floatx)
+        return leaf
+
+    return keras.tree.lists_to_tuples(keras.tree.map_structure(as_floatx, structure))
 
 
 def error_summary(error: Exception) -> str:
