@@ -91,10 +91,12 @@ def test_each_source_alone_makes_replicas_differ(sources, as_function):
     assert row["identical_replicas"] is False
     assert 0 < row["rel_pd"] < 2 and 0 < row["abs_pd"] < 1
     assert row["rel_pd_pairs"] == [row["rel_pd"]]
-    # The row's PD is tf_smelu.metrics' PD of the trained replicas' predictions.
+    # The row's PD is tf_smelu.metrics' PD of the trained replicas' predictions. The study
+    # predicts in batches of its own: on some CPUs float32 kernels round differently per
+    # batch shape (PD differed by 2e-9 relative), so agreement is to float32 precision.
     p, q = (model.predict(held_out[0], verbose=0)[:, 0] for model in models)
-    assert row["rel_pd"] == pytest.approx(metrics.relative_pd(p, q), rel=1e-12)
-    assert row["abs_pd"] == pytest.approx(metrics.absolute_pd(p, q), rel=1e-12)
+    assert row["rel_pd"] == pytest.approx(metrics.relative_pd(p, q), rel=1e-6)
+    assert row["abs_pd"] == pytest.approx(metrics.absolute_pd(p, q), rel=1e-6)
     if as_function:
         assert len(orders) == 2 and orders[0] != orders[1]
 
