@@ -25,13 +25,20 @@ from tf_smelu import metrics
 from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_seeds
 from tf_smelu.registry import Activation
 from tf_smelu.training.config import TrainingConfig
-from tf_smelu.training.replicas import ReplicaTrainer, check_finite, predict_probabilities
+from tf_smelu.training.replicas import (
+    ReplicaTrainer,
+    check_finite,
+    predict_probabilities,
+    released_custom_gradients,
+)
 from tf_smelu.training.updates import delay_schedule
 
 ModelFn = Callable[..., keras.Model]
 DataFn = Callable[[int | None], tf.data.Dataset]
 
 
+# The replicas' graphs are not differentiated again once they are trained: they can go.
+@released_custom_gradients()
 def _train_and_predict(
     model_fn, train_data_fn, eval_data, activation, sources, replicas, train_config,
     seed, steps_per_epoch, progress, first_replica=0,

@@ -57,6 +57,7 @@ from tf_smelu.training.problem import (
     feature_inputs,
     model_builder,
 )
+from tf_smelu.training.replicas import released_custom_gradients
 from tf_smelu.reproducibility.study import ReplicaStudy
 
 INIT_SOURCES = ("init", "embedding_init", "tower_init")
@@ -180,6 +181,7 @@ class KerasFitTrainer:
         self._trained_targets: dict[tuple[str, ...], dict] = {}
         self._check_compiles()
 
+    @released_custom_gradients()  # building traces the model in a scratch graph
     def _check_compiles(self) -> None:
         """One build compiled as every row will be, and the study's check of every remedy."""
         model = self._builder(RELU.to_keras(), embedding_seed=0, tower_seed=0)

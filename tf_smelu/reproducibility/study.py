@@ -82,7 +82,11 @@ from tf_smelu.experiment.seeds import op_determinism, parse_sources, replica_see
 from tf_smelu.registry import Activation
 from tf_smelu.remedies import Recipe
 from tf_smelu.remedies.base import PEERS, PREVIOUS, TEACHER
-from tf_smelu.training.replicas import DivergedError, expected_retracing
+from tf_smelu.training.replicas import (
+    DivergedError,
+    expected_retracing,
+    released_custom_gradients,
+)
 from tf_smelu.validation import is_int, require_positive_int
 from tf_smelu.reproducibility import outputs as outputs_lib
 from tf_smelu.reproducibility import stacking
@@ -449,6 +453,7 @@ class ReplicaStudy:
         return ({name: np.stack(runs) for name, runs in result.predictions.items()},
                 _training_fields(result))
 
+    @released_custom_gradients()  # building traces the model in a scratch graph
     def check_remedies(self, recipes: Sequence[Recipe]) -> None:
         """What a remedy cannot do with this model or study shows before the first training step.
 
@@ -510,8 +515,10 @@ class ReplicaStudy:
                 model = self._build(seed)
                 return recipe.compile(model if convert is None else convert(model))
 
-        # Every replica is a new model whose fit/predict functions trace once, by design.
-        with op_determinism("op_nondeterminism" not in self.sources), expected_retracing():
+        # Every replica is a new model whose fit/predict functions trace once, by design, and
+        # are not differentiated again once they are trained: their graphs can go.
+        with (op_determinism("op_nondeterminism" not in self.sources), expected_retracing(),
+              released_custom_gradients()):
             first = build_seeded(runs[0][1])
             self._check_before_training(first, result)
             trained_before = {name for name in recipe.targets

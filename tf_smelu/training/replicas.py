@@ -26,7 +26,9 @@ import tensorflow as tf
 import tqdm.auto
 import tqdm.autonotebook  # imported (quietly) by tqdm.auto: the notebook check
 import tqdm.std
+from tensorflow.python.framework import ops as tf_ops
 
+from tf_smelu import activations
 from tf_smelu.common import UserError
 from tf_smelu.training.config import TrainingConfig
 from tf_smelu.training.updates import IN_PROCESS_UPDATE_MODES, DelayedGradients
@@ -302,6 +304,71 @@ def expected_retracing() -> Iterator[None]:
         yield
     finally:
         tf.get_logger().removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def released_custom_gradients() -> Iterator[None]:
+    """Unregisters, when the block ends, the graph gradients of the activations traced in it.
+
+    In a graph (a `tf.function`, such as Keras' train and predict functions)
+    every call of `tf.custom_gradient`, which SmeLU, RESCU and generalized
+    SmeLU use (and TensorFlow's Swish, `keras.activations.swish` on the
+    TensorFlow backend), registers its gradient function in TensorFlow's
+    global gradient registry under a name of its own, and nothing ever removes it
+    (tensorflow/tensorflow#27492, #97697). That function holds the forward
+    pass's tensors, so each traced graph stays in memory for the rest of the
+    process, after the models and functions that traced it are gone: a
+    process training row after row of smooth-activation replicas grew by
+    about 24 MB per replica of the main job's model.
+
+    A registered gradient is looked up only while a gradient of its graph is
+    built: as a training step traces, or when a traced function is
+    differentiated again later. Use the block around code that builds,
+    trains and predicts models it then drops (the replica trainer, a
+    `ReplicaStudy` row): every lookup happens inside it. A `tf.function`
+    traced inside and differentiated after it would raise `LookupError` (no
+    gradient defined for `CustomGradient-N`), never compute another number.
+    Gradients other code registered (your own `tf.custom_gradient`) are
+    kept.
+    """
+    registry = _gradient_registry()
+    before = set(registry)
+    try:
+        yield
+    finally:
+        for name in registry.keys() - before:  # a copy: the loop deletes
+            if _defined_in(registry[name].get("type"), _RELEASED_MODULES):
+                del registry[name]
+
+
+# Where the gradient functions `released_custom_gradients` unregisters are defined: the
+# activations the main job compares (TensorFlow's Swish is `nn_impl.swish`'s).
+_RELEASED_MODULES = (activations.__name__, "tensorflow.python.ops.nn_impl")
+
+
+def _gradient_registry() -> dict[str, dict]:
+    """TensorFlow's registry of graph gradient functions: name -> `{"type": function, ...}`."""
+    return tf_ops._gradient_registry._registry  # no public handle
+
+
+def _defined_in(function: object, modules: Sequence[str], depth: int = 3) -> bool:
+    """Whether `function`, or one its closure holds (up to `depth` levels down), is `modules`'.
+
+    `tf.custom_gradient` registers a wrapper of a wrapper of the gradient
+    function it was given.
+    """
+    if getattr(function, "__module__", None) in modules:
+        return True
+    if depth == 0:
+        return False
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            contents = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if callable(contents) and _defined_in(contents, modules, depth - 1):
+            return True
+    return False
 
 
 def predict_probabilities(
