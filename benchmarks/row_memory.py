@@ -43,13 +43,11 @@ FLAGS = flags.FLAGS
 cli.define_experiment_flags(
     CTRExperimentConfig.from_dict({
         "activations": ["relu", "smelu:0.5", "smelu:1", "gelu", "swish"],
-        "replicas": 3, "trainer": "keras",
+        "remedies": ["ema:0.99", "ensemble:2"], "replicas": 3, "trainer": "keras",
         "progress": False, "train_examples": 20_000, "eval_examples": 5_000}),
     output_dir="runs/row_memory", quick_help="Unused here (the defaults are small already).",
 )
 flags.adopt_module_key_flags(cli)
-# (A default `Recipe` would become its repr, not its spec, in the generated flag.)
-FLAGS.set_default("remedies", ["ema:0.99", "ensemble:2"])
 
 
 def live_objects() -> dict[str, int]:

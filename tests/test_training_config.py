@@ -139,3 +139,15 @@ def test_to_args_refuses_a_value_it_cannot_write():
 
     with pytest.raises(ValueError, match="cannot be written"):
         config_flags.to_args(Example(size=None))
+
+
+def test_a_remedy_default_becomes_its_spec_in_the_generated_flag():
+    from tf_smelu.experiment import CTRExperimentConfig
+
+    values = flags.FlagValues()
+    defaults = CTRExperimentConfig.from_dict({"remedies": ["smelu:1+ema:0.99", "ensemble:2"]})
+    config_flags.define_flags(CTRExperimentConfig, defaults, flag_values=values)
+    assert values["remedies"].default == ["smelu:1.0+ema:0.99", "ensemble:2"]
+    values(["program"])
+    assert CTRExperimentConfig.from_dict({"remedies": values.remedies}).remedies == (
+        defaults.remedies)

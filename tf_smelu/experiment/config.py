@@ -46,8 +46,7 @@ def _parse_remedies(texts) -> tuple[Recipe, ...]:
 
 def recipe_spec(recipe: Recipe) -> str:
     """The spec text a recipe was parsed from, e.g. `smelu:1.0+ema:0.999` (parses back)."""
-    return "+".join([*([str(recipe.activation)] if recipe.activation else []),
-                     *(str(remedy) for remedy in recipe.remedies)])
+    return str(recipe)
 
 
 TRAINERS_HELP = (

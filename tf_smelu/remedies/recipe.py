@@ -36,6 +36,11 @@ class Recipe:
     activation: Activation | None = None
     remedies: tuple[Remedy, ...] = ()
 
+    def __str__(self) -> str:
+        """The spec text, e.g. `smelu:1.0+ema:0.999`: `Recipe.parse` reads it back."""
+        return "+".join([*([str(self.activation)] if self.activation else []),
+                         *(str(remedy) for remedy in self.remedies)])
+
     @classmethod
     def parse(cls, text: str | Activation | Recipe) -> Recipe:
         """`"relu"`, `"ensemble:2"`, `"smelu:1+ema:0.999+label_smoothing:0.1"`, ...

@@ -347,8 +347,14 @@ _RELEASED_MODULES = (activations.__name__, "tensorflow.python.ops.nn_impl")
 
 
 def _gradient_registry() -> dict[str, dict]:
-    """TensorFlow's registry of graph gradient functions: name -> `{"type": function, ...}`."""
-    return tf_ops._gradient_registry._registry  # no public handle
+    """TensorFlow's registry of graph gradient functions: name -> `{"type": function, ...}`.
+
+    There is no public handle. A TensorFlow without this private one gets an
+    empty stand-in: nothing is released (memory grows per row as before, and
+    tests/test_row_memory.py fails to say so), nothing breaks.
+    """
+    registry = getattr(getattr(tf_ops, "_gradient_registry", None), "_registry", None)
+    return registry if isinstance(registry, dict) else {}
 
 
 def _defined_in(function: object, modules: Sequence[str], depth: int = 3) -> bool:
