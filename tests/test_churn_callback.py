@@ -17,6 +17,9 @@ from tf_smelu.reproducibility import PredictionDifferenceCallback
 FEATURES = 6
 
 
+FLOAT32_PRECISION = 1e-6
+"""How closely PDs of float32 predictions made in different batches agree."""
+
 def _arrays(rows: int = 900):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, FEATURES)).astype("float32")
@@ -65,10 +68,12 @@ def test_logged_pd_equals_the_offline_pd_of_the_two_models(kind, reference, tmp_
 
     p = model.predict(held_out, verbose=0)
     q = reference.predict(held_out, verbose=0)
+    # To float32 precision: the callback predicts in batches of its own, and some CPUs'
+    # float32 kernels round differently per batch shape (5e-11 relative seen).
     assert history.history["churn_rel_pd"][-1] == pytest.approx(
-        metrics.relative_pd(p, q), rel=1e-12)
+        metrics.relative_pd(p, q), rel=FLOAT32_PRECISION)
     assert history.history["churn_abs_pd"][-1] == pytest.approx(
-        metrics.absolute_pd(p, q), rel=1e-12)
+        metrics.absolute_pd(p, q), rel=FLOAT32_PRECISION)
     # Training moved the model: the first epoch's PD is another number.
     assert history.history["churn_rel_pd"][0] != history.history["churn_rel_pd"][1]
     with open(log_file, newline="") as f:
@@ -87,8 +92,10 @@ def test_multiclass_outputs_log_top1_and_l1_pd():
     history = model.fit(x, y, epochs=1, batch_size=50, verbose=0,
                         callbacks=[PredictionDifferenceCallback(reference, x[:200], prefix="pd_")])
     p, q = model.predict(x[:200], verbose=0), reference.predict(x[:200], verbose=0)
-    assert history.history["pd_top1_pd"] == [pytest.approx(metrics.top1_pd(p, q), rel=1e-12)]
-    assert history.history["pd_l1_pd"] == [pytest.approx(metrics.l1_pd(p, q), rel=1e-12)]
+    assert history.history["pd_top1_pd"] == [pytest.approx(metrics.top1_pd(p, q),
+                                                           rel=FLOAT32_PRECISION)]
+    assert history.history["pd_l1_pd"] == [pytest.approx(metrics.l1_pd(p, q),
+                                                         rel=FLOAT32_PRECISION)]
 
 
 def test_a_reference_with_other_inputs_fails_before_the_first_step(reference):
